@@ -1,0 +1,123 @@
+"""A BPF ring buffer consumer that drains in batches and decodes in bulk.
+
+Why not libbpf's ring_buffer__poll: it calls back into Python once per
+record, and a Python call per event costs more than the event itself. This
+consumer maps the ring itself and, because the kernel maps the data pages
+twice in a row, sees the records between the consumer and producer positions
+as one contiguous buffer, even when they wrap. For a ring of fixed-size
+records that buffer is viewed as a numpy structured array in one call.
+
+Programs write with BPF_RB_NO_WAKEUP (and force a wakeup only when the ring
+fills past a watermark), so the reader is woken at most once per ``wait``
+interval instead of once per event; on this machine that is the difference
+between keeping 0.95 and 0.80 of a 46k connects/s storm.
+
+The consumer position is stored with one aligned 8-byte write
+(``ctypes.c_uint64.from_buffer``): the kernel reads it concurrently and must
+never see a torn value.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import select
+
+import numpy as np
+
+from podsight.ebpf.objects import BPF_MAP_TYPE_RINGBUF, Map
+
+BUSY_BIT = 1 << 31
+DISCARD_BIT = 1 << 30
+HEADER_SIZE = 8
+
+
+def _round8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+class RingBuffer:
+    """Consumer side of one BPF_MAP_TYPE_RINGBUF map of fixed-size records."""
+
+    def __init__(self, ring: Map, record: np.dtype) -> None:
+        if ring.type != BPF_MAP_TYPE_RINGBUF:
+            raise ValueError(f"map {ring.name} is not a ring buffer")
+        self._map = ring  # keeps the map (and its fd) alive
+        fd = ring.fd
+        page = mmap.PAGESIZE
+        self.size = ring.max_entries
+        self._mask = self.size - 1
+        self._cons_mm = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, 0)
+        self._prod_mm = mmap.mmap(fd, page + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ, 0, page)
+        self._cons: ctypes.c_uint64 | None = ctypes.c_uint64.from_buffer(self._cons_mm)
+        self._prod = np.frombuffer(self._prod_mm, dtype=np.uint64, count=1)
+        self._data = np.frombuffer(self._prod_mm, dtype=np.uint8, offset=page)
+        self.record = record
+        self.record_size = HEADER_SIZE + _round8(record.itemsize)
+        self._framed = np.dtype(
+            {
+                "names": ["hdr", "ev"],
+                "formats": ["<u4", record],
+                "offsets": [0, HEADER_SIZE],
+                "itemsize": self.record_size,
+            }
+        )
+        self._epoll = select.epoll()
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLET)
+        self.drained = 0
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until the program forces a wakeup or ``timeout`` seconds pass."""
+        self._epoll.poll(timeout)
+
+    def pending_bytes(self) -> int:
+        if self._cons is None:
+            return 0
+        return int(self._prod[0]) - int(self._cons.value)
+
+    def drain(self) -> np.ndarray:
+        """Every committed record since the last drain, as a copied array of ``record``."""
+        if self._cons is None:
+            return np.zeros(0, dtype=self.record)
+        cons = int(self._cons.value)
+        avail = int(self._prod[0]) - cons
+        if avail <= 0:
+            return np.zeros(0, dtype=self.record)
+        n = avail // self.record_size
+        start = cons & self._mask
+        framed = self._data[start : start + n * self.record_size].view(self._framed)
+        hdr = framed["hdr"]
+        busy = (hdr & BUSY_BIT) != 0
+        if busy.any():
+            # A producer reserved this record and has not committed it yet:
+            # everything after it waits for the next drain.
+            n = int(np.argmax(busy))
+            framed, hdr = framed[:n], hdr[:n]
+        length = hdr & ~np.uint32(BUSY_BIT | DISCARD_BIT)
+        if n and not (length == self.record.itemsize).all():
+            raise ValueError(
+                f"ring buffer {self._map.name}: record of unexpected size "
+                f"(expected {self.record.itemsize}, saw {sorted(set(length.tolist()))})"
+            )
+        keep = (hdr & DISCARD_BIT) == 0
+        events = framed["ev"].copy() if keep.all() else framed["ev"][keep]
+        # One 8-byte store, after the copy: the kernel may reuse the space at once.
+        self._cons.value = cons + n * self.record_size
+        self.drained += len(events)
+        return events
+
+    def close(self) -> None:
+        if self._cons is None:
+            return
+        self._epoll.close()
+        # Views must go before their mmaps can close.
+        self._cons = None
+        del self._prod, self._data
+        self._cons_mm.close()
+        self._prod_mm.close()
+
+    def __enter__(self) -> RingBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

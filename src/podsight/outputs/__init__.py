@@ -1,0 +1,1 @@
+"""Outputs shared by all gadgets: table, JSON lines (more come: sqlite, pcapng, prometheus)."""
