@@ -127,8 +127,9 @@ def run_tcpconnect(ns: argparse.Namespace) -> int:
     with StopFlag(ns.timeout) as stop, TcpConnect(config) as tracer:
         if mode == "columns":
             table.header()
-        if sys.stderr.isatty():
-            sys.stderr.write("podsight: tracing TCP connects; Ctrl-C to stop\n")
+        # Printed once the programs are attached: from here on nothing is missed.
+        sys.stderr.write("podsight: tracing TCP connects (Ctrl-C to stop)\n")
+        sys.stderr.flush()
         while not stop.is_set():
             tracer.wait(stop.remaining(0.05))
             emit(tracer.decode(tracer.drain()))

@@ -121,7 +121,8 @@ class Map:
 
     def resize(self, max_entries: int) -> None:
         """Set max_entries; only between open and load."""
-        L.check("bpf_map__set_max_entries", L.lib().bpf_map__set_max_entries(self._ptr, max_entries))
+        rc = L.lib().bpf_map__set_max_entries(self._ptr, max_entries)
+        L.check("bpf_map__set_max_entries", rc)
 
     def set_initial_value(self, data: bytes) -> None:
         """Replace the whole initial value of a global-data map (.rodata, .data) before load."""
@@ -178,7 +179,9 @@ class Map:
         With ``delete`` the entries are removed as they are read.
         """
         if key_dtype.itemsize != self.key_size:
-            raise ValueError(f"{self.name}: key dtype is {key_dtype.itemsize} bytes, map has {self.key_size}")
+            raise ValueError(
+                f"{self.name}: key dtype is {key_dtype.itemsize} bytes, map has {self.key_size}"
+            )
         if value_dtype.itemsize != self._value_bytes():
             raise ValueError(
                 f"{self.name}: value dtype is {value_dtype.itemsize} bytes, "
@@ -235,7 +238,9 @@ class BpfObject:
         ptr = L.lib().bpf_object__open_file(os.fsencode(self.path), None)
         if not ptr:
             err = L.errno()
-            raise EnvironmentProblem(f"cannot open {self.path.name}: {os.strerror(err)}{_libbpf_hint()}")
+            raise EnvironmentProblem(
+                f"cannot open {self.path.name}: {os.strerror(err)}{_libbpf_hint()}"
+            )
         self._ptr: int | None = ptr
 
     @classmethod

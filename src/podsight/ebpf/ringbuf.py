@@ -48,7 +48,9 @@ class RingBuffer:
         self.size = ring.max_entries
         self._mask = self.size - 1
         self._cons_mm = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, 0)
-        self._prod_mm = mmap.mmap(fd, page + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ, 0, page)
+        self._prod_mm = mmap.mmap(
+            fd, page + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ, 0, page
+        )
         self._cons: ctypes.c_uint64 | None = ctypes.c_uint64.from_buffer(self._cons_mm)
         self._prod = np.frombuffer(self._prod_mm, dtype=np.uint64, count=1)
         self._data = np.frombuffer(self._prod_mm, dtype=np.uint8, offset=page)

@@ -72,7 +72,8 @@ def _fs_magic(path: Path) -> int | None:
 def _mount(fstype: str, target: Path) -> bool:
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     target.mkdir(parents=True, exist_ok=True)
-    return libc.mount(fstype.encode(), os.fsencode(target), fstype.encode(), 0, None) == 0
+    rc: int = libc.mount(fstype.encode(), os.fsencode(target), fstype.encode(), 0, None)
+    return rc == 0
 
 
 def ensure_bpffs() -> Path:

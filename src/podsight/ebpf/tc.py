@@ -44,7 +44,8 @@ class TcHook:
             sz=ctypes.sizeof(L.BpfTcOpts), prog_fd=program.fd, priority=priority
         )
         try:
-            L.check("bpf_tc_attach", L.lib().bpf_tc_attach(ctypes.byref(self._hook), ctypes.byref(self._opts)))
+            rc = L.lib().bpf_tc_attach(ctypes.byref(self._hook), ctypes.byref(self._opts))
+            L.check("bpf_tc_attach", rc)
         except Exception:
             self._destroy_qdisc()
             raise

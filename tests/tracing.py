@@ -1,0 +1,133 @@
+"""Test helpers: run `podsight trace ...` as a user would, and make connects from lab pods."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PODSIGHT = [sys.executable, "-m", "podsight.cli.main"]
+SUMMARY = re.compile(r"podsight: (\d+) events, (\d+) lost, (\d+) pending")
+
+# Connect once and report what the kernel said, with our own pid and comm, as JSON.
+CLIENT = r"""
+import errno, json, os, socket, sys
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM)
+s.settimeout(timeout)
+err = 0
+try:
+    s.connect((host, port))
+except OSError as e:
+    err = e.errno or errno.ETIMEDOUT
+out = {"pid": os.getpid(), "comm": open("/proc/self/comm").read().strip(), "errno": err,
+       "sport": s.getsockname()[1] if not err else 0}
+s.close()
+print(json.dumps(out), flush=True)
+"""
+
+
+@dataclass
+class TraceResult:
+    events: list[dict[str, Any]]
+    stdout: str
+    stderr: str
+    returncode: int
+    summary: dict[str, int] = field(default_factory=dict)
+
+
+class Trace:
+    """`podsight trace tcpconnect ARGS` in the background, stopped with SIGINT like Ctrl-C."""
+
+    def __init__(self, *args: str, gadget: str = "tcpconnect", output: str = "json") -> None:
+        self.argv = [*PODSIGHT, "trace", gadget, *(["-o", output] if output else []), *args]
+        self.proc: subprocess.Popen[str] | None = None
+        self.result: TraceResult | None = None
+        self._stderr_head = ""
+
+    def __enter__(self) -> Trace:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stderr], [], [], 0.5)
+            if ready:
+                line = self.proc.stderr.readline()
+                self._stderr_head += line
+                if "tracing" in line:
+                    return self
+                if not line:
+                    break
+            if self.proc.poll() is not None:
+                break
+        self.stop()
+        raise AssertionError(f"trace did not start: {self._stderr_head}")
+
+    def stop(self) -> TraceResult:
+        assert self.proc is not None
+        if self.result is not None:
+            return self.result
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            out, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        err = self._stderr_head + err
+        events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        summary: dict[str, int] = {}
+        m = SUMMARY.search(err)
+        if m:
+            summary = {"events": int(m[1]), "lost": int(m[2]), "pending": int(m[3])}
+        self.result = TraceResult(events, out, err, self.proc.returncode, summary)
+        return self.result
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def connect(lab: Any, pod: str, host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
+    """Connect from a lab pod; returns {pid, comm, errno, sport} of the client process."""
+    proc = lab.exec(
+        pod, [sys.executable, "-c", CLIENT, host, str(port), str(timeout)],
+        capture_output=True, text=True, timeout=timeout + 30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def connect_host(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
+    """Connect from the root namespace (loopback only)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", CLIENT, host, str(port), str(timeout)],
+        capture_output=True, text=True, timeout=timeout + 30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def matching(events: list[dict[str, Any]], **want: Any) -> list[dict[str, Any]]:
+    return [e for e in events if all(e.get(k) == v for k, v in want.items())]
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PODSIGHT, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
