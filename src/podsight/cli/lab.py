@@ -1,0 +1,167 @@
+"""``podsight lab``: build, inspect, use and tear down the netns-based simulated cluster."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from podsight.errors import UserError
+
+if TYPE_CHECKING:
+    from podsight.lab import Lab
+
+
+def _duration(text: str) -> float:
+    """argparse type for DURATION: a bad value is argparse's one-line error, exit 2."""
+    from podsight.lab.delay import parse_duration
+
+    try:
+        return parse_duration(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(groups: Any) -> None:
+    lab = groups.add_parser(
+        "lab",
+        help="a simulated Kubernetes node made of network namespaces",
+        description=(
+            "Build a small simulated cluster on this machine: the root netns plays the node, "
+            "four pods live in their own network namespaces on bridge psl0, and an external "
+            "host (203.0.113.10, http and https) sits behind the node. Nothing is ever routed "
+            "out of the machine. Needs root."
+        ),
+    )
+    commands = lab.add_subparsers(dest="lab_command", metavar="COMMAND")
+    commands.required = True
+
+    p = commands.add_parser("up", help="build the lab (a no-op if it is already up)")
+    p.set_defaults(func=_up)
+
+    p = commands.add_parser("down", help="remove everything the lab made")
+    p.set_defaults(func=_down)
+
+    p = commands.add_parser("status", help="show the lab's pods and the external host")
+    p.set_defaults(func=_status)
+
+    p = commands.add_parser(
+        "exec",
+        help="run a command inside a pod's network namespace",
+        description="Run CMD inside POD's network namespace; exits with CMD's exit code.",
+    )
+    p.add_argument("pod", metavar="POD", help="pod name or namespace/name")
+    p.add_argument("command", metavar="CMD", nargs=argparse.REMAINDER, help="-- command...")
+    p.set_defaults(func=_exec)
+
+    p = commands.add_parser(
+        "delay",
+        help="delay TCP packets a pod sends (until Ctrl-C)",
+        description=(
+            "Hold every TCP packet POD sends for DURATION before it goes out (NFQUEUE; this "
+            "kernel has no netem). Runs in the foreground until Ctrl-C, then cleans up."
+        ),
+    )
+    p.add_argument("pod", metavar="POD", help="pod name or namespace/name")
+    p.add_argument("duration", metavar="DURATION", type=_duration, help="e.g. 50ms, 1s")
+    p.set_defaults(func=_delay)
+
+
+def _lab() -> Lab:
+    from podsight.lab import Lab
+    from podsight.lab.system import require_root
+
+    require_root()
+    return Lab()
+
+
+def _up(args: argparse.Namespace) -> int:
+    lab = _lab()
+    if lab.is_up():
+        sys.stderr.write("lab was already up: nothing to do\n")
+    lab.up()
+    _print_status(lab)
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    _lab().down()
+    sys.stderr.write("lab is down\n")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    _print_status(_lab())
+    return 0
+
+
+def _print_status(lab: Lab) -> None:
+    from podsight.lab import EXTERNAL_BLACKHOLE, EXTERNAL_UNREACHABLE
+
+    header = ("NAMESPACE", "POD", "NETNS", "IP", "IPV6", "VETH", "STATE")
+    statuses = lab.status()
+    rows = [header] + [
+        (r.namespace, r.name, r.netns, r.ipv4, r.ipv6, r.veth, r.state) for r in statuses
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    out = sys.stdout
+    for row in rows:
+        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)]
+        out.write("  ".join([*cells, row[-1]]) + "\n")
+    ext = lab.external
+    out.write(
+        f"\nnode {lab.node_name}: bridge psl0 10.244.0.1 fd00:244::1\n"
+        f"external {ext.web}: http :{ext.http_port}, https :{ext.https_port} (self-signed); "
+        f"{EXTERNAL_UNREACHABLE} unreachable; {EXTERNAL_BLACKHOLE} blackhole\n"
+    )
+    for svc in lab.services:
+        out.write(
+            f"service {svc.ref}: {svc.cluster_ip}:{svc.port} -> {svc.target}:{svc.target_port}\n"
+        )
+    problems = lab.problems()
+    if not problems:
+        out.write(f"inventory {lab.inventory_path}\nlab is up\n")
+    elif all(r.state == "Absent" for r in statuses):
+        out.write("lab is down (run: podsight lab up)\n")
+    else:
+        out.write(f"lab is degraded: {problems[0]} (podsight lab up rebuilds it)\n")
+    out.flush()
+
+
+def _exec(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UserError("lab exec needs a command: podsight lab exec POD -- CMD...")
+    lab = _lab()
+    sys.stdout.flush()
+    proc: subprocess.CompletedProcess[Any] = lab.exec(args.pod, command)
+    return int(proc.returncode)
+
+
+def _delay(args: argparse.Namespace) -> int:
+    from podsight.lab.delay import delayed, format_duration
+    from podsight.lab.system import first_line, netns_exists
+
+    lab = _lab()
+    pod = lab.pod(args.pod)
+    if not netns_exists(pod.netns):
+        raise UserError(f"lab pod {pod.ref} is not running (run: podsight lab up)")
+    with delayed(pod.netns, args.duration) as line:
+        sys.stderr.write(
+            f"delaying TCP sent by {pod.ref} by {format_duration(args.duration)}"
+            " (Ctrl-C to stop)\n"
+        )
+        sys.stderr.flush()
+        try:
+            while line.alive():
+                time.sleep(0.2)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal way to stop
+            return 0
+        why = ""
+        if line.process.stderr is not None:
+            why = first_line(line.process.stderr.read().decode(errors="replace"))
+    raise UserError(f"delay helper exited: {why or 'no reason given'}")

@@ -1,0 +1,458 @@
+"""`podsight lab`: real namespaces, real sockets, real tools; nothing mocked.
+
+Traffic goes only between lab namespaces and the root netns. The tests that
+take the lab down run last and bring it back up, so the session-wide ``lab``
+fixture stays valid for test files that run after this one.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from podsight.errors import UserError
+from podsight.lab import (
+    EXTERNAL_BLACKHOLE,
+    EXTERNAL_UNREACHABLE,
+    EXTERNAL_WEB,
+    Lab,
+    delayed,
+    parse_duration,
+)
+from podsight.lab.system import child_env, netns_names, process_alive
+
+GLOBAL_SYSCTLS = (
+    "net.ipv4.ip_forward",
+    "net.ipv4.conf.all.forwarding",
+    "net.ipv4.conf.default.forwarding",
+    "net.ipv6.conf.all.forwarding",
+    "net.bridge.bridge-nf-call-iptables",
+)
+
+
+def read_sysctls() -> dict[str, str]:
+    found = {}
+    for key in GLOBAL_SYSCTLS:
+        path = Path("/proc/sys", *key.split("."))
+        if path.exists():
+            found[key] = path.read_text().strip()
+    return found
+
+# Runs inside a pod: one TCP connect, reported as JSON (errno 0 on success).
+CONNECT = r"""
+import errno, json, socket, sys, time
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(timeout)
+t = time.monotonic()
+try:
+    s.connect((host, port))
+    err = 0
+except socket.timeout:
+    err = errno.ETIMEDOUT
+except OSError as exc:
+    err = exc.errno
+print(json.dumps({"errno": err, "elapsed": time.monotonic() - t}))
+"""
+
+
+def connect(lab: Lab, pod: str, host: str, port: int, timeout: float = 3.0) -> dict:
+    proc = lab.exec(
+        pod,
+        [sys.executable, "-c", CONNECT, host, str(port), str(timeout)],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 10,
+        check=True,
+    )
+    return json.loads(proc.stdout)
+
+
+def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "podsight.cli.main", "lab", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+    )
+
+
+def psl_links() -> list[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+    return [n for n in names if n.startswith("psl")]
+
+
+def nft_table_exists() -> bool:
+    return subprocess.run(["nft", "list", "table", "inet", "podsight-lab"],
+                          capture_output=True).returncode == 0  # fmt: skip
+
+
+def guard_drops() -> int:
+    """Packets the egress guard has dropped so far."""
+    out = subprocess.run(["nft", "list", "chain", "inet", "podsight-lab", "guard"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    line = next(ln for ln in out.splitlines() if "never leaves" in ln)
+    match = re.search(r"counter packets (\d+)", line)
+    assert match, line
+    return int(match.group(1))
+
+
+def nfqueue_rules(netns: str) -> str:
+    out = ""
+    for tool in ("iptables", "ip6tables"):
+        out += subprocess.run(["ip", "netns", "exec", netns, tool, "-S"],
+                              capture_output=True, text=True).stdout  # fmt: skip
+    return "\n".join(line for line in out.splitlines() if "NFQUEUE" in line)
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+# ---------------------------------------------------------------- no root needed
+
+
+def test_pod_refs_resolve_by_name_or_namespace_and_name():
+    lab = Lab()
+    assert lab.pod("mypod").ref == "default/mypod"
+    assert lab.pod("shop/backend").netns == "psl-shop-backend"
+    with pytest.raises(UserError, match="unknown lab pod"):
+        lab.pod("nosuch")
+    with pytest.raises(UserError, match="unknown lab pod"):
+        lab.pod("shop/web")
+
+
+def test_names_fit_the_kernel_and_share_the_prefix():
+    lab = Lab()
+    for pod in lab.pods:
+        assert len(pod.veth) <= 15 and pod.veth.startswith("psl")
+        assert pod.netns.startswith("psl-")
+    assert lab.external.link.startswith("psl") and len(lab.external.link) <= 15
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("50ms", 0.05), ("1s", 1.0), ("1.5s", 1.5),
+                                               ("200us", 0.0002)])  # fmt: skip
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["50", "5x", "-1s", "0ms", "2h", "", "61s"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(UserError):
+        parse_duration(text)
+
+
+def test_cli_bad_duration_is_one_line_exit_2():
+    proc = cli("delay", "mypod", "5x")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("podsight: error:") and proc.stderr.count("\n") == 1
+    assert "5x" in proc.stderr
+
+
+# -------------------------------------------------------------------- the lab
+
+
+def test_up_is_idempotent(lab):
+    state = json.loads(lab.state_path.read_text())
+    started = time.monotonic()
+    lab.up()
+    assert time.monotonic() - started < 2
+    assert lab.is_up(), lab.problems()
+    # Nothing was rebuilt: same servers, same pids.
+    assert json.loads(lab.state_path.read_text())["pids"] == state["pids"]
+
+
+def test_status_reports_every_pod_running(lab):
+    rows = lab.status()
+    assert [r.name for r in rows] == [p.name for p in lab.pods] + ["(external)"]
+    assert all(r.running for r in rows), rows
+    proc = cli("status")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["NAMESPACE", "POD", "NETNS", "IP", "IPV6", "VETH", "STATE"]
+    assert any(line.split()[:2] == ["shop", "backend"] for line in lines)
+    assert EXTERNAL_WEB in proc.stdout
+
+
+def test_inventory_is_a_kubernetes_list_of_pods_and_services(lab):
+    inv = json.loads(lab.inventory_path.read_text())
+    assert inv["apiVersion"] == "v1" and inv["kind"] == "List"
+    pods = {(i["metadata"]["namespace"], i["metadata"]["name"]): i
+            for i in inv["items"] if i["kind"] == "Pod"}  # fmt: skip
+    assert set(pods) == {(p.namespace, p.name) for p in lab.pods}
+    for pod in lab.pods:
+        obj = pods[(pod.namespace, pod.name)]
+        meta, spec, status = obj["metadata"], obj["spec"], obj["status"]
+        assert meta["labels"] == pod.labels and meta["uid"]
+        assert meta["annotations"]["podsight.io/netns"] == pod.netns
+        assert pod.netns in netns_names()
+        assert spec["nodeName"] == lab.node_name
+        assert spec["containers"][0] == {**spec["containers"][0], "name": pod.name,
+                                         "image": f"podsight-lab/{pod.name}"}  # fmt: skip
+        assert status["phase"] == "Running" and status["hostIP"] == "10.244.0.1"
+        assert status["podIP"] == pod.ipv4
+        assert status["podIPs"] == [{"ip": pod.ipv4}, {"ip": pod.ipv6}]
+    services = [i for i in inv["items"] if i["kind"] == "Service"]
+    if not lab.services:
+        assert services == []  # no br_netfilter: Services are left out, not faked
+        return
+    assert [(s["metadata"]["namespace"], s["metadata"]["name"]) for s in services] == [
+        ("default", "web")
+    ]
+    assert services[0]["spec"]["clusterIP"] == "10.96.0.10"
+    assert services[0]["spec"]["selector"] == {"app": "web"}
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_pods_reach_each_other(lab, family):
+    web, backend = lab.pod("web"), lab.pod("backend")
+    for src, dst, port in [("mypod", web, 8080), ("frontend", backend, 9090),
+                           ("backend", web, 8080)]:  # fmt: skip
+        result = connect(lab, src, getattr(dst, family), port)
+        assert result["errno"] == 0, (src, dst.ref, result)
+    refused = connect(lab, "mypod", getattr(web, family), 8099)
+    assert refused["errno"] == errno.ECONNREFUSED
+
+
+def test_popen_runs_a_server_in_a_pod(lab):
+    server = lab.popen("frontend", [sys.executable, "-m", "http.server", "--bind", "::",
+                                    "7070"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while connect(lab, "mypod", lab.pod("frontend").ipv4, 7070)["errno"] != 0:
+            assert time.monotonic() < deadline, "server in frontend never listened"
+            time.sleep(0.05)
+        assert connect(lab, "mypod", lab.pod("frontend").ipv6, 7070)["errno"] == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_external_web_over_http_and_https(lab):
+    for url in (f"http://{EXTERNAL_WEB}/", f"https://{EXTERNAL_WEB}/"):
+        proc = lab.exec("mypod", ["curl", "-sSk", "-m", "5", url],
+                        capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 0, (url, proc.stderr)
+        assert proc.stdout == "hello from external\n"
+    proc = lab.exec("shop/backend", ["curl", "-sSk", "-m", "5", "-o", "/dev/null", "-w",
+                                     "%{size_download}", f"https://{EXTERNAL_WEB}/bytes/100000"],
+                    capture_output=True, text=True)  # fmt: skip
+    assert proc.stdout == "100000", proc.stderr
+
+
+def test_service_cluster_ip_reaches_web_from_pods_and_node(lab):
+    if not lab.services:
+        pytest.skip("no br_netfilter on this machine: the lab runs without Services")
+    proc = lab.exec("frontend", ["curl", "-sS", "-m", "5", "http://10.96.0.10/"],
+                    capture_output=True, text=True)  # fmt: skip
+    assert proc.stdout == "hello from default/web\n", proc.stderr
+    # The web pod itself (hairpin through the node).
+    proc = lab.exec("web", ["curl", "-sS", "-m", "5", "http://10.96.0.10/"],
+                    capture_output=True, text=True)  # fmt: skip
+    assert proc.stdout == "hello from default/web\n", proc.stderr
+    proc = subprocess.run(["curl", "-sS", "-m", "5", "http://10.96.0.10/"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.stdout == "hello from default/web\n", proc.stderr
+
+
+def test_unreachable_fails_at_once(lab):
+    result = connect(lab, "mypod", EXTERNAL_UNREACHABLE, 80)
+    assert result["errno"] in (errno.EHOSTUNREACH, errno.ENETUNREACH), result
+    assert result["elapsed"] < 1.0
+
+
+def test_blackhole_drops_silently(lab):
+    result = connect(lab, "mypod", EXTERNAL_BLACKHOLE, 80, timeout=0.5)
+    assert result["errno"] == errno.ETIMEDOUT, result
+    assert result["elapsed"] >= 0.5
+
+
+def test_forwarding_is_per_interface_only(lab):
+    state = json.loads(lab.state_path.read_text())
+    # Every sysctl the lab changed in the root netns belongs to a lab interface,
+    # except turning on br_netfilter's IPv4 hook (which Services need).
+    assert state["sysctls"]
+    for key in state["sysctls"]:
+        assert key == "net.bridge.bridge-nf-call-iptables" or key.split(".")[3].startswith("psl")
+
+
+def test_guard_drops_lab_traffic_headed_off_the_lab(lab):
+    """A pod's packet routed to a non-lab interface is dropped by the nft guard.
+
+    A veth pair named outside the lab prefix stands in for the machine's real
+    uplink, and a TEST-NET host route points at it: had the guard failed, the
+    packet would go out of that veth (and nowhere further), not off the machine.
+    """
+    target = "198.51.100.200"
+    subprocess.run(["ip", "link", "del", "pstst0"], capture_output=True)
+    try:
+        subprocess.run(["ip", "link", "add", "pstst0", "type", "veth", "peer", "name", "pstst1"],
+                       check=True)  # fmt: skip
+        for name in ("pstst1", "pstst0"):  # no IPv6 chatter to blur the tx count
+            subprocess.run(["ip", "link", "set", name, "addrgenmode", "none"], check=True)
+            subprocess.run(["ip", "link", "set", name, "up"], check=True)
+        subprocess.run(["ip", "route", "add", f"{target}/32", "dev", "pstst0"], check=True)
+        route = subprocess.run(["ip", "route", "get", target, "from", lab.pod("mypod").ipv4,
+                                "iif", "psl0"], capture_output=True, text=True).stdout  # fmt: skip
+        assert "dev pstst0" in route, route  # the node would forward it there...
+
+        def tx_packets() -> int:
+            return int(Path("/sys/class/net/pstst0/statistics/tx_packets").read_text())
+
+        before_drops, before_tx = guard_drops(), tx_packets()
+        result = connect(lab, "mypod", target, 80, timeout=0.3)
+        assert result["errno"] == errno.ETIMEDOUT
+        assert guard_drops() > before_drops  # ...but the guard drops it
+        assert tx_packets() == before_tx
+    finally:
+        subprocess.run(["ip", "link", "del", "pstst0"], capture_output=True)
+
+
+def test_delay_adds_latency_to_a_connect(lab):
+    web = lab.pod("web")
+    mypod = lab.pod("mypod")
+    plain = [connect(lab, "mypod", web.ipv4, 8080)["elapsed"] for _ in range(3)]
+    with delayed(mypod.netns, 0.05) as line:
+        assert line.alive()
+        assert nfqueue_rules(mypod.netns).count("NFQUEUE") == 2
+        with pytest.raises(UserError, match="another delay"), delayed(mypod.netns, 0.05):
+            pass
+        slow = [connect(lab, "mypod", web.ipv4, 8080)["elapsed"] for _ in range(3)]
+        slow6 = connect(lab, "mypod", web.ipv6, 8080)["elapsed"]
+        # Bulk traffic still flows, in order, through the queue.
+        proc = lab.exec("mypod", ["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w",
+                                  "%{size_download}", f"http://{EXTERNAL_WEB}/bytes/2000000"],
+                        capture_output=True, text=True)  # fmt: skip
+        assert proc.stdout == "2000000", proc.stderr
+        helper = line.process
+    assert min(slow) >= 0.05 and slow6 >= 0.05, slow
+    assert median(plain) < 0.02, plain
+    assert helper.poll() is not None
+    assert nfqueue_rules(mypod.netns) == ""
+    assert connect(lab, "mypod", web.ipv4, 8080)["elapsed"] < 0.05
+
+
+def test_cli_exec_returns_the_command_exit_code(lab):
+    proc = cli("exec", "mypod", "--", "sh", "-c", "ip -4 -o addr show eth0; exit 7")
+    assert proc.returncode == 7
+    assert lab.pod("mypod").ipv4 in proc.stdout
+
+
+def test_cli_bad_pod_name_is_one_line_exit_2(lab):
+    for args in (["exec", "nosuch", "--", "true"], ["delay", "nosuch", "50ms"]):
+        proc = cli(*args)
+        assert proc.returncode == 2, proc
+        assert proc.stderr.startswith("podsight: error: unknown lab pod 'nosuch'")
+        assert proc.stderr.count("\n") == 1
+
+
+def test_cli_delay_runs_until_stopped(lab):
+    web = lab.pod("web")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "podsight.cli.main", "lab", "delay", "shop/frontend", "60ms"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "delaying TCP sent by shop/frontend by 60ms" in line, line
+        assert connect(lab, "frontend", web.ipv4, 8080)["elapsed"] >= 0.06
+        # SIGTERM takes the same path as Ctrl-C, and unlike SIGINT it is not
+        # ignored when the test run itself was started in the background.
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert nfqueue_rules(lab.pod("frontend").netns) == ""
+    assert connect(lab, "frontend", web.ipv4, 8080)["elapsed"] < 0.06
+
+
+def test_delay_helper_exits_when_orphaned(lab):
+    """A killed `lab delay` leaves no helper holding packets; the bypass lets traffic pass."""
+    web = lab.pod("web")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "podsight.cli.main", "lab", "delay", "backend", "80ms"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env(),
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        assert "delaying" in proc.stderr.readline()
+        assert connect(lab, "backend", web.ipv4, 8080)["elapsed"] >= 0.08
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1
+        helper = int(children[0])
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while process_alive(helper, "podsight.lab.delayline"):
+        assert time.monotonic() < deadline, "orphaned delay helper kept running"
+        time.sleep(0.05)
+    assert connect(lab, "backend", web.ipv4, 8080)["elapsed"] < 0.08
+
+
+# ------------------------------------------- these take the lab down: keep them last
+
+
+def test_half_built_lab_is_rebuilt(lab):
+    state = json.loads(lab.state_path.read_text())
+    os.kill(state["pids"]["default/web"], signal.SIGKILL)
+    subprocess.run(["ip", "netns", "del", "psl-shop-frontend"], check=True)
+    assert not lab.is_up()
+    assert any("frontend" in p for p in lab.problems())
+    lab.up()
+    assert lab.is_up(), lab.problems()
+    assert connect(lab, "frontend", lab.pod("web").ipv4, 8080)["errno"] == 0
+
+
+def assert_lab_gone(lab: Lab, pids: list[int], sysctls: dict[str, str]) -> None:
+    assert [n for n in netns_names() if n.startswith("psl")] == []
+    assert psl_links() == []
+    assert not nft_table_exists()
+    assert not lab.inventory_path.exists() and not lab.state_path.exists()
+    assert not any(process_alive(pid, "podsight.lab") for pid in pids)
+    for key, value in sysctls.items():
+        assert Path("/proc/sys", *key.split(".")).read_text().strip() == value, key
+    assert not lab.is_up()
+
+
+def test_down_removes_everything_and_is_idempotent(lab):
+    sysctls = read_sysctls()
+    state = json.loads(lab.state_path.read_text())
+    for key, old in state["sysctls"].items():
+        if key in sysctls:
+            sysctls[key] = old  # down must put back what was there before up
+    pids = list(json.loads(lab.state_path.read_text())["pids"].values())
+    try:
+        lab.down()
+        assert_lab_gone(lab, pids, sysctls)
+        lab.down()
+        assert_lab_gone(lab, pids, sysctls)
+    finally:
+        lab.up()
+
+
+def test_down_without_state_file_finds_the_lab_by_name(lab):
+    pids = list(json.loads(lab.state_path.read_text())["pids"].values())
+    lab.state_path.unlink()
+    try:
+        proc = cli("down")
+        assert proc.returncode == 0, proc.stderr
+        assert_lab_gone(lab, pids, {})
+    finally:
+        lab.up()
+    assert lab.is_up(), lab.problems()
