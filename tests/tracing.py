@@ -23,7 +23,7 @@ import errno, json, os, socket, sys
 host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 fam = socket.AF_INET6 if ":" in host else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_STREAM)
-s.settimeout(timeout)
+s.settimeout(timeout or None)  # 0 means a blocking connect
 err = 0
 try:
     s.connect((host, port))
@@ -131,3 +131,36 @@ def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+class Capture:
+    """tshark on an interface, as an independent oracle of what went on the wire."""
+
+    def __init__(self, interface: str, bpf_filter: str) -> None:
+        self.argv = ["tshark", "-l", "-n", "-i", interface, "-f", bpf_filter,
+                     "-T", "fields", "-e", "frame.time_relative"]
+        self.proc: subprocess.Popen[str] | None = None
+        self.packets: list[float] = []
+
+    def __enter__(self) -> Capture:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + 30
+        seen = ""
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            seen += line
+            if "Capturing on" in line:
+                return self
+            if not line and self.proc.poll() is not None:
+                break
+        self.proc.kill()
+        raise AssertionError(f"tshark did not start: {seen}")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        time.sleep(0.3)
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=30)
+        self.packets = [float(x) for x in out.split()]

@@ -23,6 +23,19 @@ typedef __u64 u64;
 typedef __s32 s32;
 typedef __s64 s64;
 
+/* uapi linux/errqueue.h (stable ABI; that header needs libc's struct timespec). */
+struct sock_extended_err {
+	__u32 ee_errno;
+	__u8 ee_origin;
+	__u8 ee_type;
+	__u8 ee_code;
+	__u8 ee_pad;
+	__u32 ee_info;
+	__u32 ee_data;
+};
+#define SO_EE_ORIGIN_ICMP 2
+#define SO_EE_ORIGIN_ICMP6 3
+
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
 struct ns_common {
@@ -56,10 +69,18 @@ struct sock_common {
 	struct in6_addr skc_v6_rcv_saddr;
 };
 
+struct sk_buff;
+
+struct sk_buff_head {
+	struct sk_buff *next;
+	struct sk_buff *prev;
+};
+
 struct sock {
 	struct sock_common __sk_common;
 	int sk_err;
 	int sk_err_soft;
+	struct sk_buff_head sk_error_queue;
 };
 
 /* inet_sport survives the unhash that zeroes skc_num when a connect fails. */
@@ -70,6 +91,12 @@ struct inet_sock {
 
 struct sk_buff {
 	struct sock *sk;
+	char cb[48];
+};
+
+/* What an ICMP error leaves in skb->cb of the error queue (net/sock.h). */
+struct sock_exterr_skb {
+	struct sock_extended_err ee;
 };
 
 #pragma clang attribute pop

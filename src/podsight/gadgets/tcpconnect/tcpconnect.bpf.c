@@ -9,6 +9,7 @@
  *                             SYN_SENT -> CLOSE       refused / timeout /
  *                                                     unreachable / error, from sk_err
  *   tcp:tcp_retransmit_skb    while SYN_SENT          count SYN retries
+ *   sock:inet_sk_error_report while SYN_SENT          keep a soft (ICMP) error
  *
  * Attempts still open when the trace stops stay in `inflight`; user space
  * reads them in one batch and reports them as `pending`.
@@ -55,6 +56,7 @@ struct inflight {
 	u16 dport;
 	u8 syn_retries;
 	u8 _pad;
+	s32 err; /* a soft error (ICMP) reported while the socket was owned by its user */
 	char comm[16];
 };
 
@@ -79,6 +81,7 @@ struct event {
 	char comm[16];
 };
 _Static_assert(sizeof(struct event) == 104, "event layout changed: update EVENT_DTYPE");
+_Static_assert(sizeof(struct inflight) == 96, "inflight layout changed: update INFLIGHT_DTYPE");
 
 /* Set by user space before load; the verifier prunes the unused branches. */
 const volatile struct {
@@ -191,9 +194,12 @@ static __always_inline int on_outcome(const struct sock *sk, int newstate)
 		e.result = RESULT_OK;
 	} else {
 		e.result = RESULT_CLOSED;
+		/* The user may have consumed the error with SO_ERROR before closing. */
 		e.err = BPF_CORE_READ(sk, sk_err);
 		if (!e.err)
 			e.err = BPF_CORE_READ(sk, sk_err_soft);
+		if (!e.err)
+			e.err = f->err;
 	}
 	if ((cfg.failed_only && e.result == RESULT_OK) ||
 	    (cfg.min_latency_ns && e.latency_ns < cfg.min_latency_ns)) {
@@ -236,6 +242,55 @@ int BPF_PROG(inet_sock_set_state, const struct sock *sk, int oldstate, int newst
 	return 0;
 }
 
+/*
+ * The errno of the ICMP error just queued on the socket's error queue, or 0.
+ * ip_icmp_error() queues it and reports it before tcp_v4_err() stores it in
+ * sk_err_soft, so at report time the queue is the only place that has it.
+ */
+static __always_inline int queued_icmp_errno(const struct sock *sk)
+{
+	const void *head = __builtin_preserve_access_index(&sk->sk_error_queue);
+	struct sk_buff *skb = BPF_CORE_READ(sk, sk_error_queue.prev);
+	struct sock_extended_err ee = {};
+	u32 off;
+
+	if (!skb || (const void *)skb == head)
+		return 0;
+	off = bpf_core_field_offset(struct sk_buff, cb) +
+	      bpf_core_field_offset(struct sock_exterr_skb, ee);
+	if (bpf_probe_read_kernel(&ee, sizeof(ee), (const void *)skb + off))
+		return 0;
+	if (ee.ee_origin != SO_EE_ORIGIN_ICMP && ee.ee_origin != SO_EE_ORIGIN_ICMP6)
+		return 0;
+	return ee.ee_errno;
+}
+
+/*
+ * An ICMP error that arrives while the connecting process holds the socket
+ * lock (a fast local path: the ICMP comes back inside connect()) does not
+ * close the socket: it is queued, reported (waking the caller's poll) and
+ * kept as a soft error that getsockopt(SO_ERROR) reads and clears. By the time
+ * the caller closes the socket nothing on it says why, so remember it here.
+ */
+SEC("tp_btf/inet_sk_error_report")
+int BPF_PROG(inet_sk_error_report, const struct sock *sk)
+{
+	u64 key = (u64)sk;
+	struct inflight *f = bpf_map_lookup_elem(&inflight, &key);
+	int err;
+
+	if (!f)
+		return 0;
+	err = BPF_CORE_READ(sk, sk_err);
+	if (!err)
+		err = queued_icmp_errno(sk);
+	if (!err)
+		err = BPF_CORE_READ(sk, sk_err_soft);
+	if (err)
+		f->err = err;
+	return 0;
+}
+
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(tcp_retransmit_skb, const struct sock *sk, const struct sk_buff *skb)
 {
@@ -249,6 +304,8 @@ int BPF_PROG(tcp_retransmit_skb, const struct sock *sk, const struct sk_buff *sk
 		return 0;
 	if (f->syn_retries < 255)
 		f->syn_retries++;
+	if (!f->err)
+		f->err = BPF_CORE_READ(sk, sk_err_soft);
 	f->sport = local_port(sk);
 	return 0;
 }

@@ -43,7 +43,7 @@ EVENT_DTYPE = np.dtype(
 )
 assert EVENT_DTYPE.itemsize == 104
 
-# struct inflight in tcpconnect.bpf.c (88 bytes).
+# struct inflight in tcpconnect.bpf.c (96 bytes).
 INFLIGHT_DTYPE = np.dtype(
     [
         ("ts_ns", "<u8"),
@@ -59,10 +59,12 @@ INFLIGHT_DTYPE = np.dtype(
         ("dport", "<u2"),
         ("syn_retries", "u1"),
         ("_pad", "u1"),
+        ("err", "<i4"),
         ("comm", "S16"),
+        ("_tail", "V4"),
     ]
 )
-assert INFLIGHT_DTYPE.itemsize == 88
+assert INFLIGHT_DTYPE.itemsize == 96
 
 # enum result in tcpconnect.bpf.c
 RAW_OK, RAW_CLOSED, RAW_PENDING = 0, 1, 2
@@ -256,7 +258,7 @@ class TcpConnect:
             return []
         records = np.zeros(len(values), dtype=EVENT_DTYPE)
         for name in INFLIGHT_DTYPE.names or ():
-            if name in (EVENT_DTYPE.names or ()) and name != "_pad":
+            if name in (EVENT_DTYPE.names or ()) and not name.startswith("_"):
                 records[name] = values[name]
         records["latency_ns"] = np.maximum(now_boot_ns - values["ts_ns"].astype(np.int64), 0)
         records["ts_ns"] = now_boot_ns
