@@ -36,3 +36,41 @@ def lab() -> Iterator[Lab]:
         yield instance
     finally:
         instance.down()
+
+
+# Programs podsight and its tests load; a BPF link to any of them after the run is a leak.
+OUR_PROGRAMS = {
+    "inet_sock_set_state", "tcp_retransmit_skb", "inet_sk_error_report",  # tcpconnect
+    "on_getpgid", "count_packets",  # tests/bpf/testprog.bpf.c
+}
+
+
+def _leftovers() -> dict[str, list[str]]:
+    """Kernel and network state a podsight run must not leave behind."""
+    import json
+    import subprocess
+
+    def run(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+    progs = {p["id"]: p.get("name", "") for p in json.loads(run("bpftool", "-j", "prog") or "[]")}
+    links = [f"link {link['id']} -> {progs.get(link.get('prog_id'), '?')}"
+             for link in json.loads(run("bpftool", "-j", "link") or "[]")
+             if progs.get(link.get("prog_id")) in OUR_PROGRAMS]
+    netns = [line.split()[0] for line in run("ip", "netns", "list").splitlines()
+             if line.startswith("psl")]
+    names = [line.split(":")[1].strip().split("@")[0]
+             for line in run("ip", "-o", "link").splitlines()]
+    ifaces = [name for name in names if name.startswith("psl")]
+    tables = [line for line in run("nft", "list", "tables").splitlines() if "podsight" in line]
+    return {"bpf links": links, "netns": netns, "interfaces": ifaces, "nft tables": tables}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftovers() -> Iterator[None]:
+    """After the whole session (and after the lab is torn down): nothing of ours remains."""
+    yield
+    if os.geteuid() != 0 or shutil.which("bpftool") is None:
+        return
+    left = {kind: items for kind, items in _leftovers().items() if items}
+    assert not left, f"the test session left state behind: {left}"

@@ -327,3 +327,18 @@ def test_host_loopback_is_traced_and_timeout_stops():
     e = one(t.result.events, pid=c["pid"])
     assert e["src"]["kind"] == "raw" and e["result"] == "ok"
     assert t.result.returncode == 0
+
+
+def test_bpffs_is_mounted_when_missing():
+    """In a mount namespace without bpffs, podsight (as root) mounts it and runs."""
+    p = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         "umount /sys/fs/bpf 2>/dev/null; "
+         f"{sys.executable} -m podsight.cli.main trace tcpconnect --timeout 0.5 && "
+         "stat -f -c %T /sys/fs/bpf"],
+        capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
+    assert p.returncode == 0, p.stderr
+    assert "bpf" in p.stdout.split()[-1]
+    assert "0 lost" in p.stderr
