@@ -6,9 +6,11 @@ without opening this one.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,12 +32,17 @@ def lab() -> Iterator[Lab]:
     for tool in ("ip", "nft", "openssl"):
         if shutil.which(tool) is None:
             pytest.skip(f"the lab needs {tool}")
-    instance = Lab()
-    try:
-        instance.up()
-        yield instance
-    finally:
-        instance.down()
+    # One test session at a time owns the lab (its names and addresses are fixed):
+    # a second concurrent session waits here instead of tearing down the first's lab.
+    lock_path = Path(os.environ.get("PODSIGHT_TEST_LOCK", "/run/podsight-tests.lock"))
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        instance = Lab()
+        try:
+            instance.up()
+            yield instance
+        finally:
+            instance.down()
 
 
 # Programs podsight and its tests load; a BPF link to any of them after the run is a leak.
