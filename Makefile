@@ -21,7 +21,7 @@ BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror \
 	-I/usr/include/$(shell $(CC) -dumpmachine 2>/dev/null || echo x86_64-linux-gnu) \
 	-fdebug-prefix-map=$(CURDIR)=. -ffile-prefix-map=$(CURDIR)=.
 
-.PHONY: setup setup-test demo test lint bpf bpf-check clean
+.PHONY: setup setup-test k8s-apiserver demo test lint bpf bpf-check clean
 
 define apt_install
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -48,7 +48,12 @@ setup-test: setup
 demo: setup
 	$(PY) -m podsight.demo
 
-test: setup-test
+# A real kube-apiserver + etcd on loopback for the identity tests, built once from
+# Debian's kubernetes source package (cached in ~/.cache/podsight-k8s; 0.2 s when built).
+k8s-apiserver:
+	tests/k8s/build-apiserver.sh
+
+test: setup-test k8s-apiserver
 	$(MAKE) -s bpf-check
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
