@@ -53,6 +53,7 @@ class Trace:
         self.proc: subprocess.Popen[str] | None = None
         self.result: TraceResult | None = None
         self._stderr_head = ""
+        self._peeked = ""
 
     def __enter__(self) -> Trace:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -75,6 +76,17 @@ class Trace:
         self.stop()
         raise AssertionError(f"trace did not start: {self._stderr_head}")
 
+    def peek(self) -> str:
+        """What the trace printed so far (stdout), without stopping it."""
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            self._peeked += chunk.decode()
+        return self._peeked
+
     def stop(self) -> TraceResult:
         assert self.proc is not None
         if self.result is not None:
@@ -87,6 +99,7 @@ class Trace:
             self.proc.kill()
             out, err = self.proc.communicate()
         err = self._stderr_head + err
+        out = self._peeked + out
         events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         summary: dict[str, int] = {}
         m = SUMMARY.search(err)

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from podsight.cli import args as A
+from podsight.cli.identity import add_identity_flags
 from podsight.errors import UserError
+from podsight.timefmt import Clock
 
 
 def register(groups: Any) -> None:
@@ -46,6 +48,7 @@ def _register_tcpconnect(gadgets: Any) -> None:
                    help="stop after this long")
     p.add_argument("--ring-size", type=_ring_size, default=4 << 20, metavar="BYTES",
                    help="ring buffer size (power of two, >= 4096; default 4 MiB)")
+    add_identity_flags(p)
     p.set_defaults(func=run_tcpconnect)
 
 
@@ -67,20 +70,20 @@ def _parse_output(value: str) -> tuple[str, str | None]:
 
 
 def run_tcpconnect(ns: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
+    from podsight.cli.identity import build_resolver, pod_selector
     from podsight.events import select_fields
     from podsight.filters import CidrMatcher, combine
-    from podsight.gadgets.tcpconnect.fields import ConnectRow, fields, to_json
+    from podsight.gadgets.tcpconnect.fields import K8S_COLUMNS, ConnectRow, fields, to_json
     from podsight.gadgets.tcpconnect.tcpconnect import ConnectEvent, TcpConnect, TcpConnectConfig
-    from podsight.identity import Resolver
     from podsight.identity.netns import parse_netns
     from podsight.outputs.jsonlines import JsonLinesWriter
     from podsight.outputs.table import TableWriter
     from podsight.runtime import StopFlag
-    from podsight.timefmt import Clock
 
     mode, columns = _parse_output(ns.output)
-    clock = Clock()
-    table_fields = select_fields(fields(clock), columns, extra=["latency"] if ns.latency else [])
+    selector = pod_selector(ns)
     netns = {parse_netns(v) for v in (ns.netns or "").split(",") if v.strip()}
     if ns.netns is not None and not netns:
         raise UserError("--netns needs at least one namespace")
@@ -96,35 +99,54 @@ def run_tcpconnect(ns: argparse.Namespace) -> int:
         predicates.append(lambda e: in_dst(e.daddr))
     keep = combine(predicates)
 
-    config = TcpConnectConfig(
-        pid=ns.pid, dport=ns.dport, netns=netns, failed_only=ns.failed_only,
-        min_latency_ns=ns.min_latency, ring_bytes=ns.ring_size,
-    )
-    resolver = Resolver()
-    out = sys.stdout
-    emitted = 0
+    with ExitStack() as stack:
+        resolver = build_resolver(ns, stack)
+        clock = Clock()
+        extra = ["latency"] if ns.latency else []
+        if resolver.knows_pods:
+            extra += [*K8S_COLUMNS, *(["k8s.node"] if resolver.has_kubernetes else [])]
+        table_fields = select_fields(fields(clock), columns, extra=extra)
 
-    def emit(events: list[ConnectEvent]) -> None:
-        nonlocal emitted
-        if keep is not None:
-            events = [e for e in events if keep(e)]
-        if not events:
-            return
-        resolver.refresh()
-        rows = [
-            ConnectRow(e, resolver.local_endpoint(e.saddr, e.netns), resolver.endpoint(e.daddr),
-                       clock.wall_ns(e.ts_ns))
-            for e in events
-        ]
-        if mode == "json":
-            json_writer.write([to_json(r, clock) for r in rows])
-        else:
-            table.write(rows)
-        emitted += len(rows)
+        # Pod flags and --netns become the kernel's netns filter; pods come and go, so the
+        # set is recomputed whenever identity changes.
+        filtering = bool(netns) or selector.selects_pods
 
-    json_writer = JsonLinesWriter(out)
-    table = TableWriter(table_fields, out)
-    with StopFlag(ns.timeout) as stop, TcpConnect(config) as tracer:
+        def wanted_netns() -> set[int]:
+            return netns | resolver.selected_netns(selector) if selector.selects_pods else netns
+
+        config = TcpConnectConfig(
+            pid=ns.pid, dport=ns.dport, netns=wanted_netns(), filter_netns=filtering,
+            failed_only=ns.failed_only, min_latency_ns=ns.min_latency, ring_bytes=ns.ring_size,
+        )
+        out = sys.stdout
+        json_writer = JsonLinesWriter(out)
+        table = TableWriter(table_fields, out)
+        emitted = 0
+
+        def emit(events: list[ConnectEvent]) -> int:
+            nonlocal emitted
+            if keep is not None:
+                events = [e for e in events if keep(e)]
+            if not events:
+                return 0
+            rows = []
+            for e in events:
+                src = resolver.local_endpoint(e.saddr, e.netns)
+                if selector.selects_pods and not (
+                    e.netns in netns or resolver.selects(selector, src, e.netns)
+                ):
+                    continue
+                rows.append(ConnectRow(e, src, resolver.remote_endpoint(e.daddr, src),
+                                       clock.wall_ns(e.ts_ns)))
+            if mode == "json":
+                json_writer.write([to_json(r, clock) for r in rows])
+            else:
+                table.write(rows)
+            emitted += len(rows)
+            return len(rows)
+
+        tracer = stack.enter_context(TcpConnect(config))
+        stop = stack.enter_context(StopFlag(ns.timeout))
         if mode == "columns":
             table.header()
         # Printed once the programs are attached: from here on nothing is missed.
@@ -132,12 +154,13 @@ def run_tcpconnect(ns: argparse.Namespace) -> int:
         sys.stderr.flush()
         while not stop.is_set():
             tracer.wait(stop.remaining(0.05))
+            if resolver.refresh() and filtering:
+                tracer.set_netns(wanted_netns())
             emit(tracer.decode(tracer.drain()))
         emit(tracer.decode(tracer.drain()))
-        pending = tracer.pending(clock.boot_now_ns())
-        emit(pending)
+        pending = emit(tracer.pending(clock.boot_now_ns()))
         counters = tracer.counters()
-    _summary(emitted, counters, len(pending))
+    _summary(emitted, counters, pending)
     return 0
 
 

@@ -22,6 +22,8 @@ class PodInfo:
     containers: tuple[str, ...] = ()
     workload_kind: str = ""
     workload_name: str = ""
+    uid: str = ""
+    host_network: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,16 @@ class Endpoint:
     @classmethod
     def raw(cls, addr: str) -> Endpoint:
         return cls(kind="raw", addr=addr)
+
+    @classmethod
+    def for_node(cls, addr: str, node: str, labels: dict[str, str] | None = None) -> Endpoint:
+        return cls(kind="node", addr=addr, name=node, node=node, labels=labels or {})
+
+    @classmethod
+    def for_service(cls, addr: str, namespace: str, name: str,
+                    labels: dict[str, str] | None = None) -> Endpoint:
+        return cls(kind="service", addr=addr, namespace=namespace, name=name,
+                   labels=labels or {})
 
     @classmethod
     def for_pod(cls, addr: str, pod: PodInfo) -> Endpoint:

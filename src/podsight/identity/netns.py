@@ -26,7 +26,12 @@ def named_netns() -> dict[str, int]:
 
 
 def host_netns() -> int:
-    return os.stat("/proc/1/ns/net").st_ino
+    """The host's network namespace: init's, or ours when init's cannot be read (a sandbox
+    or a container without hostPID; podsight then assumes it runs in the host's)."""
+    try:
+        return os.stat("/proc/1/ns/net").st_ino
+    except OSError:
+        return os.stat("/proc/self/ns/net").st_ino
 
 
 def parse_netns(value: str) -> int:
@@ -40,3 +45,53 @@ def parse_netns(value: str) -> int:
     if "/" in value or not path.exists():
         raise UserError(f"--netns {value}: no such network namespace (see 'ip netns list')")
     return os.stat(path).st_ino
+
+
+class NetnsAddresses:
+    """Which named network namespace holds which address.
+
+    CNI plugins (and `podsight lab`) bind-mount every pod's namespace under
+    /var/run/netns, so the namespace of a Kubernetes pod is the one holding
+    its pod IP. Namespaces are listed on every refresh (one readdir) and
+    their addresses read (``ip -n NAME addr``) only when the list changes,
+    or every ``rescan`` seconds since CNI assigns addresses after creating
+    the namespace.
+    """
+
+    def __init__(self, rescan: float = 10.0) -> None:
+        self.by_ip: dict[str, int] = {}
+        self.ips_by_netns: dict[int, tuple[str, ...]] = {}
+        self._seen: dict[str, int] = {}
+        self._rescan = rescan
+        self._next_scan = 0.0
+
+    def refresh(self) -> bool:
+        """Re-read when namespaces changed (or periodically); True when the mapping changed."""
+        import time
+
+        current = named_netns()
+        now = time.monotonic()
+        if current == self._seen and now < self._next_scan:
+            return False
+        self._seen = current
+        self._next_scan = now + self._rescan
+        ips_by_netns = {inode: _addresses_in(name) for name, inode in current.items()}
+        if ips_by_netns == self.ips_by_netns:
+            return False
+        self.ips_by_netns = ips_by_netns
+        self.by_ip = {ip: inode for inode, ips in ips_by_netns.items() for ip in ips}
+        return True
+
+
+def _addresses_in(name: str) -> tuple[str, ...]:
+    import json
+    import subprocess
+
+    try:
+        out = subprocess.run(["ip", "-n", name, "-j", "addr", "show"], capture_output=True,
+                             text=True, timeout=5, check=False).stdout
+        links = json.loads(out or "[]")
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return ()
+    return tuple(sorted(a["local"] for link in links for a in link.get("addr_info", [])
+                        if "local" in a and a.get("scope") != "host"))

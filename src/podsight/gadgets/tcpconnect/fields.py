@@ -42,9 +42,21 @@ def to_json(row: ConnectRow, clock: Clock) -> str:
     )
 
 
+def _podname(row: ConnectRow) -> str:
+    return row.src.name if row.src.kind == "pod" else ""
+
+
+K8S_COLUMNS = ("k8s.namespace", "k8s.podname", "k8s.containername")
+
+
 def fields(clock: Clock) -> list[Field[ConnectRow]]:
     """Every column ``-o columns=`` can name; the defaults are those BCC users expect."""
     return [
+        Field("k8s.node", "K8S.NODE", 12, lambda r: r.src.node, default=False),
+        Field("k8s.namespace", "K8S.NAMESPACE", 14, lambda r: r.src.namespace, default=False),
+        Field("k8s.podname", "K8S.PODNAME", 16, _podname, default=False),
+        Field("k8s.containername", "K8S.CONTAINERNAME", 18, lambda r: r.src.container,
+              default=False),
         Field("time", "TIME", 12, lambda r: clock.hms(r.wall_ns), default=False),
         Field("pid", "PID", 7, lambda r: str(r.event.pid), right=True),
         Field("tid", "TID", 7, lambda r: str(r.event.tid), right=True, default=False),

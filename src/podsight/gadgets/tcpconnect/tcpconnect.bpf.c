@@ -83,7 +83,8 @@ struct event {
 _Static_assert(sizeof(struct event) == 104, "event layout changed: update EVENT_DTYPE");
 _Static_assert(sizeof(struct inflight) == 96, "inflight layout changed: update INFLIGHT_DTYPE");
 
-/* Set by user space before load; the verifier prunes the unused branches. */
+/* Set by user space before load; the verifier prunes the unused branches. It must stay
+ * the only read-only global: user space replaces .rodata whole, and checks the size. */
 const volatile struct {
 	u64 min_latency_ns;
 	u32 pid;
@@ -113,7 +114,8 @@ struct {
 	__type(value, u64);
 } counters SEC(".maps");
 
-/* netns inodes to trace, when cfg.filter_netns is set. */
+/* netns inodes to trace, when cfg.filter_netns is set; key 0 means "every netns" (user
+ * space adds it while a selected pod's netns is not known yet, and filters itself). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -151,6 +153,7 @@ static __always_inline int on_syn_sent(const struct sock *sk)
 	u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u64 key = (u64)sk;
+	u32 any_netns = 0;
 	struct inflight f = {};
 
 	if (family != AF_INET && family != AF_INET6)
@@ -162,7 +165,8 @@ static __always_inline int on_syn_sent(const struct sock *sk)
 	if (cfg.dport && f.dport != cfg.dport)
 		return 0;
 	f.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	if (cfg.filter_netns && !bpf_map_lookup_elem(&netns_filter, &f.netns))
+	if (cfg.filter_netns && !bpf_map_lookup_elem(&netns_filter, &f.netns) &&
+	    !bpf_map_lookup_elem(&netns_filter, &any_netns))
 		return 0;
 
 	count(C_ATTEMPTS);

@@ -134,6 +134,7 @@ class TcpConnectConfig:
     pid: int = 0
     dport: int = 0
     netns: set[int] = field(default_factory=set)
+    filter_netns: bool = False  # trace only `netns` (kept current with set_netns)
     failed_only: bool = False
     min_latency_ns: int = 0
     ring_bytes: int = 4 << 20
@@ -148,7 +149,7 @@ class TcpConnectConfig:
             self.pid,
             wakeup,
             self.dport,
-            1 if self.netns else 0,
+            1 if self.filter_netns or self.netns else 0,
             1 if self.failed_only else 0,
             0,
         )
@@ -194,9 +195,8 @@ class TcpConnect:
             self._obj.map("events").resize(self.config.ring_bytes)
             self._obj.map("inflight").resize(self.config.inflight_entries)
             self._obj.load()
-            netns_filter = self._obj.map("netns_filter")
-            for inode in self.config.netns:
-                netns_filter.update(inode.to_bytes(4, "little"), b"\x01")
+            self._netns: set[int] = set()
+            self.set_netns(self.config.netns)
             self._ring = RingBuffer(self._obj.map("events"), EVENT_DTYPE)
             self._obj.attach_all()
         except BaseException:
@@ -264,6 +264,15 @@ class TcpConnect:
         records["ts_ns"] = now_boot_ns
         records["result"] = RAW_PENDING
         return self.decode(records)
+
+    def set_netns(self, wanted: set[int]) -> None:
+        """Change the traced network namespaces (pods come and go while tracing)."""
+        table = self._obj.map("netns_filter")
+        for inode in self._netns - wanted:
+            table.delete(inode.to_bytes(4, "little"))
+        for inode in wanted - self._netns:
+            table.update(inode.to_bytes(4, "little"), b"\x01")
+        self._netns = set(wanted)
 
     def counters(self) -> dict[str, int]:
         sums = self._obj.map("counters").percpu_u64_sums()

@@ -403,6 +403,7 @@ class KubeCache:
         return PodInfo(
             namespace=rec.key[0], name=rec.key[1], ips=rec.ips, node=rec.node,
             labels=rec.labels, containers=rec.containers, workload_kind=kind, workload_name=name,
+            uid=rec.uid, host_network=rec.host_network,
         )
 
     def _workload(self, rec: PodRecord) -> tuple[str, str]:
