@@ -6,6 +6,7 @@ the API's names (which differ from the lab's), workloads and services."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 from pathlib import Path
@@ -61,11 +62,9 @@ def shop(lab, kube, core):
         "clusterIP": SERVICE_IP, "selector": {"app": "api"},
         "ports": [{"port": 80, "targetPort": 8080}]}})
     yield ns
-    for pod in ("shop-5d8f-x2x9q", "api-0", "api-1"):
-        try:
+    for pod in ("shop-5d8f-x2x9q", "api-0", "api-1", "api-2"):
+        with contextlib.suppress(Exception):  # already deleted by the test
             delete_pod(core, ns, pod)
-        except Exception:
-            pass
     core.delete_namespaced_service("api", ns, _preload_content=False)
 
 
