@@ -195,6 +195,7 @@ class LocalIdentity:
             for listing in listings:
                 self._log_state(listing)
                 for container in listing.containers:
+                    # The first runtime to list an ID keeps it (docker before containerd).
                     by_id.setdefault(container.id, container)
             by_netns: dict[int, list[ContainerInfo]] = {}
             for container in by_id.values():

@@ -317,10 +317,7 @@ class ContainerdClient:
 
         from podsight.identity.local import containerd_api_pb2 as api
 
-        reply = self._call(
-            VERSION_METHOD, empty_pb2.Empty(),
-            api.VersionResponse,
-        )
+        reply = self._call(VERSION_METHOD, empty_pb2.Empty(), api.VersionResponse)
         return reply.version, reply.revision
 
     def namespaces(self) -> list[str]:
@@ -328,8 +325,7 @@ class ContainerdClient:
         from podsight.identity.local import containerd_api_pb2 as api
 
         reply = self._call(
-            NAMESPACES_METHOD,
-            api.ListNamespacesRequest(), api.ListNamespacesResponse,
+            NAMESPACES_METHOD, api.ListNamespacesRequest(), api.ListNamespacesResponse
         )
         return [ns.name for ns in reply.namespaces]
 
@@ -338,8 +334,7 @@ class ContainerdClient:
         from podsight.identity.local import containerd_api_pb2 as api
 
         reply = self._call(
-            TASKS_METHOD, api.ListTasksRequest(),
-            api.ListTasksResponse, namespace,
+            TASKS_METHOD, api.ListTasksRequest(), api.ListTasksResponse, namespace
         )
         live = (api.RUNNING, api.PAUSED, api.PAUSING)
         # A task's id is its container's id; containerd 1.x leaves container_id empty.
@@ -397,9 +392,13 @@ def _describe_rpc(error: grpc.RpcError) -> str:
 
 
 def default_clients(timeout: float = 2.0) -> list[RuntimeClient]:
-    """Clients for every runtime at its standard socket (absent ones cost one stat a poll)."""
+    """Clients for every runtime at its standard socket (absent ones cost one stat a poll).
+
+    Docker first: dockerd runs its containers through containerd (namespace ``moby``),
+    so both list them, and docker's listing has the names people gave them.
+    """
     return [
-        ContainerdClient(timeout=timeout),
         DockerClient(timeout=timeout),
         PodmanClient(timeout=timeout),
+        ContainerdClient(timeout=timeout),
     ]

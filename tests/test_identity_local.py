@@ -1,0 +1,86 @@
+"""The LocalIdentity facade: lookups for host processes, background refresh, runtime warnings.
+
+The container paths are covered with real cgroups (test_identity_local_cgroups.py) and
+real runtimes (test_identity_local_runtimes.py); this file covers what is left."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from podsight.identity.local import (
+    DockerClient,
+    LocalIdentity,
+    RuntimeState,
+)
+
+
+def test_host_process_has_no_container() -> None:
+    with LocalIdentity(runtimes=[]) as identity:
+        me = identity.process(os.getpid())
+        assert me is not None and me.pid == os.getpid()
+        assert identity.container_for_pid(os.getpid()) is None
+        if identity.cgroups.available:
+            assert me.cgroup_id and identity.cgroup_path(me.cgroup_id) == me.cgroup_path
+            assert identity.container_for_cgroup(me.cgroup_id) is None
+        assert identity.container_for_cgroup(2**62 + 7) is None
+        assert identity.process(2**22 + 1) is None  # above pid_max: no such process
+        assert identity.containers() == []
+
+
+def test_without_cgroup2_processes_still_resolve() -> None:
+    """On a cgroup v1 only host there is no v2 id; pids and their v1 paths still work."""
+    with LocalIdentity(cgroup_root=None, runtimes=[]) as identity:
+        me = identity.process(os.getpid())
+        assert me is not None and me.cgroup_id == 0
+        assert identity.cgroup_path(1) is None
+        assert identity.container_for_pid(os.getpid()) is None
+
+
+def test_netns_names() -> None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2")
+    name = "podsight-test-" + secrets.token_hex(3)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        names = LocalIdentity.netns_names()
+        assert names[name] == os.stat(f"/var/run/netns/{name}").st_ino
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_background_refresh_warns_once_per_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dead runtime is polled every interval but logged once, and never stops the loop."""
+    path = str(tmp_path / "dead.sock")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(path)
+    sock.close()
+    caplog.set_level(logging.INFO, logger="podsight.identity.local")
+    identity = LocalIdentity(runtimes=[DockerClient(path, timeout=0.5)])
+    identity.start(interval=0.02)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if identity.cgroups.scans >= 6 and identity.listings:
+                break
+            time.sleep(0.01)
+        [listing] = identity.listings
+        assert listing.state is RuntimeState.UNREACHABLE
+        assert identity.cgroups.scans >= 6  # refreshed several times ...
+    finally:
+        identity.close()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and path in warnings[0].getMessage()  # ... warned once
+    scans = identity.cgroups.scans
+    time.sleep(0.1)
+    assert identity.cgroups.scans == scans  # close() stopped the thread
