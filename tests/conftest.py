@@ -17,6 +17,10 @@ import pytest
 from podsight.lab import Lab
 
 
+def _lock_path() -> Path:
+    return Path(os.environ.get("PODSIGHT_TEST_LOCK", "/run/podsight-tests.lock"))
+
+
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     """The netns lab, built once per test session and always torn down at its end.
@@ -34,8 +38,7 @@ def lab() -> Iterator[Lab]:
             pytest.skip(f"the lab needs {tool}")
     # One test session at a time owns the lab (its names and addresses are fixed):
     # a second concurrent session waits here instead of tearing down the first's lab.
-    lock_path = Path(os.environ.get("PODSIGHT_TEST_LOCK", "/run/podsight-tests.lock"))
-    with lock_path.open("w") as lock:
+    with _lock_path().open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         instance = Lab()
         try:
@@ -52,8 +55,39 @@ OUR_PROGRAMS = {
 }
 
 
+def _link_holders() -> dict[int, set[int]]:
+    """BPF link id -> pids holding an fd to it (from /proc/*/fdinfo)."""
+    holders: dict[int, set[int]] = {}
+    for pid_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            for info in (pid_dir / "fdinfo").iterdir():
+                for line in info.read_text().splitlines():
+                    if line.startswith("link_id:"):
+                        holders.setdefault(int(line.split()[1]), set()).add(int(pid_dir.name))
+        except OSError:
+            continue
+    return holders
+
+
+def _ours(pid: int) -> bool:
+    """Is ``pid`` this test process or one of its descendants?"""
+    me = os.getpid()
+    while pid > 1:
+        if pid == me:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
+
+
 def _leftovers() -> dict[str, list[str]]:
-    """Kernel and network state a podsight run must not leave behind."""
+    """Kernel and network state a podsight run must not leave behind.
+
+    BPF links count only when this test session (or a child of it) still
+    holds them: other podsight runs on the machine are not ours to judge.
+    """
     import json
     import subprocess
 
@@ -61,9 +95,11 @@ def _leftovers() -> dict[str, list[str]]:
         return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
 
     progs = {p["id"]: p.get("name", "") for p in json.loads(run("bpftool", "-j", "prog") or "[]")}
+    holders = _link_holders()
     links = [f"link {link['id']} -> {progs.get(link.get('prog_id'), '?')}"
              for link in json.loads(run("bpftool", "-j", "link") or "[]")
-             if progs.get(link.get("prog_id")) in OUR_PROGRAMS]
+             if progs.get(link.get("prog_id")) in OUR_PROGRAMS
+             and any(_ours(pid) for pid in holders.get(link["id"], ()))]
     netns = [line.split()[0] for line in run("ip", "netns", "list").splitlines()
              if line.startswith("psl")]
     names = [line.split(":")[1].strip().split("@")[0]
@@ -79,5 +115,12 @@ def no_leftovers() -> Iterator[None]:
     yield
     if os.geteuid() != 0 or shutil.which("bpftool") is None:
         return
-    left = {kind: items for kind, items in _leftovers().items() if items}
+    with _lock_path().open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lab_is_ours = True
+        except BlockingIOError:  # another test session has the lab now: not our state
+            lab_is_ours = False
+        left = {kind: items for kind, items in _leftovers().items()
+                if items and (lab_is_ours or kind == "bpf links")}
     assert not left, f"the test session left state behind: {left}"
