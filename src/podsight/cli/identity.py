@@ -3,7 +3,9 @@
 ``-n/--namespace``, ``-A/--all-namespaces``, ``-p/--podname``, ``-l/--selector``,
 ``-c/--containername``, ``--node`` and ``--host`` select pods the way kubectl
 users already type them; ``--kubeconfig``/``--context`` (or KUBECONFIG, or
-running in a pod) add the Kubernetes API as an identity source.
+running in a pod) add the Kubernetes API as an identity source. The container
+runtimes on this host (``--runtimes`` and their ``--*-socketpath``, named as in
+Inspektor Gadget) name containers, and pods when there is no API.
 """
 
 from __future__ import annotations
@@ -12,13 +14,25 @@ import argparse
 import os
 import sys
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podsight.errors import UserError
 from podsight.identity import Resolver
 from podsight.selectors import LabelSelector, NameList, PodSelector
 
+if TYPE_CHECKING:
+    from podsight.identity.local import LocalIdentity
+
 IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
+
+# Runtime -> its default API socket (the same paths as podsight.identity.local.runtimes,
+# repeated here so that building the parser imports no runtime client).
+RUNTIMES = {
+    "docker": "/var/run/docker.sock",
+    "podman": "/run/podman/podman.sock",
+    "containerd": "/run/containerd/containerd.sock",
+}
+LOCAL_POLL_INTERVAL = 5.0
 
 
 def add_identity_flags(p: argparse.ArgumentParser) -> None:
@@ -38,6 +52,13 @@ def add_identity_flags(p: argparse.ArgumentParser) -> None:
     k.add_argument("--context", help="kubeconfig context")
     k.add_argument("--best-effort", action="store_true",
                    help="if the API server cannot be reached, warn and print raw addresses")
+    r = p.add_argument_group("container runtimes")
+    r.add_argument("--runtimes", default=",".join(RUNTIMES),
+                   help="runtimes to ask for container names and pod labels (comma list of "
+                        f"{', '.join(RUNTIMES)}; 'none' for none; default: all)")
+    for runtime, path in RUNTIMES.items():
+        r.add_argument(f"--{runtime}-socketpath", metavar="PATH", default=path,
+                       help=f"{runtime}'s API socket (default: {path})")
 
 
 def pod_selector(ns: argparse.Namespace) -> PodSelector:
@@ -80,5 +101,44 @@ def build_resolver(ns: argparse.Namespace, stack: ExitStack) -> Resolver:
                 raise
             sys.stderr.write(f"podsight: warning: {exc}; showing raw addresses\n")
             kube = None
-    node = None
-    return Resolver(kube=kube, node_name=node)
+    local = build_local_identity(ns, stack)
+    resolver = Resolver(kube=kube, local=local, local_interval=LOCAL_POLL_INTERVAL)
+    stack.callback(resolver.close)  # runs before local.close: the poller stops first
+    return resolver
+
+
+def runtime_names(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [n for n in names if n not in RUNTIMES]
+    if unknown or not names:
+        raise UserError(f"--runtimes {value!r}: use a comma list of {', '.join(RUNTIMES)}, "
+                        "or none")
+    return names
+
+
+def build_local_identity(ns: argparse.Namespace, stack: ExitStack) -> LocalIdentity:
+    """cgroups, /proc and the runtimes, listed once now so that the first event is named."""
+    from podsight.identity.local import (
+        ContainerdClient,
+        DockerClient,
+        LocalIdentity,
+        PodmanClient,
+        RuntimeClient,
+    )
+
+    wanted = runtime_names(getattr(ns, "runtimes", None) or ",".join(RUNTIMES))
+    clients: list[RuntimeClient] = []
+    for name in wanted:
+        path = getattr(ns, f"{name}_socketpath", None) or RUNTIMES[name]
+        if name == "docker":
+            clients.append(DockerClient(path))
+        elif name == "podman":
+            clients.append(PodmanClient(path))
+        else:
+            clients.append(ContainerdClient(path))
+    local = LocalIdentity(runtimes=clients)
+    stack.callback(local.close)
+    local.refresh()
+    return local

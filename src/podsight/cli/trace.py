@@ -131,7 +131,7 @@ def run_tcpconnect(ns: argparse.Namespace) -> int:
                 return 0
             rows = []
             for e in events:
-                src = resolver.local_endpoint(e.saddr, e.netns)
+                src = resolver.local_endpoint(e.saddr, e.netns, e.cgroup_id)
                 if selector.selects_pods and not (
                     e.netns in netns or resolver.selects(selector, src, e.netns)
                 ):

@@ -172,6 +172,7 @@ class KubeCache:
         self._pod_by_ip = self._pod_ips.best  # the hot dict, bound once
         self._pods_by_node: dict[str, set[Key]] = {}
         self._pods_by_owner: dict[tuple[str, str, str], set[Key]] = {}
+        self._pod_by_uid: dict[str, PodRecord] = {}  # metadata.uid -> record (cgroups name UIDs)
         # services, nodes, namespaces, owners
         self._services: dict[Key, ServiceRecord] = {}
         self._service_ips: IpIndex[ServiceRecord] = IpIndex()
@@ -287,6 +288,12 @@ class KubeCache:
         info: NodeInfo | None = self._node_by_ip.get(ip)
         return info
 
+    def pod_by_uid(self, uid: str) -> PodInfo | None:
+        """The pod with this ``metadata.uid``: what kubelet's cgroup names call a pod."""
+        rec = self._pod_by_uid.get(uid)
+        info: PodInfo | None = None if rec is None else rec.info
+        return info
+
     def pod(self, namespace: str, name: str) -> PodInfo | None:
         rec = self._pods.get((namespace, name))
         info: PodInfo | None = None if rec is None else rec.info
@@ -380,11 +387,15 @@ class KubeCache:
 
     def _index_pod(self, rec: PodRecord) -> None:
         self._pods_by_node.setdefault(rec.node, set()).add(rec.key)
+        if rec.uid:
+            self._pod_by_uid[rec.uid] = rec
         if rec.owner is not None and rec.owner[0] in self._owners:
             okey = (rec.key[0], rec.owner[0], rec.owner[1])
             self._pods_by_owner.setdefault(okey, set()).add(rec.key)
 
     def _unindex_pod(self, rec: PodRecord) -> None:
+        if self._pod_by_uid.get(rec.uid) is rec:
+            del self._pod_by_uid[rec.uid]
         keys = self._pods_by_node.get(rec.node)
         if keys is not None:
             keys.discard(rec.key)
