@@ -349,3 +349,27 @@ def test_bpffs_is_mounted_when_missing():
     assert p.returncode == 0, p.stderr
     assert "bpf" in p.stdout.split()[-1]
     assert "0 lost" in p.stderr
+
+
+def test_ctrl_c_while_stdout_is_full_leaves_only_whole_lines():
+    """A reader that stops reading fills the pipe; Ctrl-C then must not cut a line."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1024)
+    port = srv.getsockname()[1]
+    with Trace("--dport", str(port)) as t:
+        assert t.proc is not None
+        for _ in range(1500):  # ~700 KB of JSON: ten times what a pipe holds
+            c = socket.socket()
+            c.connect(("127.0.0.1", port))
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+            srv.accept()[0].close()
+        time.sleep(0.5)  # the tracer is now blocked writing to a full pipe
+        t.proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+    srv.close()
+    lines = t.result.stdout.splitlines()
+    assert lines and all(ln.startswith("{") and ln.endswith("}") for ln in lines)
+    assert len(t.result.events) == len(lines) == t.result.summary["events"]
+    assert t.result.summary["events"] + t.result.summary["lost"] == 1500

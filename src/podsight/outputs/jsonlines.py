@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import TextIO
 
+from podsight.outputs.stream import write_all
+
 
 @lru_cache(maxsize=65536)
 def json_string(value: str) -> str:
@@ -25,5 +27,4 @@ class JsonLinesWriter:
 
     def write(self, lines: Sequence[str]) -> None:
         if lines:
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
+            write_all(self.stream, "\n".join(lines) + "\n")

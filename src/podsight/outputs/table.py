@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 from podsight.events import Field
+from podsight.outputs.stream import write_all
 
 
 class TableWriter:
@@ -25,8 +26,7 @@ class TableWriter:
     def header(self) -> None:
         if not self._header_done:
             self._header_done = True
-            self.stream.write(self._line((f, f.header) for f in self.fields) + "\n")
-            self.stream.flush()
+            write_all(self.stream, self._line((f, f.header) for f in self.fields) + "\n")
 
     def write(self, rows: Sequence[Any]) -> None:
         self.header()
@@ -34,5 +34,4 @@ class TableWriter:
             return
         fields = self.fields
         lines = [self._line((f, f.text(row)) for f in fields) for row in rows]
-        self.stream.write("\n".join(lines) + "\n")
-        self.stream.flush()
+        write_all(self.stream, "\n".join(lines) + "\n")
