@@ -145,15 +145,6 @@ def trace(*flags: str, output: str = "json") -> Trace:
     return Trace(*flags, "--dport", str(WEB_PORT), output=output)
 
 
-def wait_printed(trace: Trace, text: str, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in trace.peek():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def traced_connect(trace: Trace, c: Connector, expect_printed: bool = True) -> str:
     """Let the container connect and hold the connection until the trace printed it (or, when
     it must not print it, a little while); returns the process's comm, read from /proc."""
@@ -166,7 +157,7 @@ def traced_connect(trace: Trace, c: Connector, expect_printed: bool = True) -> s
             break
         time.sleep(0.02)
     if expect_printed:
-        assert wait_printed(trace, f'"pid":{c.pid},'), trace.peek()
+        assert trace.wait_printed(f'"pid":{c.pid},'), trace.peek()
     else:
         time.sleep(1.0)  # several drain rounds: it would have been printed by now
     c.release()

@@ -113,7 +113,7 @@ def test_reused_ip_and_apiserver_restart_mid_trace(lab, kube, core, shop):
         before = connect(lab, "mypod", web.ipv4, 8080)
         # Identity is resolved when an event is printed (within one 50 ms drain): let it be
         # printed before the IP changes hands.
-        assert _eventually_printed(t, f'"pid":{before["pid"]},')
+        assert t.wait_printed(f'"pid":{before["pid"]},')
         delete_pod(core, shop, "api-0")
         make_pod(core, shop, "api-1", ip=web.ipv4, node=node, labels={"app": "api"},
                  containers=("api",))
@@ -140,21 +140,7 @@ def _until_named(lab: Any, trace: Trace, ip: str, endpoint: str) -> bool:
         time.sleep(1.0)
         # peek at what the trace wrote so far
         assert trace.proc is not None
-        if _seen(trace, endpoint):
+        if endpoint in trace.peek():
             return True
     return False
 
-
-def _seen(trace: Trace, endpoint: str) -> bool:
-    return endpoint in trace.peek()
-
-
-def _eventually_printed(trace: Trace, text: str, timeout: float = 5.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in trace.peek():
-            return True
-        time.sleep(0.05)
-    return False

@@ -87,6 +87,15 @@ class Trace:
             self._peeked += chunk.decode()
         return self._peeked
 
+    def wait_printed(self, text: str, timeout: float = 10.0) -> bool:
+        """Wait until the trace has printed ``text`` (identity is resolved at print time)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.peek():
+                return True
+            time.sleep(0.05)
+        return False
+
     def stop(self) -> TraceResult:
         assert self.proc is not None
         if self.result is not None:
