@@ -21,11 +21,17 @@ state -- lands on all of them alike instead of on whichever ran last:
 ``bpftrace``
     the reference: a bpftrace one-liner doing one ``printf`` per SYN_SENT on
     ``sock:inet_sock_set_state``, redirected to a file.
+``candidate`` (``--candidate CMD``)
+    another podsight command (a patched build), run exactly like ``podsight``:
+    an A/B comparison under the same drift.
 
 Rates on a shared 2-core VM swing with whatever else runs, so the CPU each
 side spends is reported too (connstorm's and the tracer's, from rusage):
 ``model`` is the ratio those costs predict for a saturated machine,
 base cost / (storm cost + tracer cost), and it moves much less than rates do.
+``skipped`` is how often the kernel did not run a tracer's programs at all
+(``recursion_misses``: a program never nests in itself on one CPU); no tracer
+reports those, so the benchmark does.
 
 A tracer counts as ready when it has reported a probe connect of ours; the
 time from its start to that line is its time to first event. Everything goes
@@ -152,6 +158,36 @@ def other_tracing_programs() -> int | None:
     return sum(1 for p in progs if p.get("type") in kinds)
 
 
+def prog_ids(pid: int) -> set[int]:
+    """IDs of the BPF programs a process holds (program and link fds name them)."""
+    ids: set[int] = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            for line in info.read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+    return ids
+
+
+def recursion_misses(ids: set[int]) -> int | None:
+    """How often the kernel skipped these programs (None: bpftool missing).
+
+    A tracepoint program is not run when it would nest in itself on one CPU
+    (a softirq interrupting it, say); the kernel only counts that, in
+    ``recursion_misses``. A tracer that does not report it loses events
+    silently, so the benchmark reports it for every tracer.
+    """
+    bpftool = shutil.which("bpftool")
+    if bpftool is None or not ids:
+        return None
+    done = subprocess.run([bpftool, "-j", "prog", "show"], capture_output=True, check=False)
+    try:
+        progs = json.loads(done.stdout or b"[]")
+    except ValueError:
+        return None
+    return sum(int(p.get("recursion_misses", 0)) for p in progs if p.get("id") in ids)
+
+
 # -- load ----------------------------------------------------------------------
 
 
@@ -235,6 +271,7 @@ class TraceResult:
     lines: int
     invalid_lines: int | None  # lines that do not parse (podsight's JSON only)
     lost: int
+    skipped: int | None  # kernel recursion misses of the tracer's programs
     cpu_s: float  # tracer CPU from ready to exit: the storm, the drain, the summary
     summary: str
 
@@ -311,7 +348,9 @@ def run_traced(children: Children, spec: TracerSpec, workdir: Path, seconds: flo
             proc = children.start(spec.argv, stdout=fout, stderr=ferr, stdin=subprocess.DEVNULL)
         ready = wait_ready(spec, proc, out, err, started)
         cpu_at_ready = cpu_so_far(proc.pid)
+        ids = prog_ids(proc.pid)
         storm = run_storm(children, seconds, threads)
+        skipped = recursion_misses(ids)
         os.killpg(proc.pid, signal.SIGINT)
         cpu = wait_with_cpu(proc, STOP_TIMEOUT)
         if cpu is None:
@@ -331,7 +370,8 @@ def run_traced(children: Children, spec: TracerSpec, workdir: Path, seconds: flo
         # bpftrace's lines have no format to check beyond their destination port.
         return TraceResult(
             storm, ready, events if spec.delivers else None, lines,
-            invalid if spec.kind == "podsight" else None, lost, cpu - cpu_at_ready, summary,
+            invalid if spec.kind == "podsight" else None, lost, skipped, cpu - cpu_at_ready,
+            summary,
         )
     finally:
         out.unlink(missing_ok=True)
@@ -354,6 +394,7 @@ class Config:
     tracer_us: list[float] = field(default_factory=list)  # tracer CPU per storm connect
     events: int | None = None
     lost: int | None = None
+    skipped: int | None = None
     invalid_lines: int | None = None
     ready_s: list[float] = field(default_factory=list)
     summaries: list[str] = field(default_factory=list)
@@ -369,6 +410,8 @@ class Config:
         if r.events is not None:
             self.events = (self.events or 0) + r.events
         self.lost = (self.lost or 0) + r.lost
+        if r.skipped is not None:
+            self.skipped = (self.skipped or 0) + r.skipped
         if r.invalid_lines is not None:
             self.invalid_lines = (self.invalid_lines or 0) + r.invalid_lines
         self.ready_s.append(r.ready_s)
@@ -436,7 +479,8 @@ def run(args: argparse.Namespace, children: Children) -> tuple[dict[str, Config]
                     r = run_traced(children, specs[name], Path(tmp), args.seconds, args.threads)
                     configs[name].add_trace(r)
                     line = (f"{r.storm.rate:9.0f} connects/s, {r.events}/{r.storm.attempts} "
-                            f"events, lost {r.lost}, ready in {r.ready_s:.2f} s, "
+                            f"events, lost {r.lost}, skipped {r.skipped}, "
+                            f"ready in {r.ready_s:.2f} s, "
                             f"cpu {r.cpu_s:.2f} s")
                     if r.lost and r.summary:
                         line += f"\n    {r.summary}"
@@ -455,7 +499,8 @@ def report(configs: dict[str, Config], foreign: int | None,
     print(f"\ntcpconnect benchmark: {args.repeat} rounds x {args.seconds:g} s, connstorm "
           f"{args.threads} threads on 127.0.0.1; medians over rounds\n")
     head = (f"{'config':<10}{'connects/s':>11}{'min-max':>11}{'ratio':>7}{'paired':>7}"
-            f"{'model':>7}  {'events/connects':<25}{'lost':>5}{'storm us':>9}{'tracer us':>10}")
+            f"{'model':>7}  {'events/connects':<25}{'lost':>5}{'skipped':>8}{'storm us':>9}"
+            f"{'tracer us':>10}")
     print(head)
     print("-" * len(head))
     results: dict[str, Any] = {"seconds": args.seconds, "repeat": args.repeat,
@@ -471,15 +516,16 @@ def report(configs: dict[str, Config], foreign: int | None,
             f"{c.events}/{c.attempts} ({c.events / max(c.attempts, 1):.4f})")
         tracer_us = statistics.median(c.tracer_us) if c.tracer_us else None
         print(f"{c.name:<10}{c.median_rate:>11,.0f}{spread:>11}{ratio:>7.2f}{paired:>7.2f}"
-              f"{model:>7.2f}  {ev:<25}{_cell(c.lost, 'd'):>5}"
+              f"{model:>7.2f}  {ev:<25}{_cell(c.lost, 'd'):>5}{_cell(c.skipped, 'd'):>8}"
               f"{statistics.median(c.storm_us):>9.2f}{_cell(tracer_us, '.2f'):>10}")
         entry = asdict(c)
         entry.update(median_rate=c.median_rate, ratio=ratio, paired_ratio=paired,
                      model_ratio=model, cost_us=c.cost_us)
         results["configs"][c.name] = entry
     print("\nratio: median rates; paired: median of per-round ratios; model: CPU per connect, "
-          "base / (storm + tracer);\nstorm us, tracer us: CPU microseconds per storm connect "
-          "spent by connstorm (kernel side included) and by the tracer")
+          "base / (storm + tracer);\nskipped: runs of the tracer's programs the kernel skipped "
+          "(the kernel's recursion_misses, via bpftool);\nstorm us, tracer us: CPU microseconds "
+          "per storm connect spent by connstorm (kernel side included) and by the tracer")
     print()
     for c in configs.values():
         if c.kind != "podsight" or not c.delivers:

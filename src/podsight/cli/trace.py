@@ -72,10 +72,13 @@ def _parse_output(value: str) -> tuple[str, str | None]:
 def run_tcpconnect(ns: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
+    import numpy as np
+
     from podsight.cli.identity import build_resolver, pod_selector
     from podsight.events import select_fields
     from podsight.filters import CidrMatcher, combine
     from podsight.gadgets.tcpconnect.fields import K8S_COLUMNS, ConnectRow, fields, to_json
+    from podsight.gadgets.tcpconnect.render import JsonRenderer
     from podsight.gadgets.tcpconnect.tcpconnect import ConnectEvent, TcpConnect, TcpConnectConfig
     from podsight.identity.netns import parse_netns
     from podsight.outputs.jsonlines import JsonLinesWriter
@@ -123,21 +126,21 @@ def run_tcpconnect(ns: argparse.Namespace) -> int:
         table = TableWriter(table_fields, out)
         emitted = 0
 
+        def admit(e: ConnectEvent) -> ConnectRow | None:
+            """The event's row, identity resolved, or None if a filter drops it."""
+            if keep is not None and not keep(e):
+                return None
+            src = resolver.local_endpoint(e.saddr, e.netns, e.cgroup_id)
+            if selector.selects_pods and not (
+                e.netns in netns or resolver.selects(selector, src, e.netns)
+            ):
+                return None
+            return ConnectRow(e, src, resolver.remote_endpoint(e.daddr, src),
+                              clock.wall_ns(e.ts_ns))
+
         def emit(events: list[ConnectEvent]) -> int:
             nonlocal emitted
-            if keep is not None:
-                events = [e for e in events if keep(e)]
-            if not events:
-                return 0
-            rows = []
-            for e in events:
-                src = resolver.local_endpoint(e.saddr, e.netns, e.cgroup_id)
-                if selector.selects_pods and not (
-                    e.netns in netns or resolver.selects(selector, src, e.netns)
-                ):
-                    continue
-                rows.append(ConnectRow(e, src, resolver.remote_endpoint(e.daddr, src),
-                                       clock.wall_ns(e.ts_ns)))
+            rows = [r for r in map(admit, events) if r is not None]
             if mode == "json":
                 json_writer.write([to_json(r, clock) for r in rows])
             else:
@@ -146,6 +149,18 @@ def run_tcpconnect(ns: argparse.Namespace) -> int:
             return len(rows)
 
         tracer = stack.enter_context(TcpConnect(config))
+        renderer = JsonRenderer(clock, tracer.decode, admit)
+
+        def emit_records(records: np.ndarray) -> None:
+            """The hot path: JSON is rendered from the records through templates."""
+            nonlocal emitted
+            if mode != "json":
+                emit(tracer.decode(records))
+                return
+            lines = renderer.lines(records)
+            json_writer.write(lines)
+            emitted += len(lines)
+
         stop = stack.enter_context(StopFlag(ns.timeout))
         if mode == "columns":
             table.header()
@@ -154,10 +169,12 @@ def run_tcpconnect(ns: argparse.Namespace) -> int:
         sys.stderr.flush()
         while not stop.is_set():
             tracer.wait(stop.remaining(0.05))
-            if resolver.refresh() and filtering:
-                tracer.set_netns(wanted_netns())
-            emit(tracer.decode(tracer.drain()))
-        emit(tracer.decode(tracer.drain()))
+            if resolver.refresh():
+                renderer.clear()
+                if filtering:
+                    tracer.set_netns(wanted_netns())
+            emit_records(tracer.drain())
+        emit_records(tracer.drain())
         pending = emit(tracer.pending(clock.boot_now_ns()))
         counters = tracer.counters()
     _summary(emitted, counters, pending)
@@ -165,9 +182,14 @@ def run_tcpconnect(ns: argparse.Namespace) -> int:
 
 
 def _summary(emitted: int, counters: dict[str, int], pending: int) -> None:
-    lost = counters["lost_ringbuf"] + counters["lost_inflight"]
+    causes = {
+        "lost_ringbuf": "ring buffer full (a larger --ring-size helps)",
+        "lost_inflight": "in-flight table full",
+        "lost_skipped": "outcome not seen: the kernel skipped a nested program run",
+    }
+    lost = sum(counters[k] for k in causes)
     line = f"podsight: {emitted} events, {lost} lost, {pending} pending"
     if lost:
-        line += (f" (ring buffer full: {counters['lost_ringbuf']}, in-flight table full: "
-                 f"{counters['lost_inflight']}; a larger --ring-size helps)")
+        why = "; ".join(f"{text}: {counters[k]}" for k, text in causes.items() if counters[k])
+        line += f" ({why})"
     sys.stderr.write(line + "\n")

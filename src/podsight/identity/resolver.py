@@ -17,6 +17,7 @@ That is what names hostNetwork pods, and containers that share one namespace.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import json
 import logging
@@ -61,7 +62,9 @@ def host_addresses() -> set[str]:
         return set()
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_loopback(addr: str) -> bool:
+    """Cached: it runs once per event, and parsing an address costs more than the event."""
     try:
         return ipaddress.ip_address(addr).is_loopback
     except ValueError:

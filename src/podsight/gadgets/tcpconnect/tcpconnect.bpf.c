@@ -39,7 +39,8 @@ enum counter {
 	C_LOST_RINGBUF = 2,   /* events dropped: ring buffer full */
 	C_LOST_INFLIGHT = 3,  /* attempts not tracked: inflight map full */
 	C_SUPPRESSED = 4,     /* outcomes dropped by --failed-only / --min-latency */
-	C_MAX = 5,
+	C_LOST_SKIPPED = 5,   /* outcomes the kernel did not run us for (recursion): found stale */
+	C_MAX = 6,
 };
 
 struct inflight {
@@ -178,8 +179,19 @@ static __always_inline int on_syn_sent(const struct sock *sk)
 	/* The source port is bound after SYN_SENT (inet_hash_connect); read it later. */
 	read_addrs(sk, family, f.saddr, f.daddr);
 	bpf_get_current_comm(f.comm, sizeof(f.comm));
-	if (bpf_map_update_elem(&inflight, &key, &f, BPF_NOEXIST))
-		count(C_LOST_INFLIGHT);
+	if (bpf_map_update_elem(&inflight, &key, &f, BPF_NOEXIST)) {
+		/*
+		 * An entry for this socket already exists only if its last outcome was
+		 * never seen (the kernel skips a program that would nest on this CPU):
+		 * that attempt is lost; this one replaces it.
+		 */
+		if (bpf_map_lookup_elem(&inflight, &key)) {
+			count(C_LOST_SKIPPED);
+			bpf_map_update_elem(&inflight, &key, &f, BPF_ANY);
+		} else {
+			count(C_LOST_INFLIGHT);
+		}
+	}
 	return 0;
 }
 
@@ -243,6 +255,13 @@ int BPF_PROG(inet_sock_set_state, const struct sock *sk, int oldstate, int newst
 	if (newstate == TCP_ESTABLISHED || (newstate == TCP_CLOSE && (oldstate == TCP_SYN_SENT ||
 									 oldstate == TCP_SYN_RECV)))
 		return on_outcome(sk, newstate);
+	if (newstate == TCP_CLOSE) {
+		/* Still tracked after the handshake: its outcome was skipped (see above). */
+		u64 key = (u64)sk;
+
+		if (!bpf_map_delete_elem(&inflight, &key))
+			count(C_LOST_SKIPPED);
+	}
 	return 0;
 }
 

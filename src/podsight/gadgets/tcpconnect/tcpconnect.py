@@ -70,7 +70,7 @@ assert INFLIGHT_DTYPE.itemsize == 96
 RAW_OK, RAW_CLOSED, RAW_PENDING = 0, 1, 2
 
 # Counter slots (enum counter in tcpconnect.bpf.c).
-COUNTERS = ("attempts", "events", "lost_ringbuf", "lost_inflight", "suppressed")
+COUNTERS = ("attempts", "events", "lost_ringbuf", "lost_inflight", "suppressed", "lost_skipped")
 
 RESULTS = ("ok", "refused", "timeout", "unreachable", "error", "aborted", "pending")
 
