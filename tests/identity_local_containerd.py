@@ -22,6 +22,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,3 +230,34 @@ def our_shim_pids(socket: str) -> list[int]:
         if argv and b"containerd-shim" in argv[0] and socket.encode() in argv:
             found.append(int(entry))
     return found
+
+
+@contextlib.contextmanager
+def running_containerd(*, need_cgroup2: bool = False) -> Iterator[PrivateContainerd]:
+    """A private containerd with the busybox image imported; stopped and removed after,
+    with its cgroups in every hierarchy. Skips (pytest) when the tools are missing."""
+    import pytest
+    from identity_local_sys import cgroup_mounts, remove_cgroup_tree
+
+    from podsight.identity.local.cgroups import cgroup2_root
+
+    if os.geteuid() != 0:
+        pytest.skip("running containers needs root")
+    missing = [tool for tool in ("containerd", "ctr", "runc", "containerd-shim-runc-v2")
+               if shutil.which(tool) is None]
+    if missing or not os.path.exists("/usr/bin/busybox"):
+        pytest.skip(f"needs Debian's containerd, runc and busybox-static (missing: {missing})")
+    if need_cgroup2 and cgroup2_root() is None:
+        pytest.skip("needs a cgroup2 hierarchy (events carry cgroup v2 ids)")
+    daemon = PrivateContainerd()
+    try:
+        daemon.start()
+        daemon.import_image(build_busybox_image(daemon.dir))
+        yield daemon
+    finally:
+        daemon.stop()
+        # containerd's cgroups (/<namespace>/<id> by default) in every hierarchy
+        for mount in cgroup_mounts():
+            remove_cgroup_tree(mount, daemon.namespace)
+        assert not our_shim_pids(daemon.socket)
+        assert not daemon.dir.exists()

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from identity_local_containerd import PrivateContainerd, build_busybox_image, our_shim_pids
+from identity_local_containerd import PrivateContainerd, running_containerd
 from identity_local_sys import cgroup_mounts, leftover_cgroups, remove_cgroup_tree
 from k8s.fixtures import (
     core,  # fixture
@@ -48,25 +48,8 @@ WEB_PORT = 8080
 @pytest.fixture(scope="module")
 def containerd() -> Iterator[PrivateContainerd]:
     """A private containerd with the busybox image imported, stopped and removed after."""
-    if os.geteuid() != 0:
-        pytest.skip("running containers needs root")
-    missing = [tool for tool in ("containerd", "ctr", "runc", "containerd-shim-runc-v2")
-               if shutil.which(tool) is None]
-    if missing or not os.path.exists("/usr/bin/busybox"):
-        pytest.skip(f"needs Debian's containerd, runc and busybox-static (missing: {missing})")
-    if cgroup2_root() is None:
-        pytest.skip("needs a cgroup2 hierarchy (events carry cgroup v2 ids)")
-    daemon = PrivateContainerd()
-    try:
-        daemon.start()
-        daemon.import_image(build_busybox_image(daemon.dir))
+    with running_containerd(need_cgroup2=True) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        for mount in cgroup_mounts():
-            remove_cgroup_tree(mount, daemon.namespace)
-        assert not our_shim_pids(daemon.socket)
-        assert not daemon.dir.exists()
 
 
 @pytest.fixture

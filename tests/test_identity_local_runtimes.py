@@ -19,7 +19,7 @@ from identity_local_containerd import (
     IMAGE_REF,
     PrivateContainerd,
     build_busybox_image,
-    our_shim_pids,
+    running_containerd,
 )
 from identity_local_podman import PrivatePodman
 from identity_local_sys import (
@@ -141,24 +141,8 @@ def test_wrong_protocol_is_a_warning(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def containerd() -> Iterator[PrivateContainerd]:
     """A private containerd with the busybox image imported, stopped and removed after."""
-    if os.geteuid() != 0:
-        pytest.skip("running containers needs root")
-    missing = [tool for tool in ("containerd", "ctr", "runc", "containerd-shim-runc-v2")
-               if shutil.which(tool) is None]
-    if missing or not os.path.exists("/usr/bin/busybox"):
-        pytest.skip(f"needs Debian's containerd, runc and busybox-static (missing: {missing})")
-    daemon = PrivateContainerd()
-    try:
-        daemon.start()
-        daemon.import_image(build_busybox_image(daemon.dir))
+    with running_containerd(need_cgroup2=False) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        # containerd's cgroups (/<namespace>/<id> by default) in every hierarchy
-        for mount in cgroup_mounts():
-            remove_cgroup_tree(mount, daemon.namespace)
-        assert not our_shim_pids(daemon.socket)
-        assert not daemon.dir.exists()
 
 
 @pytest.fixture

@@ -20,12 +20,9 @@ the helper accepts everything it still holds before it unbinds.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import select
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -123,17 +120,7 @@ def delayed(netns: str, delay_s: float, *, queue_num: int = DEFAULT_QUEUE) -> It
 
 def _await_ready(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     assert proc.stdout is not None and proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    data = b""
-    fd = proc.stdout.fileno()
-    while b"\n" not in data:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            break
-        chunk = os.read(fd, 256)
-        if not chunk:
-            break
-        data += chunk
+    data = system.read_line(proc.stdout.fileno(), timeout)
     if data.startswith(b"ready"):
         return
     _stop(proc, close=False)

@@ -19,7 +19,6 @@ import fcntl
 import ipaddress
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -580,16 +579,7 @@ class Lab:
         return key, read_fd, log
 
     def _await_ready(self, key: str, fd: int, log: Path, timeout: float = 15.0) -> int:
-        deadline = time.monotonic() + timeout
-        data = b""
-        while b"\n" not in data:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                break
-            chunk = os.read(fd, 256)
-            if not chunk:
-                break
-            data += chunk
+        data = system.read_line(fd, timeout)
         line = data.decode(errors="replace").strip()
         if line.startswith("ready "):
             return int(line.split()[1])

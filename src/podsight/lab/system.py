@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -205,3 +207,19 @@ def stray_processes(modules: Sequence[str]) -> list[int]:
             continue
         found.append(int(entry.name))
     return found
+
+
+def read_line(fd: int, timeout: float) -> bytes:
+    """Bytes from ``fd`` up to and including the first newline, or what came before
+    ``timeout`` seconds or EOF: how lab daemons say they are ready."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 256)
+        if not chunk:
+            break
+        data += chunk
+    return data
