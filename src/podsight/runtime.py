@@ -39,6 +39,11 @@ class StopFlag:
             self._set = True
         return self._set
 
+    @property
+    def timed_out(self) -> bool:
+        """Was the stop the deadline's (not a signal's)?"""
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._saved[sig] = signal.signal(sig, self._handler)

@@ -26,7 +26,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from podsight.cli import lab, trace
+    from podsight.cli import flows, lab, trace
 
     parser = OneLineParser(
         prog="podsight",
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     groups.required = True
     trace.register(groups)
+    flows.register(groups)
     lab.register(groups)
     return parser
 

@@ -89,9 +89,25 @@ struct inet_sock {
 	__be16 inet_sport;
 };
 
+struct net_device {
+	int ifindex;
+	possible_net_t nd_net;
+};
+
 struct sk_buff {
 	struct sock *sk;
+	struct net_device *dev;
 	char cb[48];
+	unsigned int len;
+	__be16 protocol;
+	__u16 transport_header;
+	__u16 network_header;
+	unsigned char *head;
+};
+
+/* srtt_us holds the smoothed RTT in microseconds, shifted left by 3. */
+struct tcp_sock {
+	__u32 srtt_us;
 };
 
 /* What an ICMP error leaves in skb->cb of the error queue (net/sock.h). */

@@ -1,0 +1,845 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * flows: per-flow byte, packet and TCP-flag counts aggregated in the kernel,
+ * with optional RTT, drops (with the kernel's reason) and DNS latency.
+ *
+ *   tc clsact ingress/egress   every packet on the chosen interfaces adds to
+ *                              its (5-tuple, direction, interface) entry
+ *   tp_btf/tcp_probe (--rtt)   smoothed RTT per socket, min/max/last
+ *   tp_btf/kfree_skb (--drops) dropped packets per 5-tuple with the reason
+ *   DNS (--dns)                parsed in the tc program: query -> response
+ *                              latency, sent as one ring record per answer
+ *
+ * Exact eviction. Every table exists twice (generation 0 and 1), reached
+ * through an ARRAY_OF_MAPS. User space flips `state.gen`, then waits for
+ * every program that might still hold the old table (a map-in-map update
+ * waits an RCU grace period), and only then reads and clears the old table:
+ * no packet is counted into an entry that is being read and deleted.
+ *
+ * Nothing is lost silently. A flow that does not fit in the table goes
+ * through the `events` ring as a one-packet record; only what fits in
+ * neither is lost, and it is counted in `counters` like every other loss.
+ */
+#include "../include/podsight_core.h"
+#include "../include/podsight_net.h"
+#include <stdbool.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define TC_ACT_UNSPEC (-1)
+#define EEXIST 17
+#define E2BIG 7
+#define MAX_RULES 8
+#define DNS_QNAME_MAX 128
+#define DIR_INGRESS 0
+#define DIR_EGRESS 1
+#define DIR_UNKNOWN 0xff
+
+/* Counter slots (flows.py COUNTERS). */
+enum counter {
+	C_PACKETS = 0,      /* packets (segments) accounted */
+	C_FLOWS = 1,        /* flow entries created */
+	C_OVERFLOW = 2,     /* packets sent through the ring: flow table full */
+	C_LOST_FLOW = 3,    /* packets lost: flow table and ring both full */
+	C_DNS = 4,          /* DNS responses matched to their query */
+	C_LOST_DNS = 5,     /* DNS answers lost: ring full, or query table full */
+	C_LOST_RTT = 6,     /* RTT samples lost: RTT table full */
+	C_DROPS = 7,        /* dropped packets attributed to a flow */
+	C_LOST_DROPS = 8,   /* dropped packets not recorded: drop table full */
+	C_UNPARSED = 9,     /* IP packets whose headers could not be read */
+	C_MAX = 10,
+};
+
+/* Addresses are 16 bytes; IPv4 is stored IPv4-mapped (::ffff:a.b.c.d) so one
+ * LPM trie serves both families. Keep in sync with KEY_DTYPE. */
+struct flow_key {
+	u8 saddr[16];
+	u8 daddr[16];
+	u16 sport;
+	u16 dport;
+	u32 ifindex;
+	u8 proto;
+	u8 family; /* 4 or 6 */
+	u8 direction;
+	u8 _pad;
+};
+_Static_assert(sizeof(struct flow_key) == 44, "flow_key layout changed: update KEY_DTYPE");
+
+/* TCP flag bits, as netobserv reports them: the 8 header bits plus three
+ * combinations, so that a SYN-ACK is told from a SYN at a glance. */
+#define F_SYN 0x02
+#define F_FIN 0x01
+#define F_RST 0x04
+#define F_ACK 0x10
+#define F_SYN_ACK 0x100
+#define F_FIN_ACK 0x200
+#define F_RST_ACK 0x400
+
+struct flow_stats {
+	u64 first_ns;
+	u64 last_ns;
+	u64 bytes;
+	u64 packets;
+	u32 tcp_flags;
+	u8 dscp;
+	u8 icmp_type;
+	u8 icmp_code;
+	u8 _pad;
+};
+_Static_assert(sizeof(struct flow_stats) == 40, "flow_stats layout changed: update STATS_DTYPE");
+
+struct rtt_stats {
+	u32 min_us;
+	u32 max_us;
+	u32 last_us;
+	u32 samples;
+	u64 sum_us;
+};
+
+struct drop_stats {
+	u64 bytes;
+	u64 packets;
+	u64 last_ns;
+	u32 reason; /* the latest enum skb_drop_reason */
+	u32 netns;
+	u32 ifindex;
+	u32 _pad;
+};
+
+struct dns_key {
+	u8 client[16];
+	u8 server[16];
+	u16 cport;
+	u16 id;
+	u8 proto;
+	u8 _pad[3];
+};
+
+enum event_kind {
+	EV_FLOW = 1, /* one packet of a flow that did not fit in the table */
+	EV_DNS = 2,  /* a DNS response matched to its query */
+};
+
+/* The one ring record (kinds share it so one ring and one epoll serve all).
+ * Keep in sync with EVENT_DTYPE. */
+struct event {
+	u32 kind;
+	u32 _pad0;
+	u64 ts_ns;
+	struct flow_key key;
+	u32 _pad1;
+	struct flow_stats stats;
+	u64 latency_ns;
+	u16 dns_id;
+	u16 dns_flags;
+	u16 qname_len;
+	u16 _pad2;
+	u8 qname[DNS_QNAME_MAX];
+};
+_Static_assert(sizeof(struct event) == 248, "event layout changed: update EVENT_DTYPE");
+
+/* A filter rule (one per `or`-joined group of flags); a zero field means any. */
+struct rule {
+	u16 port_lo, port_hi;   /* either port in range */
+	u16 sport_lo, sport_hi;
+	u16 dport_lo, dport_hi;
+	u16 tcp_flags;          /* the packet carries all of these */
+	u8 direction;           /* 0 any, 1 ingress, 2 egress */
+	u8 protocol;
+	u8 has_cidr;            /* --cidr: an end in cidr_rules */
+	u8 has_peer;            /* --peer-ip/--peer-cidr: the other end in peer_rules */
+	u8 has_icmp_type;
+	u8 icmp_type;
+	u8 has_icmp_code;
+	u8 icmp_code;
+	u16 _pad;
+};
+_Static_assert(sizeof(struct rule) == 24, "rule layout changed: update RULE_DTYPE");
+
+/* Set by user space before load; the verifier prunes the unused branches. The only
+ * read-only global: user space replaces .rodata whole, and checks the size. */
+const volatile struct {
+	u32 nrules;
+	u32 wakeup_bytes; /* force a ring wakeup when this much is waiting */
+	u8 any_cidr;
+	u8 any_peer;
+	u8 rtt;
+	u8 drops;
+	u8 dns;
+	u8 _pad[3];
+	struct rule rules[MAX_RULES];
+} cfg = {};
+
+struct lpm_key {
+	u32 prefixlen;
+	u8 addr[16];
+};
+
+/* CIDR -> bitmask of the rules whose CIDR contains it (user space folds wider
+ * prefixes into narrower ones, so the longest match carries every rule). */
+struct lpm_rules {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm_key);
+	__type(value, u32);
+};
+struct lpm_rules cidr_rules SEC(".maps"), peer_rules SEC(".maps");
+
+struct flow_table {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, struct flow_stats);
+};
+struct flow_table flows_0 SEC(".maps"), flows_1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, u32);
+	__array(values, struct flow_table);
+} flow_tables SEC(".maps") = { .values = { &flows_0, &flows_1 } };
+
+struct rtt_table {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct flow_key);
+	__type(value, struct rtt_stats);
+};
+struct rtt_table rtt_0 SEC(".maps"), rtt_1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, u32);
+	__array(values, struct rtt_table);
+} rtt_tables SEC(".maps") = { .values = { &rtt_0, &rtt_1 } };
+
+struct drop_table {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct flow_key);
+	__type(value, struct drop_stats);
+};
+struct drop_table drops_0 SEC(".maps"), drops_1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, u32);
+	__array(values, struct drop_table);
+} drop_tables SEC(".maps") = { .values = { &drops_0, &drops_1 } };
+
+/* The generation programs write to; user space flips it each interval. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u32);
+} state SEC(".maps");
+
+/* DNS queries waiting for their response: query time (CLOCK_BOOTTIME). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct dns_key);
+	__type(value, u64);
+} dns_inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, C_MAX);
+	__type(key, u32);
+	__type(value, u64);
+} counters SEC(".maps");
+
+static __always_inline void count_n(u32 slot, u64 n)
+{
+	u64 *v = bpf_map_lookup_elem(&counters, &slot);
+
+	if (v)
+		*v += n;
+}
+
+static __always_inline void count(u32 slot)
+{
+	count_n(slot, 1);
+}
+
+static __always_inline u32 current_gen(void)
+{
+	u32 zero = 0;
+	u32 *gen = bpf_map_lookup_elem(&state, &zero);
+
+	return gen ? (*gen & 1) : 0;
+}
+
+/* A parsed packet: its flow key and what else the flow record keeps. */
+struct pkt {
+	struct flow_key key;
+	u32 flags;
+	u32 payload_off; /* from the start of the frame; 0 if unknown */
+	u8 dscp;
+	u8 icmp_type;
+	u8 icmp_code;
+	u8 has_ports;
+};
+
+static __always_inline void map_v4(u8 *dst, const u8 *src)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, src, 4);
+}
+
+static __always_inline u32 tcp_flags(u8 raw)
+{
+	u32 f = raw;
+
+	if ((raw & (F_SYN | F_ACK)) == (F_SYN | F_ACK))
+		f |= F_SYN_ACK;
+	if ((raw & (F_FIN | F_ACK)) == (F_FIN | F_ACK))
+		f |= F_FIN_ACK;
+	if ((raw & (F_RST | F_ACK)) == (F_RST | F_ACK))
+		f |= F_RST_ACK;
+	return f;
+}
+
+/*
+ * Parse Ethernet/IP/L4 with direct packet access. Returns 1 when the packet is
+ * IP and parsed, 0 when it is not IP, -1 when its headers are not in the
+ * linear part of the buffer (the caller pulls them in and tries again).
+ */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct wire_eth *eth = data;
+	void *l4;
+	u8 proto;
+
+	if ((void *)(eth + 1) > end)
+		return -1;
+	if (eth->proto == bpf_htons(ETH_P_IP)) {
+		struct wire_ipv4 *ip = (void *)(eth + 1);
+		u32 ihl;
+
+		if ((void *)(ip + 1) > end)
+			return -1;
+		ihl = (ip->ver_ihl & 0x0f) * 4;
+		if (ihl < sizeof(*ip))
+			return 0;
+		map_v4(p->key.saddr, ip->saddr);
+		map_v4(p->key.daddr, ip->daddr);
+		p->key.family = 4;
+		p->dscp = ip->tos >> 2;
+		proto = ip->protocol;
+		p->key.proto = proto;
+		/* A later fragment carries no L4 header: count it under port 0. */
+		if (ip->frag_off & bpf_htons(0x1fff))
+			return 1;
+		l4 = (void *)ip + ihl;
+	} else if (eth->proto == bpf_htons(ETH_P_IPV6)) {
+		struct wire_ipv6 *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end)
+			return -1;
+		__builtin_memcpy(p->key.saddr, ip6->saddr, 16);
+		__builtin_memcpy(p->key.daddr, ip6->daddr, 16);
+		p->key.family = 6;
+		p->dscp = (bpf_ntohl(ip6->ver_tc_flow) >> 22) & 0x3f;
+		proto = ip6->nexthdr;
+		p->key.proto = proto;
+		l4 = ip6 + 1;
+	} else {
+		return 0;
+	}
+
+	if (proto == IPPROTO_TCP) {
+		struct wire_tcp *tcp = l4;
+		u32 doff;
+
+		if ((void *)(tcp + 1) > end)
+			return -1;
+		p->key.sport = bpf_ntohs(tcp->sport);
+		p->key.dport = bpf_ntohs(tcp->dport);
+		p->flags = tcp_flags(tcp->flags);
+		doff = (tcp->doff_res >> 4) * 4;
+		p->payload_off = (u32)(l4 - data) + doff;
+		p->has_ports = 1;
+	} else if (proto == IPPROTO_UDP) {
+		struct wire_udp *udp = l4;
+
+		if ((void *)(udp + 1) > end)
+			return -1;
+		p->key.sport = bpf_ntohs(udp->sport);
+		p->key.dport = bpf_ntohs(udp->dport);
+		p->payload_off = (u32)(l4 - data) + sizeof(*udp);
+		p->has_ports = 1;
+	} else if (proto == IPPROTO_SCTP) {
+		struct wire_ports *ports = l4;
+
+		if ((void *)(ports + 1) > end)
+			return -1;
+		p->key.sport = bpf_ntohs(ports->sport);
+		p->key.dport = bpf_ntohs(ports->dport);
+		p->has_ports = 1;
+	} else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		struct wire_icmp *icmp = l4;
+
+		if ((void *)(icmp + 1) > end)
+			return -1;
+		p->icmp_type = icmp->type;
+		p->icmp_code = icmp->code;
+	}
+	return 1;
+}
+
+static __always_inline u32 lpm_mask(void *table, const u8 *addr)
+{
+	struct lpm_key k = { .prefixlen = 128 };
+	u32 *mask;
+
+	__builtin_memcpy(k.addr, addr, 16);
+	mask = bpf_map_lookup_elem(table, &k);
+	return mask ? *mask : 0;
+}
+
+static __always_inline bool in_range(u16 v, u16 lo, u16 hi)
+{
+	return v >= lo && v <= hi;
+}
+
+/* Does any rule take this packet? Rules are OR-ed; fields in a rule AND-ed. */
+static __always_inline bool selected(const struct pkt *p)
+{
+	u32 src_cidr = 0, dst_cidr = 0, src_peer = 0, dst_peer = 0;
+	u32 n = cfg.nrules;
+
+	if (!n)
+		return true;
+	if (cfg.any_cidr) {
+		src_cidr = lpm_mask(&cidr_rules, p->key.saddr);
+		dst_cidr = lpm_mask(&cidr_rules, p->key.daddr);
+	}
+	if (cfg.any_peer) {
+		src_peer = lpm_mask(&peer_rules, p->key.saddr);
+		dst_peer = lpm_mask(&peer_rules, p->key.daddr);
+	}
+	for (u32 i = 0; i < MAX_RULES; i++) {
+		const volatile struct rule *r = &cfg.rules[i];
+		u32 bit = 1u << i;
+
+		if (i >= n)
+			break;
+		if (r->direction && p->key.direction != DIR_UNKNOWN &&
+		    r->direction != p->key.direction + 1)
+			continue;
+		if (r->protocol && r->protocol != p->key.proto)
+			continue;
+		if (r->has_cidr && r->has_peer) {
+			if (!((src_cidr & bit) && (dst_peer & bit)) &&
+			    !((dst_cidr & bit) && (src_peer & bit)))
+				continue;
+		} else if (r->has_cidr) {
+			if (!((src_cidr | dst_cidr) & bit))
+				continue;
+		} else if (r->has_peer) {
+			if (!((src_peer | dst_peer) & bit))
+				continue;
+		}
+		if (r->port_hi && !(p->has_ports && (in_range(p->key.sport, r->port_lo, r->port_hi) ||
+						     in_range(p->key.dport, r->port_lo, r->port_hi))))
+			continue;
+		if (r->sport_hi && !(p->has_ports && in_range(p->key.sport, r->sport_lo, r->sport_hi)))
+			continue;
+		if (r->dport_hi && !(p->has_ports && in_range(p->key.dport, r->dport_lo, r->dport_hi)))
+			continue;
+		if (r->tcp_flags && (p->flags & r->tcp_flags) != r->tcp_flags)
+			continue;
+		if (r->has_icmp_type && (p->icmp_type != r->icmp_type ||
+					 (p->key.proto != IPPROTO_ICMP && p->key.proto != IPPROTO_ICMPV6)))
+			continue;
+		if (r->has_icmp_code && (p->icmp_code != r->icmp_code ||
+					 (p->key.proto != IPPROTO_ICMP && p->key.proto != IPPROTO_ICMPV6)))
+			continue;
+		return true;
+	}
+	return false;
+}
+
+static __always_inline u64 ring_flags(void)
+{
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void add(struct flow_stats *st, const struct pkt *p, u64 bytes, u64 segs,
+				u64 now)
+{
+	__sync_fetch_and_add(&st->bytes, bytes);
+	__sync_fetch_and_add(&st->packets, segs);
+	st->last_ns = now;
+	/* Two CPUs OR-ing different bits into one flow at once may lose one bit: rare. */
+	if (p->flags & ~st->tcp_flags)
+		st->tcp_flags |= p->flags;
+}
+
+static __always_inline void account(struct __sk_buff *skb, const struct pkt *p)
+{
+	u64 now = bpf_ktime_get_boot_ns();
+	u32 gen = current_gen();
+	u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+	u64 bytes = skb->len;
+	struct flow_stats *st, fresh = {};
+	struct event *ev;
+	void *table;
+	long err;
+
+	/* A GSO super-packet leaves as `segs` frames, each with its own headers. */
+	if (segs > 1 && p->payload_off)
+		bytes += (segs - 1) * p->payload_off;
+	count_n(C_PACKETS, segs);
+	table = bpf_map_lookup_elem(&flow_tables, &gen);
+	if (!table)
+		return;
+	st = bpf_map_lookup_elem(table, &p->key);
+	if (st) {
+		add(st, p, bytes, segs, now);
+		return;
+	}
+	fresh.first_ns = now;
+	fresh.last_ns = now;
+	fresh.bytes = bytes;
+	fresh.packets = segs;
+	fresh.tcp_flags = p->flags;
+	fresh.dscp = p->dscp;
+	fresh.icmp_type = p->icmp_type;
+	fresh.icmp_code = p->icmp_code;
+	err = bpf_map_update_elem(table, &p->key, &fresh, BPF_NOEXIST);
+	if (!err) {
+		count(C_FLOWS);
+		return;
+	}
+	if (err == -EEXIST) { /* another CPU created it just now */
+		st = bpf_map_lookup_elem(table, &p->key);
+		if (st) {
+			add(st, p, bytes, segs, now);
+			return;
+		}
+	}
+	/* The table is full: hand the packet to user space through the ring. */
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_n(C_LOST_FLOW, segs);
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->kind = EV_FLOW;
+	ev->ts_ns = now;
+	ev->key = p->key;
+	ev->stats = fresh;
+	bpf_ringbuf_submit(ev, ring_flags());
+	count_n(C_OVERFLOW, segs);
+}
+
+/* DNS over UDP or TCP port 53: queries are remembered, answers matched to them. */
+static __always_inline void dns(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct dns_key k = {};
+	struct wire_dns h;
+	struct event *ev;
+	u32 off = p->payload_off;
+	u64 now, *asked, latency;
+	u32 qoff, n;
+	u16 flags;
+
+	if (p->key.proto == IPPROTO_TCP)
+		off += 2; /* DNS over TCP: a 2-byte length comes first */
+	if (bpf_skb_load_bytes(skb, off, &h, sizeof(h)))
+		return;
+	flags = bpf_ntohs(h.flags);
+	k.id = bpf_ntohs(h.id);
+	k.proto = p->key.proto;
+	now = bpf_ktime_get_boot_ns();
+	if (!(flags & 0x8000)) {
+		if (p->key.dport != 53)
+			return;
+		__builtin_memcpy(k.client, p->key.saddr, 16);
+		__builtin_memcpy(k.server, p->key.daddr, 16);
+		k.cport = p->key.sport;
+		/* The first sighting counts; the same query on another interface is kept out. */
+		if (bpf_map_update_elem(&dns_inflight, &k, &now, BPF_NOEXIST) == -E2BIG)
+			count(C_LOST_DNS);
+		return;
+	}
+	if (p->key.sport != 53)
+		return;
+	__builtin_memcpy(k.client, p->key.daddr, 16);
+	__builtin_memcpy(k.server, p->key.saddr, 16);
+	k.cport = p->key.dport;
+	asked = bpf_map_lookup_elem(&dns_inflight, &k);
+	if (!asked)
+		return; /* seen already on another interface, or asked before we started */
+	latency = now - *asked;
+	if (bpf_map_delete_elem(&dns_inflight, &k))
+		return; /* another CPU matched it first */
+	count(C_DNS);
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count(C_LOST_DNS);
+		return;
+	}
+	ev->kind = EV_DNS;
+	ev->_pad0 = 0;
+	ev->ts_ns = now;
+	ev->key = p->key;
+	ev->_pad1 = 0;
+	__builtin_memset(&ev->stats, 0, sizeof(ev->stats));
+	ev->latency_ns = latency;
+	ev->dns_id = k.id;
+	ev->dns_flags = flags;
+	ev->_pad2 = 0;
+	qoff = off + sizeof(h);
+	n = skb->len > qoff ? skb->len - qoff : 0;
+	if (n > DNS_QNAME_MAX)
+		n = DNS_QNAME_MAX;
+	ev->qname_len = n;
+	if (n < 1 || bpf_skb_load_bytes(skb, qoff, ev->qname, n))
+		ev->qname_len = 0;
+	bpf_ringbuf_submit(ev, ring_flags());
+}
+
+static __always_inline int observe(struct __sk_buff *skb, u8 direction)
+{
+	struct pkt p = {};
+	int rc = parse(skb, &p);
+
+	if (rc < 0) {
+		/* Headers beyond the linear buffer: pull them in once, then parse again. */
+		u32 want = skb->len < 128 ? skb->len : 128;
+
+		if (bpf_skb_pull_data(skb, want) == 0) {
+			__builtin_memset(&p, 0, sizeof(p));
+			rc = parse(skb, &p);
+		}
+		if (rc < 0) {
+			count(C_UNPARSED);
+			return TC_ACT_UNSPEC;
+		}
+	}
+	if (rc == 0)
+		return TC_ACT_UNSPEC; /* not IP (ARP, LLDP): not a flow */
+	p.key.ifindex = skb->ifindex;
+	p.key.direction = direction;
+	if (!selected(&p))
+		return TC_ACT_UNSPEC;
+	account(skb, &p);
+	if (cfg.dns && p.payload_off && (p.key.sport == 53 || p.key.dport == 53) &&
+	    (p.key.proto == IPPROTO_UDP || p.key.proto == IPPROTO_TCP))
+		dns(skb, &p);
+	/* Unspecified: the packet goes on to any other filter, untouched in verdict. */
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int flows_ingress(struct __sk_buff *skb)
+{
+	return observe(skb, DIR_INGRESS);
+}
+
+SEC("tc")
+int flows_egress(struct __sk_buff *skb)
+{
+	return observe(skb, DIR_EGRESS);
+}
+
+static __always_inline void sock_key(const struct sock *sk, struct flow_key *k)
+{
+	u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family == AF_INET) {
+		u32 a;
+
+		a = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		map_v4(k->saddr, (u8 *)&a);
+		a = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		map_v4(k->daddr, (u8 *)&a);
+		k->family = 4;
+	} else {
+		BPF_CORE_READ_INTO((struct in6_addr *)k->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO((struct in6_addr *)k->daddr, sk, __sk_common.skc_v6_daddr);
+		k->family = 6;
+	}
+	k->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	k->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	k->proto = IPPROTO_TCP;
+	k->direction = DIR_UNKNOWN;
+}
+
+/* The socket's smoothed RTT each time it processes an incoming segment. */
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(flows_rtt, struct sock *sk, const struct sk_buff *skb)
+{
+	u32 srtt = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+	struct pkt p = {};
+	struct rtt_stats *st, fresh = {};
+	u32 gen;
+	void *table;
+
+	if (!srtt)
+		return 0;
+	sock_key(sk, &p.key);
+	p.has_ports = 1;
+	if (!selected(&p))
+		return 0;
+	gen = current_gen();
+	table = bpf_map_lookup_elem(&rtt_tables, &gen);
+	if (!table)
+		return 0;
+	st = bpf_map_lookup_elem(table, &p.key);
+	if (st) {
+		if (srtt < st->min_us)
+			st->min_us = srtt;
+		if (srtt > st->max_us)
+			st->max_us = srtt;
+		st->last_us = srtt;
+		st->samples++;
+		st->sum_us += srtt;
+		return 0;
+	}
+	fresh.min_us = srtt;
+	fresh.max_us = srtt;
+	fresh.last_us = srtt;
+	fresh.samples = 1;
+	fresh.sum_us = srtt;
+	if (bpf_map_update_elem(table, &p.key, &fresh, BPF_NOEXIST) == -E2BIG)
+		count(C_LOST_RTT);
+	return 0;
+}
+
+/* Read the IP and L4 headers of a kernel skb (not packet memory: probe reads). */
+static __always_inline bool skb_key(struct sk_buff *skb, struct pkt *p)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	u16 nh = BPF_CORE_READ(skb, network_header);
+	unsigned char *l3, *l4;
+	u8 first;
+
+	if (!head || nh == 0xffff)
+		return false;
+	l3 = head + nh;
+	if (bpf_probe_read_kernel(&first, 1, l3))
+		return false;
+	if ((first >> 4) == 4) {
+		struct wire_ipv4 ip;
+
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), l3))
+			return false;
+		map_v4(p->key.saddr, ip.saddr);
+		map_v4(p->key.daddr, ip.daddr);
+		p->key.family = 4;
+		p->key.proto = ip.protocol;
+		if (ip.frag_off & bpf_htons(0x1fff))
+			return true;
+		l4 = l3 + (ip.ver_ihl & 0x0f) * 4;
+	} else if ((first >> 4) == 6) {
+		struct wire_ipv6 ip6;
+
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), l3))
+			return false;
+		__builtin_memcpy(p->key.saddr, ip6.saddr, 16);
+		__builtin_memcpy(p->key.daddr, ip6.daddr, 16);
+		p->key.family = 6;
+		p->key.proto = ip6.nexthdr;
+		l4 = l3 + sizeof(ip6);
+	} else {
+		return false;
+	}
+	if (p->key.proto == IPPROTO_TCP || p->key.proto == IPPROTO_UDP ||
+	    p->key.proto == IPPROTO_SCTP) {
+		struct wire_tcp tcp;
+
+		/* The ports come first in all three; TCP flags need the longer read. */
+		if (p->key.proto == IPPROTO_TCP && !bpf_probe_read_kernel(&tcp, sizeof(tcp), l4)) {
+			p->flags = tcp_flags(tcp.flags);
+		} else if (bpf_probe_read_kernel(&tcp, sizeof(struct wire_ports), l4)) {
+			return true;
+		}
+		p->key.sport = bpf_ntohs(tcp.sport);
+		p->key.dport = bpf_ntohs(tcp.dport);
+		p->has_ports = 1;
+	} else if (p->key.proto == IPPROTO_ICMP || p->key.proto == IPPROTO_ICMPV6) {
+		struct wire_icmp icmp;
+
+		if (!bpf_probe_read_kernel(&icmp, sizeof(icmp), l4)) {
+			p->icmp_type = icmp.type;
+			p->icmp_code = icmp.code;
+		}
+	}
+	return true;
+}
+
+/* Every freed-because-dropped skb, with the kernel's reason for dropping it. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(flows_drops, struct sk_buff *skb, void *location, int reason)
+{
+	struct pkt p = {};
+	struct drop_stats *st, fresh = {};
+	struct net_device *dev;
+	u32 gen, len;
+	void *table;
+
+	if (!skb_key(skb, &p))
+		return 0;
+	p.key.direction = DIR_UNKNOWN;
+	if (!selected(&p))
+		return 0;
+	len = BPF_CORE_READ(skb, len);
+	gen = current_gen();
+	table = bpf_map_lookup_elem(&drop_tables, &gen);
+	if (!table)
+		return 0;
+	count(C_DROPS);
+	st = bpf_map_lookup_elem(table, &p.key);
+	if (st) {
+		__sync_fetch_and_add(&st->bytes, len);
+		__sync_fetch_and_add(&st->packets, 1);
+		st->last_ns = bpf_ktime_get_boot_ns();
+		st->reason = reason;
+		return 0;
+	}
+	fresh.bytes = len;
+	fresh.packets = 1;
+	fresh.last_ns = bpf_ktime_get_boot_ns();
+	fresh.reason = reason;
+	dev = BPF_CORE_READ(skb, dev);
+	if (dev) {
+		fresh.ifindex = BPF_CORE_READ(dev, ifindex);
+		fresh.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	} else {
+		fresh.netns = BPF_CORE_READ(skb, sk, __sk_common.skc_net.net, ns.inum);
+	}
+	if (bpf_map_update_elem(table, &p.key, &fresh, BPF_NOEXIST)) {
+		st = bpf_map_lookup_elem(table, &p.key);
+		if (st) {
+			__sync_fetch_and_add(&st->bytes, len);
+			__sync_fetch_and_add(&st->packets, 1);
+		} else {
+			count(C_LOST_DROPS);
+		}
+	}
+	return 0;
+}

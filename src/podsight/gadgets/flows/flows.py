@@ -1,0 +1,311 @@
+"""The flows gadget, kernel side: load flows.bpf.o, attach it, harvest its tables.
+
+Every ``--interval`` user space *harvests*: it flips the generation the
+programs write to, waits until no program can still be writing the old one
+(a map-in-map update waits an RCU grace period), then reads and clears the
+old tables in batches. Counts are exact: nothing is added to an entry while
+it is read and deleted, unlike a plain lookup-and-delete sweep.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Self
+
+import numpy as np
+
+from podsight.ebpf import BpfObject, RingBuffer
+from podsight.ebpf.system import preflight
+from podsight.ebpf.tc import TcHook
+from podsight.errors import UserError
+
+# struct flow_key (44 bytes): addresses are 16 bytes, IPv4 as ::ffff:a.b.c.d.
+KEY_DTYPE = np.dtype(
+    [
+        ("saddr", "V16"),
+        ("daddr", "V16"),
+        ("sport", "<u2"),
+        ("dport", "<u2"),
+        ("ifindex", "<u4"),
+        ("proto", "u1"),
+        ("family", "u1"),
+        ("direction", "u1"),
+        ("_pad", "u1"),
+    ]
+)
+assert KEY_DTYPE.itemsize == 44
+
+# struct flow_stats (40 bytes).
+STATS_DTYPE = np.dtype(
+    [
+        ("first_ns", "<u8"),
+        ("last_ns", "<u8"),
+        ("bytes", "<u8"),
+        ("packets", "<u8"),
+        ("tcp_flags", "<u4"),
+        ("dscp", "u1"),
+        ("icmp_type", "u1"),
+        ("icmp_code", "u1"),
+        ("_pad", "u1"),
+    ]
+)
+assert STATS_DTYPE.itemsize == 40
+
+# struct rtt_stats (24 bytes).
+RTT_DTYPE = np.dtype(
+    [("min_us", "<u4"), ("max_us", "<u4"), ("last_us", "<u4"), ("samples", "<u4"),
+     ("sum_us", "<u8")]
+)
+assert RTT_DTYPE.itemsize == 24
+
+# struct drop_stats (40 bytes).
+DROP_DTYPE = np.dtype(
+    [("bytes", "<u8"), ("packets", "<u8"), ("last_ns", "<u8"), ("reason", "<u4"),
+     ("netns", "<u4"), ("ifindex", "<u4"), ("_pad", "<u4")]
+)
+assert DROP_DTYPE.itemsize == 40
+
+DNS_QNAME_MAX = 128
+
+# struct event (248 bytes): one ring record, EV_FLOW or EV_DNS.
+EVENT_DTYPE = np.dtype(
+    [
+        ("kind", "<u4"),
+        ("_pad0", "<u4"),
+        ("ts_ns", "<u8"),
+        ("key", KEY_DTYPE),
+        ("_pad1", "<u4"),
+        ("stats", STATS_DTYPE),
+        ("latency_ns", "<u8"),
+        ("dns_id", "<u2"),
+        ("dns_flags", "<u2"),
+        ("qname_len", "<u2"),
+        ("_pad2", "<u2"),
+        ("qname", f"V{DNS_QNAME_MAX}"),
+    ]
+)
+assert EVENT_DTYPE.itemsize == 248
+EV_FLOW, EV_DNS = 1, 2
+
+# Counter slots (enum counter in flows.bpf.c).
+COUNTERS = (
+    "packets", "flows", "overflow", "lost_flow", "dns", "lost_dns", "lost_rtt", "drops",
+    "lost_drops", "unparsed",
+)
+
+MAX_RULES = 8
+DIRECTION_NAMES = ("ingress", "egress")
+
+
+@dataclass(frozen=True)
+class KernelRule:
+    """One filter rule as the kernel checks it (struct rule); zero means any.
+
+    CIDRs are not here: they go into the LPM tries, keyed by this rule's bit.
+    """
+
+    port: tuple[int, int] = (0, 0)
+    sport: tuple[int, int] = (0, 0)
+    dport: tuple[int, int] = (0, 0)
+    tcp_flags: int = 0
+    direction: int = 0  # 0 any, 1 ingress, 2 egress
+    protocol: int = 0
+    cidrs: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+
+    def pack(self) -> bytes:
+        return struct.pack(
+            "<7HBBBBBBBBH",
+            *self.port, *self.sport, *self.dport, self.tcp_flags, self.direction,
+            self.protocol, 1 if self.cidrs else 0, 1 if self.peers else 0,
+            0 if self.icmp_type is None else 1, self.icmp_type or 0,
+            0 if self.icmp_code is None else 1, self.icmp_code or 0, 0,
+        )
+
+
+@dataclass(frozen=True)
+class FlowsConfig:
+    """What to load: features, filter rules and table sizes."""
+
+    rtt: bool = False
+    drops: bool = False
+    dns: bool = False
+    rules: tuple[KernelRule, ...] = ()
+    max_flows: int = 65536
+    ring_bytes: int = 4 << 20
+
+    def rodata(self) -> bytes:
+        if len(self.rules) > MAX_RULES:
+            raise UserError(f"at most {MAX_RULES} filter rules (joined with 'or')")
+        rules = b"".join(r.pack() for r in self.rules)
+        rules += bytes(24 * (MAX_RULES - len(self.rules)))
+        return struct.pack(
+            "<IIBBBBB3x", len(self.rules), self.ring_bytes // 4,
+            int(any(r.cidrs for r in self.rules)), int(any(r.peers for r in self.rules)),
+            int(self.rtt), int(self.drops), int(self.dns),
+        ) + rules
+
+
+def lpm_entries(rules: tuple[KernelRule, ...], attr: str) -> dict[bytes, int]:
+    """LPM trie content: each prefix -> the bits of every rule whose CIDR contains it.
+
+    The kernel returns only the longest matching prefix, so a narrower prefix
+    must also carry the bits of the wider ones that contain it.
+    """
+    import ipaddress
+
+    nets: list[tuple[ipaddress.IPv6Network, int]] = []
+    for i, rule in enumerate(rules):
+        for text in getattr(rule, attr):
+            net = ipaddress.ip_network(text, strict=False)
+            if isinstance(net, ipaddress.IPv4Network):
+                mapped = ipaddress.IPv6Network(
+                    (int(net.network_address) | 0xFFFF00000000, 96 + net.prefixlen)
+                )
+            else:
+                mapped = net
+            nets.append((mapped, 1 << i))
+    out: dict[bytes, int] = {}
+    for net, _ in nets:
+        mask = 0
+        for other, bit in nets:
+            if net.subnet_of(other):
+                mask |= bit
+        key = struct.pack("<I", net.prefixlen) + net.network_address.packed
+        out[key] = out.get(key, 0) | mask
+    return out
+
+
+@dataclass
+class Harvest:
+    """One interval's raw data, as read from the kernel."""
+
+    flow_keys: np.ndarray
+    flow_stats: np.ndarray
+    rtt_keys: np.ndarray
+    rtt_stats: np.ndarray
+    drop_keys: np.ndarray
+    drop_stats: np.ndarray
+    events: np.ndarray
+
+
+class Flows:
+    """The loaded flows programs, attached to interfaces as they are added; a context manager."""
+
+    def __init__(self, config: FlowsConfig | None = None) -> None:
+        self.config = config or FlowsConfig()
+        preflight(net_admin=True)
+        self._obj = BpfObject.from_package(__package__ or "podsight.gadgets.flows",
+                                           "flows.bpf.o")
+        self._hooks: dict[tuple[int, str], TcHook] = {}
+        try:
+            cfg = self.config
+            self._obj.map(".rodata").set_initial_value(cfg.rodata())
+            self._obj.map("events").resize(cfg.ring_bytes)
+            for name in ("flows_0", "flows_1"):
+                self._obj.map(name).resize(cfg.max_flows)
+            # Tables of features that are off are never written: keep them tiny.
+            for feature, names in (("rtt", ("rtt_0", "rtt_1")), ("drops", ("drops_0", "drops_1"))):
+                if not getattr(cfg, feature):
+                    for name in names:
+                        self._obj.map(name).resize(1)
+            if not cfg.dns:
+                self._obj.map("dns_inflight").resize(1)
+            self._obj.program("flows_rtt").set_autoload(cfg.rtt)
+            self._obj.program("flows_drops").set_autoload(cfg.drops)
+            self._obj.load()
+            for attr, name in (("cidrs", "cidr_rules"), ("peers", "peer_rules")):
+                table = self._obj.map(name)
+                for key, mask in lpm_entries(cfg.rules, attr).items():
+                    table.update(key, struct.pack("<I", mask))
+            self._gen = 0
+            self._ring = RingBuffer(self._obj.map("events"), EVENT_DTYPE)
+            if cfg.rtt:
+                self._obj.program("flows_rtt").attach()
+            if cfg.drops:
+                self._obj.program("flows_drops").attach()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- interfaces -----------------------------------------------------------
+
+    def attach(self, ifindex: int, direction: str) -> None:
+        """Observe one interface in one direction (ingress or egress); idempotent."""
+        if (ifindex, direction) in self._hooks:
+            return
+        prog = self._obj.program("flows_ingress" if direction == "ingress" else "flows_egress")
+        self._hooks[(ifindex, direction)] = TcHook(prog, ifindex, direction)
+
+    def detach(self, ifindex: int) -> None:
+        """Stop observing an interface (it may be gone already: a pod was deleted)."""
+        for direction in DIRECTION_NAMES:
+            hook = self._hooks.pop((ifindex, direction), None)
+            if hook is not None:
+                hook.close()
+
+    @property
+    def interfaces(self) -> set[int]:
+        return {ifindex for ifindex, _ in self._hooks}
+
+    # -- reading ----------------------------------------------------------------
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until the ring needs draining or ``timeout`` passes."""
+        self._ring.wait(timeout)
+
+    def drain(self) -> np.ndarray:
+        """Ring records waiting now (EVENT_DTYPE): overflowed packets and DNS answers."""
+        return self._ring.drain()
+
+    def harvest(self) -> Harvest:
+        """Flip generations, wait for the old one to go quiet, read and clear it."""
+        obj = self._obj
+        old = self._gen
+        self._gen ^= 1
+        obj.map("state").update(b"\0\0\0\0", struct.pack("<I", self._gen))
+        # Writing an ARRAY_OF_MAPS slot returns only after an RCU grace period: every
+        # program that read the old generation has finished by then.
+        slot = struct.pack("<I", old)
+        obj.map("flow_tables").update(slot, struct.pack("<I", obj.map(f"flows_{old}").fd))
+        fk, fs = obj.map(f"flows_{old}").lookup_batch(KEY_DTYPE, STATS_DTYPE, delete=True)
+        empty_k = np.zeros(0, KEY_DTYPE)
+        rk, rs = empty_k, np.zeros(0, RTT_DTYPE)
+        dk, ds = empty_k, np.zeros(0, DROP_DTYPE)
+        if self.config.rtt:
+            rk, rs = obj.map(f"rtt_{old}").lookup_batch(KEY_DTYPE, RTT_DTYPE, delete=True)
+        if self.config.drops:
+            dk, ds = obj.map(f"drops_{old}").lookup_batch(KEY_DTYPE, DROP_DTYPE, delete=True)
+        return Harvest(fk, fs, rk, rs, dk, ds, self._ring.drain())
+
+    def counters(self) -> dict[str, int]:
+        sums = self._obj.map("counters").percpu_u64_sums()
+        return {name: int(sums[i]) for i, name in enumerate(COUNTERS)}
+
+    # -- lifetime ---------------------------------------------------------------
+
+    def close(self) -> None:
+        for hook in self._hooks.values():
+            hook.close()
+        self._hooks.clear()
+        ring = getattr(self, "_ring", None)
+        if ring is not None:
+            ring.close()
+        self._obj.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def interface_name(ifindex: int) -> str:
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:
+        return f"if{ifindex}"
