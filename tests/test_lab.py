@@ -28,6 +28,7 @@ from podsight.lab import (
     delayed,
     parse_duration,
 )
+from podsight.lab.dnsquery import query
 from podsight.lab.system import child_env, netns_names, process_alive
 
 GLOBAL_SYSCTLS = (
@@ -77,14 +78,46 @@ def connect(lab: Lab, pod: str, host: str, port: int, timeout: float = 3.0) -> d
     return json.loads(proc.stdout)
 
 
-def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "podsight.cli.main", "lab", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=child_env(),
+        env=child_env(env),
     )
+
+
+def dns(lab: Lab, pod: str, server: str, name: str, qtype: str = "A", tcp: bool = False) -> dict:
+    """One DNS query from inside ``pod``, by the lab's stdlib client, as its JSON reply."""
+    argv = [sys.executable, "-m", "podsight.lab.dnsquery", "--type", qtype, server, name]
+    proc = lab.exec(pod, argv + (["--tcp"] if tcp else []), capture_output=True, text=True,
+                    timeout=20, env=child_env())  # fmt: skip
+    assert proc.stdout, proc.stderr
+    reply = json.loads(proc.stdout)
+    assert "error" not in reply, (server, name, tcp, reply)
+    return reply
+
+
+def dnsmasq_pids(lab: Lab) -> list[int]:
+    """Our dnsmasq processes (and their TCP children), wherever they run."""
+    marker = f"--conf-file={lab.dns_conf_path}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return [pid for pid in found if process_alive(pid, "dnsmasq")]
+
+
+def needs_dns(lab: Lab) -> None:
+    if lab.nameserver is None:
+        pytest.skip(f"the lab runs without cluster DNS: {lab.dns_off_reason}")
 
 
 def psl_links() -> list[str]:
@@ -203,15 +236,104 @@ def test_inventory_is_a_kubernetes_list_of_pods_and_services(lab):
         assert status["phase"] == "Running" and status["hostIP"] == "10.244.0.1"
         assert status["podIP"] == pod.ipv4
         assert status["podIPs"] == [{"ip": pod.ipv4}, {"ip": pod.ipv6}]
+    coredns = pods[("kube-system", "coredns")]
+    assert coredns["metadata"]["labels"] == {"k8s-app": "kube-dns"}
+    assert coredns["spec"]["containers"][0]["ports"] == [
+        {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+        {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+    ]
     services = [i for i in inv["items"] if i["kind"] == "Service"]
     if not lab.services:
         assert services == []  # no br_netfilter: Services are left out, not faked
         return
-    assert [(s["metadata"]["namespace"], s["metadata"]["name"]) for s in services] == [
-        ("default", "web")
-    ]
+    expected = [("default", "web")] + ([("kube-system", "kube-dns")] if lab.nameserver else [])
+    assert [(s["metadata"]["namespace"], s["metadata"]["name"]) for s in services] == expected
     assert services[0]["spec"]["clusterIP"] == "10.96.0.10"
     assert services[0]["spec"]["selector"] == {"app": "web"}
+    if lab.nameserver:
+        spec = services[1]["spec"]
+        assert spec["clusterIP"] == "10.96.0.53" and spec["selector"] == {"k8s-app": "kube-dns"}
+        assert [(p["name"], p["protocol"], p["port"], p["targetPort"]) for p in spec["ports"]] == [
+            ("dns", "UDP", 53, 53), ("dns-tcp", "TCP", 53, 53)]  # fmt: skip
+
+
+def test_identity_names_the_dns_pod(lab):
+    from podsight.identity import Resolver
+    from podsight.identity.lab import LabInventory
+
+    coredns = lab.pod("kube-system/coredns")
+    with Resolver(lab=LabInventory(lab.inventory_path)) as resolver:
+        for addr in (coredns.ipv4, coredns.ipv6):
+            assert resolver.endpoint(addr).with_port(53) == "p/kube-system/coredns:53"
+        pod = resolver.local_pod(os.stat(f"/run/netns/{coredns.netns}").st_ino)
+        assert pod is not None and (pod.namespace, pod.name) == ("kube-system", "coredns")
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+@pytest.mark.parametrize("via", ["pod", "service"])
+def test_cluster_dns_answers_services_and_nxdomain(lab, via, tcp):
+    needs_dns(lab)
+    if via == "service" and lab.nameserver != "10.96.0.53":
+        pytest.skip("no br_netfilter on this machine: the lab runs without Services")
+    server = lab.pod("coredns").ipv4 if via == "pod" else "10.96.0.53"
+    reply = dns(lab, "mypod", server, "web.default.svc.cluster.local", tcp=tcp)
+    assert reply["rcode"] == 0 and reply["rcode_name"] == "NOERROR", reply
+    assert reply["answers"] == [["A", "10.96.0.10"]] and reply["authoritative"], reply
+    reply = dns(lab, "mypod", server, "nosuch.default.svc.cluster.local", tcp=tcp)
+    assert reply["rcode"] == 3 and reply["answers"] == [], reply
+    if via == "service":  # from the node too, as kube-proxy lets it
+        node = query(server, "web.default.svc.cluster.local", tcp=tcp)
+        assert node.rcode == 0 and node.addresses() == ["10.96.0.10"]
+
+
+def test_cluster_dns_names_pods_and_nothing_else(lab):
+    needs_dns(lab)
+    server = lab.pod("coredns").ipv6  # IPv6 transport too
+    answers = {
+        ("mypod.default.pod.cluster.local", "A"): [["A", "10.244.0.2"]],
+        ("mypod.default.pod.cluster.local", "AAAA"): [["AAAA", "fd00:244::2"]],
+        ("backend.shop.pod.cluster.local", "A"): [["A", "10.244.0.5"]],
+        ("10-244-0-5.shop.pod.cluster.local", "A"): [["A", "10.244.0.5"]],
+        ("fd00-244--6.kube-system.pod.cluster.local", "AAAA"): [["AAAA", "fd00:244::6"]],
+        ("3.0.244.10.in-addr.arpa", "PTR"): [["PTR", "web.default.pod.cluster.local."]],
+        ("web.default.svc.cluster.local", "AAAA"): [],  # NOERROR, no IPv6 ClusterIP
+    }
+    if lab.services:
+        answers[("kube-dns.kube-system.svc.cluster.local", "A")] = [["A", "10.96.0.53"]]
+    for (name, qtype), expected in answers.items():
+        reply = dns(lab, "frontend", server, name, qtype)
+        assert reply["rcode"] == 0 and reply["answers"] == expected, (name, qtype, reply)
+    # Anything else, in or out of the cluster domain: NXDOMAIN, never REFUSED or forwarded.
+    for name in ("web.shop.svc.cluster.local", "mypod.shop.pod.cluster.local", "nosuch",
+                 "example.com", "www.example.org", "10.113.0.203.in-addr.arpa"):  # fmt: skip
+        for tcp in (False, True):
+            reply = dns(lab, "frontend", server, name, tcp=tcp)
+            assert reply["rcode"] == 3, (name, tcp, reply)
+
+
+def test_pods_resolve_cluster_names_through_resolv_conf(lab):
+    needs_dns(lab)
+    for pod in lab.pods:
+        text = lab.resolv_conf_path(pod.ref).read_text()
+        assert f"nameserver {lab.nameserver}\n" in text
+        assert (f"search {pod.namespace}.svc.cluster.local svc.cluster.local cluster.local\n"
+                in text)  # fmt: skip
+    proc = cli("exec", "mypod", "--", "getent", "hosts", "web.default.svc.cluster.local")
+    assert proc.returncode == 0 and proc.stdout.split() == [
+        "10.96.0.10", "web.default.svc.cluster.local"], proc  # fmt: skip
+    # The search list works as in a pod: a bare Service name in the pod's own namespace...
+    proc = lab.exec("mypod", ["getent", "hosts", "web"], capture_output=True, text=True)
+    assert proc.stdout.split()[:1] == ["10.96.0.10"], proc
+    # ...and <svc>.<ns> from another namespace.
+    proc = lab.exec("frontend", ["getent", "hosts", "web.default"], capture_output=True,
+                    text=True)  # fmt: skip
+    assert proc.stdout.split()[:1] == ["10.96.0.10"], proc
+    proc = lab.exec("frontend", ["getent", "hosts", "nosuch.default.svc.cluster.local"],
+                    capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2, proc  # "not found", at once: no timeout, no upstream
+    status = cli("status")
+    assert f"dns kube-system/coredns (dnsmasq): pods use nameserver {lab.nameserver}" in (
+        status.stdout)  # fmt: skip
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
@@ -424,6 +546,11 @@ def assert_lab_gone(lab: Lab, pids: list[int], sysctls: dict[str, str]) -> None:
     assert psl_links() == []
     assert not nft_table_exists()
     assert not lab.inventory_path.exists() and not lab.state_path.exists()
+    assert dnsmasq_pids(lab) == []
+    etc_netns = Path("/etc/netns")
+    assert not etc_netns.exists() or list(etc_netns.iterdir()), "an empty /etc/netns left"
+    assert list(etc_netns.glob("psl*")) == []
+    assert not lab.dns_conf_path.exists() and not lab.dns_hosts_path.exists()
     assert not any(process_alive(pid, "podsight.lab") for pid in pids)
     for key, value in sysctls.items():
         assert Path("/proc/sys", *key.split(".")).read_text().strip() == value, key
@@ -433,6 +560,9 @@ def assert_lab_gone(lab: Lab, pids: list[int], sysctls: dict[str, str]) -> None:
 def test_down_removes_everything_and_is_idempotent(lab):
     sysctls = read_sysctls()
     state = json.loads(lab.state_path.read_text())
+    if lab.nameserver:
+        assert dnsmasq_pids(lab), "the cluster DNS server is not running"
+        assert lab.resolv_conf_path("mypod").exists()
     for key, old in state["sysctls"].items():
         if key in sysctls:
             sysctls[key] = old  # down must put back what was there before up
@@ -456,3 +586,35 @@ def test_down_without_state_file_finds_the_lab_by_name(lab):
     finally:
         lab.up()
     assert lab.is_up(), lab.problems()
+
+
+def test_up_without_dnsmasq_runs_without_dns(lab):
+    """No dnsmasq: ``up`` works and says so in one line; status and inventory say so too."""
+    lab.down()
+    try:
+        proc = cli("up", env={"PODSIGHT_LAB_DNSMASQ": "/nonexistent/dnsmasq"})
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr
+        notes = [line for line in proc.stderr.splitlines() if "DNS" in line]
+        assert notes == ["note: the lab runs without cluster DNS: dnsmasq not installed "
+                         "(apt-get install -y dnsmasq-base)"], proc.stderr  # fmt: skip
+        assert "dns off: dnsmasq not installed" in proc.stdout and "lab is up" in proc.stdout
+        assert lab.nameserver is None and lab.dns_off_reason
+        assert dnsmasq_pids(lab) == [] and list(Path("/etc/netns").glob("psl*")) == []
+        inv = json.loads(lab.inventory_path.read_text())
+        coredns = next(i for i in inv["items"] if i["metadata"]["name"] == "coredns")
+        assert coredns["status"]["containerStatuses"][0]["ready"] is False
+        assert "dnsmasq" in coredns["metadata"]["annotations"]["podsight.io/not-ready"]
+        assert "kube-dns" not in [i["metadata"]["name"] for i in inv["items"]]
+        ruleset = subprocess.run(["nft", "list", "table", "inet", "podsight-lab"],
+                                 capture_output=True, text=True).stdout  # fmt: skip
+        assert "10.96.0.10" in ruleset and "10.96.0.53" not in ruleset
+        assert connect(lab, "mypod", lab.pod("web").ipv4, 8080)["errno"] == 0
+        # dnsmasq is installed for this Lab(): the DNS-less lab wants a rebuild, which adds DNS.
+        assert any("dnsmasq is installed now" in p for p in lab.problems())
+        lab.up()
+        assert lab.is_up(), lab.problems()
+        reply = dns(lab, "mypod", lab.pod("coredns").ipv4, "web.default.svc.cluster.local")
+        assert reply["answers"] == [["A", "10.96.0.10"]]
+    finally:
+        lab.up()

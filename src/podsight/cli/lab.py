@@ -30,9 +30,10 @@ def register(groups: Any) -> None:
         help="a simulated Kubernetes node made of network namespaces",
         description=(
             "Build a small simulated cluster on this machine: the root netns plays the node, "
-            "four pods live in their own network namespaces on bridge psl0, and an external "
-            "host (203.0.113.10, http and https) sits behind the node. Nothing is ever routed "
-            "out of the machine. Needs root."
+            "five pods live in their own network namespaces on bridge psl0 (one of them, "
+            "kube-system/coredns, is the cluster DNS behind 10.96.0.53, served by dnsmasq), "
+            "and an external host (203.0.113.10, http and https) sits behind the node. "
+            "Nothing is ever routed out of the machine. Needs root."
         ),
     )
     commands = lab.add_subparsers(dest="lab_command", metavar="COMMAND")
@@ -82,6 +83,9 @@ def _up(args: argparse.Namespace) -> int:
     if lab.is_up():
         sys.stderr.write("lab was already up: nothing to do\n")
     lab.up()
+    reason = lab.dns_off_reason
+    if reason:
+        sys.stderr.write(f"note: the lab runs without cluster DNS: {reason}\n")
     _print_status(lab)
     return 0
 
@@ -117,9 +121,19 @@ def _print_status(lab: Lab) -> None:
         f"{EXTERNAL_UNREACHABLE} unreachable; {EXTERNAL_BLACKHOLE} blackhole\n"
     )
     for svc in lab.services:
+        protocols = "" if svc.protocols == ("TCP",) else "/" + "+".join(svc.protocols).lower()
         out.write(
-            f"service {svc.ref}: {svc.cluster_ip}:{svc.port} -> {svc.target}:{svc.target_port}\n"
+            f"service {svc.ref}: {svc.cluster_ip}:{svc.port}{protocols} -> "
+            f"{svc.target}:{svc.target_port}\n"
         )
+    if lab.nameserver:
+        out.write(
+            f"dns kube-system/coredns (dnsmasq): pods use nameserver {lab.nameserver}; "
+            f"names <svc>.<ns>.svc.cluster.local, <pod>.<ns>.pod.cluster.local "
+            f"(all in {lab.dns_hosts_path}), NXDOMAIN for any other\n"
+        )
+    elif lab.dns_off_reason:
+        out.write(f"dns off: {lab.dns_off_reason}\n")
     problems = lab.problems()
     if not problems:
         out.write(f"inventory {lab.inventory_path}\nlab is up\n")

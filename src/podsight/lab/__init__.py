@@ -1,7 +1,8 @@
 """The lab: a Kubernetes node simulated with network namespaces, for demos and tests.
 
-``Lab().up()`` builds one node (the root netns, with bridge ``psl0``), four
-pods in their own netns, a ClusterIP Service and an "external" host, and
+``Lab().up()`` builds one node (the root netns, with bridge ``psl0``), five
+pods in their own netns (one of them the cluster DNS, see
+:mod:`podsight.lab.dns`), two ClusterIP Services and an "external" host, and
 writes a Kubernetes-shaped inventory that identity code reads like a real
 cluster's. See :mod:`podsight.lab.topology` for the whole picture.
 """

@@ -18,6 +18,8 @@ from podsight.lab.topology import GATEWAY4, LabPod, LabService
 
 NETNS_ANNOTATION = "podsight.io/netns"
 VETH_ANNOTATION = "podsight.io/host-veth"
+#: On a pod whose server could not run (the DNS pod without dnsmasq): why not.
+NOT_READY_ANNOTATION = "podsight.io/not-ready"
 
 _UID_NAMESPACE = uuid.UUID("5c4a7e1e-6f1b-4d3e-9a52-706f64736967")
 
@@ -27,7 +29,25 @@ def _uid(kind: str, node: str, namespace: str, name: str) -> str:
     return str(uuid.uuid5(_UID_NAMESPACE, f"{node}/{kind}/{namespace}/{name}"))
 
 
-def pod_object(pod: LabPod, node: str, created: str) -> dict[str, Any]:
+def _container_ports(pod: LabPod) -> list[dict[str, Any]]:
+    ports: list[dict[str, Any]] = []
+    if pod.http_port:
+        ports.append({"containerPort": pod.http_port, "protocol": "TCP"})
+    if pod.dns_port:  # named as in the kube-dns/CoreDNS manifests
+        ports.append({"name": "dns", "containerPort": pod.dns_port, "protocol": "UDP"})
+        ports.append({"name": "dns-tcp", "containerPort": pod.dns_port, "protocol": "TCP"})
+    return ports
+
+
+def pod_object(
+    pod: LabPod, node: str, created: str, not_ready: str | None = None
+) -> dict[str, Any]:
+    """A Running pod; ``not_ready`` (a reason) marks its container as not ready, as kubectl
+    shows a pod whose server is down."""
+    annotations = {NETNS_ANNOTATION: pod.netns, VETH_ANNOTATION: pod.veth}
+    if not_ready:
+        annotations[NOT_READY_ANNOTATION] = not_ready
+    ports = _container_ports(pod)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -37,7 +57,7 @@ def pod_object(pod: LabPod, node: str, created: str) -> dict[str, Any]:
             "uid": _uid("Pod", node, pod.namespace, pod.name),
             "creationTimestamp": created,
             "labels": dict(pod.labels),
-            "annotations": {NETNS_ANNOTATION: pod.netns, VETH_ANNOTATION: pod.veth},
+            "annotations": annotations,
         },
         "spec": {
             "nodeName": node,
@@ -45,11 +65,7 @@ def pod_object(pod: LabPod, node: str, created: str) -> dict[str, Any]:
                 {
                     "name": pod.container,
                     "image": pod.image,
-                    **(
-                        {"ports": [{"containerPort": pod.http_port, "protocol": "TCP"}]}
-                        if pod.http_port
-                        else {}
-                    ),
+                    **({"ports": ports} if ports else {}),
                 }
             ],
         },
@@ -60,7 +76,12 @@ def pod_object(pod: LabPod, node: str, created: str) -> dict[str, Any]:
             "podIPs": [{"ip": pod.ipv4}, {"ip": pod.ipv6}],
             "startTime": created,
             "containerStatuses": [
-                {"name": pod.container, "image": pod.image, "ready": True, "started": True}
+                {
+                    "name": pod.container,
+                    "image": pod.image,
+                    "ready": not not_ready,
+                    "started": True,
+                }
             ],
         },
     }
@@ -85,11 +106,12 @@ def service_object(service: LabService, node: str, created: str) -> dict[str, An
             "ipFamilies": ["IPv4"],
             "ports": [
                 {
-                    "name": "http",
-                    "protocol": "TCP",
+                    "name": service.port_name if i == 0 else f"{service.port_name}-{proto.lower()}",
+                    "protocol": proto,
                     "port": service.port,
                     "targetPort": service.target_port,
                 }
+                for i, proto in enumerate(service.protocols)
             ],
             "selector": dict(service.selector),
         },
@@ -100,10 +122,12 @@ def build(
     pods: tuple[LabPod, ...] | list[LabPod],
     services: tuple[LabService, ...] | list[LabService],
     node: str,
+    not_ready: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A ``v1 List`` of every Pod, then every Service."""
+    """A ``v1 List`` of every Pod, then every Service; ``not_ready`` maps pod refs to why."""
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    items = [pod_object(p, node, created) for p in pods]
+    reasons = not_ready or {}
+    items = [pod_object(p, node, created, reasons.get(p.ref)) for p in pods]
     items += [service_object(s, node, created) for s in services]
     return {"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}
 

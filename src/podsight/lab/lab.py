@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from podsight.errors import UserError
-from podsight.lab import inventory, system
+from podsight.lab import dns, inventory, system
 from podsight.lab.topology import (
     BRIDGE,
     BRIDGE_MAC,
+    DNS_POD,
+    DNS_SERVICE,
     EXTERNAL,
     GATEWAY4,
     GATEWAY6,
@@ -56,6 +58,8 @@ WEBSERVER_MODULE = "podsight.lab.webserver"
 HELPER_MODULES = (WEBSERVER_MODULE, "podsight.lab.delayline")
 EXTERNAL_KEY = "external"  # key of the external host's server in state["pids"]
 STATE_VERSION = 1
+#: ``ip netns exec NS`` bind-mounts ``ETC_NETNS/NS/resolv.conf`` over ``/etc/resolv.conf``.
+ETC_NETNS = Path("/etc/netns")
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ class Lab:
         self.state_dir = Path(state_dir or os.environ.get(DIR_ENV) or DEFAULT_DIR)
         self.node_name = socket.gethostname()
         self.external: ExternalHost = EXTERNAL
+        #: The cluster DNS server; None runs the lab without DNS (``up`` says so).
+        self.dnsmasq: str | None = dns.find_dnsmasq()
 
     # ----------------------------------------------------------------- data
 
@@ -116,6 +122,43 @@ class Lab:
     @property
     def key_path(self) -> Path:
         return self.state_dir / "external-key.pem"
+
+    @property
+    def dns_conf_path(self) -> Path:
+        return self.state_dir / "dnsmasq.conf"
+
+    @property
+    def dns_hosts_path(self) -> Path:
+        """Every name the cluster DNS serves, as a hosts file a person can read."""
+        return self.state_dir / "dns-hosts"
+
+    @property
+    def _dns_files(self) -> list[Path]:
+        return [self.dns_conf_path, self.dns_hosts_path, self.state_dir / "dnsmasq.pid",
+                self.state_dir / "dnsmasq.log"]  # fmt: skip
+
+    @property
+    def _dnsmasq_marker(self) -> str:
+        """In the command line of our dnsmasq and no other's."""
+        return f"--conf-file={self.dns_conf_path}"
+
+    @property
+    def nameserver(self) -> str | None:
+        """The address in the pods' ``resolv.conf``; None while DNS is off or the lab down."""
+        info = (self._read_state() or {}).get("dns") or {}
+        value = info.get("nameserver")
+        return value if isinstance(value, str) else None
+
+    @property
+    def dns_off_reason(self) -> str | None:
+        """Why the running lab has no cluster DNS (dnsmasq not installed), else None."""
+        info = (self._read_state() or {}).get("dns") or {}
+        value = info.get("off")
+        return value if isinstance(value, str) else None
+
+    def resolv_conf_path(self, ref: str) -> Path:
+        """The file ``ip netns exec`` shows a pod as its ``/etc/resolv.conf``."""
+        return ETC_NETNS / self.pod(ref).netns / "resolv.conf"
 
     def pod(self, ref: str) -> LabPod:
         """Find a pod by ``name`` or ``namespace/name``, as a person would type it."""
@@ -210,6 +253,8 @@ class Lab:
                 pid = pids.get(pod.ref)
                 if pid is None or not system.process_alive(pid, WEBSERVER_MODULE):
                     issues.append(f"http :{pod.http_port} not serving")
+            if pod.dns_port and not issues and not self._dns_running(state):
+                issues.append(f"dns :{pod.dns_port} not serving")
             rows.append(
                 HostStatus(
                     pod.namespace,
@@ -326,6 +371,30 @@ class Lab:
                 pid = pids.get(key)
                 if pid is None or not system.process_alive(pid, WEBSERVER_MODULE):
                     problems.append(f"web server of {key} not running")
+            problems += self._dns_problems(state)
+        return problems
+
+    def _dns_running(self, state: dict[str, Any]) -> bool:
+        """True if DNS is on and its server runs; also True while DNS is (rightly) off."""
+        info = state.get("dns") or {}
+        if "off" in info:
+            return True
+        pid = info.get("pid")
+        return isinstance(pid, int) and system.process_alive(pid, self._dnsmasq_marker)
+
+    def _dns_problems(self, state: dict[str, Any]) -> list[str]:
+        info = state.get("dns")
+        if not isinstance(info, dict):
+            return ["no cluster DNS state"]
+        if "off" in info:
+            # Installed since: a rebuild turns DNS on.
+            return ["cluster DNS is off but dnsmasq is installed now"] if self.dnsmasq else []
+        problems = []
+        if not self._dns_running(state):
+            problems.append(f"dns server of {DNS_POD} not running")
+        missing = [p.netns for p in PODS if not (ETC_NETNS / p.netns / "resolv.conf").exists()]
+        if missing:
+            problems.append(f"no {ETC_NETNS}/<netns>/resolv.conf for {', '.join(missing)}")
         return problems
 
     # ................................................................ build
@@ -333,6 +402,10 @@ class Lab:
     def _build(self, state: dict[str, Any]) -> None:
         self._check_route_conflicts()
         services = list(SERVICES) if self._enable_bridge_netfilter(state) else []
+        dns_off = None if self.dnsmasq else f"dnsmasq not installed ({dns.INSTALL_HINT})"
+        if dns_off:
+            services = [s for s in services if s.ref != DNS_SERVICE]
+            state["dns"] = {"off": dns_off}
         state["services"] = [s.ref for s in services]
         # The guard goes in first: forwarding is never on without it.
         system.run(["nft", "-f", "-"], input=self._nft_ruleset(services))
@@ -342,10 +415,13 @@ class Lab:
         self._build_external(state)
         self._make_certificate()
         self._start_servers(state)
+        if not dns_off:
+            self._start_dns(state, services)
         self._save_state(state)
+        not_ready = {DNS_POD: f"cluster DNS is off: {dns_off}"} if dns_off else None
         system.atomic_write(
             self.inventory_path,
-            inventory.dumps(inventory.build(PODS, services, self.node_name)),
+            inventory.dumps(inventory.build(PODS, services, self.node_name, not_ready)),
         )
 
     def _enable_bridge_netfilter(self, state: dict[str, Any]) -> bool:
@@ -410,14 +486,16 @@ class Lab:
         other, so backends see the real client address.
         """
         dnat = "".join(
-            f"        ip daddr {s.cluster_ip} tcp dport {s.port} "
+            f"        ip daddr {s.cluster_ip} {proto.lower()} dport {s.port} "
             f"dnat ip to {self.pod(s.target).ipv4}:{s.target_port}\n"
             for s in services
+            for proto in s.protocols
         )
         hairpin = "".join(
-            f"        ip saddr {ep} ip daddr {ep} tcp dport {s.target_port} ct status dnat"
-            " masquerade\n"
+            f"        ip saddr {ep} ip daddr {ep} {proto.lower()} dport {s.target_port}"
+            " ct status dnat masquerade\n"
             for s in services
+            for proto in s.protocols
             for ep in [self.pod(s.target).ipv4]
         )
         prefix = f'"{NAME_PREFIX}*"'
@@ -550,6 +628,38 @@ class Lab:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
+    def _start_dns(self, state: dict[str, Any], services: Sequence[LabService]) -> None:
+        """Start dnsmasq in the DNS pod and point every pod's ``resolv.conf`` at it.
+
+        dnsmasq daemonizes itself, and its first process exits only once the
+        daemon listens (or with the reason it cannot): ready when ``run`` returns.
+        Pods use the kube-dns Service when it runs, the DNS pod's own address
+        when the lab has no Services.
+        """
+        assert self.dnsmasq is not None
+        pod = self.pod(DNS_POD)
+        port = pod.dns_port or 53
+        pid_path = self.state_dir / "dnsmasq.pid"
+        system.atomic_write(self.dns_hosts_path, dns.hosts_file(PODS, services))
+        system.atomic_write(
+            self.dns_conf_path,
+            dns.dnsmasq_conf(str(self.dns_hosts_path), str(pid_path),
+                             str(self.state_dir / "dnsmasq.log"), port),
+        )  # fmt: skip
+        pid_path.unlink(missing_ok=True)
+        system.run(["ip", "netns", "exec", pod.netns, self.dnsmasq, self._dnsmasq_marker])
+        try:
+            pid = int(pid_path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            why = f"no pid in {pid_path}"
+            raise UserError(f"dns server of {DNS_POD} did not start: {why}") from None
+        nameserver = next((s.cluster_ip for s in services if s.ref == DNS_SERVICE), pod.ipv4)
+        state["dns"] = {"server": "dnsmasq", "pid": pid, "nameserver": nameserver}
+        self._save_state(state)
+        for each in PODS:
+            system.atomic_write(ETC_NETNS / each.netns / "resolv.conf",
+                                dns.resolv_conf(each, nameserver))  # fmt: skip
+
     def _spawn_server(self, key: str, netns: str, args: list[str]) -> tuple[str, int, Path]:
         """Start a web server detached (``setsid -f``) and return a pipe it reports on.
 
@@ -607,7 +717,8 @@ class Lab:
         for name in self._lab_netns():
             system.run(["ip", "netns", "del", name], check=False)
         self._restore_sysctls(state)
-        for path in (self.state_path, self.cert_path, self.key_path):
+        self._remove_resolv_confs()
+        for path in (self.state_path, self.cert_path, self.key_path, *self._dns_files):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         for log in self.state_dir.glob("server-*.log"):
@@ -630,7 +741,10 @@ class Lab:
                 pids.add(pid)
         for ns in self._lab_netns():
             pids.update(system.netns_pids(ns))
-        pids.update(system.stray_processes(HELPER_MODULES))
+        dns_pid = (state.get("dns") or {}).get("pid")
+        if isinstance(dns_pid, int) and system.process_alive(dns_pid, self._dnsmasq_marker):
+            pids.add(dns_pid)
+        pids.update(system.stray_processes(HELPER_MODULES, args=[self._dnsmasq_marker]))
         pids.discard(os.getpid())
         if not pids:
             return
@@ -645,6 +759,22 @@ class Lab:
                 if not pids:
                     return
                 time.sleep(0.02)
+
+    def _remove_resolv_confs(self) -> None:
+        """Remove the pods' ``resolv.conf`` by name (every lab netns name starts ``psl-``).
+
+        ``/etc/netns`` goes too when the lab's were the only entries in it: it
+        rarely exists otherwise, and the state file (which could say who made
+        it) may be gone.
+        """
+        ours = list(ETC_NETNS.glob(f"{NAME_PREFIX}-*"))
+        for directory in ours:
+            (directory / "resolv.conf").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        if ours:
+            with contextlib.suppress(OSError):
+                ETC_NETNS.rmdir()  # only if empty
 
     def _restore_sysctls(self, state: dict[str, Any]) -> None:
         saved: dict[str, str | None] = state.get("sysctls") or {}

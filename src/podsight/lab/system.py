@@ -184,8 +184,9 @@ def process_alive(pid: int, marker: str) -> bool:
     return marker.encode() in cmdline
 
 
-def stray_processes(modules: Sequence[str]) -> list[int]:
-    """Processes running ``python -m <one of modules>`` in a netns other than ours.
+def stray_processes(modules: Sequence[str], args: Sequence[str] = ()) -> list[int]:
+    """Processes running ``python -m <one of modules>``, or with one of ``args`` among their
+    arguments, in a netns other than ours.
 
     Lab helpers never run in the root netns, so a match elsewhere, perhaps in
     a netns whose name is gone (someone ran ``ip netns del``), is a leftover
@@ -193,6 +194,7 @@ def stray_processes(modules: Sequence[str]) -> list[int]:
     """
     own = os.stat("/proc/self/ns/net").st_ino
     markers = [f"-m\0{module}\0".encode() for module in modules]
+    markers += [f"\0{arg}\0".encode() for arg in args]
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

@@ -1,4 +1,4 @@
-"""The default lab, as data: one node, four pods, one Service and one "external" host.
+"""The default lab, as data: one node, five pods, two Services and one "external" host.
 
 Everything the lab builds is derived from the constants in this module, so a
 reader can see the whole simulated cluster at a glance and tests can name its
@@ -12,12 +12,19 @@ addresses without repeating them.
         pslh3 <-> eth0 @ psl-default-web      10.244.0.3  fd00:244::3   http :8080
         pslh4 <-> eth0 @ psl-shop-frontend    10.244.0.4  fd00:244::4
         pslh5 <-> eth0 @ psl-shop-backend     10.244.0.5  fd00:244::5   http :9090
+        pslh6 <-> eth0 @ psl-kube-system-coredns
+                                              10.244.0.6  fd00:244::6   dns :53 udp+tcp
       psl-ext 198.51.100.253/30 <-> eth0 @ psl-ext 198.51.100.254/30
                                    lo 203.0.113.10/32   http :80, https :443
                                    198.51.100.0/24      unreachable (ICMP at once)
                                    203.0.113.0/24       blackhole (SYNs vanish)
       routes 203.0.113.0/24, 198.51.100.0/24 via 198.51.100.254
-      Service default/web  10.96.0.10:80 -> web:8080 (nftables DNAT)
+      Service default/web          10.96.0.10:80 -> web:8080 (nftables DNAT)
+      Service kube-system/kube-dns 10.96.0.53:53 udp+tcp -> coredns:53 (dnsmasq)
+
+The cluster DNS (see :mod:`podsight.lab.dns` for the names it serves) needs
+``dnsmasq``; without it the coredns pod still exists but serves nothing, and
+the kube-dns Service and the pods' ``resolv.conf`` are left out.
 
 The node-to-external link is a /30 at the top of 198.51.100.0/24, not in
 192.0.2.0/24: that TEST-NET is the real uplink of the VMs this project runs on
@@ -64,6 +71,8 @@ class LabPod:
     index: int
     labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     http_port: int | None = None
+    #: The pod serves the cluster DNS on this port (UDP and TCP).
+    dns_port: int | None = None
 
     @property
     def ref(self) -> str:
@@ -136,7 +145,7 @@ class ExternalHost:
 
 @dataclass(frozen=True)
 class LabService:
-    """A ClusterIP Service implemented with one nftables DNAT rule."""
+    """A ClusterIP Service implemented with one nftables DNAT rule per protocol."""
 
     namespace: str
     name: str
@@ -145,6 +154,8 @@ class LabService:
     target_port: int
     selector: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     target: str = ""  # ref of the single backend pod
+    protocols: tuple[str, ...] = ("TCP",)  # as Kubernetes spells them
+    port_name: str = "http"  # the first protocol's port; others get "-<proto>" appended
 
     @property
     def ref(self) -> str:
@@ -156,13 +167,20 @@ PODS: tuple[LabPod, ...] = (
     LabPod("default", "web", 3, {"app": "web"}, http_port=8080),
     LabPod("shop", "frontend", 4, {"app": "frontend", "tier": "web"}),
     LabPod("shop", "backend", 5, {"app": "backend"}, http_port=9090),
+    LabPod("kube-system", "coredns", 6, {"k8s-app": "kube-dns"}, dns_port=53),
 )
 
 EXTERNAL = ExternalHost()
 
 SERVICES: tuple[LabService, ...] = (
     LabService("default", "web", "10.96.0.10", 80, 8080, {"app": "web"}, target="default/web"),
-)
+    LabService("kube-system", "kube-dns", "10.96.0.53", 53, 53, {"k8s-app": "kube-dns"},
+               target="kube-system/coredns", protocols=("UDP", "TCP"), port_name="dns"),
+)  # fmt: skip
+
+#: The pod serving the cluster DNS and the Service in front of it, as kube-dns is named.
+DNS_POD = "kube-system/coredns"
+DNS_SERVICE = "kube-system/kube-dns"
 
 #: A page served over HTTP and HTTPS by the external host.
 EXTERNAL_WEB = EXTERNAL.web
