@@ -16,6 +16,7 @@ import pytest
 
 from podsight.ebpf import BpfObject, RingBuffer, TcHook
 from podsight.ebpf.system import preflight
+from podsight.ebpf.tc import filters_on
 from podsight.errors import EnvironmentProblem
 
 HERE = Path(__file__).resolve().parent
@@ -119,32 +120,66 @@ def test_links_are_destroyed_on_close(testprog):
     assert our_links() == before
 
 
-def test_tc_hook_counts_packets_and_detaches(testprog):
+@pytest.fixture
+def veth():
+    """psltc0 (root netns, 10.251.0.1/30) <-> psltc1 in netns psl-test-tc (10.251.0.2)."""
     ns = "psl-test-tc"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         subprocess.run(["ip", "link", "add", "psltc0", "type", "veth", "peer", "name", "psltc1",
                         "netns", ns], check=True)
-        subprocess.run(["ip", "addr", "add", "192.0.2.201/30", "dev", "psltc0"], check=True)
+        subprocess.run(["ip", "addr", "add", "10.251.0.1/30", "dev", "psltc0"], check=True)
         subprocess.run(["ip", "link", "set", "psltc0", "up"], check=True)
-        subprocess.run(["ip", "-n", ns, "addr", "add", "192.0.2.202/30", "dev", "psltc1"],
+        subprocess.run(["ip", "-n", ns, "addr", "add", "10.251.0.2/30", "dev", "psltc1"],
                        check=True)
         subprocess.run(["ip", "-n", ns, "link", "set", "psltc1", "up"], check=True)
-        with open_loaded(testprog) as obj, TcHook(obj.program("count_packets"), "psltc0",
-                                                  "egress"):
-            shown = subprocess.run(["tc", "filter", "show", "dev", "psltc0", "egress"],
-                                   capture_output=True, text=True).stdout
-            assert "count_packets" in shown
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                for _ in range(3):
-                    udp.sendto(b"x", ("192.0.2.202", 9))
-            assert int(obj.map("counters").percpu_u64_sums()[1]) >= 3
-        shown = subprocess.run(["tc", "qdisc", "show", "dev", "psltc0"], capture_output=True,
-                               text=True).stdout
-        assert "clsact" not in shown
+        yield "psltc0"
     finally:
         subprocess.run(["ip", "link", "del", "psltc0"], check=False, capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def _tc(*argv: str) -> str:
+    return subprocess.run(["tc", *argv], capture_output=True, text=True).stdout
+
+
+def test_tc_hook_counts_packets_and_detaches(testprog, veth):
+    with open_loaded(testprog) as obj, TcHook(obj.program("count_packets"), veth, "egress"):
+        assert "count_packets" in _tc("filter", "show", "dev", veth, "egress")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            for _ in range(3):
+                udp.sendto(b"x", ("10.251.0.2", 9))
+        assert int(obj.map("counters").percpu_u64_sums()[1]) >= 3
+    assert "clsact" not in _tc("qdisc", "show", "dev", veth)
+
+
+def test_tc_hooks_share_the_qdisc_until_the_last_one_closes(testprog, veth):
+    """Closing the hook that created clsact must not remove a filter attached after it.
+
+    Two podsight runs (or ingress and egress of one run) share one qdisc;
+    deleting it with the first close would silently stop the other.
+    """
+    with open_loaded(testprog) as obj:
+        prog = obj.program("count_packets")
+        first = TcHook(prog, veth, "egress")
+        second = TcHook(prog, veth, "egress")
+        third = TcHook(prog, veth, "ingress")
+        assert filters_on(socket.if_nametoindex(veth)) >= 3
+        first.close()
+        assert "count_packets" in _tc("filter", "show", "dev", veth, "egress")
+        second.close()
+        assert "count_packets" not in _tc("filter", "show", "dev", veth, "egress")
+        assert "clsact" in _tc("qdisc", "show", "dev", veth)
+        third.close()
+    assert "clsact" not in _tc("qdisc", "show", "dev", veth)
+    assert filters_on(socket.if_nametoindex(veth)) == 0
+
+
+def test_tc_hook_leaves_a_qdisc_it_did_not_create(testprog, veth):
+    subprocess.run(["tc", "qdisc", "add", "dev", veth, "clsact"], check=True)
+    with open_loaded(testprog) as obj:
+        TcHook(obj.program("count_packets"), veth, "ingress").close()
+    assert "clsact" in _tc("qdisc", "show", "dev", veth)
 
 
 def test_missing_object_is_a_clear_error(tmp_path):

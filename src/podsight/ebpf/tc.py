@@ -1,8 +1,11 @@
 """tc clsact attachment (bpf_tc_* in libbpf): a program on an interface's ingress or egress.
 
-:class:`TcHook` owns the attachment and, if it created it, the clsact qdisc:
-closing it detaches the filter and removes a qdisc podsight added, and
-leaves a qdisc someone else made alone.
+:class:`TcHook` owns its filter. The clsact qdisc is shared: removing it
+removes every filter under it, including those of another podsight run (or
+of Cilium, or a second gadget of this process) attached after ours. So a
+qdisc this process created is removed only by the last close that finds no
+filter left on either direction, checked with a netlink dump; a qdisc
+someone else made is always left alone.
 """
 
 from __future__ import annotations
@@ -10,12 +13,56 @@ from __future__ import annotations
 import ctypes
 import errno as errno_mod
 import socket
+import struct
 
 from podsight.ebpf import _libbpf as L
 from podsight.ebpf.objects import Program
 from podsight.errors import UserError
 
 DIRECTIONS = {"ingress": L.BPF_TC_INGRESS, "egress": L.BPF_TC_EGRESS}
+
+# rtnetlink constants (linux/rtnetlink.h, linux/netlink.h, linux/pkt_sched.h).
+_RTM_NEWTFILTER = 44
+_RTM_GETTFILTER = 46
+_NLM_F_REQUEST = 0x1
+_NLM_F_DUMP = 0x300
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
+_CLSACT_PARENTS = (0xFFFFFFF2, 0xFFFFFFF3)  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_{INGRESS,EGRESS})
+
+#: ifindexes whose clsact qdisc this process created and has not removed yet.
+_created_qdiscs: set[int] = set()
+
+
+def filters_on(ifindex: int) -> int:
+    """How many tc filter messages the kernel dumps under ifindex's clsact qdisc.
+
+    Zero means nothing (of anyone) is attached on ingress or egress. Any
+    error (the interface went away) also reads as zero.
+    """
+    count = 0
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
+        for seq, parent in enumerate(_CLSACT_PARENTS, start=1):
+            tcmsg = struct.pack("=BxxxiIII", socket.AF_UNSPEC, ifindex, 0, parent, 0)
+            header = struct.pack("=IHHII", 16 + len(tcmsg), _RTM_GETTFILTER,
+                                 _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0)
+            nl.send(header + tcmsg)
+            done = False
+            while not done:
+                data = nl.recv(65536)
+                off = 0
+                while off + 16 <= len(data):
+                    length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, off)
+                    if kind in (_NLMSG_DONE, _NLMSG_ERROR):
+                        done = True
+                        break
+                    if kind == _RTM_NEWTFILTER:
+                        count += 1
+                    off += (length + 3) & ~3
+                    if length < 16:
+                        done = True
+                        break
+    return count
 
 
 class TcHook:
@@ -39,7 +86,8 @@ class TcHook:
         rc = L.lib().bpf_tc_hook_create(ctypes.byref(self._hook))
         if rc < 0 and -rc != errno_mod.EEXIST:
             L.check("bpf_tc_hook_create", rc)
-        self._owns_qdisc = rc == 0
+        if rc == 0:
+            _created_qdiscs.add(ifindex)
         self._opts = L.BpfTcOpts(
             sz=ctypes.sizeof(L.BpfTcOpts), prog_fd=program.fd, priority=priority
         )
@@ -56,15 +104,16 @@ class TcHook:
         return int(self._opts.handle)
 
     def _destroy_qdisc(self) -> None:
-        if self._owns_qdisc:
+        ifindex = int(self._hook.ifindex)
+        if ifindex in _created_qdiscs and filters_on(ifindex) == 0:
             # Destroying the hook with both directions removes the clsact qdisc.
             hook = L.BpfTcHook(
                 sz=ctypes.sizeof(L.BpfTcHook),
-                ifindex=self._hook.ifindex,
+                ifindex=ifindex,
                 attach_point=L.BPF_TC_INGRESS | L.BPF_TC_EGRESS,
             )
             L.lib().bpf_tc_hook_destroy(ctypes.byref(hook))
-            self._owns_qdisc = False
+            _created_qdiscs.discard(ifindex)
 
     def close(self) -> None:
         if not getattr(self, "_attached", False):
