@@ -52,7 +52,9 @@ def lab() -> Iterator[Lab]:
 OUR_PROGRAMS = {
     "inet_sock_set_state", "tcp_retransmit_skb", "inet_sk_error_report",  # tcpconnect
     "on_getpgid", "count_packets",  # tests/bpf/testprog.bpf.c
+    "flows_rtt", "flows_drops",  # flows (its tc programs are filters, not links)
 }
+TC_PROGRAMS = ("flows_ingress", "flows_egress", "count_packets")
 
 
 def _link_holders() -> dict[int, set[int]]:
@@ -106,7 +108,11 @@ def _leftovers() -> dict[str, list[str]]:
              for line in run("ip", "-o", "link").splitlines()]
     ifaces = [name for name in names if name.startswith("psl")]
     tables = [line for line in run("nft", "list", "tables").splitlines() if "podsight" in line]
-    return {"bpf links": links, "netns": netns, "interfaces": ifaces, "nft tables": tables}
+    filters = [f"{name} {way}: {prog}" for name in names for way in ("ingress", "egress")
+               for prog in TC_PROGRAMS
+               if f" {prog}" in run("tc", "filter", "show", "dev", name, way)]
+    return {"bpf links": links, "netns": netns, "interfaces": ifaces, "nft tables": tables,
+            "tc filters": filters}
 
 
 @pytest.fixture(scope="session", autouse=True)
