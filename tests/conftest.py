@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,14 +58,14 @@ OUR_PROGRAMS = {
 TC_PROGRAMS = ("flows_ingress", "flows_egress", "count_packets")
 
 
-def _link_holders() -> dict[int, set[int]]:
-    """BPF link id -> pids holding an fd to it (from /proc/*/fdinfo)."""
+def _link_holders(kind: str = "link_id") -> dict[int, set[int]]:
+    """BPF link (or prog, with kind="prog_id") id -> pids holding an fd to it (fdinfo)."""
     holders: dict[int, set[int]] = {}
     for pid_dir in Path("/proc").glob("[0-9]*"):
         try:
             for info in (pid_dir / "fdinfo").iterdir():
                 for line in info.read_text().splitlines():
-                    if line.startswith("link_id:"):
+                    if line.startswith(f"{kind}:"):
                         holders.setdefault(int(line.split()[1]), set()).add(int(pid_dir.name))
         except OSError:
             continue
@@ -108,9 +109,19 @@ def _leftovers() -> dict[str, list[str]]:
              for line in run("ip", "-o", "link").splitlines()]
     ifaces = [name for name in names if name.startswith("psl")]
     tables = [line for line in run("nft", "list", "tables").splitlines() if "podsight" in line]
-    filters = [f"{name} {way}: {prog}" for name in names for way in ("ingress", "egress")
-               for prog in TC_PROGRAMS
-               if f" {prog}" in run("tc", "filter", "show", "dev", name, way)]
+    # A tc filter holds its program itself; it is ours unless a live process that is
+    # not ours (a benchmark, a user's podsight) still holds the program too.
+    prog_holders = _link_holders("prog_id")
+    filters = []
+    for name in names:
+        for way in ("ingress", "egress"):
+            for line in run("tc", "filter", "show", "dev", name, way).splitlines():
+                m = re.search(r" id (\d+) name (\w+)", line)
+                if not m or m[2] not in TC_PROGRAMS:
+                    continue
+                others = prog_holders.get(int(m[1]), set())
+                if not others or any(_ours(pid) for pid in others):
+                    filters.append(f"{name} {way}: {m[2]}")
     return {"bpf links": links, "netns": netns, "interfaces": ifaces, "nft tables": tables,
             "tc filters": filters}
 
@@ -128,5 +139,5 @@ def no_leftovers() -> Iterator[None]:
         except BlockingIOError:  # another test session has the lab now: not our state
             lab_is_ours = False
         left = {kind: items for kind, items in _leftovers().items()
-                if items and (lab_is_ours or kind == "bpf links")}
+                if items and (lab_is_ours or kind in ("bpf links", "tc filters"))}
     assert not left, f"the test session left state behind: {left}"

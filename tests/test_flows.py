@@ -57,6 +57,29 @@ def test_udp_counts_match_what_was_sent_and_a_flow_on_two_veths_counts_once(lab)
     assert result.summary["records"] == len(result.records)
 
 
+EXT_SENDER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+# An 8-byte destination options header (PadN only) between IPv6 and UDP.
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
+s.bind(("::", 0))
+for _ in range(3):
+    s.sendto(b"e" * 40, (sys.argv[1], 7111))
+print(s.getsockname()[1])
+"""
+
+
+def test_ipv6_extension_headers_are_walked_to_the_transport(lab):
+    """A datagram behind a destination options header is still udp with its ports."""
+    with FlowsRun("--podname", "frontend", "-n", "shop", "--dport", "7111") as run:
+        proc = lab.exec("frontend", [sys.executable, "-c", EXT_SENDER, BACKEND6],
+                        capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+    record = one(run.stop().records, saddr=FRONTEND6, sport=int(proc.stdout))
+    assert record["proto"] == "udp" and record["packets"] == 3
+    assert record["bytes"] == 3 * (40 + UDP + 8 + IPV6 + ETH)
+
+
 def test_tcp_flags_and_both_directions(lab):
     with FlowsRun("--podname", "frontend", "-n", "shop") as run:
         client = connect(lab, "frontend", WEB, 8080)
@@ -67,6 +90,15 @@ def test_tcp_flags_and_both_directions(lab):
     assert "SYN_ACK" in back["tcp_flags"]
     assert "FIN" in fwd["tcp_flags"] or "RST" in fwd["tcp_flags"]
     assert fwd["dst"]["pod"] == "web" and back["src"]["pod"] == "web"
+
+
+def test_a_service_address_is_named_as_the_service(lab):
+    """Before DNAT the client talks to the ClusterIP: that end is s/default/web, not raw."""
+    with FlowsRun("--podname", "frontend", "-n", "shop", "--protocol", "tcp") as run:
+        client = connect(lab, "frontend", "10.96.0.10", 80)
+    records = run.stop().records
+    fwd = one(records, saddr=FRONTEND, sport=client["sport"], daddr="10.96.0.10")
+    assert fwd["dst"]["endpoint"] == "s/default/web:80" and fwd["dst"]["kind"] == "service"
 
 
 def test_icmp_type_and_code(lab):

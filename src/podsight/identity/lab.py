@@ -52,13 +52,28 @@ def pods_from_inventory(doc: dict[str, Any]) -> list[PodInfo]:
     return pods
 
 
+def services_from_inventory(doc: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """ClusterIP -> (namespace, name) for every Service item of a v1 List."""
+    services: dict[str, tuple[str, str]] = {}
+    for item in doc.get("items", []):
+        if item.get("kind") != "Service":
+            continue
+        meta = item.get("metadata", {})
+        spec = item.get("spec", {})
+        for ip in spec.get("clusterIPs") or [spec.get("clusterIP")]:
+            if ip and ip != "None":
+                services[ip] = (meta.get("namespace", "default"), meta.get("name", ""))
+    return services
+
+
 class LabInventory:
-    """The lab's pods, reloaded when the inventory file changes (checked per batch)."""
+    """The lab's pods and Services, reloaded when the inventory file changes."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or inventory_path()
         self._stamp: tuple[int, int] | None = None
         self.pods: list[PodInfo] = []
+        self.services: dict[str, tuple[str, str]] = {}
 
     def refresh(self) -> bool:
         """Reload if the file changed; True when the pod list changed."""
@@ -70,11 +85,13 @@ class LabInventory:
         if stamp == self._stamp:
             return False
         self._stamp = stamp
+        self.pods, self.services = [], {}
         if stamp is None:
-            self.pods = []
             return True
         try:
-            self.pods = pods_from_inventory(json.loads(self.path.read_text()))
+            doc = json.loads(self.path.read_text())
+            self.pods = pods_from_inventory(doc)
+            self.services = services_from_inventory(doc)
         except (OSError, ValueError):
-            self.pods = []
+            self.pods, self.services = [], {}
         return True

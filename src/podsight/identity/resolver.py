@@ -218,6 +218,9 @@ class Resolver:
         pod = self._lab_by_ip.get(addr)
         if pod is not None:
             return Endpoint.for_pod(addr, pod)
+        lab_service = self._lab.services.get(addr)
+        if lab_service is not None:
+            return Endpoint.for_service(addr, *lab_service)
         if addr in self._host_addrs and not _is_loopback(addr):
             return Endpoint.for_node(addr, self.node_name)
         return Endpoint.raw(addr)

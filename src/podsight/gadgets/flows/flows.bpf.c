@@ -303,6 +303,14 @@ static __always_inline void map_v4(u8 *dst, const u8 *src)
 	__builtin_memcpy(dst + 12, src, 4);
 }
 
+/* IPv6 extension headers walked before the upper-layer header. */
+#define MAX_IPV6_EXT 4
+#define IPV6_HOPOPTS 0
+#define IPV6_ROUTING 43
+#define IPV6_FRAGMENT 44
+#define IPV6_AH 51
+#define IPV6_DSTOPTS 60
+
 static __always_inline u32 tcp_flags(u8 raw)
 {
 	u32 f = raw;
@@ -360,8 +368,36 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->key.family = 6;
 		p->dscp = (bpf_ntohl(ip6->ver_tc_flow) >> 22) & 0x3f;
 		proto = ip6->nexthdr;
-		p->key.proto = proto;
 		l4 = ip6 + 1;
+		/* Walk extension headers (MLD reports come behind hop-by-hop, for
+		 * one) so the flow is keyed by the real upper-layer protocol. */
+#pragma unroll
+		for (int i = 0; i < MAX_IPV6_EXT; i++) {
+			__u8 *ext = l4;
+
+			if (proto != IPV6_HOPOPTS && proto != IPV6_ROUTING &&
+			    proto != IPV6_DSTOPTS && proto != IPV6_FRAGMENT && proto != IPV6_AH)
+				break;
+			if ((void *)(ext + 8) > end)
+				return -1;
+			if (proto == IPV6_FRAGMENT) {
+				u16 off = ((u16)ext[2] << 8 | ext[3]) & 0xfff8;
+
+				proto = ext[0];
+				l4 = ext + 8;
+				if (off) {  /* a later fragment: no L4 header */
+					p->key.proto = proto;
+					return 1;
+				}
+				continue;
+			}
+			if (proto == IPV6_AH)
+				l4 = ext + ((u32)ext[1] + 2) * 4;
+			else
+				l4 = ext + ((u32)ext[1] + 1) * 8;
+			proto = ext[0];
+		}
+		p->key.proto = proto;
 	} else {
 		return 0;
 	}
@@ -765,6 +801,27 @@ static __always_inline bool skb_key(struct sk_buff *skb, struct pkt *p)
 		p->key.family = 6;
 		p->key.proto = ip6.nexthdr;
 		l4 = l3 + sizeof(ip6);
+#pragma unroll
+		for (int i = 0; i < MAX_IPV6_EXT; i++) {
+			u8 ext[4];
+			u8 nh6 = p->key.proto;
+
+			if (nh6 != IPV6_HOPOPTS && nh6 != IPV6_ROUTING && nh6 != IPV6_DSTOPTS &&
+			    nh6 != IPV6_FRAGMENT && nh6 != IPV6_AH)
+				break;
+			if (bpf_probe_read_kernel(ext, sizeof(ext), l4))
+				return true;
+			p->key.proto = ext[0];
+			if (nh6 == IPV6_FRAGMENT) {
+				if (((u16)ext[2] << 8 | ext[3]) & 0xfff8)
+					return true;
+				l4 += 8;
+			} else if (nh6 == IPV6_AH) {
+				l4 += ((u32)ext[1] + 2) * 4;
+			} else {
+				l4 += ((u32)ext[1] + 1) * 8;
+			}
+		}
 	} else {
 		return false;
 	}
