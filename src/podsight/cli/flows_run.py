@@ -72,8 +72,10 @@ class FlowsCommand:
 
             reasons = drop_reasons()
         self.assembler = Assembler(reasons)
+        purge = next((v for v, name in reasons.items() if name == "QUEUE_PURGE"), 0)
         self.flows = stack.enter_context(Flows(FlowsConfig(
             rtt=ns.rtt, drops=ns.drops, dns=ns.dns, rules=tuple(rules), max_flows=ns.max_flows,
+            purge_reason=purge if 0 < purge < 0x10000 else 0,
         )))
         self.pod_ifaces = PodInterfaces()
         self.out = sys.stdout

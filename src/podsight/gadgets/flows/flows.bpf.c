@@ -170,7 +170,11 @@ const volatile struct {
 	u8 rtt;
 	u8 drops;
 	u8 dns;
-	u8 _pad[3];
+	u8 _pad;
+	/* SKB_DROP_REASON_QUEUE_PURGE on this kernel (from BTF, by user space):
+	 * an empty skb (a FIN) purged from a closed socket's queue lost no
+	 * data, and would make every TCP close look like a drop. */
+	u16 purge_reason;
 	struct rule rules[MAX_RULES];
 } cfg = {};
 
@@ -865,6 +869,8 @@ int BPF_PROG(flows_drops, struct sk_buff *skb, void *location, int reason)
 	if (!selected(&p))
 		return 0;
 	len = BPF_CORE_READ(skb, len);
+	if (len == 0 && reason == cfg.purge_reason && cfg.purge_reason)
+		return 0;
 	gen = current_gen();
 	table = bpf_map_lookup_elem(&drop_tables, &gen);
 	if (!table)

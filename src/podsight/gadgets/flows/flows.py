@@ -9,7 +9,6 @@ it is read and deleted, unlike a plain lookup-and-delete sweep.
 
 from __future__ import annotations
 
-import socket
 import struct
 from dataclasses import dataclass
 from typing import Self
@@ -137,6 +136,8 @@ class FlowsConfig:
     rules: tuple[KernelRule, ...] = ()
     max_flows: int = 65536
     ring_bytes: int = 4 << 20
+    #: enum skb_drop_reason value of QUEUE_PURGE (0: unknown, nothing is skipped).
+    purge_reason: int = 0
 
     def rodata(self) -> bytes:
         if len(self.rules) > MAX_RULES:
@@ -144,9 +145,9 @@ class FlowsConfig:
         rules = b"".join(r.pack() for r in self.rules)
         rules += bytes(24 * (MAX_RULES - len(self.rules)))
         return struct.pack(
-            "<IIBBBBB3x", len(self.rules), self.ring_bytes // 4,
+            "<IIBBBBBxH", len(self.rules), self.ring_bytes // 4,
             int(any(r.cidrs for r in self.rules)), int(any(r.peers for r in self.rules)),
-            int(self.rtt), int(self.drops), int(self.dns),
+            int(self.rtt), int(self.drops), int(self.dns), self.purge_reason,
         ) + rules
 
 
@@ -304,8 +305,3 @@ class Flows:
         self.close()
 
 
-def interface_name(ifindex: int) -> str:
-    try:
-        return socket.if_indextoname(ifindex)
-    except OSError:
-        return f"if{ifindex}"

@@ -8,10 +8,13 @@ netns: its interface's ``link_index`` is the ifindex of the peer on the host.
 
 from __future__ import annotations
 
+import ctypes
 import fnmatch
 import json
 import os
+import socket
 import subprocess
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -47,6 +50,67 @@ def named_netns() -> dict[int, str]:
             except OSError:
                 continue
     return out
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def netns_path(inode: int) -> str | None:
+    """A path that opens the network namespace ``inode``: ip netns's, else a process's."""
+    for d in NETNS_DIRS:
+        try:
+            for entry in d.iterdir():
+                if os.stat(entry).st_ino == inode:
+                    return str(entry)
+        except OSError:
+            continue
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.stat(proc / "ns" / "net").st_ino == inode:
+                return str(proc / "ns" / "net")
+        except OSError:
+            continue
+    return None
+
+
+def interface_name_in(netns: int, ifindex: int) -> str:
+    """The name of ``ifindex`` inside network namespace ``netns`` (inode); ``ifN`` if unknown.
+
+    Why a thread: ifindexes are per namespace (a pod's eth0 is often 2, which
+    is some other device on the host), so the name must be asked inside that
+    namespace. ``setns`` moves only the calling thread, so a short-lived
+    thread enters it, asks, and exits, leaving the rest of podsight where it was.
+    """
+    if netns == os.stat("/proc/self/ns/net").st_ino:
+        return interface_name(ifindex)
+    path = netns_path(netns)
+    result = [f"if{ifindex}"]
+    if path is None:
+        return result[0]
+
+    def ask() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            if libc.setns(fd, CLONE_NEWNET) == 0:
+                result[0] = interface_name(ifindex)
+        finally:
+            os.close(fd)
+
+    worker = threading.Thread(target=ask, name="podsight-ifname", daemon=True)
+    worker.start()
+    worker.join()
+    return result[0]
+
+
+def interface_name(ifindex: int) -> str:
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:
+        return f"if{ifindex}"
 
 
 def _peers_in(netns_name: str) -> set[int]:

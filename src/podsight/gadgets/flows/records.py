@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from podsight.gadgets.flows.dns import DnsAnswer, decode_answer
-from podsight.gadgets.flows.flows import DIRECTION_NAMES, EV_DNS, EV_FLOW, Harvest, interface_name
+from podsight.gadgets.flows.flows import DIRECTION_NAMES, EV_DNS, EV_FLOW, Harvest
+from podsight.gadgets.flows.interfaces import interface_name, interface_name_in
 from podsight.identity import Endpoint
 
 V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
@@ -119,11 +120,19 @@ class Assembler:
         self._reasons = drop_reasons or {}
         self._late_dns: list[tuple[_Tuple, DnsAnswer]] = []
         self._names: dict[int, str] = {}
+        self._netns_names: dict[tuple[int, int], str] = {}
 
     def _ifname(self, ifindex: int) -> str:
         name = self._names.get(ifindex)
         if name is None:
             name = self._names[ifindex] = interface_name(ifindex)
+        return name
+
+    def _ifname_in(self, netns: int, ifindex: int) -> str:
+        """A drop's device lives in its own netns (a pod's eth0 is ifindex 2 there)."""
+        name = self._netns_names.get((netns, ifindex))
+        if name is None:
+            name = self._netns_names[(netns, ifindex)] = interface_name_in(netns, ifindex)
         return name
 
     def assemble(self, h: Harvest, *, final: bool = False) -> list[FlowRecord]:
@@ -197,7 +206,7 @@ class Assembler:
             strict=True,
         ):
             drops = Drops(npackets, nbytes, self._reasons.get(reason, str(reason)), netns,
-                          self._ifname(ifindex) if ifindex else "")
+                          self._ifname_in(netns, ifindex) if ifindex else "")
             rec = by_tuple.get(t)
             if rec is None:
                 rec = by_tuple[t] = FlowRecord(
