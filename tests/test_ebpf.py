@@ -5,10 +5,13 @@ here from tests/bpf/testprog.bpf.c, so the binding is tested without any gadget.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import socket
 import struct
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -143,14 +146,101 @@ def _tc(*argv: str) -> str:
     return subprocess.run(["tc", *argv], capture_output=True, text=True).stdout
 
 
-def test_tc_hook_counts_packets_and_detaches(testprog, veth):
-    with open_loaded(testprog) as obj, TcHook(obj.program("count_packets"), veth, "egress"):
-        assert "count_packets" in _tc("filter", "show", "dev", veth, "egress")
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            for _ in range(3):
-                udp.sendto(b"x", ("10.251.0.2", 9))
+def _tcx_links(ifindex: int) -> list[int]:
+    """Ids of the tcx links on ifindex, from the kernel's own link info.
+
+    bpftool 7.1 (Debian 12) predates tcx and prints neither its name nor
+    its interface, so the info is read with BPF_OBJ_GET_INFO_BY_FD.
+    """
+    bpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    found = []
+    for link in json.loads(out or "[]"):
+        if link.get("type") not in (11, "tcx"):  # BPF_LINK_TYPE_TCX
+            continue
+        fd = bpf.bpf_link_get_fd_by_id(ctypes.c_uint32(link["id"]))
+        if fd < 0:
+            continue  # gone since the listing
+        try:
+            info = ctypes.create_string_buffer(64)
+            size = ctypes.c_uint32(len(info))
+            # struct bpf_link_info: type, id, prog_id, then the union at 16: tcx.ifindex
+            if (bpf.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)) == 0
+                    and struct.unpack_from("<I", info, 16)[0] == ifindex):
+                found.append(link["id"])
+        finally:
+            os.close(fd)
+    return found
+
+
+def _send_udp(count: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        for _ in range(count):
+            udp.sendto(b"x", ("10.251.0.2", 9))
+
+
+@pytest.mark.parametrize("mode", ["tcx", "clsact"])
+def test_tc_hook_counts_packets_and_detaches(testprog, veth, mode):
+    ifindex = socket.if_nametoindex(veth)
+    with open_loaded(testprog) as obj, TcHook(obj.program("count_packets"), veth, "egress",
+                                              mode=mode) as hook:
+        assert hook.mode == mode
+        if mode == "tcx":
+            assert len(_tcx_links(ifindex)) == 1
+            assert "clsact" not in _tc("qdisc", "show", "dev", veth)
+        else:
+            assert "count_packets" in _tc("filter", "show", "dev", veth, "egress")
+        _send_udp(3)
         assert int(obj.map("counters").percpu_u64_sums()[1]) >= 3
+    assert not _tcx_links(ifindex)
     assert "clsact" not in _tc("qdisc", "show", "dev", veth)
+
+
+def test_tc_hook_prefers_tcx(testprog, veth):
+    """tcx is detached by the kernel when its owner dies: auto must pick it where it exists."""
+    with open_loaded(testprog) as obj, \
+            TcHook(obj.program("count_packets"), veth, "ingress") as hook:
+        assert hook.mode == "tcx"
+
+
+def test_tcx_passes_packets_on_to_clsact_filters(testprog, veth):
+    """An observer must not end the chain: a CNI's clsact filter still sees every packet."""
+    with open_loaded(testprog) as obj, \
+            TcHook(obj.program("count_packets_too"), veth, "egress", mode="clsact"), \
+            TcHook(obj.program("count_packets"), veth, "egress", mode="tcx"):
+        _send_udp(5)
+        sums = obj.map("counters").percpu_u64_sums()
+        assert int(sums[1]) >= 5 and int(sums[2]) >= 5, sums
+
+
+def test_tcx_link_goes_away_when_its_process_is_killed(testprog, veth):
+    """SIGKILL gives podsight no chance to detach; the kernel must do it."""
+    ifindex = socket.if_nametoindex(veth)
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(HERE)!r})
+from test_ebpf import open_loaded
+from pathlib import Path
+from podsight.ebpf import TcHook
+obj = open_loaded(Path({str(testprog)!r}))
+prog = obj.program("count_packets")
+hooks = [TcHook(prog, {veth!r}, d, mode="tcx") for d in ("ingress", "egress")]
+print("ready", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        assert len(_tcx_links(ifindex)) == 2
+    finally:
+        child.kill()
+        child.wait()
+    for _ in range(50):  # the links go with the last fd, as the process is reaped
+        if not _tcx_links(ifindex):
+            break
+        time.sleep(0.1)
+    assert not _tcx_links(ifindex)
 
 
 def test_tc_hooks_share_the_qdisc_until_the_last_one_closes(testprog, veth):
@@ -161,9 +251,9 @@ def test_tc_hooks_share_the_qdisc_until_the_last_one_closes(testprog, veth):
     """
     with open_loaded(testprog) as obj:
         prog = obj.program("count_packets")
-        first = TcHook(prog, veth, "egress")
-        second = TcHook(prog, veth, "egress")
-        third = TcHook(prog, veth, "ingress")
+        first = TcHook(prog, veth, "egress", mode="clsact")
+        second = TcHook(prog, veth, "egress", mode="clsact")
+        third = TcHook(prog, veth, "ingress", mode="clsact")
         assert filters_on(socket.if_nametoindex(veth)) >= 3
         first.close()
         assert "count_packets" in _tc("filter", "show", "dev", veth, "egress")
@@ -178,7 +268,7 @@ def test_tc_hooks_share_the_qdisc_until_the_last_one_closes(testprog, veth):
 def test_tc_hook_leaves_a_qdisc_it_did_not_create(testprog, veth):
     subprocess.run(["tc", "qdisc", "add", "dev", veth, "clsact"], check=True)
     with open_loaded(testprog) as obj:
-        TcHook(obj.program("count_packets"), veth, "ingress").close()
+        TcHook(obj.program("count_packets"), veth, "ingress", mode="clsact").close()
     assert "clsact" in _tc("qdisc", "show", "dev", veth)
 
 

@@ -33,7 +33,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
@@ -66,13 +66,23 @@ int on_getpgid(struct sys_enter_ctx *ctx)
 	return 0;
 }
 
-SEC("tc")
-int count_packets(struct __sk_buff *skb)
+static __always_inline int count_in(__u32 slot)
 {
-	__u32 slot = 1;
 	__u64 *n = bpf_map_lookup_elem(&counters, &slot);
 
 	if (n)
 		*n += 1;
-	return TC_ACT_OK;
+	return -1; /* TC_ACT_UNSPEC (TCX_NEXT): on to the next program, as podsight's do */
+}
+
+SEC("tc")
+int count_packets(struct __sk_buff *skb)
+{
+	return count_in(1);
+}
+
+SEC("tc")
+int count_packets_too(struct __sk_buff *skb)
+{
+	return count_in(2);
 }

@@ -117,6 +117,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "btf__find_by_name_kind": (c_int, [c_void_p, c_char_p, c_uint32]),
     "btf__type_by_id": (c_void_p, [c_void_p, c_uint32]),
     "btf__name_by_offset": (c_char_p, [c_void_p, c_uint32]),
+    "bpf_link_create": (c_int, [c_int, c_int, c_int, c_void_p]),
     "bpf_tc_hook_create": (c_int, [ctypes.POINTER(BpfTcHook)]),
     "bpf_tc_hook_destroy": (c_int, [ctypes.POINTER(BpfTcHook)]),
     "bpf_tc_attach": (c_int, [ctypes.POINTER(BpfTcHook), ctypes.POINTER(BpfTcOpts)]),

@@ -1,17 +1,27 @@
-"""tc clsact attachment (bpf_tc_* in libbpf): a program on an interface's ingress or egress.
+"""tc attachment: a program on an interface's ingress or egress.
 
-:class:`TcHook` owns its filter. The clsact qdisc is shared: removing it
-removes every filter under it, including those of another podsight run (or
-of Cilium, or a second gadget of this process) attached after ours. So a
-qdisc this process created is removed only by the last close that finds no
-filter left on either direction, checked with a netlink dump; a qdisc
-someone else made is always left alone.
+Two kernel mechanisms, tried in this order:
+
+- **tcx** (Linux >= 6.6): a BPF link (``BPF_LINK_CREATE`` with
+  ``BPF_TCX_INGRESS``/``EGRESS``). The kernel detaches it when the last fd
+  closes, so a podsight killed with SIGKILL leaves nothing on the interface,
+  and there is no qdisc to share. Our programs return ``TC_ACT_UNSPEC``
+  (``TCX_NEXT``): the packet goes on to the next tcx program and then to any
+  clsact filter (Cilium's, say), untouched in verdict.
+- **clsact** (netlink ``bpf_tc_*`` in libbpf), where tcx is missing. The
+  filter outlives the process if it is killed, and the clsact qdisc is
+  shared: removing it removes every filter under it, including those of
+  another podsight run (or of Cilium) attached after ours. So a qdisc this
+  process created is removed only by the last close that finds no filter
+  left on either direction, checked with a netlink dump; a qdisc someone
+  else made is always left alone.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno as errno_mod
+import os
 import socket
 import struct
 
@@ -20,6 +30,9 @@ from podsight.ebpf.objects import Program
 from podsight.errors import UserError
 
 DIRECTIONS = {"ingress": L.BPF_TC_INGRESS, "egress": L.BPF_TC_EGRESS}
+#: enum bpf_attach_type (linux/bpf.h): BPF_TCX_INGRESS, BPF_TCX_EGRESS.
+_TCX_ATTACH = {"ingress": 46, "egress": 47}
+MODES = ("auto", "tcx", "clsact")
 
 # rtnetlink constants (linux/rtnetlink.h, linux/netlink.h, linux/pkt_sched.h).
 _RTM_NEWTFILTER = 44
@@ -66,11 +79,18 @@ def filters_on(ifindex: int) -> int:
 
 
 class TcHook:
-    """A BPF program attached with tc (clsact, direct-action) to one interface and direction."""
+    """A BPF program attached to one interface and direction, with tcx or clsact.
 
-    def __init__(self, program: Program, interface: str | int, direction: str, priority: int = 1):
+    ``mode`` is ``auto`` (tcx, else clsact), ``tcx`` or ``clsact``; after
+    attaching, :attr:`mode` says which one was used.
+    """
+
+    def __init__(self, program: Program, interface: str | int, direction: str,
+                 priority: int = 1, mode: str = "auto"):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be ingress or egress, not {direction!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if isinstance(interface, int):
             ifindex = interface
         else:
@@ -80,17 +100,30 @@ class TcHook:
                 raise UserError(f"no such interface: {interface}") from None
         self.interface = interface
         self.direction = direction
+        self._attached = False
+        self._link_fd = -1
         self._hook = L.BpfTcHook(
             sz=ctypes.sizeof(L.BpfTcHook), ifindex=ifindex, attach_point=DIRECTIONS[direction]
         )
+        self._opts = L.BpfTcOpts(
+            sz=ctypes.sizeof(L.BpfTcOpts), prog_fd=program.fd, priority=priority
+        )
+        if mode in ("auto", "tcx"):
+            fd = L.lib().bpf_link_create(program.fd, ifindex, _TCX_ATTACH[direction], None)
+            if fd >= 0:
+                self._link_fd = fd
+                self._attached = True
+                self.mode = "tcx"
+                return
+            # An older kernel does not know the attach type: EINVAL.
+            if mode == "tcx" or -fd not in (errno_mod.EINVAL, errno_mod.EOPNOTSUPP):
+                L.check("bpf_link_create(tcx)", fd)
+        self.mode = "clsact"
         rc = L.lib().bpf_tc_hook_create(ctypes.byref(self._hook))
         if rc < 0 and -rc != errno_mod.EEXIST:
             L.check("bpf_tc_hook_create", rc)
         if rc == 0:
             _created_qdiscs.add(ifindex)
-        self._opts = L.BpfTcOpts(
-            sz=ctypes.sizeof(L.BpfTcOpts), prog_fd=program.fd, priority=priority
-        )
         try:
             rc = L.lib().bpf_tc_attach(ctypes.byref(self._hook), ctypes.byref(self._opts))
             L.check("bpf_tc_attach", rc)
@@ -101,6 +134,7 @@ class TcHook:
 
     @property
     def handle(self) -> int:
+        """The clsact filter's handle (0 for a tcx link)."""
         return int(self._opts.handle)
 
     def _destroy_qdisc(self) -> None:
@@ -116,13 +150,18 @@ class TcHook:
             _created_qdiscs.discard(ifindex)
 
     def close(self) -> None:
-        if not getattr(self, "_attached", False):
+        if not self._attached:
+            return
+        self._attached = False
+        if self._link_fd >= 0:
+            # Closing the link's only fd detaches it (and a vanished interface took it already).
+            os.close(self._link_fd)
+            self._link_fd = -1
             return
         opts = L.BpfTcOpts(
             sz=ctypes.sizeof(L.BpfTcOpts), handle=self._opts.handle, priority=self._opts.priority
         )
         rc = L.lib().bpf_tc_detach(ctypes.byref(self._hook), ctypes.byref(opts))
-        self._attached = False
         # The interface may be gone already (a pod was deleted): nothing to undo then.
         if rc < 0 and -rc not in (errno_mod.ENOENT, errno_mod.ENODEV, errno_mod.EINVAL):
             L.check("bpf_tc_detach", rc)
