@@ -80,6 +80,45 @@ def test_ipv6_extension_headers_are_walked_to_the_transport(lab):
     assert record["bytes"] == 3 * (40 + UDP + 8 + IPV6 + ETH)
 
 
+TIMED_SENDER = r"""
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 0))
+marks = []
+for _ in range(2):
+    before = time.time_ns()
+    s.sendto(b"t" * 10, (sys.argv[1], 7112))
+    marks.append((before, time.time_ns()))
+    time.sleep(0.3)
+print(json.dumps({"sport": s.getsockname()[1], "marks": marks}))
+"""
+
+
+def _epoch_ns(rfc3339: str) -> int:
+    """'2026-11-22T10:11:12.123456789Z' -> ns since the epoch (datetime stops at us)."""
+    import calendar
+    whole, _, frac = rfc3339.rstrip("Z").partition(".")
+    secs = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    return secs * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
+
+
+def test_start_and_end_are_the_first_and_last_packet(lab):
+    """start is exact; end comes from the coarse clock: within one tick (4 ms) of the packet."""
+    with FlowsRun("--podname", "frontend", "-n", "shop", "--dport", "7112") as run:
+        proc = lab.exec("frontend", [sys.executable, "-c", TIMED_SENDER, BACKEND],
+                        capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+    sent = json.loads(proc.stdout)
+    record = one(run.stop().records, saddr=FRONTEND, sport=sent["sport"])
+    assert record["packets"] == 2
+    (first_before, first_after), (last_before, last_after) = sent["marks"]
+    start, end = _epoch_ns(record["start"]), _epoch_ns(record["end"])
+    slack = 1_000_000  # the wall-clock offset is read once at start-up
+    assert first_before - slack <= start <= first_after + slack, (record, sent)
+    assert last_before - 5_000_000 - slack <= end <= last_after + slack, (record, sent)
+    assert end - start >= 250_000_000
+
+
 def test_tcp_flags_and_both_directions(lab):
     with FlowsRun("--podname", "frontend", "-n", "shop") as run:
         client = connect(lab, "frontend", WEB, 8080)

@@ -10,6 +10,7 @@ it is read and deleted, unlike a plain lookup-and-delete sweep.
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass
 from typing import Self
 
@@ -224,6 +225,7 @@ class Flows:
                 for key, mask in lpm_entries(cfg.rules, attr).items():
                     table.update(key, struct.pack("<I", mask))
             self._gen = 0
+            self._write_state()
             self._ring = RingBuffer(self._obj.map("events"), EVENT_DTYPE)
             if cfg.rtt:
                 self._obj.program("flows_rtt").attach()
@@ -263,12 +265,19 @@ class Flows:
         """Ring records waiting now (EVENT_DTYPE): overflowed packets and DNS answers."""
         return self._ring.drain()
 
+    def _write_state(self) -> None:
+        """The generation to write to, and the boot-time offset of the coarse clock."""
+        # Zero until the machine has been suspended; never negative by read order.
+        mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        offset = max(0, time.clock_gettime_ns(time.CLOCK_BOOTTIME) - mono)
+        self._obj.map("state").update(b"\0\0\0\0", struct.pack("<IIQ", self._gen, 0, offset))
+
     def harvest(self) -> Harvest:
         """Flip generations, wait for the old one to go quiet, read and clear it."""
         obj = self._obj
         old = self._gen
         self._gen ^= 1
-        obj.map("state").update(b"\0\0\0\0", struct.pack("<I", self._gen))
+        self._write_state()
         # Writing an ARRAY_OF_MAPS slot returns only after an RCU grace period: every
         # program that read the old generation has finished by then.
         slot = struct.pack("<I", old)
