@@ -85,8 +85,17 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from benchlib import (
+    CLOCK_TICKS,
+    BenchError,
+    Children,
+    cpu_so_far,
+    prog_ids,
+    run_guarded,
+    wait_with_cpu,
+)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -108,69 +117,11 @@ SUMMARY = re.compile(
 OVERFLOW = re.compile(rb"(\d+) packets went through the ring")
 READY_TIMEOUT = 30.0  # seconds podsight may take to load, attach and say so
 STOP_TIMEOUT = 60.0  # seconds podsight may take to harvest and exit after SIGINT
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Ethernet + IPv4 + TCP with the timestamp option: what a full segment adds to its MSS.
 WIRE_HEADERS = 14 + 20 + 32
 
 
-class BenchError(Exception):
-    """A failure worth one line, not a traceback."""
-
-
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP, raised like KeyboardInterrupt so that every ``finally`` runs."""
-
-
 # -- child processes -----------------------------------------------------------
-
-
-class Children:
-    """Every child we start, each in its own process group, killed on the way out.
-
-    podsight must get SIGINT only when we say so (a Ctrl-C at the terminal
-    would stop it mid-run), so each child gets a new session; the price is
-    that nothing kills them for us, hence this registry and its ``finally``.
-    """
-
-    def __init__(self) -> None:
-        self._procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-        self._procs.append(proc)
-        return proc
-
-    def kill_all(self) -> None:
-        for proc in self._procs:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError, subprocess.TimeoutExpired):
-                    proc.wait(5)
-        self._procs.clear()
-
-
-def wait_with_cpu(proc: subprocess.Popen[bytes], timeout: float) -> float | None:
-    """Reap ``proc``; the CPU seconds (user + system) it used, or None on timeout.
-
-    ``os.wait4`` is the only way to get an exited child's rusage; Popen.wait
-    would reap it and throw the rusage away.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return usage.ru_utime + usage.ru_stime
-        time.sleep(0.02)
-    return None
-
-
-def cpu_so_far(pid: int) -> float:
-    """CPU seconds a running process has used (all threads), from /proc."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 def sh(argv: list[str], what: str) -> str:
@@ -529,16 +480,6 @@ def stats_sysctl_on() -> bool:
         return Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() != "0"
     return False
 
-
-def prog_ids(pid: int) -> set[int]:
-    """IDs of the BPF programs a process holds (program and link fds name them)."""
-    ids: set[int] = set()
-    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        with contextlib.suppress(OSError):
-            for line in info.read_text().splitlines():
-                if line.startswith("prog_id:"):
-                    ids.add(int(line.split()[1]))
-    return ids
 
 
 def bpf_progs() -> list[dict[str, Any]]:
@@ -1022,32 +963,15 @@ def preflight(args: argparse.Namespace) -> None:
               "BPF run-time statistics", file=sys.stderr)
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
-
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # Ctrl-C even when started in the background, where SIGINT comes in ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    children = Children()
-    try:
-        preflight(args)
-        results = report(*run(args, children), args)
-    except BenchError as exc:
-        print(f"bench/flows.py: error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated):
-        print("bench/flows.py: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        children.kill_all()
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
 
+    def work(children: Children) -> dict[str, Any]:
+        preflight(args)
+        return report(*run(args, children), args)
+
+    return run_guarded("bench/flows.py", work, args.json)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -58,8 +58,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from benchlib import (
+    BenchError,
+    Children,
+    cpu_so_far,
+    prog_ids,
+    run_guarded,
+    wait_with_cpu,
+)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -77,67 +85,9 @@ BPFTRACE_LOST = re.compile(rb"^Lost (\d+) events", re.MULTILINE)
 READY_TIMEOUT = 30.0  # seconds a tracer may take to report its first probe connect
 PROBE_INTERVAL = 0.01  # seconds between probe connects while waiting for readiness
 STOP_TIMEOUT = 120.0  # seconds a tracer may take to drain and exit after SIGINT
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(Exception):
-    """A failure worth one line, not a traceback."""
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised like KeyboardInterrupt so that every ``finally`` runs."""
 
 
 # -- child processes -----------------------------------------------------------
-
-
-class Children:
-    """Every child we start, each in its own process group, killed on the way out.
-
-    Tracers must get SIGINT only when we say so (a Ctrl-C at the terminal
-    would stop them mid-round), so each child gets a new session; the price
-    is that nothing kills them for us, hence this registry and its ``finally``.
-    """
-
-    def __init__(self) -> None:
-        self._procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-        self._procs.append(proc)
-        return proc
-
-    def kill_all(self) -> None:
-        for proc in self._procs:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError, subprocess.TimeoutExpired):
-                    proc.wait(5)
-        self._procs.clear()
-
-
-def wait_with_cpu(proc: subprocess.Popen[bytes], timeout: float) -> float | None:
-    """Reap ``proc``; the CPU seconds (user + system) it used, or None on timeout.
-
-    ``os.wait4`` is the only way to get an exited child's rusage; Popen.wait
-    would reap it and throw the rusage away.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return usage.ru_utime + usage.ru_stime
-        time.sleep(0.02)
-    return None
-
-
-def cpu_so_far(pid: int) -> float:
-    """CPU seconds a running process has used (all threads), from /proc."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 def other_tracing_programs() -> int | None:
@@ -157,16 +107,6 @@ def other_tracing_programs() -> int | None:
     kinds = ("tracepoint", "tracing", "raw_tracepoint")
     return sum(1 for p in progs if p.get("type") in kinds)
 
-
-def prog_ids(pid: int) -> set[int]:
-    """IDs of the BPF programs a process holds (program and link fds name them)."""
-    ids: set[int] = set()
-    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        with contextlib.suppress(OSError):
-            for line in info.read_text().splitlines():
-                if line.startswith("prog_id:"):
-                    ids.add(int(line.split()[1]))
-    return ids
 
 
 def recursion_misses(ids: set[int]) -> int | None:
@@ -565,31 +505,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
-
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
         print("bench/tcpconnect.py: needs root (it loads eBPF programs)", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _terminate)
-    children = Children()
-    try:
-        results = report(*run(args, children), args)
-    except BenchError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated):
-        print("bench: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        children.kill_all()
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
-
+    return run_guarded("bench/tcpconnect.py",
+                       lambda children: report(*run(args, children), args), args.json)
 
 if __name__ == "__main__":
     sys.exit(main())
