@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-PODSIGHT = [sys.executable, "-m", "podsight.cli.main"]
+from background import PODSIGHT, Background
+
 SUMMARY = re.compile(r"podsight: (\d+) flow records, (\d+) packets in [\d.]+s, (\d+) lost")
 
 # Send COUNT UDP datagrams of SIZE payload bytes from a fixed source port and print it.
@@ -40,7 +38,7 @@ class FlowsResult:
     summary: dict[str, int] = field(default_factory=dict)
 
 
-class FlowsRun:
+class FlowsRun(Background):
     """`podsight flows ARGS` in the background, stopped with SIGINT like Ctrl-C.
 
     JSON output (``-o json --no-tui``) unless ``output`` says otherwise; the
@@ -49,50 +47,25 @@ class FlowsRun:
     """
 
     def __init__(self, *args: str, output: str = "json") -> None:
-        self.argv = [*PODSIGHT, "flows", "--no-tui", *(["-o", output] if output else []), *args]
-        self.proc: subprocess.Popen[str] | None = None
+        super().__init__(["flows", "--no-tui", *(["-o", output] if output else []), *args],
+                         ready="capturing flows", name="flows", start_timeout=30.0,
+                         stop_timeout=30.0)
         self.result: FlowsResult | None = None
-        self._stderr_head = ""
 
     def __enter__(self) -> FlowsRun:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.5)
-            if ready:
-                line = self.proc.stderr.readline()
-                self._stderr_head += line
-                if "capturing flows" in line:
-                    return self
-                if not line:
-                    break
-            if self.proc.poll() is not None:
-                break
-        self.stop()
-        raise AssertionError(f"flows did not start: {self._stderr_head}")
+        self.start()
+        return self
 
     def stop(self, sig: int = signal.SIGINT) -> FlowsResult:
-        assert self.proc is not None
         if self.result is not None:
             return self.result
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            out, err = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-        err = self._stderr_head + err
+        out, err, rc = self.finish(sig)
         records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         summary: dict[str, int] = {}
         m = SUMMARY.search(err)
         if m:
             summary = {"records": int(m[1]), "packets": int(m[2]), "lost": int(m[3])}
-        self.result = FlowsResult(records, out, err, self.proc.returncode, summary)
+        self.result = FlowsResult(records, out, err, rc, summary)
         return self.result
 
     def wait(self, timeout: float = 60) -> FlowsResult:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -14,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PODSIGHT = [sys.executable, "-m", "podsight.cli.main"]
+from background import PODSIGHT, Background
+
 SUMMARY = re.compile(r"podsight: (\d+) events, (\d+) lost, (\d+) pending")
 
 # Connect once and report what the kernel said, with our own pid and comm, as JSON.
@@ -45,76 +44,28 @@ class TraceResult:
     summary: dict[str, int] = field(default_factory=dict)
 
 
-class Trace:
+class Trace(Background):
     """`podsight trace tcpconnect ARGS` in the background, stopped with SIGINT like Ctrl-C."""
 
     def __init__(self, *args: str, gadget: str = "tcpconnect", output: str = "json") -> None:
-        self.argv = [*PODSIGHT, "trace", gadget, *(["-o", output] if output else []), *args]
-        self.proc: subprocess.Popen[str] | None = None
+        super().__init__(["trace", gadget, *(["-o", output] if output else []), *args],
+                         ready="tracing", name="trace")
         self.result: TraceResult | None = None
-        self._stderr_head = ""
-        self._peeked = ""
 
     def __enter__(self) -> Trace:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.5)
-            if ready:
-                line = self.proc.stderr.readline()
-                self._stderr_head += line
-                if "tracing" in line:
-                    return self
-                if not line:
-                    break
-            if self.proc.poll() is not None:
-                break
-        self.stop()
-        raise AssertionError(f"trace did not start: {self._stderr_head}")
-
-    def peek(self) -> str:
-        """What the trace printed so far (stdout), without stopping it."""
-        assert self.proc is not None and self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        while select.select([fd], [], [], 0)[0]:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            self._peeked += chunk.decode()
-        return self._peeked
-
-    def wait_printed(self, text: str, timeout: float = 10.0) -> bool:
-        """Wait until the trace has printed ``text`` (identity is resolved at print time)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.peek():
-                return True
-            time.sleep(0.05)
-        return False
+        self.start()
+        return self
 
     def stop(self) -> TraceResult:
-        assert self.proc is not None
         if self.result is not None:
             return self.result
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            out, err = self.proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-        err = self._stderr_head + err
-        out = self._peeked + out
+        out, err, rc = self.finish(signal.SIGINT)
         events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         summary: dict[str, int] = {}
         m = SUMMARY.search(err)
         if m:
             summary = {"events": int(m[1]), "lost": int(m[2]), "pending": int(m[3])}
-        self.result = TraceResult(events, out, err, self.proc.returncode, summary)
+        self.result = TraceResult(events, out, err, rc, summary)
         return self.result
 
     def __exit__(self, *exc: object) -> None:
