@@ -29,6 +29,7 @@ import pytest
 from podsight.errors import UserError
 from podsight.lab import EXTERNAL_BLACKHOLE, EXTERNAL_UNREACHABLE, EXTERNAL_WEB, Lab, delayed
 from podsight.lab.dnsquery import query
+from podsight.lab.errors import CommandNotFound
 from podsight.lab.system import child_env, netns_names, process_alive
 
 pytestmark = pytest.mark.root
@@ -449,6 +450,47 @@ def test_cli_exec_returns_the_command_exit_code(lab):
     proc = cli("exec", "mypod", "--", "sh", "-c", "ip -4 -o addr show eth0; exit 7")
     assert proc.returncode == 7
     assert lab.pod("mypod").ipv4 in proc.stdout
+    # Killed by a signal: the shell's 128+N, not 256-N.
+    proc = cli("exec", "mypod", "--", "sh", "-c", "kill -KILL $$")
+    assert (proc.returncode, proc.stderr) == (128 + signal.SIGKILL, "")
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one line a failed command printed, without its ``podsight: error:`` prefix."""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("podsight: error: "), proc.stderr
+    return lines[0].removeprefix("podsight: error: ")
+
+
+def test_cli_exec_of_a_missing_command_is_127_like_a_shell(lab):
+    # `ip netns exec` said 'exec of "/nonexistent" failed' with exit 1, like any failing command.
+    for command in ("/nonexistent", "no-such-command-here"):
+        proc = cli("exec", "mypod", "--", command, "arg")
+        assert proc.returncode == 127, proc
+        assert error_line(proc) == f"{command}: command not found"
+    with pytest.raises(CommandNotFound, match="command not found"):
+        lab.exec("mypod", ["/nonexistent"])
+
+
+def test_cli_exec_of_a_command_that_cannot_run_is_126(lab, tmp_path):
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o644)
+    proc = cli("exec", "mypod", "--", str(script))
+    assert proc.returncode == 126, proc
+    assert error_line(proc) == f"{script}: permission denied (not executable)"
+    proc = cli("exec", "mypod", "--", str(tmp_path))
+    assert proc.returncode == 126, proc
+    assert error_line(proc) == f"{tmp_path}: is a directory"
+    script.chmod(0o755)  # the same file, executable: it runs
+    proc = cli("exec", "mypod", "--", str(script))
+    assert (proc.returncode, proc.stdout) == (0, "ran\n"), proc
+
+
+def test_cli_state_dir_it_cannot_use_is_one_line_exit_1(lab):
+    proc = cli("status", env={"PODSIGHT_LAB_DIR": "/dev/null/lab"})
+    assert proc.returncode == 1
+    assert error_line(proc) == "/dev/null/lab/state.json: Not a directory"
 
 
 def test_cli_delay_runs_until_stopped(lab):
@@ -505,6 +547,20 @@ def test_delay_helper_exits_when_orphaned(lab):
 
 
 # ------------------------------------------- these take the lab down: keep them last
+
+
+def test_cli_on_a_lab_that_is_down_is_one_line_exit_1(lab):
+    lab.down()
+    try:
+        for args in (["exec", "mypod", "--", "true"], ["delay", "mypod", "50ms"]):
+            proc = cli(*args)
+            assert proc.returncode == 1, proc
+            assert error_line(proc) == "lab pod default/mypod is not running (run: podsight lab up)"
+        status = cli("status")
+        assert status.returncode == 0 and status.stdout.endswith(
+            "lab is down (run: podsight lab up)\n")  # fmt: skip
+    finally:
+        lab.up()
 
 
 def test_half_built_lab_is_rebuilt(lab):

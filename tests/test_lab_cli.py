@@ -8,8 +8,11 @@ tests read the message, not only its shape.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -70,3 +73,80 @@ def test_cli_bad_duration_is_one_line_exit_2():
     proc = cli("delay", "mypod", "5x")
     assert proc.returncode == 2
     assert "5x" in one_error_line(proc)
+
+
+def test_cli_negative_duration_is_called_negative():
+    # argparse took "-5ms" for an option and asked for a missing DURATION.
+    proc = cli("delay", "mypod", "-5ms")
+    assert proc.returncode == 2
+    assert one_error_line(proc) == (
+        "argument DURATION: invalid duration '-5ms': negative (a delay is more than 0, at most 60s)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("1e999ms", "invalid duration '1e999ms' (a number and us, ms or s: e.g. 50ms, 1.5s)"),
+        ("99999999999h", "invalid duration '99999999999h' (a number and us, ms or s: "),
+        ("99999999999s", "duration '99999999999s' out of range (more than 0, at most 60s)"),
+        ("9" * 400 + "ms", "out of range (more than 0, at most 60s)"),
+        ("0ms", "duration '0ms' out of range"),
+        ("nan", "invalid duration 'nan'"),
+    ],
+)
+def test_cli_bad_durations_are_usage_errors(text, says):
+    proc = cli("delay", "mypod", text)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert line.startswith("argument DURATION: ") and says in line, line
+
+
+@pytest.mark.parametrize("args", [["exec", "nosuch", "--", "true"], ["delay", "nosuch", "50ms"]])
+def test_cli_unknown_pod_is_a_usage_error_for_anyone(args):
+    """Checked before root is: a typo is a usage error whoever types it."""
+    proc = run_unprivileged(args) if os.geteuid() == 0 else cli(*args)
+    assert proc.returncode == 2
+    assert one_error_line(proc) == (
+        "unknown lab pod 'nosuch' (lab pods: default/mypod, default/web, shop/frontend, "
+        "shop/backend, kube-system/coredns)"
+    )
+
+
+def test_cli_exec_without_a_command_is_a_usage_error():
+    proc = cli("exec", "mypod", "--")
+    assert proc.returncode == 2
+    assert one_error_line(proc) == "lab exec needs a command: podsight lab exec POD -- CMD..."
+
+
+@pytest.mark.parametrize(
+    "args", [["up"], ["down"], ["status"], ["exec", "mypod", "--", "true"], ["delay", "web", "1s"]]
+)
+def test_cli_without_root_is_one_line_exit_1(args):
+    """Not root is a failure at run time (exit 1), not a usage error (exit 2)."""
+    proc = run_unprivileged(args) if os.geteuid() == 0 else cli(*args)
+    assert proc.returncode == 1
+    assert one_error_line(proc) == "podsight lab needs root (CAP_NET_ADMIN)"
+
+
+def run_unprivileged(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``podsight lab ARGS`` as user nobody, from root.
+
+    This interpreter may live where nobody cannot read it (a pyenv under
+    /root); then a system python of the same version runs podsight with our
+    source and site-packages on its path.
+    """
+    nobody = {"user": 65534, "group": 65534, "extra_groups": []}
+    argv = ["-m", "podsight.cli.main", "lab", *args]
+    try:
+        return subprocess.run([sys.executable, *argv], capture_output=True, text=True,
+                              timeout=60, env=child_env(), **nobody)  # fmt: skip
+    except PermissionError:
+        pass
+    python = shutil.which(f"python{sys.version_info[0]}.{sys.version_info[1]}",
+                          path="/usr/local/bin:/usr/bin:/bin")  # fmt: skip
+    assert python, "no python that user nobody can run"
+    site = sysconfig.get_paths()["purelib"]
+    env = child_env({"PYTHONPATH": os.pathsep.join([child_env()["PYTHONPATH"], site])})
+    return subprocess.run([python, *argv], capture_output=True, text=True, timeout=60,
+                          env=env, **nobody)  # fmt: skip

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from podsight.errors import UserError
 from podsight.lab import system
+from podsight.lab.errors import LabError
 from podsight.lab.state import LabFiles, State
 from podsight.lab.topology import (
     BRIDGE,
@@ -58,7 +58,7 @@ def check_route_conflicts(ext: ExternalHost) -> None:
                 and net.overlaps(lab_net)
                 and net.prefixlen >= lab_net.prefixlen
             ):
-                raise UserError(
+                raise LabError(
                     f"{dst} is already routed via {dev or '?'}; the lab needs {lab_net}"
                 )
 

@@ -13,8 +13,8 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from podsight.errors import UserError
 from podsight.lab import dns, system
+from podsight.lab.errors import LabError
 from podsight.lab.state import LabFiles, State
 from podsight.lab.topology import DNS_POD, DNS_SERVICE, NAME_PREFIX, PODS, LabService
 
@@ -58,7 +58,7 @@ def start(dnsmasq: str, files: LabFiles, state: State, services: Sequence[LabSer
         pid = int(files.dns_pid.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         why = f"no pid in {files.dns_pid}"
-        raise UserError(f"dns server of {DNS_POD} did not start: {why}") from None
+        raise LabError(f"dns server of {DNS_POD} did not start: {why}") from None
     nameserver = next((s.cluster_ip for s in services if s.ref == DNS_SERVICE), pod.ipv4)
     state["dns"] = {"server": "dnsmasq", "pid": pid, "nameserver": nameserver}
     files.save_state(state)

@@ -25,12 +25,14 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from podsight.errors import UserError
 from podsight.lab import build, dns, dnsserver, health, inventory, nft, servers, system, teardown
+from podsight.lab.command import check_command
+from podsight.lab.errors import LabError
 from podsight.lab.health import HostStatus
 from podsight.lab.state import LabFiles, State, new_state
 from podsight.lab.topology import (
@@ -135,7 +137,7 @@ class Lab:
         try:
             data: dict[str, Any] = json.loads(self.inventory_path.read_text())
         except FileNotFoundError:
-            raise UserError("the lab is not up (run: podsight lab up)") from None
+            raise LabError("the lab is not up (run: podsight lab up)") from None
         return data
 
     # ------------------------------------------------------------- commands
@@ -143,19 +145,27 @@ class Lab:
     def exec(
         self, ref: str, argv: Sequence[str], **kwargs: Any
     ) -> subprocess.CompletedProcess[Any]:
-        """Run ``argv`` inside the pod's netns and wait for it (``subprocess.run`` kwargs)."""
-        return subprocess.run(self._netns_argv(ref, argv), **kwargs)
+        """Run ``argv`` inside the pod's netns and wait for it (``subprocess.run`` kwargs).
+
+        A command that cannot start raises :class:`~podsight.lab.errors.CommandNotFound`
+        or :class:`~podsight.lab.errors.CommandNotExecutable`, as ``subprocess`` would.
+        """
+        return subprocess.run(self._netns_argv(ref, argv, kwargs), **kwargs)
 
     def popen(self, ref: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside the pod's netns (``subprocess.Popen`` kwargs)."""
-        return subprocess.Popen(self._netns_argv(ref, argv), **kwargs)
+        return subprocess.Popen(self._netns_argv(ref, argv, kwargs), **kwargs)
 
-    def _netns_argv(self, ref: str, argv: Sequence[str]) -> list[str]:
+    def _netns_argv(
+        self, ref: str, argv: Sequence[str], kwargs: Mapping[str, Any] | None = None
+    ) -> list[str]:
         pod = self.pod(ref)
         if not argv:
             raise UserError("no command given")
         if not system.netns_exists(pod.netns):
-            raise UserError(f"lab pod {pod.ref} is not running (run: podsight lab up)")
+            raise LabError(f"lab pod {pod.ref} is not running (run: podsight lab up)")
+        kwargs = kwargs or {}
+        check_command(argv[0], kwargs.get("env"), kwargs.get("cwd"))
         return ["ip", "netns", "exec", pod.netns, *argv]
 
     # ---------------------------------------------------------- up and down

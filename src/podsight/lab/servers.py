@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from podsight.errors import UserError
 from podsight.lab import system
+from podsight.lab.errors import LabError
 from podsight.lab.state import LabFiles, State
 from podsight.lab.topology import PODS, ExternalHost
 
@@ -117,7 +117,7 @@ def _await_ready(key: str, fd: int, log: Path, timeout: float = 15.0) -> int:
     except FileNotFoundError:
         lines = []
     why = lines[-1].strip() if lines else "no output"
-    raise UserError(f"web server of {key} did not start: {why}")
+    raise LabError(f"web server of {key} did not start: {why}")
 
 
 def stop(pids: Iterable[int]) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 
-from podsight.errors import UserError
 from podsight.lab import dnsserver, nft, servers, system
+from podsight.lab.errors import LabError
 from podsight.lab.state import LabFiles, State, restore_sysctls
 from podsight.lab.topology import NAME_PREFIX
 
@@ -60,7 +60,7 @@ def teardown(files: LabFiles, state: State | None) -> None:
         log.unlink(missing_ok=True)
     leftovers = lab_links() + lab_netns()
     if leftovers:
-        raise UserError(f"could not remove {', '.join(leftovers)}")
+        raise LabError(f"could not remove {', '.join(leftovers)}")
 
 
 def stop_processes(files: LabFiles, state: State) -> None:
