@@ -563,6 +563,57 @@ def test_cli_on_a_lab_that_is_down_is_one_line_exit_1(lab):
         lab.up()
 
 
+def processes_running(text: str) -> list[int]:
+    """Pids whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_demo_stops_a_gadget_that_never_gets_ready(lab, capfd):
+    """One line naming the command and what it printed, exit 1; the lab goes only if the
+    demo built it. (It used to wait for the ready line forever.)"""
+    from podsight import demo
+
+    script = "echo still loading >&2; exec sleep 600"
+    never = demo.Act("mypod", ["lab", "exec", "mypod", "--", "sh", "-c", script], "tracing", [])
+    expected = (
+        f"podsight: error: podsight lab exec mypod -- sh -c '{script}' never became ready "
+        "(no 'tracing' on stderr within 2 s); its stderr: still loading"
+    )
+
+    def errors(err: str) -> list[str]:
+        return [line for line in err.splitlines() if "error" in line]
+
+    assert demo.main(lambda _: [never], ready_timeout=2) == 1
+    err = capfd.readouterr().err
+    assert errors(err) == [expected], err
+    assert "tearing the lab down" not in err and lab.is_up(), lab.problems()  # it was up before
+    assert processes_running(script) == []
+    # A gadget that exits instead: named with its exit status and its error, at once.
+    fails = demo.Act("mypod", ["lab", "exec", "mypod", "--", "/nonexistent"], "tracing", [])
+    assert demo.main(lambda _: [fails], ready_timeout=600) == 1
+    assert errors(capfd.readouterr().err) == [
+        "podsight: error: podsight lab exec mypod -- /nonexistent exited (exit 127) before it "
+        "was ready; its stderr: podsight: error: /nonexistent: command not found"]  # fmt: skip
+
+    lab.down()
+    try:
+        assert demo.main(lambda _: [never], ready_timeout=2) == 1
+        err = capfd.readouterr().err
+        assert errors(err) == [expected], err
+        assert "==> tearing the lab down" in err
+        assert [n for n in netns_names() if n.startswith("psl")] == [] and psl_links() == []
+        assert processes_running(script) == []
+    finally:
+        lab.up()
+
+
 def test_half_built_lab_is_rebuilt(lab):
     state = json.loads(lab.state_path.read_text())
     os.kill(state["pids"]["default/web"], signal.SIGKILL)
