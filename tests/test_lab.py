@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from importcheck import HEAVY_VIA_MAIN, assert_light, lab_side_imports, podsight_imports
 
 from podsight.errors import UserError
 from podsight.lab import EXTERNAL_BLACKHOLE, EXTERNAL_UNREACHABLE, EXTERNAL_WEB, Lab, delayed
@@ -453,6 +454,23 @@ def test_cli_exec_returns_the_command_exit_code(lab):
     # Killed by a signal: the shell's 128+N, not 256-N.
     proc = cli("exec", "mypod", "--", "sh", "-c", "kill -KILL $$")
     assert (proc.returncode, proc.stderr) == (128 + signal.SIGKILL, "")
+
+
+@pytest.mark.parametrize("args", [["status"], ["exec", "mypod", "--", "true"]])
+def test_lab_commands_import_neither_numpy_nor_ebpf(lab, args):
+    proc, modules = lab_side_imports(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "podsight.lab.lab" in modules
+    assert_light(modules)
+
+
+@pytest.mark.xfail(**HEAVY_VIA_MAIN)
+@pytest.mark.parametrize("args", [["status"], ["exec", "mypod", "--", "true"]])
+def test_podsight_lab_imports_neither_numpy_nor_ebpf(lab, args):
+    proc, modules = podsight_imports("lab", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "podsight.lab.lab" in modules
+    assert_light(modules)
 
 
 def error_line(proc: subprocess.CompletedProcess[str]) -> str:

@@ -15,6 +15,7 @@ import sys
 import sysconfig
 
 import pytest
+from importcheck import HEAVY_VIA_MAIN, assert_light, lab_side_imports, podsight_imports
 
 from podsight.errors import UserError
 from podsight.lab import Lab, parse_duration
@@ -150,3 +151,23 @@ def run_unprivileged(args: list[str]) -> subprocess.CompletedProcess[str]:
     env = child_env({"PYTHONPATH": os.pathsep.join([child_env()["PYTHONPATH"], site])})
     return subprocess.run([python, *argv], capture_output=True, text=True, timeout=60,
                           env=env, **nobody)  # fmt: skip
+
+
+@pytest.mark.xfail(**HEAVY_VIA_MAIN)
+@pytest.mark.parametrize("args", [["--help"], ["lab", "--help"], ["lab", "delay", "web", "-5ms"]])
+def test_podsight_help_and_lab_import_neither_numpy_nor_ebpf(args):
+    proc, modules = podsight_imports(*args)
+    assert proc.returncode == (2 if "-5ms" in args else 0), proc.stderr
+    assert "podsight.cli.lab" in modules
+    assert_light(modules)
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["exec", "nosuch", "--", "true"], ["delay", "web", "-5ms"]]
+)
+def test_lab_side_imports_neither_numpy_nor_ebpf(args):
+    proc, modules = lab_side_imports(*args)
+    assert proc.returncode == (0 if args == ["--help"] else 2), proc.stderr
+    if args != ["--help"]:
+        assert "podsight.lab.lab" in modules  # the lab itself ran, not only its parser
+    assert_light(modules)
