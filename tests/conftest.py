@@ -53,6 +53,7 @@ def lab() -> Iterator[Lab]:
 OUR_PROGRAMS = {
     "inet_sock_set_state", "tcp_retransmit_skb", "inet_sk_error_report",  # tcpconnect
     "on_getpgid", "count_packets", "no_such_hook",  # tests/bpf/testprog.bpf.c
+    "printk_on_getpgid", "nests", "never_nests",  # tests/bpf/recursion.bpf.c
     "flows_rtt", "flows_drops",  # flows (its tc programs are filters, not links)
 }
 TC_PROGRAMS = ("flows_ingress", "flows_egress", "count_packets")

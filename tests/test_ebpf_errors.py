@@ -121,6 +121,8 @@ def test_use_after_close_is_closed_not_a_crash(testprog):
         _ = ring.max_entries
     with pytest.raises(Closed, match=r"eBPF object testprog\.bpf\.o is closed"):
         obj.map("ring")
+    with pytest.raises(Closed):
+        prog.info()
     obj.close()  # twice is fine
 
 

@@ -25,6 +25,8 @@ from podsight.ebpf.objects import (
     Link,
     Map,
     Program,
+    ProgramInfo,
+    RunStats,
 )
 from podsight.ebpf.ringbuf import RingBuffer
 from podsight.ebpf.system import preflight
@@ -46,7 +48,9 @@ __all__ = [
     "NotSupported",
     "PermissionDenied",
     "Program",
+    "ProgramInfo",
     "RingBuffer",
+    "RunStats",
     "TcHook",
     "preflight",
 ]

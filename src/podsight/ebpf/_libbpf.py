@@ -66,6 +66,57 @@ class BpfTcOpts(ctypes.Structure):
     ]
 
 
+class BpfProgInfo(ctypes.Structure):
+    """The prefix of struct bpf_prog_info (uapi linux/bpf.h) up to ``verified_insns``.
+
+    Offsets (bytes) as linux/bpf.h lays them out; ctypes computes the same
+    ones from these fields. The pointer fields
+    (``__aligned_u64``) stay zero so the kernel copies no arrays back.
+    ``bpf_obj_get_info_by_fd`` is given this struct's size: an older kernel
+    fills less (and says how much in ``info_len``), a newer one fills only
+    this much; see :meth:`podsight.ebpf.Program.info`.
+    """
+
+    _fields_ = [
+        ("type", c_uint32),                      # 0
+        ("id", c_uint32),                        # 4
+        ("tag", ctypes.c_uint8 * 8),             # 8    BPF_TAG_SIZE
+        ("jited_prog_len", c_uint32),            # 16
+        ("xlated_prog_len", c_uint32),           # 20
+        ("jited_prog_insns", c_uint64),          # 24   __aligned_u64 (a user pointer)
+        ("xlated_prog_insns", c_uint64),         # 32
+        ("load_time", c_uint64),                 # 40   ns since boot
+        ("created_by_uid", c_uint32),            # 48
+        ("nr_map_ids", c_uint32),                # 52
+        ("map_ids", c_uint64),                   # 56
+        ("name", ctypes.c_char * 16),            # 64   BPF_OBJ_NAME_LEN
+        ("ifindex", c_uint32),                   # 80
+        ("gpl_compatible", c_uint32),            # 84   gpl_compatible:1 + 31 bits of pad
+        ("netns_dev", c_uint64),                 # 88
+        ("netns_ino", c_uint64),                 # 96
+        ("nr_jited_ksyms", c_uint32),            # 104
+        ("nr_jited_func_lens", c_uint32),        # 108
+        ("jited_ksyms", c_uint64),               # 112
+        ("jited_func_lens", c_uint64),           # 120
+        ("btf_id", c_uint32),                    # 128
+        ("func_info_rec_size", c_uint32),        # 132
+        ("func_info", c_uint64),                 # 136
+        ("nr_func_info", c_uint32),              # 144
+        ("nr_line_info", c_uint32),              # 148
+        ("line_info", c_uint64),                 # 152
+        ("jited_line_info", c_uint64),           # 160
+        ("nr_jited_line_info", c_uint32),        # 168
+        ("line_info_rec_size", c_uint32),        # 172
+        ("jited_line_info_rec_size", c_uint32),  # 176
+        ("nr_prog_tags", c_uint32),              # 180
+        ("prog_tags", c_uint64),                 # 184
+        ("run_time_ns", c_uint64),               # 192  Linux 5.1; counts with bpf_stats_enabled
+        ("run_cnt", c_uint64),                   # 200  Linux 5.1; likewise
+        ("recursion_misses", c_uint64),          # 208  Linux 5.12; runs skipped: nested on a CPU
+        ("verified_insns", c_uint32),            # 216  Linux 5.16
+    ]
+
+
 class BpfMapBatchOpts(ctypes.Structure):
     """struct bpf_map_batch_opts (bpf.h): sz, elem_flags, flags."""
 
@@ -110,6 +161,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
         c_int,
         [c_int, c_void_p, c_void_p, c_void_p, c_void_p, ctypes.POINTER(c_uint32), c_void_p],
     ),
+    "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, ctypes.POINTER(c_uint32)]),
     "btf__load_vmlinux_btf": (c_void_p, []),
     "btf__free": (None, [c_void_p]),
     "btf__find_by_name_kind": (c_int, [c_void_p, c_char_p, c_uint32]),

@@ -13,6 +13,7 @@ import errno as errno_mod
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -70,6 +71,45 @@ class Link:
         self.close()
 
 
+@dataclass(frozen=True, slots=True)
+class ProgramInfo:
+    """What the kernel says about one loaded program (struct bpf_prog_info).
+
+    ``recursion_misses`` counts the runs the kernel *skipped* because the
+    program was already running on that CPU (a tracing program whose hook
+    fired again inside it: silent loss unless someone reads this).
+    ``run_cnt`` and ``run_time_ns`` count only while run statistics are on
+    (a BPF_ENABLE_STATS fd is open, or sysctl ``kernel.bpf_stats_enabled=1``);
+    they read 0 otherwise. A field is ``None`` when the running kernel is too old
+    to report it. ``name`` is the full C name (the kernel keeps 15 bytes).
+    """
+
+    id: int
+    name: str
+    run_cnt: int | None
+    run_time_ns: int | None
+    recursion_misses: int | None
+    verified_insns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunStats:
+    """Sums over the loaded programs of one object, and each program's info."""
+
+    recursion_misses: int
+    run_cnt: int
+    run_time_ns: int
+    programs: tuple[ProgramInfo, ...]
+
+
+def _info_field(info: L.BpfProgInfo, filled: int, name: str) -> int | None:
+    """A field of ``info``, or None when the kernel filled fewer bytes than it needs."""
+    field = getattr(L.BpfProgInfo, name)
+    if filled < field.offset + field.size:
+        return None
+    return int(getattr(info, name))
+
+
 class Program:
     """One program of a loaded object; usable while its object is open."""
 
@@ -122,6 +162,29 @@ class Program:
         link = Link(ptr, self.section)
         self._owner._links.append(link)
         return link
+
+    def info(self) -> ProgramInfo:
+        """Read struct bpf_prog_info from the kernel (BPF_OBJ_GET_INFO_BY_FD).
+
+        No privilege is needed beyond holding the fd. ``info_len`` goes in as
+        the size of our prefix of the struct and comes back as what this
+        kernel filled: fields past it are reported as None.
+        """
+        info = L.BpfProgInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        rc = L.lib().bpf_obj_get_info_by_fd(self.fd, ctypes.byref(info), ctypes.byref(size))
+        L.check("bpf_obj_get_info_by_fd", rc,
+                f"read the info of program {self.name} of {self._owner.name}")
+        filled = int(size.value)
+        return ProgramInfo(
+            id=int(info.id),
+            name=self.name,
+            run_cnt=_info_field(info, filled, "run_cnt"),
+            run_time_ns=_info_field(info, filled, "run_time_ns"),
+            recursion_misses=_info_field(info, filled, "recursion_misses"),
+            verified_insns=_info_field(info, filled, "verified_insns"),
+        )
+
 
 class Map:
     """One map of an object: resize before load; read and write after; usable while open."""
@@ -381,6 +444,21 @@ class BpfObject:
     def attach_all(self) -> list[Link]:
         """Attach every loaded program where its section name says."""
         return [p.attach() for p in self.programs() if p.loaded]
+
+    def run_stats(self) -> RunStats:
+        """Skipped runs (recursion_misses), runs and run time summed over the loaded programs.
+
+        A tracing program is skipped, silently, when its hook fires again on a
+        CPU where it is already running; the kernel counts each skip in the
+        program's info and nowhere else, so outputs must read it here.
+        """
+        infos = tuple(p.info() for p in self.programs() if p.loaded)
+        return RunStats(
+            recursion_misses=sum(i.recursion_misses or 0 for i in infos),
+            run_cnt=sum(i.run_cnt or 0 for i in infos),
+            run_time_ns=sum(i.run_time_ns or 0 for i in infos),
+            programs=infos,
+        )
 
     @property
     def links(self) -> list[Link]:
