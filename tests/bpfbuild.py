@@ -29,3 +29,20 @@ def compile_bpf(source: Path, out: Path) -> Path:
         raise AssertionError(f"clang failed on {source}:\n{proc.stderr}")
     return out
 
+
+def compile_with_types(source: Path, types: list[str], out: Path) -> Path:
+    """Compile ``source`` plus one unused pointer per C type, so that each type is in its BTF.
+
+    clang writes a struct into an object's BTF only when a global, a map or a
+    function signature uses it; a ring buffer record used only as a local
+    variable is left out. This companion object is the same source with each
+    named type referenced once (the cilium/ebpf ``bpf2go -type`` trick), so its
+    BTF carries exactly the layouts the shipped object was compiled with (``make
+    bpf-check`` holds the shipped object to its source).
+    """
+    wrapper = out.with_suffix(".c")
+    lines = [f'#include "{source.resolve()}"']
+    lines += [f"{c_name} *__podsight_layout_{i} __attribute__((unused));"
+              for i, c_name in enumerate(types)]
+    wrapper.write_text("\n".join(lines) + "\n")
+    return compile_bpf(wrapper, out)

@@ -2,7 +2,7 @@
 operation and the object. Provoked for real: a veth deleted before attaching to its ifindex,
 truncated and foreign object files, use after close, a hook no kernel has.
 
-Tests marked ``noroot`` pass as an unprivileged user."""
+Tests marked ``noroot`` pass as an unprivileged user (test_layouts.py runs them as nobody)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from podsight.ebpf import (
     PermissionDenied,
     TcHook,
 )
+from podsight.ebpf.layout import Btf
 from podsight.ebpf.system import preflight
 from podsight.errors import EnvironmentProblem, UserError
 
@@ -69,6 +70,8 @@ def test_truncated_object_says_reinstall(tmp_path, keep):
     text = one_line(err.value)
     assert str(cut) in text and "reinstall podsight" in text and "make bpf" in text
     assert isinstance(err.value, EnvironmentProblem)
+    with pytest.raises(BadObject, match="reinstall podsight"):
+        Btf(cut)
 
 
 @pytest.mark.noroot
@@ -154,7 +157,7 @@ def test_every_class_is_a_one_line_user_error():
 @pytest.mark.noroot
 def test_loading_without_privilege_is_permission_denied(testprog):
     if os.geteuid() == 0:
-        pytest.skip("root may load")
+        pytest.skip("root may load; test_layouts.py runs this as nobody")
     with BpfObject(testprog) as obj, pytest.raises(PermissionDenied) as err:
         obj.load()
     assert "run podsight as root" in one_line(err.value)

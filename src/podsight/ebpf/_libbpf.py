@@ -70,7 +70,8 @@ class BpfProgInfo(ctypes.Structure):
     """The prefix of struct bpf_prog_info (uapi linux/bpf.h) up to ``verified_insns``.
 
     Offsets (bytes) as linux/bpf.h lays them out; ctypes computes the same
-    ones from these fields. The pointer fields
+    ones from these fields, and tests/test_layouts.py checks them against the
+    running kernel's own BTF of ``struct bpf_prog_info``. The pointer fields
     (``__aligned_u64``) stay zero so the kernel copies no arrays back.
     ``bpf_obj_get_info_by_fd`` is given this struct's size: an older kernel
     fills less (and says how much in ``info_len``), a newer one fills only
@@ -163,6 +164,9 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     ),
     "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, ctypes.POINTER(c_uint32)]),
     "btf__load_vmlinux_btf": (c_void_p, []),
+    "btf__parse": (c_void_p, [c_char_p, c_void_p]),
+    "btf__type_cnt": (c_uint32, [c_void_p]),
+    "btf__resolve_size": (ctypes.c_int64, [c_void_p, c_uint32]),
     "btf__free": (None, [c_void_p]),
     "btf__find_by_name_kind": (c_int, [c_void_p, c_char_p, c_uint32]),
     "btf__type_by_id": (c_void_p, [c_void_p, c_uint32]),
