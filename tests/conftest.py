@@ -52,7 +52,8 @@ def lab() -> Iterator[Lab]:
 # Programs podsight and its tests load; a BPF link to any of them after the run is a leak.
 OUR_PROGRAMS = {
     "inet_sock_set_state", "tcp_retransmit_skb", "inet_sk_error_report",  # tcpconnect
-    "on_getpgid", "count_packets",  # tests/bpf/testprog.bpf.c
+    "on_getpgid", "count_packets", "no_such_hook",  # tests/bpf/testprog.bpf.c
+    "printk_on_getpgid", "nests", "never_nests",  # tests/bpf/recursion.bpf.c
     "flows_rtt", "flows_drops",  # flows (its tc programs are filters, not links)
 }
 TC_PROGRAMS = ("flows_ingress", "flows_egress", "count_packets")

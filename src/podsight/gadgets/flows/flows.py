@@ -98,6 +98,45 @@ COUNTERS = (
 MAX_RULES = 8
 DIRECTION_NAMES = ("ingress", "egress")
 
+# struct rule (24 bytes): the dtype twin of the struct.pack format in KernelRule.pack().
+RULE_DTYPE = np.dtype(
+    [
+        ("port_lo", "<u2"), ("port_hi", "<u2"), ("sport_lo", "<u2"), ("sport_hi", "<u2"),
+        ("dport_lo", "<u2"), ("dport_hi", "<u2"), ("tcp_flags", "<u2"), ("direction", "u1"),
+        ("protocol", "u1"), ("has_cidr", "u1"), ("has_peer", "u1"), ("has_icmp_type", "u1"),
+        ("icmp_type", "u1"), ("has_icmp_code", "u1"), ("icmp_code", "u1"), ("_pad", "<u2"),
+    ]
+)
+
+# The `cfg` global (.rodata, 208 bytes): the twin of FlowsConfig.rodata()'s format.
+CFG_DTYPE = np.dtype(
+    [
+        ("nrules", "<u4"), ("wakeup_bytes", "<u4"), ("any_cidr", "u1"), ("any_peer", "u1"),
+        ("rtt", "u1"), ("drops", "u1"), ("dns", "u1"), ("_pad", "u1"), ("purge_reason", "<u2"),
+        ("rules", RULE_DTYPE, (MAX_RULES,)),
+    ]
+)
+
+# struct state (16 bytes), written with struct.pack("<IIQ") by Flows._write_state().
+STATE_DTYPE = np.dtype([("gen", "<u4"), ("_pad", "<u4"), ("boot_offset_ns", "<u8")])
+
+# struct lpm_key (20 bytes): the prefix length then the address, as lpm_entries() packs it.
+LPM_KEY_DTYPE = np.dtype([("prefixlen", "<u4"), ("addr", "V16")])
+
+# (object file, C type, dtype): every layout shared with the kernel, checked against the
+# object's BTF by tests/test_layouts.py (podsight.ebpf.layout.check_dtype).
+LAYOUTS = (
+    ("flows.bpf.o", "struct flow_key", KEY_DTYPE),
+    ("flows.bpf.o", "struct flow_stats", STATS_DTYPE),
+    ("flows.bpf.o", "struct rtt_stats", RTT_DTYPE),
+    ("flows.bpf.o", "struct drop_stats", DROP_DTYPE),
+    ("flows.bpf.o", "struct event", EVENT_DTYPE),
+    ("flows.bpf.o", "struct rule", RULE_DTYPE),
+    ("flows.bpf.o", "struct state", STATE_DTYPE),
+    ("flows.bpf.o", "struct lpm_key", LPM_KEY_DTYPE),
+    ("flows.bpf.o", "cfg", CFG_DTYPE),
+)
+
 
 @dataclass(frozen=True)
 class KernelRule:

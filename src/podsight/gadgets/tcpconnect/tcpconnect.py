@@ -66,6 +66,28 @@ INFLIGHT_DTYPE = np.dtype(
 )
 assert INFLIGHT_DTYPE.itemsize == 96
 
+# The `cfg` global (.rodata) of tcpconnect.bpf.c: the dtype twin of the struct.pack
+# format in TcpConnectConfig.rodata(), so that the layout can be checked (24 bytes).
+CFG_DTYPE = np.dtype(
+    [
+        ("min_latency_ns", "<u8"),
+        ("pid", "<u4"),
+        ("wakeup_bytes", "<u4"),
+        ("dport", "<u2"),
+        ("filter_netns", "u1"),
+        ("failed_only", "u1"),
+        ("_pad", "<u4"),
+    ]
+)
+
+# (object file, C type, dtype): every layout shared with the kernel, checked against the
+# object's BTF by tests/test_layouts.py (podsight.ebpf.layout.check_dtype).
+LAYOUTS = (
+    ("tcpconnect.bpf.o", "struct event", EVENT_DTYPE),
+    ("tcpconnect.bpf.o", "struct inflight", INFLIGHT_DTYPE),
+    ("tcpconnect.bpf.o", "cfg", CFG_DTYPE),
+)
+
 # enum result in tcpconnect.bpf.c
 RAW_OK, RAW_CLOSED, RAW_PENDING = 0, 1, 2
 
