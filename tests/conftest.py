@@ -86,6 +86,34 @@ def _ours(pid: int) -> bool:
     return False
 
 
+def tc_filters_of_ours(names: list[str] | None = None) -> list[str]:
+    """podsight's clsact tc filters on these interfaces (default: all), as "dev way: prog".
+
+    A tc filter holds its program itself; it is ours unless a live process that is
+    not ours (a benchmark, a user's podsight) still holds the program too.
+    """
+    import subprocess
+
+    def run(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+    if names is None:
+        names = [line.split(":")[1].strip().split("@")[0]
+                 for line in run("ip", "-o", "link").splitlines()]
+    prog_holders = _link_holders("prog_id")
+    filters = []
+    for name in names:
+        for way in ("ingress", "egress"):
+            for line in run("tc", "filter", "show", "dev", name, way).splitlines():
+                m = re.search(r" id (\d+) name (\w+)", line)
+                if not m or m[2] not in TC_PROGRAMS:
+                    continue
+                others = prog_holders.get(int(m[1]), set())
+                if not others or any(_ours(pid) for pid in others):
+                    filters.append(f"{name} {way}: {m[2]}")
+    return filters
+
+
 def _leftovers() -> dict[str, list[str]]:
     """Kernel and network state a podsight run must not leave behind.
 
@@ -110,19 +138,7 @@ def _leftovers() -> dict[str, list[str]]:
              for line in run("ip", "-o", "link").splitlines()]
     ifaces = [name for name in names if name.startswith("psl")]
     tables = [line for line in run("nft", "list", "tables").splitlines() if "podsight" in line]
-    # A tc filter holds its program itself; it is ours unless a live process that is
-    # not ours (a benchmark, a user's podsight) still holds the program too.
-    prog_holders = _link_holders("prog_id")
-    filters = []
-    for name in names:
-        for way in ("ingress", "egress"):
-            for line in run("tc", "filter", "show", "dev", name, way).splitlines():
-                m = re.search(r" id (\d+) name (\w+)", line)
-                if not m or m[2] not in TC_PROGRAMS:
-                    continue
-                others = prog_holders.get(int(m[1]), set())
-                if not others or any(_ours(pid) for pid in others):
-                    filters.append(f"{name} {way}: {m[2]}")
+    filters = tc_filters_of_ours(names)
     return {"bpf links": links, "netns": netns, "interfaces": ifaces, "nft tables": tables,
             "tc filters": filters}
 

@@ -71,12 +71,3 @@ def assert_light(modules: list[str]) -> None:
         roots = sorted({m for m in found if m in HEAVY})
         raise HeavyImports(f"imported {', '.join(roots) or found[0]} ({len(found)} modules)")
 
-
-#: The real entry point still imports both: cli/main.py's build_parser() registers
-#: cli/flows.py, whose gadgets.flows.rules import runs gadgets/flows/__init__.py, which
-#: imports numpy and podsight.ebpf. Those files are the lead's; strict, so the fix shows.
-HEAVY_VIA_MAIN = {
-    "strict": True,
-    "raises": HeavyImports,
-    "reason": "cli/main.py -> cli/flows.py -> gadgets/flows/__init__ imports numpy, podsight.ebpf",
-}

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from importcheck import HEAVY_VIA_MAIN, assert_light, lab_side_imports, podsight_imports
+from importcheck import assert_light, lab_side_imports, podsight_imports
 
 from podsight.errors import UserError
 from podsight.lab import EXTERNAL_BLACKHOLE, EXTERNAL_UNREACHABLE, EXTERNAL_WEB, Lab, delayed
@@ -464,7 +464,6 @@ def test_lab_commands_import_neither_numpy_nor_ebpf(lab, args):
     assert_light(modules)
 
 
-@pytest.mark.xfail(**HEAVY_VIA_MAIN)
 @pytest.mark.parametrize("args", [["status"], ["exec", "mypod", "--", "true"]])
 def test_podsight_lab_imports_neither_numpy_nor_ebpf(lab, args):
     proc, modules = podsight_imports("lab", *args)

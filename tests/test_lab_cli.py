@@ -15,7 +15,7 @@ import sys
 import sysconfig
 
 import pytest
-from importcheck import HEAVY_VIA_MAIN, assert_light, lab_side_imports, podsight_imports
+from importcheck import assert_light, lab_side_imports, podsight_imports
 
 from podsight.errors import UserError
 from podsight.lab import Lab, parse_duration
@@ -153,7 +153,6 @@ def run_unprivileged(args: list[str]) -> subprocess.CompletedProcess[str]:
                           env=env, **nobody)  # fmt: skip
 
 
-@pytest.mark.xfail(**HEAVY_VIA_MAIN)
 @pytest.mark.parametrize("args", [["--help"], ["lab", "--help"], ["lab", "delay", "web", "-5ms"]])
 def test_podsight_help_and_lab_import_neither_numpy_nor_ebpf(args):
     proc, modules = podsight_imports(*args)

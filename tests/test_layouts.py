@@ -5,8 +5,8 @@ gadget object (discovered, not listed here) each declared dtype is checked again
 type in the object's BTF by podsight.ebpf.layout.check_dtype. A struct clang left out of
 the object's BTF (a ring record used only as a local variable) is read from the same source
 compiled with that type referenced (bpfbuild.compile_with_types); `make bpf-check` holds the
-shipped object to that source. The struct.pack formats that write .rodata are checked
-against their dtype twins by decoding what they pack.
+shipped object to that source. What the gadgets write into .rodata is built from these
+dtypes and read back here.
 
 No root needed, and none is used: the last test reruns every ``noroot`` test as nobody.
 """
@@ -17,7 +17,6 @@ import importlib
 import os
 import pkgutil
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -91,9 +90,11 @@ def test_layout_agrees_with_the_objects_btf(path, c_name, dtype, from_source):
 
 
 def test_the_rodata_packers_write_what_their_dtypes_read():
-    """struct.pack formats in the gadgets, decoded with the dtype twins the BTF check covers."""
+    """What the gadgets write into .rodata and LPM keys, decoded with the dtypes the BTF
+    check covers."""
     from podsight.gadgets.flows import flows
     from podsight.gadgets.tcpconnect import tcpconnect
+    from podsight.net.rules import Rule, lpm_entries
 
     tc = tcpconnect.TcpConnectConfig(pid=4242, dport=8080, failed_only=True,
                                      min_latency_ns=7_000_000, ring_bytes=1 << 20)
@@ -103,9 +104,9 @@ def test_the_rodata_packers_write_what_their_dtypes_read():
         7_000_000, 4242, 1 << 18, 8080, 0, 1)
 
     rules = (
-        flows.KernelRule(port=(1, 2), sport=(3, 4), dport=(5, 6), tcp_flags=0x12, direction=2,
-                         protocol=6, cidrs=("10.0.0.0/8",), icmp_type=3, icmp_code=None),
-        flows.KernelRule(peers=("10.1.0.0/16",), icmp_code=9),
+        Rule(port=(1, 2), sport=(3, 4), dport=(5, 6), tcp_flags=0x12, direction=2,
+             protocol=0, cidrs=("10.0.0.0/8",), icmp_type=3, icmp_code=None),
+        Rule(peers=("10.1.0.0/16",), icmp_code=9),
     )
     fc = flows.FlowsConfig(rtt=True, dns=True, rules=rules, ring_bytes=1 << 16, purge_reason=77)
     (cfg,) = np.frombuffer(fc.rodata(), flows.CFG_DTYPE)
@@ -114,15 +115,13 @@ def test_the_rodata_packers_write_what_their_dtypes_read():
         2, 1 << 14, 1, 1, 1, 0, 1, 77]
     first, second = cfg["rules"][0], cfg["rules"][1]
     assert [int(first[k]) for k in flows.RULE_DTYPE.names if not k.startswith("_")] == [
-        1, 2, 3, 4, 5, 6, 0x12, 2, 6, 1, 0, 1, 3, 0, 0]
+        1, 2, 3, 4, 5, 6, 0x12, 2, 0, 1, 0, 1, 3, 0, 0]
     assert (int(second["has_peer"]), int(second["has_icmp_code"]), int(second["icmp_code"])) \
         == (1, 1, 9)
     assert not cfg["rules"][2:].tobytes().strip(b"\0")
 
-    (key,) = np.frombuffer(next(iter(flows.lpm_entries(rules, "cidrs"))), flows.LPM_KEY_DTYPE)
+    (key,) = np.frombuffer(next(iter(lpm_entries(rules, "cidrs"))), flows.LPM_KEY_DTYPE)
     assert int(key["prefixlen"]) == 96 + 8 and bytes(key["addr"])[12:] == bytes([10, 0, 0, 0])
-    (state,) = np.frombuffer(struct.pack("<IIQ", 1, 0, 5), flows.STATE_DTYPE)  # _write_state
-    assert (int(state["gen"]), int(state["boot_offset_ns"])) == (1, 5)
 
 
 def test_the_bindings_prog_info_prefix_agrees_with_the_kernels_btf():

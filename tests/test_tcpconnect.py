@@ -283,7 +283,7 @@ BAD = [
     (["--min-latency", "5xs"], "invalid duration"),
     (["--timeout", "-1"], "invalid duration"),
     (["--netns", "no-such-netns"], "no such network namespace"),
-    (["--ring-size", "1000"], "invalid ring size"),
+    (["--ring-size", "1000"], "invalid size"),
     (["-o", "yaml"], "invalid -o"),
     (["-o", "columns=pid,bogus"], "unknown column"),
     (["--bogus-flag"], "unrecognized arguments"),
@@ -310,7 +310,7 @@ def test_unknown_gadget_and_not_root():
         capture_output=True, text=True, timeout=30,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
     )
-    assert unpriv.returncode == 2, unpriv.stderr
+    assert unpriv.returncode == 1, unpriv.stderr
     lines = unpriv.stderr.strip().splitlines()
     assert len(lines) == 1 and "root" in lines[0], unpriv.stderr
 
