@@ -33,10 +33,11 @@ def lab() -> Iterator[Lab]:
     too: tests must start from, and leave, a known machine.
     """
     if os.geteuid() != 0:
-        pytest.skip("the lab needs root (CAP_NET_ADMIN)")
-    for tool in ("ip", "nft", "openssl"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"the lab needs {tool}")
+        pytest.skip("the lab needs root (CAP_NET_ADMIN): run root tests as root, or "
+                    "-m 'not root'")
+    for tool in ("ip", "nft", "openssl", "dnsmasq"):
+        # A missing tool would hide features the README promises: fail, do not skip.
+        assert shutil.which(tool) is not None, f"the lab needs {tool}: run 'make setup-test'"
     # One test session at a time owns the lab (its names and addresses are fixed):
     # a second concurrent session waits here instead of tearing down the first's lab.
     with _lock_path().open("w") as lock:
@@ -57,6 +58,20 @@ OUR_PROGRAMS = {
     "flows_rtt", "flows_drops",  # flows (its tc programs are filters, not links)
 }
 TC_PROGRAMS = ("flows_ingress", "flows_egress", "count_packets")
+
+
+#: Fixtures that need root: the lab, the real apiserver (its cache lives in root's home),
+#: cgroup and container sandboxes.
+ROOT_FIXTURES = {"lab", "kube", "kube_etcd_watch", "core", "namespace", "sandbox", "podman",
+                 "containerd"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use a root fixture need root: mark them, so ``-m 'not root'`` (which
+    must pass as any user, see test_noroot.py) leaves them out."""
+    for item in items:
+        if ROOT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.root)
 
 
 def _link_holders(kind: str = "link_id") -> dict[int, set[int]]:

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.noroot
-
 EXISTING = Path(__file__)  # a file that exists, for --sqlite
 NINE_RULES = [w for i in range(9) for w in (["or"] if i else []) + ["--port", str(80 + i)]]
 

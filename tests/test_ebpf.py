@@ -23,6 +23,8 @@ from podsight.ebpf.system import preflight
 from podsight.ebpf.tc import filters_on
 from podsight.errors import EnvironmentProblem
 
+pytestmark = pytest.mark.root
+
 HERE = Path(__file__).resolve().parent
 RECORD = np.dtype([("seq", "<u8"), ("square", "<u8"), ("tgid", "<u4"), ("_pad", "<u4")])
 libc = ctypes.CDLL(None, use_errno=True)

@@ -2,7 +2,7 @@
 operation and the object. Provoked for real: a veth deleted before attaching to its ifindex,
 truncated and foreign object files, use after close, a hook no kernel has.
 
-Tests marked ``noroot`` pass as an unprivileged user (test_layouts.py runs them as nobody)."""
+Tests not marked ``root`` pass as an unprivileged user (test_noroot.py runs them as nobody)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,6 @@ def one_line(exc: BaseException) -> str:
 # -- stale, truncated and foreign objects (no root: opening an object is user space) ----------
 
 
-@pytest.mark.noroot
 @pytest.mark.parametrize("keep", [0, 64, 0.5])
 def test_truncated_object_says_reinstall(tmp_path, keep):
     data = FLOWS_OBJECT.read_bytes()
@@ -74,7 +73,6 @@ def test_truncated_object_says_reinstall(tmp_path, keep):
         Btf(cut)
 
 
-@pytest.mark.noroot
 @pytest.mark.parametrize("content", ["elf", "text"])
 def test_a_file_that_is_not_a_bpf_object_says_reinstall(tmp_path, content):
     fake = tmp_path / "tcpconnect.bpf.o"
@@ -87,7 +85,6 @@ def test_a_file_that_is_not_a_bpf_object_says_reinstall(tmp_path, content):
     assert "not a BPF object" in one_line(err.value) and "make bpf" in str(err.value)
 
 
-@pytest.mark.noroot
 def test_an_object_that_does_not_match_the_code_is_bad(testprog):
     with BpfObject(testprog) as obj:
         with pytest.raises(BadObject, match=r"^testprog.bpf.o has no map 'events': .*make bpf"):
@@ -101,7 +98,6 @@ def test_an_object_that_does_not_match_the_code_is_bad(testprog):
             obj.map("table").update(struct.pack("<Q", 1), struct.pack("<Q", 1))
 
 
-@pytest.mark.noroot
 def test_missing_object_is_bad_and_an_environment_problem(tmp_path):
     with pytest.raises(BadObject, match="is missing: reinstall podsight") as err:
         BpfObject(tmp_path / "nope.bpf.o")
@@ -111,7 +107,6 @@ def test_missing_object_is_bad_and_an_environment_problem(tmp_path):
 # -- closed objects, bad arguments -----------------------------------------------------------
 
 
-@pytest.mark.noroot
 def test_use_after_close_is_closed_not_a_crash(testprog):
     obj = BpfObject(testprog)
     prog = obj.program("on_getpgid")
@@ -129,7 +124,6 @@ def test_use_after_close_is_closed_not_a_crash(testprog):
     obj.close()  # twice is fine
 
 
-@pytest.mark.noroot
 def test_program_not_loaded_and_bad_arguments(testprog):
     with BpfObject(testprog) as obj:
         prog = obj.program("count_packets")
@@ -140,7 +134,6 @@ def test_program_not_loaded_and_bad_arguments(testprog):
         assert isinstance(err.value, ValueError)
 
 
-@pytest.mark.noroot
 def test_every_class_is_a_one_line_user_error():
     err = LibbpfError("bpf_link_create", 19, op="attach x to ifindex 7 egress")
     assert str(err) == "cannot attach x to ifindex 7 egress: No such device"
@@ -154,7 +147,6 @@ def test_every_class_is_a_one_line_user_error():
         assert cls("x", errno=5).errno == 5
 
 
-@pytest.mark.noroot
 def test_loading_without_privilege_is_permission_denied(testprog):
     if os.geteuid() == 0:
         pytest.skip("root may load; test_layouts.py runs this as nobody")
@@ -166,6 +158,7 @@ def test_loading_without_privilege_is_permission_denied(testprog):
 # -- the kernel says no --------------------------------------------------------------------
 
 
+@pytest.mark.root
 @root_only
 def test_a_hook_the_kernel_lacks_is_not_supported(testprog):
     preflight(tracefs=True)
@@ -214,6 +207,7 @@ def vanished_veth() -> Iterator[tuple[str, int]]:
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
+@pytest.mark.root
 @root_only
 @pytest.mark.parametrize("mode", ["auto", "tcx", "clsact"])
 def test_attaching_to_a_vanished_interface_is_interface_gone(testprog, vanished_veth, mode):
@@ -232,6 +226,7 @@ def test_attaching_to_a_vanished_interface_is_interface_gone(testprog, vanished_
     assert isinstance(err.value, UserError)  # flows_run's `except UserError` skips the interface
 
 
+@pytest.mark.root
 @root_only
 def test_attaching_to_an_unknown_interface_name_is_interface_gone(testprog):
     preflight(net_admin=True)

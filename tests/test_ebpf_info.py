@@ -48,6 +48,7 @@ def trigger(times: int) -> None:
         libc.syscall(SYS_getpgid, ctypes.c_long(0))
 
 
+@pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_a_nested_run_is_skipped_and_counted_in_recursion_misses(recursion):
     with loaded(recursion) as obj:
@@ -67,6 +68,7 @@ def test_a_nested_run_is_skipped_and_counted_in_recursion_misses(recursion):
         assert info.id > 0 and info.verified_insns and info.verified_insns > 0
 
 
+@pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_run_counts_while_statistics_are_enabled(recursion):
     with loaded(recursion) as obj:
@@ -85,6 +87,7 @@ def test_run_counts_while_statistics_are_enabled(recursion):
     assert infos["nests"].run_time_ns is not None and infos["nests"].run_time_ns > 0
 
 
+@pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_run_stats_skips_programs_not_loaded_and_info_needs_an_open_object(recursion):
     preflight()
@@ -101,7 +104,6 @@ def test_run_stats_skips_programs_not_loaded_and_info_needs_an_open_object(recur
         prog.info()
 
 
-@pytest.mark.noroot
 def test_fields_an_older_kernel_did_not_fill_are_none():
     """info_len comes back as what the kernel filled: 5.10 stops before recursion_misses."""
     info = L.BpfProgInfo(id=7, run_cnt=3, recursion_misses=9, verified_insns=4)

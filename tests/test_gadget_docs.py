@@ -12,8 +12,6 @@ import pytest
 from podsight.gadgets import specs
 from podsight.timefmt import Clock
 
-pytestmark = pytest.mark.noroot
-
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SPECS = specs()
 

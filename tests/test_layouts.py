@@ -8,17 +8,13 @@ compiled with that type referenced (bpfbuild.compile_with_types); `make bpf-chec
 shipped object to that source. What the gadgets write into .rodata is built from these
 dtypes and read back here.
 
-No root needed, and none is used: the last test reruns every ``noroot`` test as nobody.
+No root needed, and none is used (test_noroot.py runs these as nobody).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +25,6 @@ import podsight.gadgets
 from podsight.ebpf import BadObject
 from podsight.ebpf import _libbpf as L
 from podsight.ebpf.layout import Btf, c_layout, check_dtype, compare
-
-pytestmark = pytest.mark.noroot
 
 HERE = Path(__file__).resolve().parent
 GADGETS = Path(podsight.gadgets.__file__).resolve().parent
@@ -279,19 +273,3 @@ def test_compare_rules_on_hand_made_layouts():
         "attach_btf_obj_id: in C at offset 220 (4 bytes), missing from the dtype",
         "attach_btf_id: in C at offset 224 (4 bytes), missing from the dtype",
     ]  # without prefix=True, the kernel's newer fields are required
-
-
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="reruns the noroot tests as nobody: needs root and setpriv")
-def test_noroot_tests_pass_as_nobody():
-    """The noroot tests of the binding, run as uid/gid 65534 with no capabilities."""
-    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-            sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-m", "noroot",
-            str(HERE / "test_layouts.py"), str(HERE / "test_ebpf_errors.py"),
-            str(HERE / "test_ebpf_info.py")]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/nonexistent"}
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd="/", timeout=300)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    passed = [line for line in proc.stdout.splitlines() if line.startswith("PASSED")]
-    assert any("test_layout_agrees_with_the_objects_btf" in line for line in passed)
-    assert any("test_loading_without_privilege_is_permission_denied" in line for line in passed)

@@ -48,9 +48,6 @@ from podsight.pipeline import Loss, RunResult, Tally, summary_line
 from podsight.spec import GadgetSpec
 from podsight.timefmt import Clock
 
-pytestmark = pytest.mark.noroot
-
-
 # -- tcpconnect: outcomes ----------------------------------------------------------------
 
 @pytest.mark.parametrize(("raw", "err", "sport", "result"), [

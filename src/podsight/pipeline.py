@@ -353,13 +353,7 @@ class Run(Generic[R]):
                                                    for p in self.predicates}:
                 self._template = (TemplateJson(JsonEncoder(schema), spec), json)
         else:
-            extra = [*opts.extra_columns, *getattr(gadget, "extra_columns", ())]
-            if self.ctx.resolver.knows_pods:
-                k8s = ["k8s.namespace", "k8s.podname", "k8s.containername"]
-                if self.ctx.resolver.has_kubernetes:
-                    k8s.insert(0, "k8s.node")
-                extra += [n for n in k8s if n in schema.by_name]
-            fields = schema.columns(opts.columns, extra=extra)
+            fields = self._columns(gadget)
             if opts.live:
                 from podsight.outputs.live import LiveOutput
 
@@ -370,6 +364,19 @@ class Run(Generic[R]):
                 table = TableWriter(fields, self.out)
                 table.header()
                 self._outputs.append(table)
+
+    def _columns(self, gadget: Gadget[R]) -> list[Any]:
+        """The table's columns: the defaults (with identity's when pods are known, and the
+        gadget's extras), or ``-o columns=``; a bad column name fails here, before start."""
+        opts = self.options
+        schema = gadget.schema
+        extra = [*opts.extra_columns, *getattr(gadget, "extra_columns", ())]
+        if self.ctx.resolver.knows_pods:
+            k8s = ["k8s.namespace", "k8s.podname", "k8s.containername"]
+            if self.ctx.resolver.has_kubernetes:
+                k8s.insert(0, "k8s.node")
+            extra += [n for n in k8s if n in schema.by_name]
+        return schema.columns(opts.columns, extra=extra)
 
     def _admit_raw(self, raw: np.ndarray, admission: Admission[R]) -> R | None:
         assert self.gadget is not None
@@ -443,6 +450,8 @@ class Run(Generic[R]):
         gadget = self.factory(ctx)
         self.gadget = gadget
         stack.callback(gadget.close)
+        if self.options.mode == "columns":
+            self._columns(gadget)  # a bad -o columns= is bad input: say so before starting
         stop.check()
         what = gadget.start(self.selection())
         self._running = True
