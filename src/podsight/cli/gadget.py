@@ -184,8 +184,16 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
         if os.path.lexists(ns.sqlite):
             raise UserError(f"{ns.sqlite} exists: remove it or choose another file")
         parent = os.path.dirname(os.path.abspath(ns.sqlite))
+        try:
+            os.stat(parent)
+        except FileNotFoundError:
+            raise UserError(f"cannot create {ns.sqlite}: no such directory {parent}") from None
+        except OSError as exc:
+            raise UserError(f"cannot create {ns.sqlite}: {exc.strerror}") from None
         if not os.path.isdir(parent):
-            raise UserError(f"cannot create {ns.sqlite}: no such directory {parent}")
+            raise UserError(f"cannot create {ns.sqlite}: {parent} is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"cannot create {ns.sqlite}: permission denied")
     rules = []
     if "rules" in spec.flag_groups:
         from podsight.cli.rules import parse_rules
