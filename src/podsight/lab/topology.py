@@ -17,8 +17,8 @@ addresses without repeating them.
       psl-ext 198.51.100.253/30 <-> eth0 @ psl-ext 198.51.100.254/30
                                    lo 203.0.113.10/32   http :80, https :443
                                    198.51.100.0/24      unreachable (ICMP at once)
-                                   203.0.113.0/24       blackhole (SYNs vanish)
-      routes 203.0.113.0/24, 198.51.100.0/24 via 198.51.100.254
+                                   203.0.113.96/28      blackhole (SYNs vanish)
+      routes 203.0.113.10/32, 203.0.113.96/28, 198.51.100.0/24 via 198.51.100.254
       Service default/web          10.96.0.10:80 -> web:8080 (nftables DNAT)
       Service kube-system/kube-dns 10.96.0.53:53 udp+tcp -> coredns:53 (dnsmasq)
 
@@ -30,6 +30,9 @@ The node-to-external link is a /30 at the top of 198.51.100.0/24, not in
 192.0.2.0/24: that TEST-NET is the real uplink of the VMs this project runs on
 (host 192.0.2.2, gateway 192.0.2.1), and taking it over would cut the machine
 off. ``up`` refuses to start if any lab range is already routed elsewhere.
+Only the few 203.0.113.0/24 addresses the lab uses are routed into it: this
+sandbox's package mirrors and registries answer at 203.0.113.80, and a lab
+that took the whole /24 would cut apt and pip off while it is up.
 
 Every interface and namespace name starts with ``psl`` so that ``down`` can
 find leftovers by name even when its state file is gone, and so that the
@@ -135,12 +138,12 @@ class ExternalHost:
     #: Routed as ``unreachable`` in the external host: connects fail at once.
     unreachable_net: str = "198.51.100.0/24"
     #: Routed as ``blackhole`` in the external host: SYNs vanish, connects time out.
-    blackhole_net: str = "203.0.113.0/24"
+    blackhole_net: str = "203.0.113.96/28"
 
     @property
     def routed_nets(self) -> tuple[str, ...]:
-        """Destinations the node sends to the external host."""
-        return (self.blackhole_net, self.unreachable_net)
+        """Destinations the node sends to the external host (nothing more of TEST-NET-3)."""
+        return (f"{self.web}/32", self.blackhole_net, self.unreachable_net)
 
 
 @dataclass(frozen=True)
