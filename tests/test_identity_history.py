@@ -1,10 +1,33 @@
-"""Identity at an event's time, without an API server: the pasts the sources keep."""
+"""Identity at an event's time, without an API server: the pasts the sources keep, and the
+lab inventory as a source that changes under a running resolver (real files, real network
+namespaces).
+
+The same with a real kube-apiserver is in test_kube_history.py, and through the CLI with
+real traffic in test_identity_history_e2e.py.
+"""
 
 from __future__ import annotations
 
-from podsight.identity.history import ChangeFeed, Timeline, boot_ns
+import os
+import shutil
+import sys
+from pathlib import Path
 
-X, Y = "10.251.0.7", "10.251.0.8"
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from identity_history import Netns, boot_ns, lab_pod, lab_service, write_inventory
+
+from podsight.identity import Resolver
+from podsight.identity.history import ChangeFeed, Timeline
+from podsight.identity.lab import LabInventory
+
+X, Y = "10.251.0.7", "10.251.0.8"  # never routed: these tests send no traffic
+
+
+def needs_netns() -> None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("making network namespaces needs root and iproute2")
 
 
 # --- the past of one kind of key ----------------------------------------------------------
@@ -41,3 +64,87 @@ def test_change_feed_readers_that_fall_behind_start_over() -> None:
     now, end, tokens = feed.read(0)
     assert tokens is None and end == 20 and abs(now - boot_ns()) < 10**10
     assert feed.read(17)[2] == [("ip", "17"), ("ip", "18"), ("ip", "19")]
+
+
+def test_a_source_starts_recording_after_its_first_listing(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.json"
+    write_inventory(path, [lab_pod("a", X)])
+    inv = LabInventory(path)
+    assert inv.refresh()
+    assert inv.pod_by_ip_at(X, 1)[1].name == "a"  # type: ignore[union-attr]
+    assert inv.pod_by_ip_at(X, 1)[0] == 0  # the initial state has no past
+
+
+# --- the lab inventory under a running resolver --------------------------------------------
+
+
+def test_lab_pod_replaced_on_the_same_ip_and_netns(tmp_path: Path) -> None:
+    """Pod a holds X in its namespace; it is deleted and pod b gets X in a new namespace (whose
+    inode the kernel may well reuse). Events before the change are a's, after it b's,
+    between the two nobody's (raw), and older than anything known the oldest holder's."""
+    needs_netns()
+    path = tmp_path / "inventory.json"
+    with Netns("a") as ns_a:
+        write_inventory(path, [lab_pod("a", X, netns=ns_a.name),
+                               lab_pod("server", Y), lab_service("svc", "10.96.200.1")])
+        with Resolver(lab=LabInventory(path), node_name="n1") as r:
+            t1 = boot_ns()
+            assert r.endpoint(X, at_ns=t1).notation == "p/default/a"
+            assert r.local_endpoint(X, ns_a.inode, 0, at_ns=t1).notation == "p/default/a"
+            inode_a = ns_a.inode
+            ns_a.delete()
+            write_inventory(path, [lab_pod("server", Y)])  # a is gone, so is the Service
+            t_gone = boot_ns()
+            assert r.endpoint(X, at_ns=t_gone).kind == "raw"  # (a state nobody looks at
+            # before the next change is never seen: podsight learns states, not steps)
+            with Netns("b") as ns_b:
+                write_inventory(path, [lab_pod("b", X, netns=ns_b.name), lab_pod("server", Y)])
+                t2 = boot_ns()
+                assert r.endpoint(X, at_ns=t2).notation == "p/default/b"
+                assert r.endpoint(X, at_ns=t1).notation == "p/default/a"
+                assert r.endpoint(X, at_ns=t_gone).notation == f"r/{X}"
+                assert r.endpoint(X, at_ns=1).notation == "p/default/a"  # older than all
+                assert r.endpoint(X).notation == "p/default/b"  # now
+                assert r.endpoint("10.96.200.1", at_ns=t1).notation == "s/default/svc"
+                assert r.endpoint("10.96.200.1", at_ns=t2).kind == "raw"
+                # the socket's namespace names its pod at the event's time
+                assert r.local_endpoint(X, ns_b.inode, 0, at_ns=t2).notation == "p/default/b"
+                assert r.local_endpoint(X, inode_a, 0, at_ns=t1).notation == "p/default/a"
+                pod = r.local_pod(ns_b.inode, at_ns=t2)
+                assert pod is not None and pod.name == "b"
+                old = r.local_pod(inode_a, at_ns=t1)
+                assert old is not None and old.name == "a"
+                # answers are memoised: no change, no new generation, the same objects
+                gen = r.generation
+                assert r.endpoint(X, at_ns=boot_ns()) is r.endpoint(X, at_ns=t2)
+                assert r.generation == gen
+                assert t1 < r.stable_since(X, ns_b.inode, 0, Y) <= t2
+
+
+def test_lab_change_noticed_late_is_dated_by_the_file(tmp_path: Path) -> None:
+    """The resolver looks at the inventory only when asked (flows: once per interval); a
+    change it sees late is still dated from when the file said so."""
+    path = tmp_path / "inventory.json"
+    write_inventory(path, [lab_pod("a", X)])
+    with Resolver(lab=LabInventory(path), node_name="n1") as r:
+        t1 = boot_ns()
+        write_inventory(path, [lab_pod("b", X)])
+        t2 = boot_ns()
+        t3 = boot_ns()
+        # nothing asked in between: the first question is about t3
+        assert r.endpoint(X, at_ns=t3).name == "b"
+        assert r.endpoint(X, at_ns=t2).name == "b"
+        assert r.endpoint(X, at_ns=t1).name == "a"
+
+
+def test_labels_change_without_a_new_holder(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.json"
+    uid = "5a3e0c8e-0000-4000-8000-000000000001"
+    write_inventory(path, [lab_pod("a", X, uid=uid, labels={"v": "1"})])
+    with Resolver(lab=LabInventory(path), node_name="n1") as r:
+        t1 = boot_ns()
+        assert r.endpoint(X, at_ns=t1).labels == {"v": "1"}
+        write_inventory(path, [lab_pod("a", X, uid=uid, labels={"v": "2"})])
+        t2 = boot_ns()
+        assert r.endpoint(X, at_ns=t2).labels == {"v": "2"}
+        assert r.stable_since(X, 0, 0, X) < t1  # the same pod: it holds X as before

@@ -5,7 +5,6 @@ real runtimes (test_identity_local_runtimes.py); this file covers what is left."
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import shutil
@@ -57,15 +56,13 @@ def test_netns_names() -> None:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def test_background_refresh_warns_once_per_change(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A dead runtime is polled every interval but logged once, and never stops the loop."""
+def test_background_refresh_warns_once_per_change(tmp_path: Path) -> None:
+    """A dead runtime is polled every interval but told once (one line on the notices the
+    command loop prints), and never stops the loop."""
     path = str(tmp_path / "dead.sock")
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(path)
     sock.close()
-    caplog.set_level(logging.INFO, logger="podsight.identity.local")
     identity = LocalIdentity(runtimes=[DockerClient(path, timeout=0.5)])
     identity.start(interval=0.02)
     try:
@@ -79,8 +76,9 @@ def test_background_refresh_warns_once_per_change(
         assert identity.cgroups.scans >= 6  # refreshed several times ...
     finally:
         identity.close()
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and path in warnings[0].getMessage()  # ... warned once
+    warnings = identity.notices.take()
+    assert len(warnings) == 1 and path in warnings[0]  # ... warned once
+    assert warnings[0].startswith("podsight: warning: ") and "\n" not in warnings[0]
     scans = identity.cgroups.scans
     time.sleep(0.1)
     assert identity.cgroups.scans == scans  # close() stopped the thread
