@@ -1,6 +1,7 @@
-"""Identity at an event's time, without an API server: the pasts the sources keep, and the
-lab inventory as a source that changes under a running resolver (real files, real network
-namespaces).
+"""Identity at an event's time, without an API server: the pasts the sources keep, the lab
+inventory as a source that changes under a running resolver (real files, real network
+namespaces), and tcpconnect's cache of rendered templates, which must never name a pod that
+did not hold the address at the event's own time.
 
 The same with a real kube-apiserver is in test_kube_history.py, and through the CLI with
 real traffic in test_identity_history_e2e.py.
@@ -8,11 +9,17 @@ real traffic in test_identity_history_e2e.py.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -148,3 +155,81 @@ def test_labels_change_without_a_new_holder(tmp_path: Path) -> None:
         t2 = boot_ns()
         assert r.endpoint(X, at_ns=t2).labels == {"v": "2"}
         assert r.stable_since(X, 0, 0, X) < t1  # the same pod: it holds X as before
+
+
+# --- tcpconnect's rendered templates ---------------------------------------------------------
+
+
+def _records(rows: list[tuple[int, str, str]], pid: int = 4242) -> np.ndarray:
+    """Connect records as the kernel program writes them: (ts, saddr, daddr), all else equal,
+    so that every record has the same identity key (one template)."""
+    from podsight.gadgets.tcpconnect.tcpconnect import EVENT_DTYPE
+
+    out = np.zeros(len(rows), dtype=EVENT_DTYPE)
+    for i, (ts, saddr, daddr) in enumerate(rows):
+        out[i]["ts_ns"] = ts
+        out[i]["latency_ns"] = 1000 + i
+        out[i]["saddr"] = socket.inet_pton(socket.AF_INET, saddr).ljust(16, b"\0")
+        out[i]["daddr"] = socket.inet_pton(socket.AF_INET, daddr).ljust(16, b"\0")
+        out[i]["pid"] = out[i]["tid"] = pid
+        out[i]["family"] = socket.AF_INET
+        out[i]["sport"] = 40000 + i
+        out[i]["dport"] = 8080
+        out[i]["comm"] = b"client"
+    return out
+
+
+def _renderer(r: Resolver) -> Any:
+    """The renderer and admit() as `podsight trace tcpconnect -o json` builds them."""
+    from podsight.gadgets.tcpconnect.fields import ConnectRow
+    from podsight.gadgets.tcpconnect.render import JsonRenderer
+    from podsight.gadgets.tcpconnect.tcpconnect import AddressFormatter, TcpConnect
+    from podsight.timefmt import Clock
+
+    clock = Clock()
+    decode = functools.partial(TcpConnect.decode, SimpleNamespace(_addr=AddressFormatter()))
+
+    def admit(e: Any) -> Any:
+        src = r.local_endpoint(e.saddr, e.netns, e.cgroup_id, at_ns=e.ts_ns)
+        return ConnectRow(e, src, r.remote_endpoint(e.daddr, src, at_ns=e.ts_ns),
+                          clock.wall_ns(e.ts_ns))
+
+    return JsonRenderer(clock, decode, admit, r)
+
+
+def _names(lines: list[str]) -> list[tuple[str, str]]:
+    return [(e["src"]["endpoint"].rsplit(":", 1)[0], e["dst"]["endpoint"].rsplit(":", 1)[0])
+            for e in map(json.loads, lines)]
+
+
+def test_rendered_template_follows_the_holder_at_each_event_time(tmp_path: Path) -> None:
+    """One identity key (same process, addresses and port) before and after X changes hands,
+    in separate batches and within one batch: each line names the holder at its own time."""
+    path = tmp_path / "inventory.json"
+    write_inventory(path, [lab_pod("a", X), lab_pod("server", Y)])
+    with Resolver(lab=LabInventory(path), node_name="n1") as r:
+        render = _renderer(r)
+        t = [boot_ns()]
+        assert _names(render.lines(_records([(t[0], X, Y), (t[0] + 1, X, Y)]))) == [
+            ("p/default/a", "p/default/server")] * 2  # the template is made and reused
+        write_inventory(path, [lab_pod("b", X), lab_pod("server", Y)])
+        t.append(boot_ns())
+        # a late event of a's and b's first ones, in one batch, in either order
+        batch = _records([(t[1], X, Y), (t[0] + 2, X, Y), (t[1] + 1, X, Y)])
+        assert _names(render.lines(batch)) == [
+            ("p/default/b", "p/default/server"), ("p/default/a", "p/default/server"),
+            ("p/default/b", "p/default/server")]
+        # the peer changes hands too: the remote side of the template follows it
+        write_inventory(path, [lab_pod("b", X), lab_pod("server2", Y)])
+        t.append(boot_ns())
+        assert _names(render.lines(_records([(t[2], X, Y), (t[1] + 2, X, Y)]))) == [
+            ("p/default/b", "p/default/server2"), ("p/default/b", "p/default/server")]
+        # an unrelated change elsewhere keeps the template (checked, not made again)
+        write_inventory(path, [lab_pod("b", X), lab_pod("server2", Y), lab_pod("c", "10.2.0.1")])
+        t.append(boot_ns())
+        assert _names(render.lines(_records([(t[3], X, Y)]))) == [
+            ("p/default/b", "p/default/server2")]
+        made = render._templates.copy()
+        assert _names(render.lines(_records([(boot_ns(), X, Y)]))) == [
+            ("p/default/b", "p/default/server2")]
+        assert render._templates == made

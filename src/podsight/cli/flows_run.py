@@ -10,7 +10,7 @@ from typing import TextIO
 
 import numpy as np
 
-from podsight.cli.identity import build_resolver, pod_selector
+from podsight.cli.identity import build_resolver, pod_selector, print_notices
 from podsight.errors import UserError
 from podsight.events import select_fields
 from podsight.gadgets.flows.fields import SQL_COLUMNS, fields, sql_row, to_json
@@ -139,8 +139,8 @@ class FlowsCommand:
         records = self.assembler.assemble(harvest, final=final)
         res = self.resolver
         for r in records:
-            r.src = res.endpoint(r.saddr)
-            r.dst = res.endpoint(r.daddr)
+            r.src = res.endpoint(r.saddr, at_ns=r.first_ns)
+            r.dst = res.endpoint(r.daddr, at_ns=r.first_ns)
         records = [r for r in records if self._keep(r)]
         self.records += len(records)
         if self.sqlite is not None and records:
@@ -190,6 +190,7 @@ class FlowsCommand:
         pending_events: list[np.ndarray] = []
         next_harvest = time.monotonic() + ns.interval
         while not stop.is_set():
+            print_notices(self.resolver)
             now = time.monotonic()
             if now < next_harvest:
                 self.flows.wait(min(next_harvest - now, stop.remaining(next_harvest - now)))

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from podsight.errors import UserError
 from podsight.identity import Resolver
@@ -105,6 +105,17 @@ def build_resolver(ns: argparse.Namespace, stack: ExitStack) -> Resolver:
     resolver = Resolver(kube=kube, local=local, local_interval=LOCAL_POLL_INTERVAL)
     stack.callback(resolver.close)  # runs before local.close: the poller stops first
     return resolver
+
+
+def print_notices(resolver: Resolver, err: TextIO | None = None) -> None:
+    """Print what identity's background threads have to tell (the API server went away or
+    came back, a runtime stopped answering), one line each; the command loop calls it once
+    per batch so that these lines never land inside a record."""
+    lines = resolver.take_notices()
+    if lines:
+        out = err or sys.stderr
+        out.write("".join(line + "\n" for line in lines))
+        out.flush()
 
 
 def runtime_names(value: str) -> list[str]:

@@ -74,7 +74,7 @@ def run_tcpconnect(ns: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from podsight.cli.identity import build_resolver, pod_selector
+    from podsight.cli.identity import build_resolver, pod_selector, print_notices
     from podsight.events import select_fields
     from podsight.filters import CidrMatcher, combine
     from podsight.gadgets.tcpconnect.fields import K8S_COLUMNS, ConnectRow, fields, to_json
@@ -130,12 +130,12 @@ def run_tcpconnect(ns: argparse.Namespace) -> int:
             """The event's row, identity resolved, or None if a filter drops it."""
             if keep is not None and not keep(e):
                 return None
-            src = resolver.local_endpoint(e.saddr, e.netns, e.cgroup_id)
+            src = resolver.local_endpoint(e.saddr, e.netns, e.cgroup_id, at_ns=e.ts_ns)
             if selector.selects_pods and not (
                 e.netns in netns or resolver.selects(selector, src, e.netns)
             ):
                 return None
-            return ConnectRow(e, src, resolver.remote_endpoint(e.daddr, src),
+            return ConnectRow(e, src, resolver.remote_endpoint(e.daddr, src, at_ns=e.ts_ns),
                               clock.wall_ns(e.ts_ns))
 
         def emit(events: list[ConnectEvent]) -> int:
@@ -149,7 +149,7 @@ def run_tcpconnect(ns: argparse.Namespace) -> int:
             return len(rows)
 
         tracer = stack.enter_context(TcpConnect(config))
-        renderer = JsonRenderer(clock, tracer.decode, admit)
+        renderer = JsonRenderer(clock, tracer.decode, admit, resolver)
 
         def emit_records(records: np.ndarray) -> None:
             """The hot path: JSON is rendered from the records through templates."""
@@ -174,6 +174,7 @@ def run_tcpconnect(ns: argparse.Namespace) -> int:
                 if filtering:
                     tracer.set_netns(wanted_netns())
             emit_records(tracer.drain())
+            print_notices(resolver)
         emit_records(tracer.drain())
         pending = emit(tracer.pending(clock.boot_now_ns()))
         counters = tracer.counters()

@@ -10,13 +10,19 @@ latency change. So each identity is rendered once, by the ordinary
 varying values go, and every later event of that identity is the cached
 pieces with three values put in. Filters and pod selection are decided once
 per identity too: every input they read is part of the identity.
+
+Identity is resolved at each event's own time (an IP or a namespace may
+change hands between two events of one identity), so a template also
+remembers since when the names in it hold (``stable_since``) and at which
+identity generation that was checked: an older event, or a newer generation
+that changed the names, does not reuse it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -33,6 +39,20 @@ _IDENTITY = np.dtype(f"V{EVENT_DTYPE.itemsize}")
 CACHE_LIMIT = 65536
 
 
+class TimedIdentity(Protocol):
+    """What the renderer asks identity (``podsight.identity.Resolver``) so that a cached
+    template never names a pod that did not hold the address at the event's time."""
+
+    def sync(self, at_ns: int) -> int:
+        """Take in changes up to ``at_ns``; the generation of the answers."""
+        ...
+
+    def stable_since(self, local_addr: str, netns: int, cgroup_id: int,
+                     remote_addr: str) -> int:
+        """Since when a socket's two sides are named as they are now."""
+        ...
+
+
 class _MarkerClock:
     def rfc3339(self, wall_ns: int) -> str:
         return _TIME
@@ -41,24 +61,44 @@ class _MarkerClock:
 class JsonRenderer:
     """Renders records as JSON lines through a cache of per-identity templates.
 
-    ``admit`` turns one event into its row (identity resolved) or None if a
-    filter drops it; ``decode`` is the tracer's. Call :meth:`clear` whenever
-    identity sources change (``Resolver.refresh()`` returned True).
+    ``admit`` turns one event into its row (identity resolved at the event's
+    time) or None if a filter drops it; ``decode`` is the tracer's. With
+    ``identity`` a template is reused only for events its names hold for;
+    without it, call :meth:`clear` whenever identity sources change
+    (``Resolver.refresh()`` returned True).
     """
 
     def __init__(self, clock: Clock, decode: Callable[[np.ndarray], list[ConnectEvent]],
-                 admit: Callable[[ConnectEvent], ConnectRow | None]) -> None:
+                 admit: Callable[[ConnectEvent], ConnectRow | None],
+                 identity: TimedIdentity | None = None) -> None:
         self._clock = clock
         self._decode = decode
         self._admit = admit
-        self._templates: dict[bytes, tuple[str, ...]] = {}
+        self._identity = identity
+        # identity key -> [pieces, since (boot ns) its names hold, generation checked at]
+        self._templates: dict[bytes, list[Any]] = {}
 
     def clear(self) -> None:
         self._templates.clear()
 
-    def _template(self, record: np.ndarray) -> tuple[str, ...]:
-        """The pieces between the varying values, or _SKIP, or _SLOW."""
+    def _check(self, record: np.ndarray, old: list[Any] | None, generation: int) -> list[Any]:
+        """The template for this record's identity as of ``generation``: ``old`` if the names
+        it holds have not changed since it was made, else a new one."""
         event = self._decode(record)[0]
+        since = 0
+        if self._identity is not None:
+            since = self._identity.stable_since(event.saddr, event.netns, event.cgroup_id,
+                                                event.daddr)
+        if old is not None and old[1] == since:
+            old[2] = generation
+            return old
+        # Resolved as now (the template holds for events from `since` on), whatever the
+        # time of the event at hand; the time itself is a marker in the template.
+        current = event if event.ts_ns >= since else dataclasses.replace(event, ts_ns=since)
+        return [self._template(current), since, generation]
+
+    def _template(self, event: ConnectEvent) -> tuple[str, ...]:
+        """The pieces between the varying values, or _SKIP, or _SLOW."""
         row = self._admit(event)
         if row is None:
             return _SKIP
@@ -94,18 +134,21 @@ class JsonRenderer:
         secs_list = secs.tolist()
         # Calendar part once per second, through the clock's own formatting.
         prefix = {s: self._clock.rfc3339(s * 1_000_000_000)[:-11] for s in set(secs_list)}
+        times = records["ts_ns"].tolist()
+        generation = 0 if self._identity is None else self._identity.sync(max(times))
         templates = self._templates
         if len(templates) > CACHE_LIMIT:
             templates.clear()
         out: list[str] = []
         append = out.append
-        for i, (key, sec, ns, sport, lat) in enumerate(zip(
+        for i, (key, sec, ns, sport, lat, ts) in enumerate(zip(
                 keys, secs_list, nanos, records["sport"].tolist(),
-                records["latency_ns"].tolist(), strict=True)):
-            t = templates.get(key)
-            if t is None:
-                t = templates[key] = self._template(records[i : i + 1])
-            if t is _SLOW:
+                records["latency_ns"].tolist(), times, strict=True)):
+            entry = templates.get(key)
+            if entry is None or entry[2] != generation:
+                entry = templates[key] = self._check(records[i : i + 1], entry, generation)
+            t = entry[0]
+            if t is _SLOW or ts < entry[1]:  # or older than its names: resolved on its own
                 event = self._decode(records[i : i + 1])[0]
                 row = self._admit(event)
                 if row is not None:
