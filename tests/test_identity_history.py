@@ -12,9 +12,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import secrets
 import shutil
 import socket
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -233,3 +236,54 @@ def test_rendered_template_follows_the_holder_at_each_event_time(tmp_path: Path)
         assert _names(render.lines(_records([(boot_ns(), X, Y)]))) == [
             ("p/default/b", "p/default/server2")]
         assert render._templates == made
+
+
+# --- a container that stopped: real containerd, real cgroup, real namespace --------------------
+
+
+@pytest.fixture(scope="module")
+def containerd() -> Iterator[Any]:
+    from identity_local_containerd import running_containerd
+
+    with running_containerd(need_cgroup2=True) as daemon:
+        yield daemon
+
+
+def test_stopped_container_is_named_for_its_earlier_events(containerd: Any) -> None:
+    """A busybox container with kubelet's labels and cgroup layout, in its own network
+    namespace: named by its runtime listing while it runs; after it is removed (and a poll
+    saw it gone), events from before still name its pod and container, later ones do not."""
+    from identity_local_sys import cgroup_mounts, remove_cgroup_tree
+
+    from podsight.identity.local import ContainerdClient, LocalIdentity
+
+    needs_netns()
+    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+    top = "podsight-test-" + secrets.token_hex(4)
+    cgroup = f"/{top}/kubepods/besteffort/pod{uid}/{cid}"
+    labels = {"io.kubernetes.pod.namespace": "shop", "io.kubernetes.pod.name": "worker-7",
+              "io.kubernetes.pod.uid": uid, "io.kubernetes.container.name": "busy"}
+    with Netns("ctr") as ns:
+        local = LocalIdentity(runtimes=[ContainerdClient(containerd.socket)])
+        try:
+            containerd.run(cid, labels=labels, netns=f"/var/run/netns/{ns.name}", cgroup=cgroup,
+                           args=("sh", "-c", "exec /bin/busybox sleep 3600"))
+            local.refresh()
+            cgroup_id = local.cgroups.id_for_path(cgroup)
+            assert cgroup_id
+            with Resolver(lab=LabInventory(Path("/nonexistent/inventory.json")),
+                          node_name="n1", local=local, local_interval=3600.0) as r:
+                t1 = boot_ns()
+                ep = r.local_endpoint(X, ns.inode, cgroup_id, at_ns=t1)
+                assert (ep.notation, ep.container) == ("p/shop/worker-7", "busy")
+                containerd.remove(cid)
+                local.refresh()  # the poll that finds it gone
+                t2 = boot_ns()
+                assert r.local_endpoint(X, ns.inode, cgroup_id, at_ns=t2).kind == "raw"
+                ep = r.local_endpoint(X, ns.inode, cgroup_id, at_ns=t1)
+                assert (ep.notation, ep.container) == ("p/shop/worker-7", "busy")
+        finally:
+            containerd.remove(cid)
+            local.close()
+            for mount in cgroup_mounts():
+                remove_cgroup_tree(mount, top)
