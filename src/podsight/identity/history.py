@@ -46,8 +46,9 @@ V = TypeVar("V")
 KEEP_NS = 300 * 1_000_000_000
 #: At most this many holders per key (an IP that flaps keeps its latest ones).
 PER_KEY = 16
-#: Tokens a feed keeps for readers that fall behind; past that they start over.
-FEED_WINDOW = 1 << 16
+#: Tokens a feed keeps for readers that fall behind (a resolver reads once per batch);
+#: one further behind, after a relist say, drops everything it derived and starts over.
+FEED_WINDOW = 1 << 13
 
 #: What changed: (kind, key), e.g. ("ip", "10.0.0.7"), ("netns", 4026532001),
 #: ("uid", pod UID), ("cid", container ID), ("pod", (namespace, name)).

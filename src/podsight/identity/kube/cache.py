@@ -83,15 +83,14 @@ class IpIndex(Generic[C]):
     ``best`` is the dict the hot path reads. A changed IP is re-elected in
     place (``best[ip] = winner``), never popped and re-added, so a reader
     never sees an IP vanish during an update. With a ``timeline``, every
-    change of winner is recorded there first (a new claimant object is a new
-    holder; the same object with new details is not).
+    change of winner is recorded there first (another object is a new holder;
+    the same object with new details is not).
     """
 
     def __init__(self, timeline: Timeline[str, Any] | None = None) -> None:
         self.best: dict[str, Any] = {}
         self.timeline = timeline
         self._claims: dict[str, list[C]] = {}
-        self._holder: dict[str, int] = {}  # ip -> seq of the winner (one seq per object UID)
 
     def add(self, ip: str, rec: C) -> None:
         claims = self._claims.get(ip)
@@ -167,16 +166,13 @@ class IpIndex(Generic[C]):
                 if tl is not None:
                     tl.changed(ip, old, None)
                 del self.best[ip]
-            self._holder.pop(ip, None)
             return
         info = winner.info
         if info is old:
             return
-        seq = winner.rank[2]
         if tl is not None:
-            tl.changed(ip, old, info, same=old is not None and self._holder.get(ip) == seq)
+            tl.changed(ip, old, info, same=old is not None and _who(old) == _who(info))
         self.best[ip] = info
-        self._holder[ip] = seq
 
     def contested(self) -> int:
         return sum(1 for c in self._claims.values() if len(c) > 1)
@@ -187,6 +183,11 @@ class IpIndex(Generic[C]):
 
 def _rank(c: _Claimant) -> tuple[int, str, int]:
     return c.rank
+
+
+def _who(info: Any) -> tuple[str, str, str]:
+    """Which object an info is about (a pod, Service or Node), whatever its details say."""
+    return (getattr(info, "namespace", ""), info.name, getattr(info, "uid", ""))
 
 
 class KubeCache:
