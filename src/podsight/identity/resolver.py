@@ -62,6 +62,9 @@ CONTAINER_NAME_LABEL = "io.kubernetes.container.name"
 # triples: a scan from many addresses must not grow them without bound).
 MEMO_LIMIT = 1 << 16
 LOCAL_MEMO_LIMIT = 1 << 16
+# The keys memo entries were built from outlive the entries (an entry dropped for one key
+# stays listed under its others): past this many, everything is dropped and rebuilt.
+DEPS_LIMIT = 1 << 18
 
 # How long a container whose cgroup names it, but that no runtime listed yet, is
 # looked up again (once per refresh) before its cgroup alone is taken as the answer.
@@ -274,6 +277,7 @@ class Resolver:
         self._memo.clear()
         self._local_memo.clear()
         self._deps.clear()
+        self._retried.clear()
         self.generation += 1
 
     def _adopt_listings(self) -> bool:
@@ -352,7 +356,7 @@ class Resolver:
         m = _Moment(self._view_ns, track=True)
         ep = self._lookup(addr, m)
         held = (m.since, ep)
-        if len(self._memo) >= MEMO_LIMIT:
+        if len(self._memo) >= MEMO_LIMIT or len(self._deps) > DEPS_LIMIT:
             self._forget()
         self._memo[addr] = held
         self._depend(m, addr)
@@ -436,7 +440,7 @@ class Resolver:
         if key in self._retried:  # looked up again once a source caught up: it changed now
             self._retried.discard(key)
             since = max(since, self._view_ns)
-        if len(self._local_memo) >= LOCAL_MEMO_LIMIT:
+        if len(self._local_memo) >= LOCAL_MEMO_LIMIT or len(self._deps) > DEPS_LIMIT:
             self._forget()
         held = (since, ep)
         self._local_memo[key] = held

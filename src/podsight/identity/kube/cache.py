@@ -485,7 +485,8 @@ class KubeCache:
         rec.info = self._pod_info(rec)
         # the pasts first (see podsight.identity.history), then the current state
         if old is not None and old.uid == rec.uid:
-            self._uids.changed(rec.uid, old.info, rec.info, same=True)
+            if rec.uid:
+                self._uids.changed(rec.uid, old.info, rec.info, same=True)
         else:
             if old is not None and old.uid:  # same name, another pod: the old one is gone
                 self._uids.changed(old.uid, old.info, None)
