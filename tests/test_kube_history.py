@@ -128,10 +128,12 @@ def sandbox() -> Iterator[Any]:
 def test_cgroup_of_a_deleted_pod_is_named_for_its_earlier_events(
         cache: KubeCache, core: Any, namespace: str, sandbox: Any, tmp_path: Path) -> None:
     """A real cgroup in kubelet's layout names a pod by UID; once the pod is deleted from the
-    API, events from before the deletion still name it, later ones fall back to the netns."""
+    API, events from before the deletion still name it (even from before the watch brought
+    it), later ones fall back to the netns."""
     from podsight.identity.local import LocalIdentity
 
     ns = namespace
+    t0 = boot_ns()  # before the watch brought the pod: its containers may already run
     make_pod(core, ns, "job-1", containers=("work",))
     uid = core.read_namespaced_pod("job-1", ns).metadata.uid
     eventually(lambda: cache.pod_by_uid(uid) is not None, what="pod by uid")
@@ -152,6 +154,8 @@ def test_cgroup_of_a_deleted_pod_is_named_for_its_earlier_events(
             assert r.local_endpoint("10.0.0.1", host, cgroup_id, at_ns=t2).kind == "node"
             ep = r.local_endpoint("10.0.0.1", host, cgroup_id, at_ns=t1)
             assert (ep.notation, ep.container) == (f"p/{ns}/job-1", "work")
+            # a UID names one pod forever: its past starts when it goes, not when it came
+            assert r.local_endpoint("10.0.0.1", host, cgroup_id, at_ns=t0).name == "job-1"
             pod = cache.pod_by_uid(uid, at_ns=t1)
             assert pod is not None and pod.name == "job-1"
     finally:

@@ -300,8 +300,9 @@ class Resolver:
         for cid in before.keys() | containers.keys():
             was, now = before.get(cid), containers.get(cid)
             if was != now or (was is not None and now is not None and was.labels != now.labels):
-                self._container_past.changed(cid, was, now, same=was is not None
-                                             and now is not None, stamp=when)
+                # A container ID names one container: its past starts when it goes (it ran
+                # before the poll that first listed it).
+                self._container_past.changed(cid, was, now, same=now is not None, stamp=when)
         self._containers = containers
         return _containers_of(listings) != _containers_of(old)
 

@@ -483,15 +483,13 @@ class KubeCache:
             self._seq += 1
             rec.seq = self._seq
         rec.info = self._pod_info(rec)
-        # the pasts first (see podsight.identity.history), then the current state
-        if old is not None and old.uid == rec.uid:
-            if rec.uid:
-                self._uids.changed(rec.uid, old.info, rec.info, same=True)
-        else:
-            if old is not None and old.uid:  # same name, another pod: the old one is gone
-                self._uids.changed(old.uid, old.info, None)
-            if rec.uid:
-                self._uids.changed(rec.uid, None, rec.info)
+        # The pasts first (see podsight.identity.history), then the current state. A UID
+        # names one pod forever: its past starts when the pod goes, not when it comes
+        # (its containers may run before the watch brings the pod).
+        if old is not None and old.uid and old.uid != rec.uid:
+            self._uids.changed(old.uid, old.info, None)  # same name, another pod: old is gone
+        if rec.uid:
+            self._uids.changed(rec.uid, None if old is None else old.info, rec.info, same=True)
         self.changes.note(("pod", key))
         self._pods[key] = rec
         old_ips = () if old is None or old.host_network else old.ips
