@@ -83,7 +83,7 @@ def test_reused_pod_ip_is_named_at_each_event_time(cache: KubeCache, resolver: R
     assert named(resolver, ip, 1) == f"r/{ip}"  # before a got it (a came after the sync)
     resolver.refresh(force=True)
     assert named(resolver, ip, None) == f"p/{ns}/b"  # no time: now
-    pod = cache.pod_by_ip(ip, at_ns=t1)
+    pod = cache.pod_by_ip_at(ip, t1)[1]
     assert pod is not None and pod.name == "a"
 
 
@@ -156,7 +156,7 @@ def test_cgroup_of_a_deleted_pod_is_named_for_its_earlier_events(
             assert (ep.notation, ep.container) == (f"p/{ns}/job-1", "work")
             # a UID names one pod forever: its past starts when it goes, not when it came
             assert r.local_endpoint("10.0.0.1", host, cgroup_id, at_ns=t0).name == "job-1"
-            pod = cache.pod_by_uid(uid, at_ns=t1)
+            pod = cache.pod_by_uid_at(uid, t1)[1]
             assert pod is not None and pod.name == "job-1"
     finally:
         local.close()

@@ -366,34 +366,28 @@ class KubeCache:
         return self._generation
 
     # ---------------------------------------------------------------- lookups
-    # ``at_ns`` (CLOCK_BOOTTIME ns, an event's time) asks who held the key then; the
-    # ``*_at`` forms also say since when that holder held it (0: from before any change
-    # podsight saw), which is what a resolver needs to memoise an answer.
-    def pod_by_ip(self, ip: str, at_ns: int | None = None) -> PodInfo | None:
-        """The pod that owns ``ip`` now, or at ``at_ns`` (hostNetwork pods are not here:
-        the IP is the node's)."""
-        info: PodInfo | None = (self._pod_by_ip.get(ip) if at_ns is None
-                                else self._pod_ips.held(ip, at_ns)[1])
+    def pod_by_ip(self, ip: str) -> PodInfo | None:
+        """The pod that owns ``ip`` now (hostNetwork pods are not here: the IP is the node's)."""
+        info: PodInfo | None = self._pod_by_ip.get(ip)
         return info
 
-    def service_by_ip(self, ip: str, at_ns: int | None = None) -> ServiceInfo | None:
-        info: ServiceInfo | None = (self._service_by_ip.get(ip) if at_ns is None
-                                    else self._service_ips.held(ip, at_ns)[1])
+    def service_by_ip(self, ip: str) -> ServiceInfo | None:
+        info: ServiceInfo | None = self._service_by_ip.get(ip)
         return info
 
-    def node_by_ip(self, ip: str, at_ns: int | None = None) -> NodeInfo | None:
-        info: NodeInfo | None = (self._node_by_ip.get(ip) if at_ns is None
-                                 else self._node_ips.held(ip, at_ns)[1])
+    def node_by_ip(self, ip: str) -> NodeInfo | None:
+        info: NodeInfo | None = self._node_by_ip.get(ip)
         return info
 
-    def pod_by_uid(self, uid: str, at_ns: int | None = None) -> PodInfo | None:
+    def pod_by_uid(self, uid: str) -> PodInfo | None:
         """The pod with this ``metadata.uid``: what kubelet's cgroup names call a pod."""
-        if at_ns is not None:
-            return self.pod_by_uid_at(uid, at_ns)[1]
         rec = self._pod_by_uid.get(uid)
         info: PodInfo | None = None if rec is None else rec.info
         return info
 
+    # At an event's time (``at_ns``, CLOCK_BOOTTIME ns): ``(since, holder)``, the holder then
+    # and since when it held the key (0: from before any change podsight saw), which is what
+    # a resolver needs to memoise an answer.
     def pod_by_ip_at(self, ip: str, at_ns: int) -> tuple[int, PodInfo | None]:
         return self._pod_ips.held(ip, at_ns)
 
