@@ -33,10 +33,11 @@ def lab() -> Iterator[Lab]:
     too: tests must start from, and leave, a known machine.
     """
     if os.geteuid() != 0:
-        pytest.skip("the lab needs root (CAP_NET_ADMIN)")
-    for tool in ("ip", "nft", "openssl"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"the lab needs {tool}")
+        pytest.skip("the lab needs root (CAP_NET_ADMIN): run root tests as root, or "
+                    "-m 'not root'")
+    for tool in ("ip", "nft", "openssl", "dnsmasq"):
+        # A missing tool would hide features the README promises: fail, do not skip.
+        assert shutil.which(tool) is not None, f"the lab needs {tool}: run 'make setup-test'"
     # One test session at a time owns the lab (its names and addresses are fixed):
     # a second concurrent session waits here instead of tearing down the first's lab.
     with _lock_path().open("w") as lock:
@@ -52,10 +53,25 @@ def lab() -> Iterator[Lab]:
 # Programs podsight and its tests load; a BPF link to any of them after the run is a leak.
 OUR_PROGRAMS = {
     "inet_sock_set_state", "tcp_retransmit_skb", "inet_sk_error_report",  # tcpconnect
-    "on_getpgid", "count_packets",  # tests/bpf/testprog.bpf.c
+    "on_getpgid", "count_packets", "no_such_hook",  # tests/bpf/testprog.bpf.c
+    "printk_on_getpgid", "nests", "never_nests",  # tests/bpf/recursion.bpf.c
     "flows_rtt", "flows_drops",  # flows (its tc programs are filters, not links)
 }
 TC_PROGRAMS = ("flows_ingress", "flows_egress", "count_packets")
+
+
+#: Fixtures that need root: the lab, the real apiserver (its cache lives in root's home),
+#: cgroup and container sandboxes.
+ROOT_FIXTURES = {"lab", "kube", "kube_etcd_watch", "core", "namespace", "sandbox", "podman",
+                 "containerd"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use a root fixture need root: mark them, so ``-m 'not root'`` (which
+    must pass as any user, see test_noroot.py) leaves them out."""
+    for item in items:
+        if ROOT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.root)
 
 
 def _link_holders(kind: str = "link_id") -> dict[int, set[int]]:
@@ -85,6 +101,34 @@ def _ours(pid: int) -> bool:
     return False
 
 
+def tc_filters_of_ours(names: list[str] | None = None) -> list[str]:
+    """podsight's clsact tc filters on these interfaces (default: all), as "dev way: prog".
+
+    A tc filter holds its program itself; it is ours unless a live process that is
+    not ours (a benchmark, a user's podsight) still holds the program too.
+    """
+    import subprocess
+
+    def run(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+    if names is None:
+        names = [line.split(":")[1].strip().split("@")[0]
+                 for line in run("ip", "-o", "link").splitlines()]
+    prog_holders = _link_holders("prog_id")
+    filters = []
+    for name in names:
+        for way in ("ingress", "egress"):
+            for line in run("tc", "filter", "show", "dev", name, way).splitlines():
+                m = re.search(r" id (\d+) name (\w+)", line)
+                if not m or m[2] not in TC_PROGRAMS:
+                    continue
+                others = prog_holders.get(int(m[1]), set())
+                if not others or any(_ours(pid) for pid in others):
+                    filters.append(f"{name} {way}: {m[2]}")
+    return filters
+
+
 def _leftovers() -> dict[str, list[str]]:
     """Kernel and network state a podsight run must not leave behind.
 
@@ -109,19 +153,7 @@ def _leftovers() -> dict[str, list[str]]:
              for line in run("ip", "-o", "link").splitlines()]
     ifaces = [name for name in names if name.startswith("psl")]
     tables = [line for line in run("nft", "list", "tables").splitlines() if "podsight" in line]
-    # A tc filter holds its program itself; it is ours unless a live process that is
-    # not ours (a benchmark, a user's podsight) still holds the program too.
-    prog_holders = _link_holders("prog_id")
-    filters = []
-    for name in names:
-        for way in ("ingress", "egress"):
-            for line in run("tc", "filter", "show", "dev", name, way).splitlines():
-                m = re.search(r" id (\d+) name (\w+)", line)
-                if not m or m[2] not in TC_PROGRAMS:
-                    continue
-                others = prog_holders.get(int(m[1]), set())
-                if not others or any(_ours(pid) for pid in others):
-                    filters.append(f"{name} {way}: {m[2]}")
+    filters = tc_filters_of_ours(names)
     return {"bpf links": links, "netns": netns, "interfaces": ifaces, "nft tables": tables,
             "tc filters": filters}
 

@@ -28,6 +28,8 @@ from flowsrun import FlowsRun, send_udp
 
 from podsight.ebpf.btf import drop_reasons
 
+pytestmark = pytest.mark.root
+
 CLIENT_POD = "shop/frontend"
 CLIENT_IP = "10.244.0.4"
 BACKEND_POD = "shop/backend"

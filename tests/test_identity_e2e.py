@@ -39,6 +39,8 @@ from tracing import Trace, connect, matching
 
 from podsight.identity.local.cgroups import cgroup2_root
 
+pytestmark = pytest.mark.root
+
 WEB_PORT = 8080
 
 
@@ -142,9 +144,31 @@ def traced_connect(trace: Trace, c: Connector, expect_printed: bool = True) -> s
     if expect_printed:
         assert trace.wait_printed(f'"pid":{c.pid},'), trace.peek()
     else:
-        time.sleep(1.0)  # several drain rounds: it would have been printed by now
+        # Connected: its event is in the kernel's ring now, so the trace's final drain (after
+        # it detaches) would print it if it were to be printed at all.
+        wait_connected(c.pid)
     c.release()
     return comm
+
+
+def wait_connected(pid: int, timeout: float = 10.0) -> None:
+    """Until one of the process's sockets is an established TCP connection (procfs only)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        inodes = set()
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        for table in ("tcp", "tcp6"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{table}") as f:
+                for row in f.read().splitlines()[1:]:
+                    cols = row.split()
+                    if cols[3] == "01" and cols[9] in inodes:  # TCP_ESTABLISHED
+                        return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} never connected")
 
 
 def one(events: list[dict[str, Any]], **want: Any) -> dict[str, Any]:

@@ -45,6 +45,7 @@ def test_without_cgroup2_processes_still_resolve() -> None:
         assert identity.container_for_pid(os.getpid()) is None
 
 
+@pytest.mark.root
 def test_netns_names() -> None:
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2")

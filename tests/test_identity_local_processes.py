@@ -115,6 +115,7 @@ def test_comm_with_parentheses_and_spaces(tmp_path) -> None:
         kill_and_reap(proc)
 
 
+@pytest.mark.root
 def test_process_in_another_netns() -> None:
     """The netns inode is the one `ip netns` bind-mounted (the lab's pods look like this)."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
@@ -210,6 +211,7 @@ def _spawn_at(pid: int, attempts: int = 50) -> subprocess.Popen[bytes] | None:
     return None
 
 
+@pytest.mark.root
 def test_pid_reuse_is_detected() -> None:
     """A real pid reuse: a second process gets the first one's pid after it exited."""
     if os.geteuid() != 0:

@@ -26,6 +26,8 @@ from k8s.fixtures import (
 )
 from tracing import Trace, connect, matching
 
+pytestmark = pytest.mark.root
+
 SERVICE_IP = "10.96.0.10"  # the lab DNATs it to web:8080
 
 

@@ -3,6 +3,11 @@
 Traffic goes only between lab namespaces and the root netns. The tests that
 take the lab down run last and bring it back up, so the session-wide ``lab``
 fixture stays valid for test files that run after this one.
+
+Every test here needs root (``-m 'not root'`` leaves them out); the lab's
+tests that need none are in test_lab_cli.py. No test bounds how long
+something takes (a loaded CI machine is slow, not broken): timings are only
+ever lower bounds that prove an effect, and waits are on conditions.
 """
 
 from __future__ import annotations
@@ -11,25 +16,24 @@ import errno
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from importcheck import assert_light, lab_side_imports, podsight_imports
 
 from podsight.errors import UserError
-from podsight.lab import (
-    EXTERNAL_BLACKHOLE,
-    EXTERNAL_UNREACHABLE,
-    EXTERNAL_WEB,
-    Lab,
-    delayed,
-    parse_duration,
-)
+from podsight.lab import EXTERNAL_BLACKHOLE, EXTERNAL_UNREACHABLE, EXTERNAL_WEB, Lab, delayed
 from podsight.lab.dnsquery import query
+from podsight.lab.errors import CommandNotFound
 from podsight.lab.system import child_env, netns_names, process_alive
+
+pytestmark = pytest.mark.root
 
 GLOBAL_SYSCTLS = (
     "net.ipv4.ip_forward",
@@ -116,8 +120,13 @@ def dnsmasq_pids(lab: Lab) -> list[int]:
 
 
 def needs_dns(lab: Lab) -> None:
-    if lab.nameserver is None:
-        pytest.skip(f"the lab runs without cluster DNS: {lab.dns_off_reason}")
+    """The README promises the lab's cluster DNS: a lab without it fails, it is not skipped."""
+    assert lab.nameserver is not None, f"the lab runs without cluster DNS: {lab.dns_off_reason}"
+
+
+def needs_services(lab: Lab) -> None:
+    """The README promises the lab's Services: a lab without them fails, it is not skipped."""
+    assert lab.services, "the lab runs without Services (is br_netfilter loaded?)"
 
 
 def psl_links() -> list[str]:
@@ -149,48 +158,27 @@ def nfqueue_rules(netns: str) -> str:
     return "\n".join(line for line in out.splitlines() if "NFQUEUE" in line)
 
 
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
+def remove_delay_rules(netns: str) -> None:
+    """Delete the NFQUEUE rules a killed ``lab delay`` left in ``netns``."""
+    for tool in ("iptables", "ip6tables"):
+        rules = subprocess.run(["ip", "netns", "exec", netns, tool, "-S", "OUTPUT"],
+                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+        for rule in rules.splitlines():
+            if "NFQUEUE" in rule and rule.startswith("-A "):
+                subprocess.run(["ip", "netns", "exec", netns, tool, "-w", "-D",
+                                *shlex.split(rule)[1:]], check=True)  # fmt: skip
 
 
-# ---------------------------------------------------------------- no root needed
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds.
 
-
-def test_pod_refs_resolve_by_name_or_namespace_and_name():
-    lab = Lab()
-    assert lab.pod("mypod").ref == "default/mypod"
-    assert lab.pod("shop/backend").netns == "psl-shop-backend"
-    with pytest.raises(UserError, match="unknown lab pod"):
-        lab.pod("nosuch")
-    with pytest.raises(UserError, match="unknown lab pod"):
-        lab.pod("shop/web")
-
-
-def test_names_fit_the_kernel_and_share_the_prefix():
-    lab = Lab()
-    for pod in lab.pods:
-        assert len(pod.veth) <= 15 and pod.veth.startswith("psl")
-        assert pod.netns.startswith("psl-")
-    assert lab.external.link.startswith("psl") and len(lab.external.link) <= 15
-
-
-@pytest.mark.parametrize(("text", "seconds"), [("50ms", 0.05), ("1s", 1.0), ("1.5s", 1.5),
-                                               ("200us", 0.0002)])  # fmt: skip
-def test_parse_duration(text, seconds):
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", ["50", "5x", "-1s", "0ms", "2h", "", "61s"])
-def test_parse_duration_rejects(text):
-    with pytest.raises(UserError):
-        parse_duration(text)
-
-
-def test_cli_bad_duration_is_one_line_exit_2():
-    proc = cli("delay", "mypod", "5x")
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("podsight: error:") and proc.stderr.count("\n") == 1
-    assert "5x" in proc.stderr
+    The timeout only keeps a broken run from hanging: it is generous, never a
+    claim about speed.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up after {timeout:g} s waiting for {what}"
+        time.sleep(0.05)
 
 
 # -------------------------------------------------------------------- the lab
@@ -198,9 +186,7 @@ def test_cli_bad_duration_is_one_line_exit_2():
 
 def test_up_is_idempotent(lab):
     state = json.loads(lab.state_path.read_text())
-    started = time.monotonic()
     lab.up()
-    assert time.monotonic() - started < 2
     assert lab.is_up(), lab.problems()
     # Nothing was rebuilt: same servers, same pids.
     assert json.loads(lab.state_path.read_text())["pids"] == state["pids"]
@@ -243,18 +229,16 @@ def test_inventory_is_a_kubernetes_list_of_pods_and_services(lab):
         {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
     ]
     services = [i for i in inv["items"] if i["kind"] == "Service"]
-    if not lab.services:
-        assert services == []  # no br_netfilter: Services are left out, not faked
-        return
-    expected = [("default", "web")] + ([("kube-system", "kube-dns")] if lab.nameserver else [])
+    needs_services(lab)
+    needs_dns(lab)
+    expected = [("default", "web"), ("kube-system", "kube-dns")]
     assert [(s["metadata"]["namespace"], s["metadata"]["name"]) for s in services] == expected
     assert services[0]["spec"]["clusterIP"] == "10.96.0.10"
     assert services[0]["spec"]["selector"] == {"app": "web"}
-    if lab.nameserver:
-        spec = services[1]["spec"]
-        assert spec["clusterIP"] == "10.96.0.53" and spec["selector"] == {"k8s-app": "kube-dns"}
-        assert [(p["name"], p["protocol"], p["port"], p["targetPort"]) for p in spec["ports"]] == [
-            ("dns", "UDP", 53, 53), ("dns-tcp", "TCP", 53, 53)]  # fmt: skip
+    spec = services[1]["spec"]
+    assert spec["clusterIP"] == "10.96.0.53" and spec["selector"] == {"k8s-app": "kube-dns"}
+    assert [(p["name"], p["protocol"], p["port"], p["targetPort"]) for p in spec["ports"]] == [
+        ("dns", "UDP", 53, 53), ("dns-tcp", "TCP", 53, 53)]  # fmt: skip
 
 
 def test_identity_names_the_dns_pod(lab):
@@ -273,8 +257,8 @@ def test_identity_names_the_dns_pod(lab):
 @pytest.mark.parametrize("via", ["pod", "service"])
 def test_cluster_dns_answers_services_and_nxdomain(lab, via, tcp):
     needs_dns(lab)
-    if via == "service" and lab.nameserver != "10.96.0.53":
-        pytest.skip("no br_netfilter on this machine: the lab runs without Services")
+    needs_services(lab)
+    assert lab.nameserver == "10.96.0.53"  # pods ask the kube-dns Service
     server = lab.pod("coredns").ipv4 if via == "pod" else "10.96.0.53"
     reply = dns(lab, "mypod", server, "web.default.svc.cluster.local", tcp=tcp)
     assert reply["rcode"] == 0 and reply["rcode_name"] == "NOERROR", reply
@@ -297,9 +281,9 @@ def test_cluster_dns_names_pods_and_nothing_else(lab):
         ("fd00-244--6.kube-system.pod.cluster.local", "AAAA"): [["AAAA", "fd00:244::6"]],
         ("3.0.244.10.in-addr.arpa", "PTR"): [["PTR", "web.default.pod.cluster.local."]],
         ("web.default.svc.cluster.local", "AAAA"): [],  # NOERROR, no IPv6 ClusterIP
+        ("kube-dns.kube-system.svc.cluster.local", "A"): [["A", "10.96.0.53"]],
     }
-    if lab.services:
-        answers[("kube-dns.kube-system.svc.cluster.local", "A")] = [["A", "10.96.0.53"]]
+    needs_services(lab)
     for (name, qtype), expected in answers.items():
         reply = dns(lab, "frontend", server, name, qtype)
         assert reply["rcode"] == 0 and reply["answers"] == expected, (name, qtype, reply)
@@ -352,10 +336,9 @@ def test_popen_runs_a_server_in_a_pod(lab):
                                     "7070"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        deadline = time.monotonic() + 10
-        while connect(lab, "mypod", lab.pod("frontend").ipv4, 7070)["errno"] != 0:
-            assert time.monotonic() < deadline, "server in frontend never listened"
-            time.sleep(0.05)
+        frontend = lab.pod("frontend").ipv4
+        wait_until(lambda: connect(lab, "mypod", frontend, 7070)["errno"] == 0, 30,
+                   "the server in frontend to listen")  # fmt: skip
         assert connect(lab, "mypod", lab.pod("frontend").ipv6, 7070)["errno"] == 0
     finally:
         server.terminate()
@@ -375,8 +358,7 @@ def test_external_web_over_http_and_https(lab):
 
 
 def test_service_cluster_ip_reaches_web_from_pods_and_node(lab):
-    if not lab.services:
-        pytest.skip("no br_netfilter on this machine: the lab runs without Services")
+    needs_services(lab)
     proc = lab.exec("frontend", ["curl", "-sS", "-m", "5", "http://10.96.0.10/"],
                     capture_output=True, text=True)  # fmt: skip
     assert proc.stdout == "hello from default/web\n", proc.stderr
@@ -389,10 +371,10 @@ def test_service_cluster_ip_reaches_web_from_pods_and_node(lab):
     assert proc.stdout == "hello from default/web\n", proc.stderr
 
 
-def test_unreachable_fails_at_once(lab):
-    result = connect(lab, "mypod", EXTERNAL_UNREACHABLE, 80)
+def test_unreachable_fails_with_icmp_not_a_timeout(lab):
+    # A long connect timeout: an unreachable error (not ETIMEDOUT) means ICMP said so.
+    result = connect(lab, "mypod", EXTERNAL_UNREACHABLE, 80, timeout=20)
     assert result["errno"] in (errno.EHOSTUNREACH, errno.ENETUNREACH), result
-    assert result["elapsed"] < 1.0
 
 
 def test_blackhole_drops_silently(lab):
@@ -445,7 +427,7 @@ def test_guard_drops_lab_traffic_headed_off_the_lab(lab):
 def test_delay_adds_latency_to_a_connect(lab):
     web = lab.pod("web")
     mypod = lab.pod("mypod")
-    plain = [connect(lab, "mypod", web.ipv4, 8080)["elapsed"] for _ in range(3)]
+    plain = [connect(lab, "mypod", web.ipv4, 8080)["elapsed"] for _ in range(3)]  # for the message
     with delayed(mypod.netns, 0.05) as line:
         assert line.alive()
         assert nfqueue_rules(mypod.netns).count("NFQUEUE") == 2
@@ -459,25 +441,73 @@ def test_delay_adds_latency_to_a_connect(lab):
                         capture_output=True, text=True)  # fmt: skip
         assert proc.stdout == "2000000", proc.stderr
         helper = line.process
-    assert min(slow) >= 0.05 and slow6 >= 0.05, slow
-    assert median(plain) < 0.02, plain
+    assert min(slow) >= 0.05 and slow6 >= 0.05, (plain, slow, slow6)
     assert helper.poll() is not None
     assert nfqueue_rules(mypod.netns) == ""
-    assert connect(lab, "mypod", web.ipv4, 8080)["elapsed"] < 0.05
+    assert connect(lab, "mypod", web.ipv4, 8080)["errno"] == 0
 
 
 def test_cli_exec_returns_the_command_exit_code(lab):
     proc = cli("exec", "mypod", "--", "sh", "-c", "ip -4 -o addr show eth0; exit 7")
     assert proc.returncode == 7
     assert lab.pod("mypod").ipv4 in proc.stdout
+    # Killed by a signal: the shell's 128+N, not 256-N.
+    proc = cli("exec", "mypod", "--", "sh", "-c", "kill -KILL $$")
+    assert (proc.returncode, proc.stderr) == (128 + signal.SIGKILL, "")
 
 
-def test_cli_bad_pod_name_is_one_line_exit_2(lab):
-    for args in (["exec", "nosuch", "--", "true"], ["delay", "nosuch", "50ms"]):
-        proc = cli(*args)
-        assert proc.returncode == 2, proc
-        assert proc.stderr.startswith("podsight: error: unknown lab pod 'nosuch'")
-        assert proc.stderr.count("\n") == 1
+@pytest.mark.parametrize("args", [["status"], ["exec", "mypod", "--", "true"]])
+def test_lab_commands_import_neither_numpy_nor_ebpf(lab, args):
+    proc, modules = lab_side_imports(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "podsight.lab.lab" in modules
+    assert_light(modules)
+
+
+@pytest.mark.parametrize("args", [["status"], ["exec", "mypod", "--", "true"]])
+def test_podsight_lab_imports_neither_numpy_nor_ebpf(lab, args):
+    proc, modules = podsight_imports("lab", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "podsight.lab.lab" in modules
+    assert_light(modules)
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one line a failed command printed, without its ``podsight: error:`` prefix."""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("podsight: error: "), proc.stderr
+    return lines[0].removeprefix("podsight: error: ")
+
+
+def test_cli_exec_of_a_missing_command_is_127_like_a_shell(lab):
+    # `ip netns exec` said 'exec of "/nonexistent" failed' with exit 1, like any failing command.
+    for command in ("/nonexistent", "no-such-command-here"):
+        proc = cli("exec", "mypod", "--", command, "arg")
+        assert proc.returncode == 127, proc
+        assert error_line(proc) == f"{command}: command not found"
+    with pytest.raises(CommandNotFound, match="command not found"):
+        lab.exec("mypod", ["/nonexistent"])
+
+
+def test_cli_exec_of_a_command_that_cannot_run_is_126(lab, tmp_path):
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o644)
+    proc = cli("exec", "mypod", "--", str(script))
+    assert proc.returncode == 126, proc
+    assert error_line(proc) == f"{script}: permission denied (not executable)"
+    proc = cli("exec", "mypod", "--", str(tmp_path))
+    assert proc.returncode == 126, proc
+    assert error_line(proc) == f"{tmp_path}: is a directory"
+    script.chmod(0o755)  # the same file, executable: it runs
+    proc = cli("exec", "mypod", "--", str(script))
+    assert (proc.returncode, proc.stdout) == (0, "ran\n"), proc
+
+
+def test_cli_state_dir_it_cannot_use_is_one_line_exit_1(lab):
+    proc = cli("status", env={"PODSIGHT_LAB_DIR": "/dev/null/lab"})
+    assert proc.returncode == 1
+    assert error_line(proc) == "/dev/null/lab/state.json: Not a directory"
 
 
 def test_cli_delay_runs_until_stopped(lab):
@@ -500,7 +530,7 @@ def test_cli_delay_runs_until_stopped(lab):
             proc.kill()
             proc.wait()
     assert nfqueue_rules(lab.pod("frontend").netns) == ""
-    assert connect(lab, "frontend", web.ipv4, 8080)["elapsed"] < 0.06
+    assert connect(lab, "frontend", web.ipv4, 8080)["errno"] == 0
 
 
 def test_delay_helper_exits_when_orphaned(lab):
@@ -520,14 +550,85 @@ def test_delay_helper_exits_when_orphaned(lab):
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 5
-    while process_alive(helper, "podsight.lab.delayline"):
-        assert time.monotonic() < deadline, "orphaned delay helper kept running"
-        time.sleep(0.05)
-    assert connect(lab, "backend", web.ipv4, 8080)["elapsed"] < 0.08
+    netns = lab.pod("backend").netns
+    try:
+        wait_until(lambda: not process_alive(helper, "podsight.lab.delayline"), 30,
+                   "the orphaned delay helper to exit")  # fmt: skip
+        # Its rule is still there; --queue-bypass lets packets pass with no helper bound
+        # (without it they would be dropped and this connect would time out).
+        assert nfqueue_rules(netns) != ""
+        assert connect(lab, "backend", web.ipv4, 8080, timeout=10)["errno"] == 0
+    finally:
+        remove_delay_rules(netns)  # what the killed `lab delay` could not do
+    assert nfqueue_rules(netns) == ""
 
 
 # ------------------------------------------- these take the lab down: keep them last
+
+
+def test_cli_on_a_lab_that_is_down_is_one_line_exit_1(lab):
+    lab.down()
+    try:
+        for args in (["exec", "mypod", "--", "true"], ["delay", "mypod", "50ms"]):
+            proc = cli(*args)
+            assert proc.returncode == 1, proc
+            assert error_line(proc) == "lab pod default/mypod is not running (run: podsight lab up)"
+        status = cli("status")
+        assert status.returncode == 0 and status.stdout.endswith(
+            "lab is down (run: podsight lab up)\n")  # fmt: skip
+    finally:
+        lab.up()
+
+
+def processes_running(text: str) -> list[int]:
+    """Pids whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_demo_stops_a_gadget_that_never_gets_ready(lab, capfd):
+    """One line naming the command and what it printed, exit 1; the lab goes only if the
+    demo built it. (It used to wait for the ready line forever.)"""
+    from podsight import demo
+
+    script = "echo still loading >&2; exec sleep 600"
+    never = demo.Act("mypod", ["lab", "exec", "mypod", "--", "sh", "-c", script], "tracing", [])
+    expected = (
+        f"podsight: error: podsight lab exec mypod -- sh -c '{script}' never became ready "
+        "(no 'tracing' on stderr within 2 s); its stderr: still loading"
+    )
+
+    def errors(err: str) -> list[str]:
+        return [line for line in err.splitlines() if "error" in line]
+
+    assert demo.main(lambda _: [never], ready_timeout=2) == 1
+    err = capfd.readouterr().err
+    assert errors(err) == [expected], err
+    assert "tearing the lab down" not in err and lab.is_up(), lab.problems()  # it was up before
+    assert processes_running(script) == []
+    # A gadget that exits instead: named with its exit status and its error, at once.
+    fails = demo.Act("mypod", ["lab", "exec", "mypod", "--", "/nonexistent"], "tracing", [])
+    assert demo.main(lambda _: [fails], ready_timeout=600) == 1
+    assert errors(capfd.readouterr().err) == [
+        "podsight: error: podsight lab exec mypod -- /nonexistent exited (exit 127) before it "
+        "was ready; its stderr: podsight: error: /nonexistent: command not found"]  # fmt: skip
+
+    lab.down()
+    try:
+        assert demo.main(lambda _: [never], ready_timeout=2) == 1
+        err = capfd.readouterr().err
+        assert errors(err) == [expected], err
+        assert "==> tearing the lab down" in err
+        assert [n for n in netns_names() if n.startswith("psl")] == [] and psl_links() == []
+        assert processes_running(script) == []
+    finally:
+        lab.up()
 
 
 def test_half_built_lab_is_rebuilt(lab):

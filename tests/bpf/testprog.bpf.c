@@ -86,3 +86,10 @@ int count_packets_too(struct __sk_buff *skb)
 {
 	return count_in(2);
 }
+
+/* Loads anywhere, attaches nowhere: no kernel has this tracepoint (a NotSupported test). */
+SEC("tracepoint/podsight_test/no_such_event")
+int no_such_hook(void *ctx)
+{
+	return 0;
+}

@@ -13,14 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
+from podsight.cli import args
 from podsight.errors import UserError
-from podsight.identity import Resolver
+from podsight.runtime import STOP
 from podsight.selectors import LabelSelector, NameList, PodSelector
 
 if TYPE_CHECKING:
+    from podsight.identity import Resolver
     from podsight.identity.local import LocalIdentity
 
 IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
@@ -46,6 +49,9 @@ def add_identity_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--node", help="only pods on these nodes")
     g.add_argument("--host", action="store_true",
                    help="also trace host processes (the default when no pod flag is given)")
+    g.add_argument("--netns", type=args.names, metavar="NAME|INODE[,...]",
+                   help="only these network namespaces: inode, or name under /var/run/netns "
+                        "(as 'ip netns list' shows them)")
     k = p.add_argument_group("kubernetes")
     k.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG; in a pod, the "
                                         "service account)")
@@ -94,28 +100,48 @@ def build_resolver(ns: argparse.Namespace, stack: ExitStack) -> Resolver:
             cache = KubeCache.connect(ns.kubeconfig, ns.context)
             stack.callback(cache.close)
             cache.start()
-            cache.wait_synced(timeout=15.0)
+            _wait_synced(cache, 15.0)
             kube = cache
         except UserError as exc:
             if not ns.best_effort:
                 raise
             sys.stderr.write(f"podsight: warning: {exc}; showing raw addresses\n")
             kube = None
+    STOP.check()
     local = build_local_identity(ns, stack)
+    STOP.check()
+    from podsight.identity import Resolver
+
     resolver = Resolver(kube=kube, local=local, local_interval=LOCAL_POLL_INTERVAL)
     stack.callback(resolver.close)  # runs before local.close: the poller stops first
     return resolver
 
 
-def print_notices(resolver: Resolver, err: TextIO | None = None) -> None:
-    """Print what identity's background threads have to tell (the API server went away or
-    came back, a runtime stopped answering), one line each; the command loop calls it once
-    per batch so that these lines never land inside a record."""
-    lines = resolver.take_notices()
-    if lines:
-        out = err or sys.stderr
-        out.write("".join(line + "\n" for line in lines))
-        out.flush()
+def _wait_synced(cache: Any, timeout: float) -> None:
+    """Wait for the first listing of every informer, in short steps so that a Ctrl-C
+    during startup stops the run at once; errors that will not fix themselves (a wrong
+    server, missing RBAC) are raised as soon as the informers report them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cache.wait_synced(timeout=0.2)
+            return
+        except UserError:
+            if any(i.error_before_sync is not None for i in cache.informers.values()):
+                raise
+            if time.monotonic() >= deadline:
+                pending = ", ".join(i.resource.display for i in cache.informers.values()
+                                    if not i.synced)
+                raise UserError(f"timed out after {timeout:g}s waiting for the Kubernetes API "
+                                f"to list {pending}") from None
+        STOP.check()
+
+
+def netns_flag(ns: argparse.Namespace) -> frozenset[int]:
+    """``--netns`` as inodes (names are looked up under /var/run/netns)."""
+    from podsight.net.netns import parse_netns
+
+    return frozenset(parse_netns(v) for v in (ns.netns or ()))
 
 
 def runtime_names(value: str) -> list[str]:

@@ -1,17 +1,36 @@
-"""``podsight lab``: build, inspect, use and tear down the netns-based simulated cluster."""
+"""``podsight lab``: build, inspect, use and tear down the netns-based simulated cluster.
+
+Bad input is one line and exit status 2 (an unknown pod, a bad duration, no
+command), checked before anything needs root; a failure while running is one
+line and exit status 1 (no root, the lab not up, a tool failing); ``lab
+exec`` passes on its command's exit status, or the shell's 127/126 for a
+command that could not start. The lab itself is imported only when a
+subcommand runs, so ``podsight --help`` does not pay for it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import functools
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from podsight.errors import UserError
 
 if TYPE_CHECKING:
     from podsight.lab import Lab
+
+#: What argparse takes for a negative number rather than an option: ``-5ms`` included,
+#: so that a negative DURATION gets its own error instead of "DURATION is required".
+#: (Python 3.13's own pattern; 3.11's matches only bare numbers like ``-5``.)
+_NEGATIVE_VALUE = re.compile(r"-\.?\d")
+
+Handler = Callable[[argparse.Namespace], int]
 
 
 def _duration(text: str) -> float:
@@ -40,22 +59,25 @@ def register(groups: Any) -> None:
     commands.required = True
 
     p = commands.add_parser("up", help="build the lab (a no-op if it is already up)")
-    p.set_defaults(func=_up)
+    p.set_defaults(func=_one_line(_up))
 
     p = commands.add_parser("down", help="remove everything the lab made")
-    p.set_defaults(func=_down)
+    p.set_defaults(func=_one_line(_down))
 
     p = commands.add_parser("status", help="show the lab's pods and the external host")
-    p.set_defaults(func=_status)
+    p.set_defaults(func=_one_line(_status))
 
     p = commands.add_parser(
         "exec",
         help="run a command inside a pod's network namespace",
-        description="Run CMD inside POD's network namespace; exits with CMD's exit code.",
+        description=(
+            "Run CMD inside POD's network namespace; exits with CMD's exit code "
+            "(127: CMD not found, 126: CMD not executable, 128+N: CMD killed by signal N)."
+        ),
     )
     p.add_argument("pod", metavar="POD", help="pod name or namespace/name")
     p.add_argument("command", metavar="CMD", nargs=argparse.REMAINDER, help="-- command...")
-    p.set_defaults(func=_exec)
+    p.set_defaults(func=_one_line(_exec))
 
     p = commands.add_parser(
         "delay",
@@ -67,15 +89,43 @@ def register(groups: Any) -> None:
     )
     p.add_argument("pod", metavar="POD", help="pod name or namespace/name")
     p.add_argument("duration", metavar="DURATION", type=_duration, help="e.g. 50ms, 1s")
-    p.set_defaults(func=_delay)
+    p.set_defaults(func=_one_line(_delay))
+    p._negative_number_matcher = _NEGATIVE_VALUE
 
 
-def _lab() -> Lab:
+def _one_line(handler: Handler) -> Handler:
+    """An OS error the lab did not foresee (a state directory it cannot write, ...) is one
+    line and exit status 1, like every other runtime failure, not a traceback."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except BrokenPipeError:
+            raise  # `podsight lab status | head`: the CLI's own business
+        except OSError as exc:
+            from podsight.lab.errors import LabError
+
+            what = f"{exc.filename}: " if exc.filename else ""
+            reason = exc.strerror or errno.errorcode.get(exc.errno or 0) or str(exc)
+            raise LabError(f"{what}{reason}") from exc
+
+    return run
+
+
+def _lab(pod: str | None = None) -> Lab:
+    """The lab, once ``pod`` (if given) names one of its pods and we are root.
+
+    The pod is checked first: a typo is a usage error whoever types it.
+    """
     from podsight.lab import Lab
     from podsight.lab.system import require_root
 
+    lab = Lab()
+    if pod is not None:
+        lab.pod(pod)
     require_root()
-    return Lab()
+    return lab
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -150,20 +200,22 @@ def _exec(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise UserError("lab exec needs a command: podsight lab exec POD -- CMD...")
-    lab = _lab()
+    lab = _lab(args.pod)
     sys.stdout.flush()
     proc: subprocess.CompletedProcess[Any] = lab.exec(args.pod, command)
-    return int(proc.returncode)
+    # Killed by signal N: the shell's 128+N, not Python's -N (which would exit as 256-N).
+    return 128 - proc.returncode if proc.returncode < 0 else int(proc.returncode)
 
 
 def _delay(args: argparse.Namespace) -> int:
     from podsight.lab.delay import delayed, format_duration
+    from podsight.lab.errors import LabError
     from podsight.lab.system import first_line, netns_exists
 
-    lab = _lab()
+    lab = _lab(args.pod)
     pod = lab.pod(args.pod)
     if not netns_exists(pod.netns):
-        raise UserError(f"lab pod {pod.ref} is not running (run: podsight lab up)")
+        raise LabError(f"lab pod {pod.ref} is not running (run: podsight lab up)")
     with delayed(pod.netns, args.duration) as line:
         sys.stderr.write(
             f"delaying TCP sent by {pod.ref} by {format_duration(args.duration)}"
@@ -178,4 +230,4 @@ def _delay(args: argparse.Namespace) -> int:
         why = ""
         if line.process.stderr is not None:
             why = first_line(line.process.stderr.read().decode(errors="replace"))
-    raise UserError(f"delay helper exited: {why or 'no reason given'}")
+    raise LabError(f"delay helper exited: {why or 'no reason given'}")

@@ -3,10 +3,31 @@
 Objects own one kernel resource each and close deterministically:
 :class:`BpfObject` (programs + maps of one ELF file), :class:`Program`,
 :class:`Map`, :class:`Link`, :class:`RingBuffer` and :class:`TcHook`.
+Every error they raise is a :class:`BpfError` (see :mod:`podsight.ebpf.errors`)
+or a :class:`~podsight.errors.UserError`, printed by the CLI as one line.
 """
 
-from podsight.ebpf._libbpf import LibbpfError
-from podsight.ebpf.objects import BPF_ANY, BPF_EXIST, BPF_NOEXIST, BpfObject, Link, Map, Program
+from podsight.ebpf.errors import (
+    BadObject,
+    BpfError,
+    Closed,
+    InterfaceGone,
+    InvalidArgument,
+    LibbpfError,
+    NotSupported,
+    PermissionDenied,
+)
+from podsight.ebpf.objects import (
+    BPF_ANY,
+    BPF_EXIST,
+    BPF_NOEXIST,
+    BpfObject,
+    Link,
+    Map,
+    Program,
+    ProgramInfo,
+    RunStats,
+)
 from podsight.ebpf.ringbuf import RingBuffer
 from podsight.ebpf.system import preflight
 from podsight.ebpf.tc import TcHook
@@ -15,12 +36,21 @@ __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
     "BPF_NOEXIST",
+    "BadObject",
+    "BpfError",
     "BpfObject",
+    "Closed",
+    "InterfaceGone",
+    "InvalidArgument",
     "LibbpfError",
     "Link",
     "Map",
+    "NotSupported",
+    "PermissionDenied",
     "Program",
+    "ProgramInfo",
     "RingBuffer",
+    "RunStats",
     "TcHook",
     "preflight",
 ]

@@ -3,18 +3,21 @@
 Every function returning a pointer is declared with ``restype = c_void_p``:
 the ctypes default (int) truncates 64-bit pointers and the process crashes
 later, far from the cause. libbpf 1.x returns NULL or a negative errno and
-sets ``errno``; :func:`check` and :func:`check_ptr` turn both into
-:class:`LibbpfError` with the function's name.
+sets ``errno``; :func:`check` and :func:`check_ptr` turn both into an
+error of :mod:`podsight.ebpf.errors` whose message names the operation and
+the object (the libbpf function is kept in ``LibbpfError.func``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno as errno_mod
 import os
 from functools import cache
 from typing import Any
 
+from podsight.ebpf.errors import BpfError, LibbpfError, NotSupported, PermissionDenied
 from podsight.errors import EnvironmentProblem
 
 c_int = ctypes.c_int
@@ -32,15 +35,9 @@ BPF_TC_INGRESS = 1
 BPF_TC_EGRESS = 2
 
 
-class LibbpfError(OSError):
-    """A libbpf call failed; ``errno`` and the libbpf function name are kept."""
-
-    def __init__(self, func: str, err: int, detail: str = "") -> None:
-        msg = f"{func}: {os.strerror(err)}"
-        if detail:
-            msg += f" ({detail})"
-        super().__init__(err, msg)
-        self.func = func
+#: The kernel's ENOTSUPP (include/linux/errno.h, not uapi): "operation is not supported".
+ENOTSUPP = 524
+NOT_SUPPORTED_ERRNOS = (errno_mod.EOPNOTSUPP, ENOTSUPP)
 
 
 class BpfTcHook(ctypes.Structure):
@@ -69,6 +66,58 @@ class BpfTcOpts(ctypes.Structure):
     ]
 
 
+class BpfProgInfo(ctypes.Structure):
+    """The prefix of struct bpf_prog_info (uapi linux/bpf.h) up to ``verified_insns``.
+
+    Offsets (bytes) as linux/bpf.h lays them out; ctypes computes the same
+    ones from these fields, and tests/test_layouts.py checks them against the
+    running kernel's own BTF of ``struct bpf_prog_info``. The pointer fields
+    (``__aligned_u64``) stay zero so the kernel copies no arrays back.
+    ``bpf_obj_get_info_by_fd`` is given this struct's size: an older kernel
+    fills less (and says how much in ``info_len``), a newer one fills only
+    this much; see :meth:`podsight.ebpf.Program.info`.
+    """
+
+    _fields_ = [
+        ("type", c_uint32),                      # 0
+        ("id", c_uint32),                        # 4
+        ("tag", ctypes.c_uint8 * 8),             # 8    BPF_TAG_SIZE
+        ("jited_prog_len", c_uint32),            # 16
+        ("xlated_prog_len", c_uint32),           # 20
+        ("jited_prog_insns", c_uint64),          # 24   __aligned_u64 (a user pointer)
+        ("xlated_prog_insns", c_uint64),         # 32
+        ("load_time", c_uint64),                 # 40   ns since boot
+        ("created_by_uid", c_uint32),            # 48
+        ("nr_map_ids", c_uint32),                # 52
+        ("map_ids", c_uint64),                   # 56
+        ("name", ctypes.c_char * 16),            # 64   BPF_OBJ_NAME_LEN
+        ("ifindex", c_uint32),                   # 80
+        ("gpl_compatible", c_uint32),            # 84   gpl_compatible:1 + 31 bits of pad
+        ("netns_dev", c_uint64),                 # 88
+        ("netns_ino", c_uint64),                 # 96
+        ("nr_jited_ksyms", c_uint32),            # 104
+        ("nr_jited_func_lens", c_uint32),        # 108
+        ("jited_ksyms", c_uint64),               # 112
+        ("jited_func_lens", c_uint64),           # 120
+        ("btf_id", c_uint32),                    # 128
+        ("func_info_rec_size", c_uint32),        # 132
+        ("func_info", c_uint64),                 # 136
+        ("nr_func_info", c_uint32),              # 144
+        ("nr_line_info", c_uint32),              # 148
+        ("line_info", c_uint64),                 # 152
+        ("jited_line_info", c_uint64),           # 160
+        ("nr_jited_line_info", c_uint32),        # 168
+        ("line_info_rec_size", c_uint32),        # 172
+        ("jited_line_info_rec_size", c_uint32),  # 176
+        ("nr_prog_tags", c_uint32),              # 180
+        ("prog_tags", c_uint64),                 # 184
+        ("run_time_ns", c_uint64),               # 192  Linux 5.1; counts with bpf_stats_enabled
+        ("run_cnt", c_uint64),                   # 200  Linux 5.1; likewise
+        ("recursion_misses", c_uint64),          # 208  Linux 5.12; runs skipped: nested on a CPU
+        ("verified_insns", c_uint32),            # 216  Linux 5.16
+    ]
+
+
 class BpfMapBatchOpts(ctypes.Structure):
     """struct bpf_map_batch_opts (bpf.h): sz, elem_flags, flags."""
 
@@ -77,6 +126,7 @@ class BpfMapBatchOpts(ctypes.Structure):
 
 _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "libbpf_set_print": (c_void_p, [LIBBPF_PRINT]),
+    "libbpf_strerror": (c_int, [c_int, c_char_p, c_size_t]),
     "libbpf_num_possible_cpus": (c_int, []),
     "bpf_object__open_file": (c_void_p, [c_char_p, c_void_p]),
     "bpf_object__load": (c_int, [c_void_p]),
@@ -112,7 +162,11 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
         c_int,
         [c_int, c_void_p, c_void_p, c_void_p, c_void_p, ctypes.POINTER(c_uint32), c_void_p],
     ),
+    "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, ctypes.POINTER(c_uint32)]),
     "btf__load_vmlinux_btf": (c_void_p, []),
+    "btf__parse": (c_void_p, [c_char_p, c_void_p]),
+    "btf__type_cnt": (c_uint32, [c_void_p]),
+    "btf__resolve_size": (ctypes.c_int64, [c_void_p, c_uint32]),
     "btf__free": (None, [c_void_p]),
     "btf__find_by_name_kind": (c_int, [c_void_p, c_char_p, c_uint32]),
     "btf__type_by_id": (c_void_p, [c_void_p, c_uint32]),
@@ -135,6 +189,11 @@ class _Log:
     def take(self) -> list[str]:
         lines, self.lines = self.lines, []
         return lines
+
+    def hint(self, prefix: str = "; libbpf: ") -> str:
+        """libbpf's last line since the last take() (the closest it says to why), or ""."""
+        lines = [ln.removeprefix("libbpf: ") for ln in self.take() if ln.strip()]
+        return f"{prefix}{lines[-1]}" if lines else ""
 
 
 log = _Log()
@@ -185,16 +244,47 @@ def errno() -> int:
     return ctypes.get_errno() or 1
 
 
-def check(func: str, ret: int) -> int:
-    """Raise LibbpfError when a libbpf int-returning call failed."""
+def libbpf_strerror(err: int) -> str:
+    """libbpf's text for its own error codes (4000+: "Invalid ELF format", ...)."""
+    buf = ctypes.create_string_buffer(128)
+    if lib().libbpf_strerror(err, buf, len(buf)) < 0:
+        return f"libbpf error {err}"
+    return buf.value.decode(errors="replace")
+
+
+def privileged() -> bool:
+    """May this process load BPF programs (CAP_SYS_ADMIN or CAP_BPF)?"""
+    from podsight.ebpf.system import CAP_BPF, CAP_SYS_ADMIN, effective_caps
+
+    return bool(effective_caps() & ((1 << CAP_SYS_ADMIN) | (1 << CAP_BPF)))
+
+
+def error(func: str, err: int, op: str = "", detail: str = "") -> BpfError:
+    """The error class for ``err`` from libbpf's ``func``, doing ``op`` ("attach x to y").
+
+    EPERM (and EACCES when the process lacks CAP_BPF; with it, EACCES is
+    the verifier's "invalid access") is :class:`PermissionDenied`;
+    EOPNOTSUPP and ENOTSUPP are :class:`NotSupported`; anything else a
+    :class:`LibbpfError`. Callers that know more (a vanished interface)
+    check before calling this.
+    """
+    text = LibbpfError(func, err, detail, op=op).message
+    if err == errno_mod.EPERM or (err == errno_mod.EACCES and not privileged()):
+        return PermissionDenied(f"{text}: run podsight as root", errno=err)
+    if err in NOT_SUPPORTED_ERRNOS:
+        return NotSupported(f"{text}: this kernel does not support it", errno=err)
+    return LibbpfError(func, err, detail, op=op)
+
+
+def check(func: str, ret: int, op: str = "") -> int:
+    """Raise the error for a failed libbpf int-returning call (libbpf >= 1.0 returns -errno)."""
     if ret < 0:
-        # libbpf >= 1.0 returns -errno from every call (and sets errno too).
-        raise LibbpfError(func, -ret)
+        raise error(func, -ret, op)
     return ret
 
 
-def check_ptr(func: str, ptr: int | None) -> int:
-    """Raise LibbpfError when a libbpf pointer-returning call returned NULL."""
+def check_ptr(func: str, ptr: int | None, op: str = "") -> int:
+    """Raise the error for a libbpf pointer-returning call that returned NULL (errno is set)."""
     if not ptr:
-        raise LibbpfError(func, errno())
+        raise error(func, errno(), op)
     return ptr

@@ -39,12 +39,14 @@ def enum_values(name: str, strip_prefix: str = "") -> dict[int, str]:
     the kernel's own tracepoint output prints it.
     """
     so = L.lib()
-    btf = L.check_ptr("btf__load_vmlinux_btf", so.btf__load_vmlinux_btf())
+    btf = L.check_ptr("btf__load_vmlinux_btf", so.btf__load_vmlinux_btf(),
+                      f"read enum {name} from the kernel's BTF")
     try:
         type_id = so.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_ENUM)
         if type_id < 0:
             return {}
-        ptr = L.check_ptr("btf__type_by_id", so.btf__type_by_id(btf, type_id))
+        ptr = L.check_ptr("btf__type_by_id", so.btf__type_by_id(btf, type_id),
+                          f"read enum {name} from the kernel's BTF")
         head = _BtfType.from_address(ptr)
         vlen = head.info & 0xFFFF
         entries = (_BtfEnum * vlen).from_address(ptr + ctypes.sizeof(_BtfType))

@@ -13,6 +13,7 @@ import errno as errno_mod
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -21,8 +22,17 @@ from typing import Self
 import numpy as np
 
 from podsight.ebpf import _libbpf as L
+from podsight.ebpf.errors import (
+    REBUILD_HINT,
+    BadObject,
+    BpfError,
+    Closed,
+    LibbpfError,
+    NotSupported,
+    PermissionDenied,
+    describe_errno,
+)
 from podsight.ebpf.system import possible_cpus
-from podsight.errors import EnvironmentProblem
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -61,8 +71,47 @@ class Link:
         self.close()
 
 
+@dataclass(frozen=True, slots=True)
+class ProgramInfo:
+    """What the kernel says about one loaded program (struct bpf_prog_info).
+
+    ``recursion_misses`` counts the runs the kernel *skipped* because the
+    program was already running on that CPU (a tracing program whose hook
+    fired again inside it: silent loss unless someone reads this).
+    ``run_cnt`` and ``run_time_ns`` count only while run statistics are on
+    (a BPF_ENABLE_STATS fd is open, or sysctl ``kernel.bpf_stats_enabled=1``);
+    they read 0 otherwise. A field is ``None`` when the running kernel is too old
+    to report it. ``name`` is the full C name (the kernel keeps 15 bytes).
+    """
+
+    id: int
+    name: str
+    run_cnt: int | None
+    run_time_ns: int | None
+    recursion_misses: int | None
+    verified_insns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunStats:
+    """Sums over the loaded programs of one object, and each program's info."""
+
+    recursion_misses: int
+    run_cnt: int
+    run_time_ns: int
+    programs: tuple[ProgramInfo, ...]
+
+
+def _info_field(info: L.BpfProgInfo, filled: int, name: str) -> int | None:
+    """A field of ``info``, or None when the kernel filled fewer bytes than it needs."""
+    field = getattr(L.BpfProgInfo, name)
+    if filled < field.offset + field.size:
+        return None
+    return int(getattr(info, name))
+
+
 class Program:
-    """One program of a loaded object."""
+    """One program of a loaded object; usable while its object is open."""
 
     def __init__(self, owner: BpfObject, ptr: int) -> None:
         self._owner = owner
@@ -70,69 +119,133 @@ class Program:
         self.name = (L.lib().bpf_program__name(ptr) or b"").decode()
         self.section = (L.lib().bpf_program__section_name(ptr) or b"").decode()
 
+    def _live(self) -> int:
+        """This program's pointer; Closed once its object is closed (libbpf freed it)."""
+        if self._owner.closed:
+            raise Closed(f"program {self.name} of {self._owner.name} is closed")
+        return self._ptr
+
     @property
     def fd(self) -> int:
-        return L.check("bpf_program__fd", L.lib().bpf_program__fd(self._ptr))
+        fd = int(L.lib().bpf_program__fd(self._live()))
+        if fd < 0:
+            raise BpfError(
+                f"program {self.name} of {self._owner.name} is not loaded "
+                "(load() not called yet, or autoload was turned off)"
+            )
+        return fd
+
+    @property
+    def loaded(self) -> bool:
+        return int(L.lib().bpf_program__fd(self._live())) >= 0
 
     def set_autoload(self, autoload: bool) -> None:
         """Skip loading this program (call before load), e.g. an optional feature."""
-        L.check("bpf_program__set_autoload", L.lib().bpf_program__set_autoload(self._ptr, autoload))
+        rc = L.lib().bpf_program__set_autoload(self._live(), autoload)
+        L.check("bpf_program__set_autoload", rc,
+                f"set autoload of {self.name} in {self._owner.name} (after load?)")
 
     def attach(self) -> Link:
         """Attach where the section name says (tp_btf/, raw_tp/, tracepoint/)."""
-        ptr = L.lib().bpf_program__attach(self._ptr)
+        self.fd  # noqa: B018 -- a program that is not loaded: say so, not "EINVAL"
+        L.log.take()
+        ptr = L.lib().bpf_program__attach(self._live())
         if not ptr:
             err = L.errno()
-            raise EnvironmentProblem(
-                f"cannot attach {self.section}: {os.strerror(err)}{_libbpf_hint()}"
-            )
+            op = f"attach {self.name} of {self._owner.name} to {self.section}"
+            if err in (errno_mod.EINVAL, errno_mod.ENOENT, *L.NOT_SUPPORTED_ERRNOS):
+                # The hook is missing from this kernel (a tracepoint, an attach type).
+                raise NotSupported(
+                    f"cannot {op}: {os.strerror(err)}: this kernel lacks that hook"
+                    f"{L.log.hint()}", errno=err)
+            raise L.error("bpf_program__attach", err, op, L.log.hint(prefix=""))
         link = Link(ptr, self.section)
         self._owner._links.append(link)
         return link
 
+    def info(self) -> ProgramInfo:
+        """Read struct bpf_prog_info from the kernel (BPF_OBJ_GET_INFO_BY_FD).
+
+        No privilege is needed beyond holding the fd. ``info_len`` goes in as
+        the size of our prefix of the struct and comes back as what this
+        kernel filled: fields past it are reported as None.
+        """
+        info = L.BpfProgInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        rc = L.lib().bpf_obj_get_info_by_fd(self.fd, ctypes.byref(info), ctypes.byref(size))
+        L.check("bpf_obj_get_info_by_fd", rc,
+                f"read the info of program {self.name} of {self._owner.name}")
+        filled = int(size.value)
+        return ProgramInfo(
+            id=int(info.id),
+            name=self.name,
+            run_cnt=_info_field(info, filled, "run_cnt"),
+            run_time_ns=_info_field(info, filled, "run_time_ns"),
+            recursion_misses=_info_field(info, filled, "recursion_misses"),
+            verified_insns=_info_field(info, filled, "verified_insns"),
+        )
+
 
 class Map:
-    """One map of an object: resize before load; read and write after."""
+    """One map of an object: resize before load; read and write after; usable while open."""
 
     def __init__(self, owner: BpfObject, ptr: int) -> None:
         self._owner = owner
         self._ptr = ptr
         self.name = (L.lib().bpf_map__name(ptr) or b"").decode()
 
+    def _live(self) -> int:
+        """This map's pointer; Closed once its object is closed (libbpf freed it)."""
+        if self._owner.closed:
+            raise Closed(f"map {self.name} of {self._owner.name} is closed")
+        return self._ptr
+
+    def _what(self) -> str:
+        return f"map {self.name} of {self._owner.name}"
+
     @property
     def fd(self) -> int:
-        return L.check("bpf_map__fd", L.lib().bpf_map__fd(self._ptr))
+        fd = int(L.lib().bpf_map__fd(self._live()))
+        if fd < 0:
+            raise BpfError(f"{self._what()} is not created yet: load() the object first")
+        return fd
 
     @property
     def type(self) -> int:
-        return int(L.lib().bpf_map__type(self._ptr))
+        return int(L.lib().bpf_map__type(self._live()))
 
     @property
     def max_entries(self) -> int:
-        return int(L.lib().bpf_map__max_entries(self._ptr))
+        return int(L.lib().bpf_map__max_entries(self._live()))
 
     @property
     def key_size(self) -> int:
-        return int(L.lib().bpf_map__key_size(self._ptr))
+        return int(L.lib().bpf_map__key_size(self._live()))
 
     @property
     def value_size(self) -> int:
-        return int(L.lib().bpf_map__value_size(self._ptr))
+        return int(L.lib().bpf_map__value_size(self._live()))
 
     def resize(self, max_entries: int) -> None:
         """Set max_entries; only between open and load."""
-        rc = L.lib().bpf_map__set_max_entries(self._ptr, max_entries)
-        L.check("bpf_map__set_max_entries", rc)
+        rc = L.lib().bpf_map__set_max_entries(self._live(), max_entries)
+        L.check("bpf_map__set_max_entries", rc,
+                f"resize {self._what()} to {max_entries} entries (after load?)")
 
     def set_initial_value(self, data: bytes) -> None:
-        """Replace the whole initial value of a global-data map (.rodata, .data) before load."""
-        buf = ctypes.create_string_buffer(data, len(data))
-        rc = L.lib().bpf_map__set_initial_value(self._ptr, buf, len(data))
-        if rc < 0:
-            raise ValueError(
-                f"{self.name}: initial value of {len(data)} bytes does not fit "
-                f"(the map holds {self.value_size})"
+        """Replace the whole initial value of a global-data map (.rodata, .data) before load.
+
+        A size that differs from the object's section means the object and
+        the code packing ``data`` disagree: a stale object, :class:`BadObject`.
+        """
+        if len(data) != self.value_size:
+            raise BadObject(
+                f"{self._what()} holds {self.value_size} bytes but podsight packs "
+                f"{len(data)}: the object does not match this podsight; {REBUILD_HINT}"
             )
+        buf = ctypes.create_string_buffer(data, len(data))
+        rc = L.lib().bpf_map__set_initial_value(self._live(), buf, len(data))
+        L.check("bpf_map__set_initial_value", rc, f"set the initial value of {self._what()}")
 
     # -- element access ---------------------------------------------------
 
@@ -142,22 +255,35 @@ class Map:
         return self.value_size
 
     def lookup(self, key: bytes) -> bytes | None:
+        self._check_len("key", key, self.key_size)
         value = ctypes.create_string_buffer(self._value_bytes())
         rc = L.lib().bpf_map_lookup_elem(self.fd, key, value)
         if rc == -errno_mod.ENOENT:
             return None
-        L.check("bpf_map_lookup_elem", rc)
+        L.check("bpf_map_lookup_elem", rc, f"look up an element of {self._what()}")
         return value.raw
 
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
-        L.check("bpf_map_update_elem", L.lib().bpf_map_update_elem(self.fd, key, value, flags))
+        self._check_len("key", key, self.key_size)
+        self._check_len("value", value, self._value_bytes())
+        rc = L.lib().bpf_map_update_elem(self.fd, key, value, flags)
+        L.check("bpf_map_update_elem", rc, f"update an element of {self._what()}")
 
     def delete(self, key: bytes) -> bool:
+        self._check_len("key", key, self.key_size)
         rc = L.lib().bpf_map_delete_elem(self.fd, key)
         if rc == -errno_mod.ENOENT:
             return False
-        L.check("bpf_map_delete_elem", rc)
+        L.check("bpf_map_delete_elem", rc, f"delete an element of {self._what()}")
         return True
+
+    def _check_len(self, what: str, data: bytes, size: int) -> None:
+        """The kernel reads exactly ``size`` bytes from our buffer: a shorter one is read past."""
+        if len(data) != size:
+            raise BadObject(
+                f"{self._what()} has {size}-byte {what}s but podsight passed {len(data)} "
+                f"bytes: the object does not match this podsight; {REBUILD_HINT}"
+            )
 
     def percpu_u64_sums(self) -> np.ndarray:
         """Sum over CPUs of every slot of a per-CPU array of u64 counters."""
@@ -179,13 +305,14 @@ class Map:
         With ``delete`` the entries are removed as they are read.
         """
         if key_dtype.itemsize != self.key_size:
-            raise ValueError(
-                f"{self.name}: key dtype is {key_dtype.itemsize} bytes, map has {self.key_size}"
+            raise BadObject(
+                f"{self._what()} has {self.key_size}-byte keys, the key dtype "
+                f"{key_dtype.itemsize}: the object does not match this podsight; {REBUILD_HINT}"
             )
         if value_dtype.itemsize != self._value_bytes():
-            raise ValueError(
-                f"{self.name}: value dtype is {value_dtype.itemsize} bytes, "
-                f"map has {self._value_bytes()}"
+            raise BadObject(
+                f"{self._what()} has {self._value_bytes()}-byte values, the value dtype "
+                f"{value_dtype.itemsize}: the object does not match this podsight; {REBUILD_HINT}"
             )
         cap = self.max_entries
         keys = np.zeros(cap, dtype=key_dtype)
@@ -211,37 +338,48 @@ class Map:
             got += count.value
             if rc == -errno_mod.ENOENT:
                 break
-            L.check("bpf_map_lookup_batch", rc)
+            L.check("bpf_map_lookup_batch", rc, f"read {self._what()} in batches")
             ctypes.memmove(batch_in, batch_out, token)
             first = False
         return keys[:got], values[:got]
 
 
-def _libbpf_hint() -> str:
-    lines = [ln for ln in L.log.take() if ln.strip()]
-    return f"; libbpf: {lines[-1]}" if lines else ""
+#: libbpf/verifier log lines that mean "this kernel lacks it", not "the object is wrong".
+_UNSUPPORTED_LOG = ("unknown func", "cannot use helper", "helper call is not allowed",
+                    "invalid func", "failed to find kernel BTF type", "failed to find BTF for")
+#: ... and those that mean "this file is not a usable object".
+_BAD_OBJECT_LOG = ("missing or corrupted", "invalid elf", "not a valid ebpf",
+                   "failed to get elf", "corrupted")
 
 
 class BpfObject:
     """An opened (then loaded) BPF ELF object: its maps, programs and links.
 
     Use as a context manager; :meth:`close` destroys links, then the object.
+    A file that is missing, truncated or not a BPF object raises
+    :class:`BadObject` here, at open, with what to do about it.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise EnvironmentProblem(f"eBPF object {self.path} is missing: reinstall podsight")
+        self.name = self.path.name
         self._links: list[Link] = []
         self._loaded = False
+        self._ptr: int | None = None
+        if not self.path.is_file():
+            raise BadObject(f"eBPF object {self.path} is missing: {REBUILD_HINT}")
         L.log.take()
         ptr = L.lib().bpf_object__open_file(os.fsencode(self.path), None)
         if not ptr:
             err = L.errno()
-            raise EnvironmentProblem(
-                f"cannot open {self.path.name}: {os.strerror(err)}{_libbpf_hint()}"
-            )
-        self._ptr: int | None = ptr
+            if err in (errno_mod.EACCES, errno_mod.EPERM):
+                raise PermissionDenied(f"cannot read eBPF object {self.path}: {os.strerror(err)}",
+                                       errno=err)
+            raise BadObject(
+                f"cannot open eBPF object {self.path}: {describe_errno(err)}"
+                f"{L.log.hint()}: the file is truncated, corrupt or not a BPF object; "
+                f"{REBUILD_HINT}", errno=err)
+        self._ptr = ptr
 
     @classmethod
     def from_package(cls, package: str, filename: str, stack: ExitStack | None = None) -> BpfObject:
@@ -252,21 +390,27 @@ class BpfObject:
         return cls(Path(str(ref)))
 
     @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    @property
     def ptr(self) -> int:
         if self._ptr is None:
-            raise ValueError("BPF object is closed")
+            raise Closed(f"eBPF object {self.name} is closed")
         return self._ptr
 
     def map(self, name: str) -> Map:
         ptr = L.lib().bpf_object__find_map_by_name(self.ptr, name.encode())
         if not ptr:
-            raise KeyError(f"{self.path.name} has no map {name!r}")
+            raise BadObject(f"{self.name} has no map {name!r}: the object does not match "
+                            f"this podsight; {REBUILD_HINT}")
         return Map(self, ptr)
 
     def program(self, name: str) -> Program:
         ptr = L.lib().bpf_object__find_program_by_name(self.ptr, name.encode())
         if not ptr:
-            raise KeyError(f"{self.path.name} has no program {name!r}")
+            raise BadObject(f"{self.name} has no program {name!r}: the object does not match "
+                            f"this podsight; {REBUILD_HINT}")
         return Program(self, ptr)
 
     def programs(self) -> Iterator[Program]:
@@ -281,19 +425,40 @@ class BpfObject:
         rc = L.lib().bpf_object__load(self.ptr)
         if rc < 0:
             err = -rc
-            if err in (errno_mod.EPERM, errno_mod.EACCES):
-                raise EnvironmentProblem(
-                    f"the kernel refused to load {self.path.name} ({os.strerror(err)}): "
-                    "run podsight as root"
-                )
-            raise EnvironmentProblem(
-                f"cannot load {self.path.name}: {os.strerror(err)}{_libbpf_hint()}"
-            )
+            lines = [ln.removeprefix("libbpf: ") for ln in L.log.take() if ln.strip()]
+            hint = f"; libbpf: {lines[-1]}" if lines else ""
+            text = "\n".join(lines).lower()
+            what = f"cannot load {self.name}: {describe_errno(err)}{hint}"
+            if err == errno_mod.EPERM or (err == errno_mod.EACCES and not L.privileged()):
+                raise PermissionDenied(f"the kernel refused to load {self.name} "
+                                       f"({os.strerror(err)}): run podsight as root", errno=err)
+            if any(s in text for s in _UNSUPPORTED_LOG) or err in L.NOT_SUPPORTED_ERRNOS:
+                raise NotSupported(f"{what}: this kernel lacks a helper or hook it needs",
+                                   errno=err)
+            if any(s in text for s in _BAD_OBJECT_LOG):
+                raise BadObject(f"{what}: {REBUILD_HINT}", errno=err)
+            raise LibbpfError("bpf_object__load", err, lines[-1] if lines else "",
+                                op=f"load {self.name}")
         self._loaded = True
 
     def attach_all(self) -> list[Link]:
         """Attach every loaded program where its section name says."""
-        return [p.attach() for p in self.programs()]
+        return [p.attach() for p in self.programs() if p.loaded]
+
+    def run_stats(self) -> RunStats:
+        """Skipped runs (recursion_misses), runs and run time summed over the loaded programs.
+
+        A tracing program is skipped, silently, when its hook fires again on a
+        CPU where it is already running; the kernel counts each skip in the
+        program's info and nowhere else, so outputs must read it here.
+        """
+        infos = tuple(p.info() for p in self.programs() if p.loaded)
+        return RunStats(
+            recursion_misses=sum(i.recursion_misses or 0 for i in infos),
+            run_cnt=sum(i.run_cnt or 0 for i in infos),
+            run_time_ns=sum(i.run_time_ns or 0 for i in infos),
+            programs=infos,
+        )
 
     @property
     def links(self) -> list[Link]:

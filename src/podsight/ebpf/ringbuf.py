@@ -25,6 +25,8 @@ import select
 
 import numpy as np
 
+from podsight.ebpf import _libbpf as L
+from podsight.ebpf.errors import REBUILD_HINT, BadObject, InvalidArgument
 from podsight.ebpf.objects import BPF_MAP_TYPE_RINGBUF, Map
 
 BUSY_BIT = 1 << 31
@@ -41,16 +43,18 @@ class RingBuffer:
 
     def __init__(self, ring: Map, record: np.dtype) -> None:
         if ring.type != BPF_MAP_TYPE_RINGBUF:
-            raise ValueError(f"map {ring.name} is not a ring buffer")
+            raise InvalidArgument(f"map {ring.name} is not a ring buffer")
         self._map = ring  # keeps the map (and its fd) alive
         fd = ring.fd
         page = mmap.PAGESIZE
         self.size = ring.max_entries
         self._mask = self.size - 1
-        self._cons_mm = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, 0)
-        self._prod_mm = mmap.mmap(
-            fd, page + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ, 0, page
-        )
+        self._cons_mm = self._mmap(fd, page, mmap.PROT_READ | mmap.PROT_WRITE, 0)
+        try:
+            self._prod_mm = self._mmap(fd, page + 2 * self.size, mmap.PROT_READ, page)
+        except BaseException:
+            self._cons_mm.close()
+            raise
         self._cons: ctypes.c_uint64 | None = ctypes.c_uint64.from_buffer(self._cons_mm)
         self._prod = np.frombuffer(self._prod_mm, dtype=np.uint64, count=1)
         self._data = np.frombuffer(self._prod_mm, dtype=np.uint8, offset=page)
@@ -67,6 +71,13 @@ class RingBuffer:
         self._epoll = select.epoll()
         self._epoll.register(fd, select.EPOLLIN | select.EPOLLET)
         self.drained = 0
+
+    def _mmap(self, fd: int, length: int, prot: int, offset: int) -> mmap.mmap:
+        try:
+            return mmap.mmap(fd, length, mmap.MAP_SHARED, prot, 0, offset)
+        except OSError as exc:
+            raise L.error("mmap", exc.errno or 1,
+                          f"map ring buffer {self._map.name} ({length} bytes)") from None
 
     def wait(self, timeout: float) -> None:
         """Sleep until the program forces a wakeup or ``timeout`` seconds pass."""
@@ -97,9 +108,10 @@ class RingBuffer:
             framed, hdr = framed[:n], hdr[:n]
         length = hdr & ~np.uint32(BUSY_BIT | DISCARD_BIT)
         if n and not (length == self.record.itemsize).all():
-            raise ValueError(
-                f"ring buffer {self._map.name}: record of unexpected size "
-                f"(expected {self.record.itemsize}, saw {sorted(set(length.tolist()))})"
+            raise BadObject(
+                f"ring buffer {self._map.name}: records of {sorted(set(length.tolist()))} "
+                f"bytes, podsight reads {self.record.itemsize}: the object does not match "
+                f"this podsight; {REBUILD_HINT}"
             )
         keep = (hdr & DISCARD_BIT) == 0
         events = framed["ev"].copy() if keep.all() else framed["ev"][keep]

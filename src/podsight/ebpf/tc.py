@@ -26,8 +26,8 @@ import socket
 import struct
 
 from podsight.ebpf import _libbpf as L
+from podsight.ebpf.errors import BpfError, InterfaceGone, InvalidArgument, NotSupported
 from podsight.ebpf.objects import Program
-from podsight.errors import UserError
 
 DIRECTIONS = {"ingress": L.BPF_TC_INGRESS, "egress": L.BPF_TC_EGRESS}
 #: enum bpf_attach_type (linux/bpf.h): BPF_TCX_INGRESS, BPF_TCX_EGRESS.
@@ -78,28 +78,49 @@ def filters_on(ifindex: int) -> int:
     return count
 
 
+def _ifname(ifindex: int) -> str | None:
+    """The interface's name now, or None when no interface has that index (any more)."""
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:
+        return None
+
+
 class TcHook:
     """A BPF program attached to one interface and direction, with tcx or clsact.
 
     ``mode`` is ``auto`` (tcx, else clsact), ``tcx`` or ``clsact``; after
     attaching, :attr:`mode` says which one was used.
+
+    Errors: :class:`InterfaceGone` when the interface does not exist (a pod's
+    veth deleted between listing and attaching: callers skip it and go on),
+    :class:`NotSupported` when ``mode="tcx"`` and the kernel has no tcx, and
+    otherwise the errno's class; every message names program, interface and
+    direction.
     """
 
     def __init__(self, program: Program, interface: str | int, direction: str,
                  priority: int = 1, mode: str = "auto"):
         if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be ingress or egress, not {direction!r}")
+            raise InvalidArgument(f"direction must be ingress or egress, not {direction!r}")
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+            raise InvalidArgument(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        # Any loaded program will do for the kernel (it needs the fd); messages want a name.
+        self.program_name = str(getattr(program, "name", "") or f"program fd {program.fd}")
         if isinstance(interface, int):
             ifindex = interface
+            name = _ifname(ifindex)
         else:
             try:
                 ifindex = socket.if_nametoindex(interface)
             except OSError:
-                raise UserError(f"no such interface: {interface}") from None
+                raise InterfaceGone(f"cannot attach {self.program_name} to {interface} "
+                                    f"{direction}: no such interface") from None
+            name = interface
         self.interface = interface
         self.direction = direction
+        #: "ifindex 7 (veth1)": how messages name the interface, even once it is gone.
+        self.label = f"ifindex {ifindex} ({name})" if name else f"ifindex {ifindex}"
         self._attached = False
         self._link_fd = -1
         self._hook = L.BpfTcHook(
@@ -117,20 +138,37 @@ class TcHook:
                 return
             # An older kernel does not know the attach type: EINVAL.
             if mode == "tcx" or -fd not in (errno_mod.EINVAL, errno_mod.EOPNOTSUPP):
-                L.check("bpf_link_create(tcx)", fd)
+                raise self._error("bpf_link_create(tcx)", -fd, "tcx")
         self.mode = "clsact"
         rc = L.lib().bpf_tc_hook_create(ctypes.byref(self._hook))
         if rc < 0 and -rc != errno_mod.EEXIST:
-            L.check("bpf_tc_hook_create", rc)
+            raise self._error("bpf_tc_hook_create", -rc, "clsact")
         if rc == 0:
             _created_qdiscs.add(ifindex)
         try:
             rc = L.lib().bpf_tc_attach(ctypes.byref(self._hook), ctypes.byref(self._opts))
-            L.check("bpf_tc_attach", rc)
+            if rc < 0:
+                raise self._error("bpf_tc_attach", -rc, "clsact")
         except Exception:
             self._destroy_qdisc()
             raise
         self._attached = True
+
+    def _error(self, func: str, err: int, how: str, verb: str = "attach") -> BpfError:
+        """The error for ``func`` failing with ``err``, checked against the interface's fate.
+
+        Whatever the errno (ENODEV from tcx, EINVAL or ENOENT from netlink),
+        an interface that is not there any more is the cause.
+        """
+        where = "to" if verb == "attach" else "from"
+        op = f"{verb} {self.program_name} {where} {self.label} {self.direction} ({how})"
+        if _ifname(int(self._hook.ifindex)) is None:
+            return InterfaceGone(f"cannot {op}: {os.strerror(err)}: the interface is gone",
+                                 errno=err)
+        if how == "tcx" and verb == "attach" and err in (errno_mod.EINVAL, errno_mod.EOPNOTSUPP):
+            return NotSupported(f"cannot {op}: {os.strerror(err)}: this kernel has no tcx "
+                                "(Linux >= 6.6); use mode clsact", errno=err)
+        return L.error(func, err, op)
 
     @property
     def handle(self) -> int:
@@ -164,7 +202,9 @@ class TcHook:
         rc = L.lib().bpf_tc_detach(ctypes.byref(self._hook), ctypes.byref(opts))
         # The interface may be gone already (a pod was deleted): nothing to undo then.
         if rc < 0 and -rc not in (errno_mod.ENOENT, errno_mod.ENODEV, errno_mod.EINVAL):
-            L.check("bpf_tc_detach", rc)
+            error = self._error("bpf_tc_detach", -rc, "clsact", verb="detach")
+            if not isinstance(error, InterfaceGone):
+                raise error
         self._destroy_qdisc()
 
     def __enter__(self) -> TcHook:

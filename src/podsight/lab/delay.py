@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from podsight.errors import UserError
 from podsight.lab import system
+from podsight.lab.errors import LabError
 
 DEFAULT_QUEUE = 4711
 MAX_DELAY_S = 60.0
@@ -41,7 +42,12 @@ def parse_duration(text: str) -> float:
     """``50ms`` -> 0.05. Units are required: a bare ``50`` is too easy to misread."""
     match = _DURATION.match(text)
     if not match:
-        raise UserError(f"invalid duration {text!r} (use e.g. 50ms, 1.5s or 200us)")
+        if text.strip().startswith("-"):
+            raise UserError(
+                f"invalid duration {text!r}: negative (a delay is more than 0, at most "
+                f"{MAX_DELAY_S:g}s)"
+            )
+        raise UserError(f"invalid duration {text!r} (a number and us, ms or s: e.g. 50ms, 1.5s)")
     seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if not 0 < seconds <= MAX_DELAY_S:
         raise UserError(f"duration {text!r} out of range (more than 0, at most {MAX_DELAY_S:g}s)")
@@ -91,7 +97,7 @@ def delayed(netns: str, delay_s: float, *, queue_num: int = DEFAULT_QUEUE) -> It
     if not 0 < delay_s <= MAX_DELAY_S:
         raise UserError(f"delay must be more than 0 and at most {MAX_DELAY_S:g}s")
     if not system.netns_exists(netns):
-        raise UserError(f"no network namespace {netns!r}")
+        raise LabError(f"no network namespace {netns!r}")
 
     proc = subprocess.Popen(
         ["ip", "netns", "exec", netns, system.python(), "-m", "podsight.lab.delayline",
@@ -125,7 +131,7 @@ def _await_ready(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         return
     _stop(proc, close=False)
     why = system.first_line(proc.stderr.read().decode(errors="replace")) or "no output"
-    raise UserError(f"delay helper did not start: {why}")
+    raise LabError(f"delay helper did not start: {why}")
 
 
 def _stop(proc: subprocess.Popen[bytes], *, close: bool = True) -> None:

@@ -2,8 +2,8 @@
 
 The lab shells out instead of speaking rtnetlink itself: the commands are
 what a person would type to inspect or repair the lab by hand, so every step
-can be reproduced from a terminal. Failures become :class:`UserError` carrying
-the tool's own first line of stderr, which is nearly always the useful part
+can be reproduced from a terminal. Failures become :class:`~podsight.lab.errors.LabError`
+(exit status 1) carrying the tool's own first line of stderr, which is nearly always the useful part
 ("Cannot find device", "File exists", ...).
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import podsight
-from podsight.errors import EnvironmentProblem, UserError
+from podsight.lab.errors import LabEnvironmentProblem, LabError
 
 NETNS_DIR = Path("/run/netns")
 
@@ -39,14 +39,14 @@ _INSTALL_HINT = {
 def require_root() -> None:
     """Everything the lab does needs CAP_NET_ADMIN; say so before half of it fails."""
     if os.geteuid() != 0:
-        raise EnvironmentProblem("podsight lab needs root (CAP_NET_ADMIN)")
+        raise LabEnvironmentProblem("podsight lab needs root (CAP_NET_ADMIN)")
 
 
 def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         package = _INSTALL_HINT.get(name, name)
-        raise EnvironmentProblem(f"{name} not found (apt-get install -y {package})")
+        raise LabEnvironmentProblem(f"{name} not found (apt-get install -y {package})")
     return path
 
 
@@ -64,7 +64,7 @@ def run(
     check: bool = True,
     timeout: float = 30.0,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a tool, capture its output, and turn a failure into a one-line UserError."""
+    """Run a tool, capture its output, and turn a failure into a one-line LabError."""
     require_tool(argv[0])
     try:
         proc = subprocess.run(
@@ -76,10 +76,10 @@ def run(
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise UserError(f"{' '.join(argv)}: timed out after {timeout:g} s") from exc
+        raise LabError(f"{' '.join(argv)}: timed out after {timeout:g} s") from exc
     if check and proc.returncode != 0:
         reason = first_line(proc.stderr) or first_line(proc.stdout) or f"exit {proc.returncode}"
-        raise UserError(f"{' '.join(argv)}: {reason}")
+        raise LabError(f"{' '.join(argv)}: {reason}")
     return proc
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-from podsight.events import Field
 from podsight.outputs.stream import write_all
+from podsight.schema import Field
 
 
 class TableWriter:

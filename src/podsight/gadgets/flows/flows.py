@@ -20,6 +20,7 @@ from podsight.ebpf import BpfObject, RingBuffer
 from podsight.ebpf.system import preflight
 from podsight.ebpf.tc import TcHook
 from podsight.errors import UserError
+from podsight.net.rules import Rule, lpm_entries
 
 # struct flow_key (44 bytes): addresses are 16 bytes, IPv4 as ::ffff:a.b.c.d.
 KEY_DTYPE = np.dtype(
@@ -98,33 +99,44 @@ COUNTERS = (
 MAX_RULES = 8
 DIRECTION_NAMES = ("ingress", "egress")
 
+# struct rule (24 bytes): one filter rule; zero fields mean any (FlowsConfig.rodata()).
+RULE_DTYPE = np.dtype(
+    [
+        ("port_lo", "<u2"), ("port_hi", "<u2"), ("sport_lo", "<u2"), ("sport_hi", "<u2"),
+        ("dport_lo", "<u2"), ("dport_hi", "<u2"), ("tcp_flags", "<u2"), ("direction", "u1"),
+        ("protocol", "u1"), ("has_cidr", "u1"), ("has_peer", "u1"), ("has_icmp_type", "u1"),
+        ("icmp_type", "u1"), ("has_icmp_code", "u1"), ("icmp_code", "u1"), ("_pad", "<u2"),
+    ]
+)
 
-@dataclass(frozen=True)
-class KernelRule:
-    """One filter rule as the kernel checks it (struct rule); zero means any.
+# The `cfg` global (.rodata, 208 bytes): FlowsConfig.rodata() fills it.
+CFG_DTYPE = np.dtype(
+    [
+        ("nrules", "<u4"), ("wakeup_bytes", "<u4"), ("any_cidr", "u1"), ("any_peer", "u1"),
+        ("rtt", "u1"), ("drops", "u1"), ("dns", "u1"), ("_pad", "u1"), ("purge_reason", "<u2"),
+        ("rules", RULE_DTYPE, (MAX_RULES,)),
+    ]
+)
 
-    CIDRs are not here: they go into the LPM tries, keyed by this rule's bit.
-    """
+# struct state (16 bytes), written by Flows._write_state().
+STATE_DTYPE = np.dtype([("gen", "<u4"), ("_pad", "<u4"), ("boot_offset_ns", "<u8")])
 
-    port: tuple[int, int] = (0, 0)
-    sport: tuple[int, int] = (0, 0)
-    dport: tuple[int, int] = (0, 0)
-    tcp_flags: int = 0
-    direction: int = 0  # 0 any, 1 ingress, 2 egress
-    protocol: int = 0
-    cidrs: tuple[str, ...] = ()
-    peers: tuple[str, ...] = ()
-    icmp_type: int | None = None
-    icmp_code: int | None = None
+# struct lpm_key (20 bytes): the prefix length then the address, as lpm_entries() packs it.
+LPM_KEY_DTYPE = np.dtype([("prefixlen", "<u4"), ("addr", "V16")])
 
-    def pack(self) -> bytes:
-        return struct.pack(
-            "<7HBBBBBBBBH",
-            *self.port, *self.sport, *self.dport, self.tcp_flags, self.direction,
-            self.protocol, 1 if self.cidrs else 0, 1 if self.peers else 0,
-            0 if self.icmp_type is None else 1, self.icmp_type or 0,
-            0 if self.icmp_code is None else 1, self.icmp_code or 0, 0,
-        )
+# (object file, C type, dtype): every layout shared with the kernel, checked against the
+# object's BTF by tests/test_layouts.py (podsight.ebpf.layout.check_dtype).
+LAYOUTS = (
+    ("flows.bpf.o", "struct flow_key", KEY_DTYPE),
+    ("flows.bpf.o", "struct flow_stats", STATS_DTYPE),
+    ("flows.bpf.o", "struct rtt_stats", RTT_DTYPE),
+    ("flows.bpf.o", "struct drop_stats", DROP_DTYPE),
+    ("flows.bpf.o", "struct event", EVENT_DTYPE),
+    ("flows.bpf.o", "struct rule", RULE_DTYPE),
+    ("flows.bpf.o", "struct state", STATE_DTYPE),
+    ("flows.bpf.o", "struct lpm_key", LPM_KEY_DTYPE),
+    ("flows.bpf.o", "cfg", CFG_DTYPE),
+)
 
 
 @dataclass(frozen=True)
@@ -134,52 +146,42 @@ class FlowsConfig:
     rtt: bool = False
     drops: bool = False
     dns: bool = False
-    rules: tuple[KernelRule, ...] = ()
+    rules: tuple[Rule, ...] = ()
     max_flows: int = 65536
     ring_bytes: int = 4 << 20
     #: enum skb_drop_reason value of QUEUE_PURGE (0: unknown, nothing is skipped).
     purge_reason: int = 0
 
     def rodata(self) -> bytes:
+        """The ``cfg`` global of flows.bpf.c, byte for byte (CFG_DTYPE, BTF-checked).
+
+        Each rule's CIDRs are not here: they go into the LPM tries, keyed by the
+        rule's bit (see :func:`podsight.net.rules.lpm_entries`).
+        """
         if len(self.rules) > MAX_RULES:
             raise UserError(f"at most {MAX_RULES} filter rules (joined with 'or')")
-        rules = b"".join(r.pack() for r in self.rules)
-        rules += bytes(24 * (MAX_RULES - len(self.rules)))
-        return struct.pack(
-            "<IIBBBBBxH", len(self.rules), self.ring_bytes // 4,
-            int(any(r.cidrs for r in self.rules)), int(any(r.peers for r in self.rules)),
-            int(self.rtt), int(self.drops), int(self.dns), self.purge_reason,
-        ) + rules
-
-
-def lpm_entries(rules: tuple[KernelRule, ...], attr: str) -> dict[bytes, int]:
-    """LPM trie content: each prefix -> the bits of every rule whose CIDR contains it.
-
-    The kernel returns only the longest matching prefix, so a narrower prefix
-    must also carry the bits of the wider ones that contain it.
-    """
-    import ipaddress
-
-    nets: list[tuple[ipaddress.IPv6Network, int]] = []
-    for i, rule in enumerate(rules):
-        for text in getattr(rule, attr):
-            net = ipaddress.ip_network(text, strict=False)
-            if isinstance(net, ipaddress.IPv4Network):
-                mapped = ipaddress.IPv6Network(
-                    (int(net.network_address) | 0xFFFF00000000, 96 + net.prefixlen)
-                )
-            else:
-                mapped = net
-            nets.append((mapped, 1 << i))
-    out: dict[bytes, int] = {}
-    for net, _ in nets:
-        mask = 0
-        for other, bit in nets:
-            if net.subnet_of(other):
-                mask |= bit
-        key = struct.pack("<I", net.prefixlen) + net.network_address.packed
-        out[key] = out.get(key, 0) | mask
-    return out
+        cfg = np.zeros(1, CFG_DTYPE)
+        cfg["nrules"] = len(self.rules)
+        cfg["wakeup_bytes"] = self.ring_bytes // 4
+        cfg["any_cidr"] = any(r.cidrs for r in self.rules)
+        cfg["any_peer"] = any(r.peers for r in self.rules)
+        cfg["rtt"], cfg["drops"], cfg["dns"] = self.rtt, self.drops, self.dns
+        cfg["purge_reason"] = self.purge_reason
+        for i, r in enumerate(self.rules):
+            row = cfg["rules"][0, i]
+            row["port_lo"], row["port_hi"] = r.port
+            row["sport_lo"], row["sport_hi"] = r.sport
+            row["dport_lo"], row["dport_hi"] = r.dport
+            row["tcp_flags"] = r.tcp_flags
+            row["direction"] = r.direction
+            row["protocol"] = r.protocol
+            row["has_cidr"] = bool(r.cidrs)
+            row["has_peer"] = bool(r.peers)
+            row["has_icmp_type"] = r.icmp_type is not None
+            row["icmp_type"] = r.icmp_type or 0
+            row["has_icmp_code"] = r.icmp_code is not None
+            row["icmp_code"] = r.icmp_code or 0
+        return cfg.tobytes()
 
 
 @dataclass
@@ -217,12 +219,17 @@ class Flows:
                         self._obj.map(name).resize(1)
             if not cfg.dns:
                 self._obj.map("dns_inflight").resize(1)
+            # CIDR tries hold every prefix of every rule, however many the user gave.
+            self._lpm = {name: lpm_entries(cfg.rules, attr)
+                         for attr, name in (("cidrs", "cidr_rules"), ("peers", "peer_rules"))}
+            for name, entries in self._lpm.items():
+                self._obj.map(name).resize(max(len(entries), 1))
             self._obj.program("flows_rtt").set_autoload(cfg.rtt)
             self._obj.program("flows_drops").set_autoload(cfg.drops)
             self._obj.load()
-            for attr, name in (("cidrs", "cidr_rules"), ("peers", "peer_rules")):
+            for name, entries in self._lpm.items():
                 table = self._obj.map(name)
-                for key, mask in lpm_entries(cfg.rules, attr).items():
+                for key, mask in entries.items():
                     table.update(key, struct.pack("<I", mask))
             self._gen = 0
             self._write_state()
@@ -255,6 +262,14 @@ class Flows:
     def interfaces(self) -> set[int]:
         return {ifindex for ifindex, _ in self._hooks}
 
+    def detach_all(self) -> None:
+        """Stop counting: every tc hook and tracing link goes (maps stay readable)."""
+        for hook in self._hooks.values():
+            hook.close()
+        self._hooks.clear()
+        for link in self._obj.links:
+            link.close()
+
     # -- reading ----------------------------------------------------------------
 
     def wait(self, timeout: float) -> None:
@@ -270,7 +285,10 @@ class Flows:
         # Zero until the machine has been suspended; never negative by read order.
         mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         offset = max(0, time.clock_gettime_ns(time.CLOCK_BOOTTIME) - mono)
-        self._obj.map("state").update(b"\0\0\0\0", struct.pack("<IIQ", self._gen, 0, offset))
+        state = np.zeros(1, STATE_DTYPE)
+        state["gen"] = self._gen
+        state["boot_offset_ns"] = offset
+        self._obj.map("state").update(b"\0\0\0\0", state.tobytes())
 
     def harvest(self) -> Harvest:
         """Flip generations, wait for the old one to go quiet, read and clear it."""
@@ -291,6 +309,10 @@ class Flows:
         if self.config.drops:
             dk, ds = obj.map(f"drops_{old}").lookup_batch(KEY_DTYPE, DROP_DTYPE, delete=True)
         return Harvest(fk, fs, rk, rs, dk, ds, self._ring.drain())
+
+    def skipped_runs(self) -> int:
+        """Tracing program runs (RTT, drops) the kernel skipped, nested on one CPU."""
+        return self._obj.run_stats().recursion_misses
 
     def counters(self) -> dict[str, int]:
         sums = self._obj.map("counters").percpu_u64_sums()

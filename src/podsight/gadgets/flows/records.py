@@ -10,37 +10,16 @@ joined to the flow they belong to.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from podsight.gadgets.flows.dns import DnsAnswer, decode_answer
 from podsight.gadgets.flows.flows import DIRECTION_NAMES, EV_DNS, EV_FLOW, Harvest
-from podsight.gadgets.flows.interfaces import interface_name, interface_name_in
-from podsight.identity import Endpoint
-
-V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
-
-PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
-PROTOCOL_NUMBERS = {name: number for number, name in PROTOCOLS.items()}
-
-# TCP flag bits as the kernel program reports them (netobserv's encoding).
-TCP_FLAGS = (
-    (0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"),
-    (0x40, "ECE"), (0x80, "CWR"), (0x100, "SYN_ACK"), (0x200, "FIN_ACK"), (0x400, "RST_ACK"),
-)
-TCP_FLAG_BITS = {name: bit for bit, name in TCP_FLAGS}
-
-
-def flag_names(bits: int) -> list[str]:
-    return [name for bit, name in TCP_FLAGS if bits & bit]
-
-
-def address(raw: bytes) -> str:
-    if raw.startswith(V4_MAPPED):
-        return socket.inet_ntop(socket.AF_INET, raw[12:])
-    return socket.inet_ntop(socket.AF_INET6, raw)
+from podsight.identity.endpoint import Endpoint
+from podsight.net.addresses import V4_MAPPED, address
+from podsight.net.interfaces import interface_name, interface_name_in
+from podsight.net.protocols import protocol_name
 
 
 @dataclass(slots=True)
@@ -91,7 +70,7 @@ class FlowRecord:
 
     @property
     def protocol(self) -> str:
-        return PROTOCOLS.get(self.proto, str(self.proto))
+        return protocol_name(self.proto)
 
     @property
     def five_tuple(self) -> tuple[str, str, int, int, int]:

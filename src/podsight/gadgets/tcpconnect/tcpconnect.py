@@ -2,15 +2,14 @@
 
 Kernel side (tcpconnect.bpf.c): one record per active connect, written when
 the outcome is known; attempts still open at the end are read from the
-``inflight`` map and reported as ``pending``.
+``inflight`` map and reported as ``pending``. :class:`TcpConnectGadget` is
+what the pipeline runs; :class:`TcpConnect` owns the kernel objects.
 """
 
 from __future__ import annotations
 
 import errno
-import socket
-import struct
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -18,6 +17,10 @@ import numpy as np
 
 from podsight.ebpf import BpfObject, RingBuffer
 from podsight.ebpf.system import preflight
+from podsight.gadgets.tcpconnect.schema import Connect, schema
+from podsight.net.addresses import AddressFormatter, split16
+from podsight.outputs.json import Slot, TemplateSpec
+from podsight.pipeline import Batch, Loss, RunContext, Selection, Tally
 
 # struct event in tcpconnect.bpf.c (104 bytes).
 EVENT_DTYPE = np.dtype(
@@ -66,6 +69,28 @@ INFLIGHT_DTYPE = np.dtype(
 )
 assert INFLIGHT_DTYPE.itemsize == 96
 
+# The `cfg` global (.rodata) of tcpconnect.bpf.c (24 bytes): TcpConnectConfig.rodata()
+# fills it.
+CFG_DTYPE = np.dtype(
+    [
+        ("min_latency_ns", "<u8"),
+        ("pid", "<u4"),
+        ("wakeup_bytes", "<u4"),
+        ("dport", "<u2"),
+        ("filter_netns", "u1"),
+        ("failed_only", "u1"),
+        ("_pad", "<u4"),
+    ]
+)
+
+# (object file, C type, dtype): every layout shared with the kernel, checked against the
+# object's BTF by tests/test_layouts.py (podsight.ebpf.layout.check_dtype).
+LAYOUTS = (
+    ("tcpconnect.bpf.o", "struct event", EVENT_DTYPE),
+    ("tcpconnect.bpf.o", "struct inflight", INFLIGHT_DTYPE),
+    ("tcpconnect.bpf.o", "cfg", CFG_DTYPE),
+)
+
 # enum result in tcpconnect.bpf.c
 RAW_OK, RAW_CLOSED, RAW_PENDING = 0, 1, 2
 
@@ -83,8 +108,6 @@ _ERRNO_RESULT = {
     errno.ENONET: "unreachable",
 }
 
-AF_INET, AF_INET6 = 2, 10
-_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 
 
 def classify(raw_result: int, err: int, sport: int) -> str:
@@ -105,26 +128,42 @@ def classify(raw_result: int, err: int, sport: int) -> str:
     return "aborted" if sport else "error"
 
 
-@dataclass(slots=True)
-class ConnectEvent:
-    """One TCP connect attempt and its outcome."""
-
-    ts_ns: int  # CLOCK_BOOTTIME ns when the outcome was known
-    pid: int
-    tid: int
-    comm: str
-    uid: int
-    netns: int
-    cgroup_id: int
-    ip: int
-    saddr: str
-    sport: int
-    daddr: str
-    dport: int
-    result: str
-    errno: int
-    latency_ns: int
-    syn_retries: int
+def decode(records: np.ndarray, fmt: AddressFormatter) -> list[Connect]:
+    """Ring records (EVENT_DTYPE) to records: columns are converted in bulk, then zipped."""
+    if not len(records):
+        return []
+    fam = records["family"].tolist()
+    sports = records["sport"].tolist()
+    src = [fmt(f, a) for f, a in zip(fam, split16(records["saddr"]), strict=True)]
+    dst = [fmt(f, a) for f, a in zip(fam, split16(records["daddr"]), strict=True)]
+    comms = [c.decode(errors="replace") for c in records["comm"].tolist()]
+    results = [
+        classify(r, e, s)
+        for r, e, s in zip(records["result"].tolist(), records["err"].tolist(), sports,
+                           strict=True)
+    ]
+    return [
+        Connect(ts, pid, tid, comm, uid, netns, cg, s[0], s[1], sp, d[1], dp, res,
+                err, lat, retries)
+        for ts, pid, tid, comm, uid, netns, cg, s, sp, d, dp, res, err, lat, retries in zip(
+            records["ts_ns"].tolist(),
+            records["pid"].tolist(),
+            records["tid"].tolist(),
+            comms,
+            records["uid"].tolist(),
+            records["netns"].tolist(),
+            records["cgroup_id"].tolist(),
+            src,
+            sports,
+            dst,
+            records["dport"].tolist(),
+            results,
+            records["err"].tolist(),
+            records["latency_ns"].tolist(),
+            records["syn_retries"].tolist(),
+            strict=True,
+        )
+    ]
 
 
 @dataclass
@@ -139,47 +178,18 @@ class TcpConnectConfig:
     min_latency_ns: int = 0
     ring_bytes: int = 4 << 20
     inflight_entries: int = 16384
+    netns_entries: int = 4096
 
     def rodata(self) -> bytes:
-        """The ``cfg`` global of tcpconnect.bpf.c, byte for byte."""
-        wakeup = self.ring_bytes // 4
-        return struct.pack(
-            "<QIIHBBI",
-            self.min_latency_ns,
-            self.pid,
-            wakeup,
-            self.dport,
-            1 if self.filter_netns or self.netns else 0,
-            1 if self.failed_only else 0,
-            0,
-        )
-
-
-class AddressFormatter:
-    """Formats 16-byte kernel addresses to text, caching (addresses repeat a lot)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[int, bytes], tuple[int, str]] = {}
-
-    def __call__(self, family: int, raw: bytes) -> tuple[int, str]:
-        key = (family, raw)
-        hit = self._cache.get(key)
-        if hit is None:
-            if family == AF_INET:
-                hit = (4, socket.inet_ntop(socket.AF_INET, raw[:4]))
-            elif raw.startswith(_V4_MAPPED):
-                hit = (4, socket.inet_ntop(socket.AF_INET, raw[12:]))
-            else:
-                hit = (6, socket.inet_ntop(socket.AF_INET6, raw))
-            if len(self._cache) > 65536:
-                self._cache.clear()
-            self._cache[key] = hit
-        return hit
-
-
-def _split16(column: np.ndarray) -> list[bytes]:
-    raw = column.tobytes()
-    return [raw[i : i + 16] for i in range(0, len(raw), 16)]
+        """The ``cfg`` global of tcpconnect.bpf.c, byte for byte (CFG_DTYPE, BTF-checked)."""
+        cfg = np.zeros(1, CFG_DTYPE)
+        cfg["min_latency_ns"] = self.min_latency_ns
+        cfg["pid"] = self.pid
+        cfg["wakeup_bytes"] = self.ring_bytes // 4
+        cfg["dport"] = self.dport
+        cfg["filter_netns"] = 1 if self.filter_netns or self.netns else 0
+        cfg["failed_only"] = 1 if self.failed_only else 0
+        return cfg.tobytes()
 
 
 class TcpConnect:
@@ -194,6 +204,7 @@ class TcpConnect:
             self._obj.map(".rodata").set_initial_value(self.config.rodata())
             self._obj.map("events").resize(self.config.ring_bytes)
             self._obj.map("inflight").resize(self.config.inflight_entries)
+            self._obj.map("netns_filter").resize(self.config.netns_entries)
             self._obj.load()
             self._netns: set[int] = set()
             self.set_netns(self.config.netns)
@@ -213,45 +224,11 @@ class TcpConnect:
         """Raw records waiting in the ring buffer (EVENT_DTYPE)."""
         return self._ring.drain()
 
-    def decode(self, records: np.ndarray) -> list[ConnectEvent]:
-        """Records to events: columns are converted in bulk, then zipped."""
-        if not len(records):
-            return []
-        fmt = self._addr
-        fam = records["family"].tolist()
-        sports = records["sport"].tolist()
-        src = [fmt(f, a) for f, a in zip(fam, _split16(records["saddr"]), strict=True)]
-        dst = [fmt(f, a) for f, a in zip(fam, _split16(records["daddr"]), strict=True)]
-        comms = [c.decode(errors="replace") for c in records["comm"].tolist()]
-        results = [
-            classify(r, e, s)
-            for r, e, s in zip(records["result"].tolist(), records["err"].tolist(), sports,
-                               strict=True)
-        ]
-        return [
-            ConnectEvent(ts, pid, tid, comm, uid, netns, cg, s[0], s[1], sp, d[1], dp, res,
-                         err, lat, retries)
-            for ts, pid, tid, comm, uid, netns, cg, s, sp, d, dp, res, err, lat, retries in zip(
-                records["ts_ns"].tolist(),
-                records["pid"].tolist(),
-                records["tid"].tolist(),
-                comms,
-                records["uid"].tolist(),
-                records["netns"].tolist(),
-                records["cgroup_id"].tolist(),
-                src,
-                sports,
-                dst,
-                records["dport"].tolist(),
-                results,
-                records["err"].tolist(),
-                records["latency_ns"].tolist(),
-                records["syn_retries"].tolist(),
-                strict=True,
-            )
-        ]
+    def decode(self, records: np.ndarray) -> list[Connect]:
+        """Ring records (EVENT_DTYPE) to records."""
+        return decode(records, self._addr)
 
-    def pending(self, now_boot_ns: int) -> list[ConnectEvent]:
+    def pending(self, now_boot_ns: int) -> list[Connect]:
         """Attempts still waiting for an answer, read from the kernel in one batch."""
         _, values = self._obj.map("inflight").lookup_batch(np.dtype("<u8"), INFLIGHT_DTYPE)
         if not len(values):
@@ -266,7 +243,13 @@ class TcpConnect:
         return self.decode(records)
 
     def set_netns(self, wanted: set[int]) -> None:
-        """Change the traced network namespaces (pods come and go while tracing)."""
+        """Change the traced network namespaces (pods come and go while tracing).
+
+        More namespaces than the table holds: key 0 alone ("every namespace"),
+        and user space filters (the pipeline checks every record's netns).
+        """
+        if len(wanted) > self.config.netns_entries:
+            wanted = {0}
         table = self._obj.map("netns_filter")
         for inode in self._netns - wanted:
             table.delete(inode.to_bytes(4, "little"))
@@ -274,11 +257,20 @@ class TcpConnect:
             table.update(inode.to_bytes(4, "little"), b"\x01")
         self._netns = set(wanted)
 
+    def skipped_runs(self) -> int:
+        """Program runs the kernel skipped (nested on one CPU), from the programs' info."""
+        return self._obj.run_stats().recursion_misses
+
     def counters(self) -> dict[str, int]:
         sums = self._obj.map("counters").percpu_u64_sums()
         return {name: int(sums[i]) for i, name in enumerate(COUNTERS)}
 
     # -- lifetime -----------------------------------------------------------
+
+    def detach(self) -> None:
+        """Stop the programs (links destroyed); the ring and maps stay readable."""
+        for link in self._obj.links:
+            link.close()
 
     def close(self) -> None:
         ring = getattr(self, "_ring", None)
@@ -293,5 +285,115 @@ class TcpConnect:
         self.close()
 
 
-def result_names() -> Iterable[str]:
-    return RESULTS
+LOSS_CAUSES = {
+    "lost_ringbuf": "ring buffer full (a larger --ring-size helps)",
+    "lost_inflight": "in-flight table full",
+    "lost_skipped": "outcome not seen: the kernel skipped a nested program run",
+}
+
+# Sentinel values for JSON templates (see podsight.outputs.json.TemplateJson): values a
+# real event is unlikely to carry, so that where they land in a line is unambiguous.
+_WALL_SENTINELS = (4102444800_123456789, 4133980801_987654321)  # in 2100 and 2101
+_SPORT_SENTINELS = (65521, 65519)
+_LATENCY_SENTINELS = (9007199254740881, 9007199254740847)
+_IDENTITY = np.dtype(f"V{EVENT_DTYPE.itemsize}")
+
+
+class TcpConnectGadget:
+    """``podsight trace tcpconnect`` as the pipeline runs it."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        v = ctx.values
+        self.clock = ctx.clock
+        self.schema = schema(ctx.clock)
+        self.config = TcpConnectConfig(
+            pid=v["pid"], dport=v["dport"], failed_only=v["failed_only"],
+            min_latency_ns=v["min_latency"], ring_bytes=v["ring_size"],
+        )
+        self._tracer: TcpConnect | None = None
+
+    @property
+    def tracer(self) -> TcpConnect:
+        if self._tracer is None:
+            raise RuntimeError("tcpconnect is not started")
+        return self._tracer
+
+    def start(self, selection: Selection) -> str:
+        self.config.filter_netns = selection.netns is not None
+        self.config.netns = set(selection.netns or ())
+        self._tracer = TcpConnect(self.config)
+        return "tracing TCP connects"
+
+    def follow(self, selection: Selection) -> None:
+        if selection.netns is not None:
+            self.tracer.set_netns(set(selection.netns))
+
+    def wait(self, timeout: float) -> None:
+        self.tracer.wait(timeout)
+
+    def collect(self, *, final: bool) -> Batch[Connect]:
+        return Batch(raw=self.tracer.drain())
+
+    def decode(self, raw: np.ndarray) -> list[Connect]:
+        return self.tracer.decode(raw)
+
+    def detach(self) -> None:
+        if self._tracer is not None:
+            self._tracer.detach()
+
+    def pending(self) -> list[Connect]:
+        return self.tracer.pending(self.clock.boot_now_ns())
+
+    def tally(self, elapsed: float) -> Tally:
+        c = self.tracer.counters()
+        return Tally(losses={k: Loss(c[k], text) for k, text in LOSS_CAUSES.items()},
+                     counters=c, skipped_runs=self.tracer.skipped_runs())
+
+    def close(self) -> None:
+        if self._tracer is not None:
+            self._tracer.close()
+            self._tracer = None
+
+    # -- JSON templates ------------------------------------------------------------------
+
+    def templates(self, admit: Callable[[np.ndarray], Connect | None]
+                  ) -> TemplateSpec[Connect]:
+        """Per-identity JSON templates: only the time, source port and latency vary.
+
+        The identity is the kernel record without those three, but with whether a
+        port was bound (it tells "aborted" from "error"); every filter reads only
+        identity fields, so it is decided once per identity too.
+        """
+        clock = self.clock
+
+        def keys(records: np.ndarray) -> list[bytes]:
+            ident = records.copy()
+            ident["ts_ns"] = 0
+            ident["latency_ns"] = 0
+            ident["sport"] = ident["sport"] != 0
+            keys: list[bytes] = ident.view(_IDENTITY).tolist()
+            return keys
+
+        def times(records: np.ndarray) -> list[str]:
+            wall = records["ts_ns"].astype(np.int64) + clock.offset_ns
+            secs = wall // 1_000_000_000
+            nanos = (wall - secs * 1_000_000_000).tolist()
+            secs_list = secs.tolist()
+            # The calendar part once per second, through the clock's own formatting.
+            prefix = {s: clock.rfc3339(s * 1_000_000_000)[:-11] for s in set(secs_list)}
+            return [f"{prefix[s]}.{n:09d}Z" for s, n in zip(secs_list, nanos, strict=True)]
+
+        def column(name: str) -> Callable[[np.ndarray], list[int]]:
+            return lambda records: list(records[name].tolist())
+
+        boot = tuple(w - clock.offset_ns for w in _WALL_SENTINELS)
+        return TemplateSpec(
+            keys=keys,
+            slots=(
+                Slot("ts_ns", (boot[0], boot[1]), times,
+                     text=lambda ts: clock.rfc3339(clock.wall_ns(ts))),
+                Slot("sport", _SPORT_SENTINELS, column("sport")),
+                Slot("latency_ns", _LATENCY_SENTINELS, column("latency_ns")),
+            ),
+            admit=admit,
+        )

@@ -1,4 +1,4 @@
-"""Which interfaces ``podsight flows`` observes: pods' host-side veths, or the host's.
+"""Interfaces to observe: pods' host-side veths, or the host's; names across namespaces.
 
 A pod's traffic all crosses the host end of its veth, so observing that one
 interface (both directions) sees everything the pod sends and receives
@@ -8,17 +8,14 @@ netns: its interface's ``link_index`` is the ifindex of the peer on the host.
 
 from __future__ import annotations
 
-import ctypes
 import fnmatch
 import json
-import os
 import socket
 import subprocess
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-NETNS_DIRS = (Path("/run/netns"), Path("/var/run/netns"))
+from podsight.net.netns import netns_names, run_in_netns
 
 
 def host_interfaces() -> dict[int, str]:
@@ -36,74 +33,13 @@ def host_interfaces() -> dict[int, str]:
     return out
 
 
-def named_netns() -> dict[int, str]:
-    """Named network namespaces (ip netns): inode -> name."""
-    out: dict[int, str] = {}
-    for d in NETNS_DIRS:
-        try:
-            entries = list(d.iterdir())
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                out.setdefault(os.stat(entry).st_ino, entry.name)
-            except OSError:
-                continue
-    return out
-
-
-CLONE_NEWNET = 0x40000000
-
-
-def netns_path(inode: int) -> str | None:
-    """A path that opens the network namespace ``inode``: ip netns's, else a process's."""
-    for d in NETNS_DIRS:
-        try:
-            for entry in d.iterdir():
-                if os.stat(entry).st_ino == inode:
-                    return str(entry)
-        except OSError:
-            continue
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if os.stat(proc / "ns" / "net").st_ino == inode:
-                return str(proc / "ns" / "net")
-        except OSError:
-            continue
-    return None
-
-
 def interface_name_in(netns: int, ifindex: int) -> str:
     """The name of ``ifindex`` inside network namespace ``netns`` (inode); ``ifN`` if unknown.
 
-    Why a thread: ifindexes are per namespace (a pod's eth0 is often 2, which
-    is some other device on the host), so the name must be asked inside that
-    namespace. ``setns`` moves only the calling thread, so a short-lived
-    thread enters it, asks, and exits, leaving the rest of podsight where it was.
+    Ifindexes are per namespace (a pod's eth0 is often 2, which is some other
+    device on the host), so the name must be asked inside that namespace.
     """
-    if netns == os.stat("/proc/self/ns/net").st_ino:
-        return interface_name(ifindex)
-    path = netns_path(netns)
-    result = [f"if{ifindex}"]
-    if path is None:
-        return result[0]
-
-    def ask() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            if libc.setns(fd, CLONE_NEWNET) == 0:
-                result[0] = interface_name(ifindex)
-        finally:
-            os.close(fd)
-
-    worker = threading.Thread(target=ask, name="podsight-ifname", daemon=True)
-    worker.start()
-    worker.join()
-    return result[0]
+    return run_in_netns(netns, lambda: interface_name(ifindex), f"if{ifindex}")
 
 
 def interface_name(ifindex: int) -> str:
@@ -137,7 +73,7 @@ class PodInterfaces:
         self._cache: dict[int, set[int]] = {}
 
     def for_netns(self, inodes: Iterable[int]) -> set[int]:
-        names = named_netns()
+        names = netns_names()
         host = host_interfaces()
         found: set[int] = set()
         for inode in inodes:

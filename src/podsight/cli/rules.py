@@ -1,10 +1,8 @@
-"""Flow filters: netobserv's set, in podsight's spelling, several rules joined with ``or``.
+"""The filter-rule flags of network gadgets: netobserv's set, several rules joined with ``or``.
 
 ``podsight flows --protocol tcp --dport 80-90 or --cidr 10.0.0.0/8 --icmp-type 8``
-is two rules; a packet is kept if any rule takes it. Each rule becomes a
-:class:`~podsight.gadgets.flows.flows.KernelRule`: ports, protocol, flags and
-ICMP fields are compared in the tc program, CIDRs are looked up in LPM tries,
-so filtered-out traffic costs no user-space time at all.
+is two rules (:class:`podsight.net.rules.Rule`); a packet is kept if any rule
+takes it. Each gadget runs the rules where it can (flows: in its tc program).
 """
 
 from __future__ import annotations
@@ -14,8 +12,10 @@ import ipaddress
 from collections.abc import Sequence
 
 from podsight.errors import UserError
-from podsight.gadgets.flows.flows import KernelRule
-from podsight.gadgets.flows.records import PROTOCOL_NUMBERS, TCP_FLAG_BITS
+from podsight.net.protocols import PROTOCOL_NUMBERS, TCP_FLAG_BITS
+from podsight.net.rules import DIRECTIONS, Rule
+
+MAX_RULES = 8
 
 
 def port_range(value: str) -> tuple[int, int]:
@@ -51,6 +51,8 @@ def icmp_value(value: str) -> int:
 def tcp_flags(value: str) -> int:
     """``SYN``, ``SYN-ACK``, ``RST,ACK``: the packet must carry all of them."""
     bits = 0
+    if not value.strip():
+        raise argparse.ArgumentTypeError("--tcp-flags needs at least one flag")
     for name in value.upper().replace("-", "_").split(","):
         name = name.strip()
         if name not in TCP_FLAG_BITS:
@@ -104,17 +106,10 @@ def add_filter_flags(p: argparse.ArgumentParser) -> None:
                    help="packets carrying these TCP flags (SYN, SYN-ACK, FIN, RST, ACK, ...)")
 
 
-def rule_from(ns: argparse.Namespace) -> KernelRule:
-    if (ns.icmp_type is not None or ns.icmp_code is not None) and ns.protocol not in (
-        None, PROTOCOL_NUMBERS["icmp"], PROTOCOL_NUMBERS["icmpv6"],
-    ):
-        raise UserError("--icmp-type and --icmp-code need --protocol icmp or icmpv6")
-    if ns.tcp_flags and ns.protocol not in (None, PROTOCOL_NUMBERS["tcp"]):
-        raise UserError("--tcp-flags needs --protocol tcp")
-    return KernelRule(
+def rule_from(ns: argparse.Namespace) -> Rule:
+    return Rule(
         port=ns.port or (0, 0), sport=ns.sport or (0, 0), dport=ns.dport or (0, 0),
-        tcp_flags=ns.tcp_flags or 0,
-        direction={None: 0, "ingress": 1, "egress": 2}[ns.direction],
+        tcp_flags=ns.tcp_flags or 0, direction=DIRECTIONS[ns.direction],
         protocol=ns.protocol or 0,
         cidrs=tuple(ns.cidr or ()), peers=tuple((ns.peer_cidr or []) + (ns.peer_ip or [])),
         icmp_type=ns.icmp_type, icmp_code=ns.icmp_code,
@@ -138,15 +133,17 @@ def split_rules(words: Sequence[str]) -> list[list[str]]:
     return groups
 
 
-def parse_rules(first: argparse.Namespace, more: Sequence[str]) -> list[KernelRule]:
+def parse_rules(first: argparse.Namespace, more: Sequence[str]) -> list[Rule]:
     """The rules of the command line; none at all means every packet."""
-    from podsight.cli.main import OneLineParser
+    from podsight.cli.parser import OneLineParser
 
     rules = [rule_from(first)]
-    parser = OneLineParser(prog="podsight flows ... or", add_help=False)
+    parser = OneLineParser(prog="podsight ... or", add_help=False)
     add_filter_flags(parser)
     for words in split_rules(more):
         rules.append(rule_from(parser.parse_args(words)))
-    if len(rules) > 1 and any(r == KernelRule() for r in rules):
+    if len(rules) > 1 and any(r.empty for r in rules):
         raise UserError("every rule joined with 'or' needs at least one filter flag")
-    return [] if rules == [KernelRule()] else rules
+    if len(rules) > MAX_RULES:
+        raise UserError(f"at most {MAX_RULES} filter rules (joined with 'or'), not {len(rules)}")
+    return [] if rules == [Rule()] else rules

@@ -1,0 +1,117 @@
+"""Network namespaces: by name (as ``ip netns`` and CNI bind-mount them) and by inode.
+
+One lister for the whole tool: identity, the interface finder and the
+``--netns`` flag all ask here, so "which namespace is this" has one answer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from podsight.errors import UserError
+
+#: Where ``ip netns`` (and CNI plugins, and the lab) bind-mount named namespaces.
+NETNS_DIR = Path("/var/run/netns")
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+def named_netns() -> dict[str, int]:
+    """name -> inode of every namespace bind-mounted under /var/run/netns."""
+    out: dict[str, int] = {}
+    try:
+        entries = list(os.scandir(NETNS_DIR))
+    except OSError:
+        return out
+    for entry in entries:
+        try:
+            out[entry.name] = os.stat(entry.path).st_ino
+        except OSError:
+            continue
+    return out
+
+
+def netns_names() -> dict[int, str]:
+    """inode -> name: the inverse of :func:`named_netns` (the first name wins)."""
+    out: dict[int, str] = {}
+    for name, inode in sorted(named_netns().items()):
+        out.setdefault(inode, name)
+    return out
+
+
+def host_netns() -> int:
+    """The host's network namespace: init's, or ours when init's cannot be read (a sandbox
+    or a container without hostPID; podsight then assumes it runs in the host's)."""
+    try:
+        return os.stat("/proc/1/ns/net").st_ino
+    except OSError:
+        return os.stat("/proc/self/ns/net").st_ino
+
+
+def own_netns() -> int:
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+def parse_netns(value: str) -> int:
+    """A ``--netns`` value: an inode number, or a name under /var/run/netns."""
+    value = value.strip()
+    if value.isdigit():
+        inode = int(value)
+        if inode <= 0 or inode > 0xFFFFFFFF:
+            raise UserError(f"--netns {value}: not a network namespace inode")
+        return inode
+    path = NETNS_DIR / value
+    if not value or "/" in value or not path.exists():
+        raise UserError(f"--netns {value}: no such network namespace (see 'ip netns list')")
+    return os.stat(path).st_ino
+
+
+def netns_path(inode: int) -> str | None:
+    """A path that opens the network namespace ``inode``: its bind mount, else a process's."""
+    for name, ino in named_netns().items():
+        if ino == inode:
+            return str(NETNS_DIR / name)
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.stat(proc / "ns" / "net").st_ino == inode:
+                return str(proc / "ns" / "net")
+        except OSError:
+            continue
+    return None
+
+
+def run_in_netns(inode: int, fn: Callable[[], T], default: T) -> T:
+    """``fn()`` run inside network namespace ``inode``; ``default`` if it cannot be entered.
+
+    Why a thread: ``setns`` moves only the calling thread, so a short-lived
+    thread enters the namespace, runs ``fn`` and exits, leaving the rest of
+    podsight where it was.
+    """
+    if inode == own_netns():
+        return fn()
+    path = netns_path(inode)
+    if path is None:
+        return default
+    result = [default]
+
+    def enter() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            if libc.setns(fd, CLONE_NEWNET) == 0:
+                result[0] = fn()
+        finally:
+            os.close(fd)
+
+    worker = threading.Thread(target=enter, name="podsight-netns", daemon=True)
+    worker.start()
+    worker.join()
+    return result[0]

@@ -1,0 +1,528 @@
+"""The one run loop every gadget uses: source -> decode -> identity -> filter -> outputs.
+
+A gadget (``podsight/gadgets/<name>/``) is only a *source*: it loads and
+attaches its kernel program, hands over batches of records, and counts what
+it could not deliver. Everything else is here or in a shared package and
+knows nothing about any one gadget:
+
+1. startup: identity sources, then the gadget (preflight, load, attach),
+   then the output files (so a failed check leaves no file behind); a stop
+   asked for at any moment of it is honoured at the next step;
+2. the loop: wait, collect a batch, name both ends of every record at the
+   record's own time, drop what user-space filters reject, write to every
+   output; follow pods as they come and go; stop on Ctrl-C, SIGTERM,
+   ``--max-time`` or ``--max-bytes``;
+3. the end, in this order: detach (the kernel stops adding), collect the
+   last batch, report what is still pending, close the outputs with the
+   run's counters, print the summary line. Counts in the summary are then
+   exactly what was written plus what was lost.
+
+An output that fails (a full disk) ends the run the same way, with its
+error after the summary; files written so far stay valid.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TextIO, TypeVar
+
+from podsight.errors import PodsightError, RunFailure
+from podsight.runtime import STOP, StopFlag, Stopped
+from podsight.schema import Schema
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from podsight.identity import Resolver
+    from podsight.net.rules import Rule
+    from podsight.outputs.json import TemplateSpec
+    from podsight.selectors import PodSelector
+    from podsight.spec import GadgetSpec
+    from podsight.timefmt import Clock
+
+R = TypeVar("R")
+
+
+# -- what a gadget provides ------------------------------------------------------------------
+
+@dataclass
+class Batch(Generic[R]):
+    """What one collect returned: decoded records, and/or raw ones decoded on demand.
+
+    A gadget whose events come in floods returns ``raw`` (a numpy array of
+    kernel records): the JSON output may then render it through templates
+    without decoding most of it (see :class:`podsight.outputs.json.TemplateJson`).
+    """
+
+    records: list[R] = field(default_factory=list)
+    raw: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.records) + (len(self.raw) if self.raw is not None else 0)
+
+
+@dataclass(frozen=True)
+class Loss:
+    """Events the kernel saw but that podsight could not deliver, for one cause."""
+
+    count: int
+    cause: str  # "ring buffer full (a larger --ring-size helps)"
+
+
+@dataclass
+class Tally:
+    """A gadget's counters at the end of a run, for the summary and the capture table.
+
+    ``losses`` add up to "N lost"; ``before``/``after`` are extra parts of the
+    summary line around it ("40 packets in 3.0s", "0 pending"); ``notes``
+    follow after a semicolon; ``counters`` are the raw kernel counters.
+    """
+
+    losses: dict[str, Loss] = field(default_factory=dict)
+    before: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    skipped_runs: int = 0  # tracing program runs the kernel skipped (recursion_misses)
+
+    @property
+    def lost(self) -> int:
+        return sum(loss.count for loss in self.losses.values())
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the user selected, as the kernel side can filter it.
+
+    ``netns``: network namespace inodes to observe (0 in it: one selected pod's
+    namespace is not known yet, so let everything through and filter in user
+    space); None: no selection, everything. ``host``: the host's namespace is
+    selected too.
+    """
+
+    netns: frozenset[int] | None
+    host: bool
+    host_netns: int
+
+
+class Gadget(Protocol[R]):
+    """A source of records; built by the gadget's factory from a :class:`RunContext`."""
+
+    schema: Schema[R]
+
+    def start(self, selection: Selection) -> str:
+        """Preflight, load, attach; return what is being captured ("tracing TCP connects")."""
+
+    def follow(self, selection: Selection) -> None:
+        """The selected pods changed (or time passed): observe what is selected now."""
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until there is something to collect, or ``timeout`` seconds pass."""
+
+    def collect(self, *, final: bool) -> Batch[R]:
+        """Records ready now (``final``: the last collect, after :meth:`detach`)."""
+
+    def decode(self, raw: np.ndarray) -> list[R]:
+        """Raw kernel records (as returned in :attr:`Batch.raw`) to records."""
+
+    def templates(self, admit: Callable[[np.ndarray], R | None]) -> TemplateSpec[R] | None:
+        """How its raw records render through JSON templates, or None for no fast path."""
+
+    def detach(self) -> None:
+        """Stop the kernel adding events (after this, counters no longer move)."""
+
+    def pending(self) -> list[R]:
+        """Records still open at the end (after :meth:`detach`), reported as such."""
+
+    def tally(self, elapsed: float) -> Tally:
+        """Counters for the summary (after the final collect)."""
+
+    def close(self) -> None:
+        """Release every kernel object (idempotent)."""
+
+
+# -- what the CLI provides -------------------------------------------------------------------
+
+@dataclass
+class RunContext:
+    """Everything a gadget's factory may use: its parsed flags and the shared services."""
+
+    spec: GadgetSpec
+    values: Mapping[str, Any]
+    resolver: Resolver
+    selector: PodSelector
+    clock: Clock
+    rules: Sequence[Rule] = ()
+    warn: Callable[[str], None] = lambda text: None
+
+
+@dataclass
+class OutputOptions:
+    """Which outputs a run writes (from ``-o``, ``--sqlite``, ``--no-tui``)."""
+
+    mode: str = "columns"  # columns | json
+    columns: str | None = None
+    extra_columns: tuple[str, ...] = ()
+    sqlite: str | None = None
+    live: bool = False
+    max_time: float | None = None
+    max_bytes: int | None = None
+    command: str = ""
+
+
+R_contra = TypeVar("R_contra", contravariant=True)
+
+
+class Output(Protocol[R_contra]):
+    """Anything records are written to (table, JSON lines, SQLite, live view)."""
+
+    def write(self, records: Sequence[R_contra]) -> None: ...
+
+
+# -- identity and filters ---------------------------------------------------------------------
+
+class Admission(Generic[R]):
+    """The identity and filter stages: names both ends of a record, then keeps it or not.
+
+    Identity is resolved from the record's fields named in its schema's
+    :class:`~podsight.schema.Sides`. Pod selectors apply to the record's
+    subjects (``-n``, ``-p``, ...); ``netns`` adds namespaces selected by
+    ``--netns``; user-space field filters (``--comm``, ``--dst``) come last.
+    """
+
+    def __init__(self, schema: Schema[R], resolver: Resolver, selector: PodSelector,
+                 netns: frozenset[int], predicates: Sequence[Callable[[R], bool]],
+                 preselected: Callable[[R], bool] | None = None) -> None:
+        self.sides = schema.sides
+        self.resolver = resolver
+        self.selector = selector
+        self.netns = netns
+        self.predicates = list(predicates)
+        self.preselected = preselected
+
+    def name(self, r: R) -> None:
+        """Set the record's endpoints from identity."""
+        res = self.resolver
+        sides = self.sides
+        local = None
+        if sides.local is not None:
+            target, addr, netns, cgroup = sides.local
+            local = res.local_endpoint(getattr(r, addr), getattr(r, netns), getattr(r, cgroup))
+            setattr(r, target, local)
+        for target, addr in sides.remote:
+            a = getattr(r, addr)
+            setattr(r, target, res.endpoint(a) if local is None
+                    else res.remote_endpoint(a, local))
+
+    def selected(self, r: R) -> bool:
+        """Do the pod flags pick this record (the user-space half of the kernel's filter)?"""
+        if not self.selector.selects_pods:
+            return True
+        if self.preselected is not None and self.preselected(r):
+            return True
+        sides = self.sides
+        netns = getattr(r, sides.local[2]) if sides.local is not None else 0
+        if netns and netns in self.netns:
+            return True
+        return any(self.resolver.selects(self.selector, ep, netns)
+                   for ep in (getattr(r, t) for t in sides.subjects) if ep is not None)
+
+    def __call__(self, records: Sequence[R]) -> list[R]:
+        out = []
+        for r in records:
+            self.name(r)
+            if self.selected(r) and all(p(r) for p in self.predicates):
+                out.append(r)
+        return out
+
+    def one(self, r: R) -> R | None:
+        self.name(r)
+        if self.selected(r) and all(p(r) for p in self.predicates):
+            return r
+        return None
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    """What a run did, for the summary line and the capture table."""
+
+    records: int = 0
+    pending: int = 0
+    unwritten: int = 0
+    stopped_by: str = ""
+    elapsed: float = 0.0
+    failure: PodsightError | None = None
+    tally: Tally = field(default_factory=Tally)
+
+
+def summary_line(spec: GadgetSpec, result: RunResult) -> str:
+    """``podsight: 3 events, 0 lost, 0 pending`` and, when it matters, why and what else."""
+    t = result.tally
+    noun = spec.noun
+    parts = [f"{result.records} {noun}", *t.before, f"{t.lost} lost", *t.after]
+    if spec.reports_pending:
+        parts.append(f"{result.pending} pending")
+    line = "podsight: " + ", ".join(parts)
+    if t.lost:
+        line += " (" + "; ".join(f"{loss.cause}: {loss.count}"
+                                 for loss in t.losses.values() if loss.count) + ")"
+    notes = list(t.notes)
+    if t.skipped_runs:
+        notes.append(f"{t.skipped_runs} program runs skipped by the kernel (nested on one CPU; "
+                     "events in them were not seen)")
+    if result.unwritten:
+        notes.append(f"{result.unwritten} {noun} not written")
+    if result.stopped_by:
+        notes.append(f"stopped: {result.stopped_by}")
+    if notes:
+        line += "; " + "; ".join(notes)
+    return line
+
+
+class Run(Generic[R]):
+    """One run of one gadget with its outputs; :meth:`execute` does everything."""
+
+    def __init__(self, ctx: RunContext, factory: Callable[[RunContext], Gadget[R]],
+                 options: OutputOptions, netns: frozenset[int],
+                 predicates: Sequence[Callable[[R], bool]], *,
+                 stop: StopFlag = STOP, out: TextIO | None = None,
+                 err: TextIO | None = None) -> None:
+        self.ctx = ctx
+        self.factory = factory
+        self.options = options
+        self.netns = netns
+        self.predicates = predicates
+        self.stop = stop
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.result = RunResult()
+        self.gadget: Gadget[R] | None = None
+        self._outputs: list[Output[R]] = []
+        self._sizes: list[Callable[[], int]] = []
+        self._template: Any = None
+        self._live: Any = None
+        self._sqlite: Any = None
+        self._reader_gone = False
+        self._running = False
+        self._admission: Admission[R] | None = None
+        self._started = 0.0
+
+    # -- selection ---------------------------------------------------------------------
+
+    def selection(self) -> Selection:
+        res = self.ctx.resolver
+        selector = self.ctx.selector
+        if not selector.selects_pods and not self.netns:
+            return Selection(None, selector.host, res.host_netns)
+        wanted = set(self.netns)
+        if selector.selects_pods:
+            wanted |= res.selected_netns(selector)
+        return Selection(frozenset(wanted), selector.host, res.host_netns)
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def _open_outputs(self, gadget: Gadget[R], admission: Admission[R]) -> None:
+        from podsight.outputs.json import JsonEncoder, JsonLines, TemplateJson
+        from podsight.outputs.table import TableWriter
+
+        opts = self.options
+        schema = gadget.schema
+        if opts.sqlite:
+            from podsight.outputs.sqlite import SqliteOutput
+
+            meta = {"command": opts.command, "gadget": self.ctx.spec.name,
+                    "started": self.ctx.clock.rfc3339(time.time_ns())}
+            self._sqlite = SqliteOutput(opts.sqlite, self.ctx.spec.name, schema, meta)
+            self._outputs.append(self._sqlite)
+            self._sizes.append(lambda: int(self._sqlite.bytes))
+        if opts.mode == "json":
+            json = JsonLines(schema, self.out)
+            self._outputs.append(json)
+            self._sizes.append(lambda: json.bytes)
+            spec = gadget.templates(lambda raw: self._admit_raw(raw, admission))
+            # A template decides filters once per identity: only if no filter reads a
+            # value that changes from event to event of one identity.
+            varying = {slot.attr for slot in spec.slots} if spec is not None else set()
+            if spec is not None and not varying & {getattr(p, "attr", "")
+                                                   for p in self.predicates}:
+                self._template = (TemplateJson(JsonEncoder(schema), spec), json)
+        else:
+            fields = self._columns(gadget)
+            if opts.live:
+                from podsight.outputs.live import LiveOutput
+
+                self._live = LiveOutput(schema, fields, self.out,
+                                        f"podsight {self.ctx.spec.name}")
+                self._outputs.append(self._live)
+            else:
+                table = TableWriter(fields, self.out)
+                table.header()
+                self._outputs.append(table)
+
+    def _columns(self, gadget: Gadget[R]) -> list[Any]:
+        """The table's columns: the defaults (with identity's when pods are known, and the
+        gadget's extras), or ``-o columns=``; a bad column name fails here, before start."""
+        opts = self.options
+        schema = gadget.schema
+        extra = [*opts.extra_columns, *getattr(gadget, "extra_columns", ())]
+        if self.ctx.resolver.knows_pods:
+            k8s = ["k8s.namespace", "k8s.podname", "k8s.containername"]
+            if self.ctx.resolver.has_kubernetes:
+                k8s.insert(0, "k8s.node")
+            extra += [n for n in k8s if n in schema.by_name]
+        return schema.columns(opts.columns, extra=extra)
+
+    def _admit_raw(self, raw: np.ndarray, admission: Admission[R]) -> R | None:
+        assert self.gadget is not None
+        records = self.gadget.decode(raw)
+        return admission.one(records[0]) if records else None
+
+    def _write(self, batch: Batch[R], admission: Admission[R]) -> None:
+        gadget = self.gadget
+        assert gadget is not None
+        if self.result.failure is not None or self._reader_gone:
+            self.result.unwritten += len(batch)
+            return
+        records = list(batch.records)
+        lines: list[str] | None = None
+        if batch.raw is not None and len(batch.raw):
+            if self._template is not None and len(self._outputs) == 1:
+                lines = self._template[0].lines(batch.raw)
+            else:
+                records += gadget.decode(batch.raw)
+        kept = admission(records) if records else []
+        try:
+            if lines is not None:
+                self._template[1].write_lines(lines)
+                self.result.records += len(lines)
+            if kept:
+                for output in self._outputs:
+                    output.write(kept)
+                self.result.records += len(kept)
+        except BrokenPipeError:
+            # `podsight ... | head`: the reader left. Not an error: stop, and say so.
+            self._reader_gone = True
+            self.result.stopped_by = "the reader of the output went away"
+            self.stop.set()
+        except OSError as exc:
+            self._fail(RunFailure(f"writing output: {exc.strerror or exc}"), len(batch))
+        except PodsightError as exc:
+            self._fail(exc, len(batch))
+
+    def _fail(self, exc: PodsightError, count: int) -> None:
+        self.result.failure = exc
+        self.result.unwritten += count
+        self.stop.set()
+
+    def _status(self) -> str:
+        return f"{self.result.records} {self.ctx.spec.noun}  (Ctrl-C to stop)"
+
+    def _over_budget(self) -> bool:
+        limit = self.options.max_bytes
+        return limit is not None and sum(size() for size in self._sizes) >= limit
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def execute(self) -> RunResult:
+        """Start, loop, finish; always ends with the summary line on stderr."""
+        result = self.result
+        with ExitStack() as stack:
+            try:
+                self._run(stack)
+            except Stopped:
+                pass
+            finally:
+                self._finish(stack)
+        self.err.write(summary_line(self.ctx.spec, result) + "\n")
+        self.err.flush()
+        return result
+
+    def _run(self, stack: ExitStack) -> None:
+        ctx = self.ctx
+        stop = self.stop
+        stop.check()
+        gadget = self.factory(ctx)
+        self.gadget = gadget
+        stack.callback(gadget.close)
+        if self.options.mode == "columns":
+            self._columns(gadget)  # a bad -o columns= is bad input: say so before starting
+        stop.check()
+        what = gadget.start(self.selection())
+        self._running = True
+        stop.check()
+        admission = Admission(gadget.schema, ctx.resolver, ctx.selector, self.netns,
+                              self.predicates, getattr(gadget, "preselected", None))
+        self._admission = admission
+        self._open_outputs(gadget, admission)
+        stop.set_deadline(self.options.max_time)
+        self._started = time.monotonic()
+        # Printed once the programs are attached: from here on nothing is missed.
+        self.err.write(f"podsight: {what} (Ctrl-C to stop)\n")
+        self.err.flush()
+        while not stop.is_set():
+            gadget.wait(stop.remaining(0.05))
+            self._write(gadget.collect(final=False), admission)
+            if self._live is not None:
+                self._live.draw(self._status())
+            if ctx.resolver.refresh() and self._template is not None:
+                self._template[0].clear()
+            gadget.follow(self.selection())
+            if self._over_budget():
+                self.result.stopped_by = "--max-bytes reached"
+                break
+        if stop.timed_out:
+            self.result.stopped_by = "--max-time reached"
+
+    def _finish(self, stack: ExitStack) -> None:
+        gadget = self.gadget
+        result = self.result
+        if self._started:
+            result.elapsed = time.monotonic() - self._started
+        if gadget is None:
+            return
+        try:
+            if not self._running:
+                return  # it never started: nothing was captured, nothing to count
+            gadget.detach()
+            admission = self._admission
+            if admission is not None and self._outputs:
+                self._write(gadget.collect(final=True), admission)
+                before = result.records
+                self._write(Batch(records=gadget.pending()), admission)
+                result.pending = result.records - before
+            result.tally = gadget.tally(result.elapsed)
+            if self._live is not None:
+                self._live.draw(self._status())
+                self._live.close()
+            if self._sqlite is not None:
+                self._close_sqlite()
+        finally:
+            gadget.close()
+
+    def _close_sqlite(self) -> None:
+        result = self.result
+        t = result.tally
+        meta = {
+            "ended": self.ctx.clock.rfc3339(time.time_ns()),
+            "records": str(result.records),
+            "lost": str(t.lost),
+            "skipped_runs": str(t.skipped_runs),
+            "pending": str(result.pending),
+            "stopped_by": result.stopped_by or ("signal" if self.stop.signal else ""),
+            **{key if key.startswith("lost_") else f"lost_{key}": str(loss.count)
+               for key, loss in t.losses.items()},
+            **{f"counter_{key}": str(value) for key, value in t.counters.items()},
+        }
+        try:
+            self._sqlite.writer.set_meta(meta)
+        except PodsightError as exc:
+            if result.failure is None:
+                result.failure = exc
+        finally:
+            self._sqlite.close()
