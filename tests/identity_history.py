@@ -19,11 +19,13 @@ __all__ = ["Netns", "boot_ns", "lab_pod", "lab_service", "write_inventory"]
 def lab_pod(name: str, *ips: str, namespace: str = "default", netns: str = "",
             labels: dict[str, str] | None = None, containers: tuple[str, ...] = ("app",),
             uid: str | None = None) -> dict[str, Any]:
-    """A Pod item as ``podsight lab`` writes it; ``netns`` names it under /var/run/netns."""
+    """A Pod item as ``podsight lab`` writes it; ``netns`` names it under /var/run/netns.
+    The UID is the same for the same name (as the lab's), unless given."""
     annotations = {"podsight.io/netns": netns} if netns else {}
+    uid = uid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"podsight-test/{namespace}/{name}"))
     return {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()),
+        "metadata": {"name": name, "namespace": namespace, "uid": uid,
                      "labels": labels or {}, "annotations": annotations},
         "spec": {"nodeName": "lab-node", "containers": [{"name": c} for c in containers]},
         "status": {"phase": "Running", "podIP": ips[0] if ips else "",

@@ -38,6 +38,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from podsight.identity.endpoint import Endpoint, PodInfo
@@ -554,17 +555,23 @@ class Resolver:
                 workload_kind=local.workload_kind, workload_name=local.workload_name)
         return self.endpoint(addr, at_ns=at_ns)
 
-    def stable_since(self, local_addr: str, netns: int, cgroup_id: int,
-                     remote_addr: str) -> int:
-        """Since when (boot ns) a socket's two sides -- :meth:`local_endpoint` and
-        :meth:`remote_endpoint` -- are named as they are now: an event at or after it
-        resolves as now. With :meth:`sync`, what a cache of rendered events checks."""
-        key = (netns, local_addr, cgroup_id)
-        local = self._local_memo.get(key) or self._remember_local(key)
-        since = local[0]
-        if not (_is_loopback(remote_addr) and local[1].kind in ("pod", "node")):
-            remote = self._memo.get(remote_addr) or self._remember(remote_addr)
-            since = max(since, remote[0])
+    def stable_since(self, remote: Sequence[str] = (),
+                     local: tuple[str, int, int] | None = None) -> int:
+        """Since when (boot ns) a record's ends are named as they are now: its ``local`` side
+        ``(addr, netns, cgroup id)`` as :meth:`local_endpoint` names it, and its ``remote``
+        addresses as :meth:`remote_endpoint` (or, without a local side, :meth:`endpoint`)
+        does. An event at or after it resolves as now. With :meth:`sync`, what a cache of
+        rendered events checks."""
+        since = 0
+        held = None
+        if local is not None:
+            key = (local[1], local[0], local[2])
+            held = self._local_memo.get(key) or self._remember_local(key)
+            since = held[0]
+        for addr in remote:
+            if held is not None and _is_loopback(addr) and held[1].kind in ("pod", "node"):
+                continue  # named as the local side
+            since = max(since, (self._memo.get(addr) or self._remember(addr))[0])
         return since
 
     # -- selection ----------------------------------------------------------------
