@@ -29,6 +29,7 @@ class Background:
         self._stop_timeout = stop_timeout
         self._stderr_head = ""
         self._peeked = ""
+        self._stderr_peeked = ""
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -62,6 +63,26 @@ class Background:
             self._peeked += chunk.decode()
         return self._peeked
 
+    def peek_stderr(self) -> str:
+        """What it wrote on stderr so far, the ready line included, without stopping it."""
+        assert self.proc is not None and self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            self._stderr_peeked += chunk.decode()
+        return self._stderr_head + self._stderr_peeked
+
+    def wait_stderr(self, text: str, timeout: float = 30.0) -> bool:
+        """Wait until it has written ``text`` on stderr (a notice, say)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.peek_stderr():
+                return True
+            time.sleep(0.05)
+        return False
+
     def wait_printed(self, text: str, timeout: float = 10.0) -> bool:
         """Wait until it has printed ``text`` (identity is resolved at print time)."""
         deadline = time.monotonic() + timeout
@@ -81,4 +102,5 @@ class Background:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, err = self.proc.communicate()
-        return self._peeked + out, self._stderr_head + err, self.proc.returncode
+        return (self._peeked + out, self._stderr_head + self._stderr_peeked + err,
+                self.proc.returncode)

@@ -5,7 +5,6 @@ real runtimes (test_identity_local_runtimes.py); this file covers what is left."
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import shutil
@@ -19,6 +18,7 @@ import pytest
 from podsight.identity.local import (
     DockerClient,
     LocalIdentity,
+    RuntimeListing,
     RuntimeState,
 )
 
@@ -58,15 +58,13 @@ def test_netns_names() -> None:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def test_background_refresh_warns_once_per_change(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A dead runtime is polled every interval but logged once, and never stops the loop."""
+def test_background_refresh_warns_once_per_change(tmp_path: Path) -> None:
+    """A dead runtime is polled every interval but told once (one line on the notices the
+    command loop prints), and never stops the loop."""
     path = str(tmp_path / "dead.sock")
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(path)
     sock.close()
-    caplog.set_level(logging.INFO, logger="podsight.identity.local")
     identity = LocalIdentity(runtimes=[DockerClient(path, timeout=0.5)])
     identity.start(interval=0.02)
     try:
@@ -80,8 +78,76 @@ def test_background_refresh_warns_once_per_change(
         assert identity.cgroups.scans >= 6  # refreshed several times ...
     finally:
         identity.close()
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and path in warnings[0].getMessage()  # ... warned once
+    warnings = identity.notices.take()
+    assert len(warnings) == 1 and path in warnings[0]  # ... warned once
+    assert warnings[0].startswith("podsight: warning: ") and "\n" not in warnings[0]
     scans = identity.cgroups.scans
     time.sleep(0.1)
     assert identity.cgroups.scans == scans  # close() stopped the thread
+
+
+class FlakyRuntime:
+    """A runtime client whose listing raises what the test says (the real clients turn their
+    own failures into warnings; this is the bug in a client a poll must survive)."""
+
+    runtime = "flaky"
+    endpoint = "test"
+
+    def __init__(self) -> None:
+        self.error: Exception | None = RuntimeError("socket  closed\nmid-read")
+        self.calls = 0
+
+    def list_containers(self) -> RuntimeListing:
+        error = self.error  # decided before the count moves: the test changes it after
+        self.calls += 1
+        if error is not None:
+            raise error
+        return RuntimeListing(self.runtime, self.endpoint, RuntimeState.OK, ())
+
+    def close(self) -> None:
+        pass
+
+
+def test_failed_polls_are_one_line_notices_once_per_cause(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The resolver's runtime poller: a poll that raises is one line on the notices (its
+    message, flattened), told once however often it repeats, again for another cause and
+    after a recovery; never a traceback, unless PODSIGHT_DEBUG=1."""
+    from podsight.identity import Resolver
+    from podsight.identity.lab import LabInventory
+
+    def polls(n: int) -> None:
+        """Wait for n more polls to be over (the one after them has begun)."""
+        target = runtime.calls + n + 1
+        deadline = time.monotonic() + 10
+        while runtime.calls < target:
+            assert time.monotonic() < deadline, "the poller stopped polling"
+            time.sleep(0.01)
+
+    runtime = FlakyRuntime()
+    local = LocalIdentity(runtimes=[runtime])
+    with Resolver(lab=LabInventory(tmp_path / "none.json"), node_name="n1", local=local,
+                  local_interval=0.01) as r:
+        polls(2)  # (at most one poll a second: the poller's minimum gap)
+        assert r.take_notices() == [
+            "podsight: warning: container runtime poll failed: socket closed mid-read"]
+        runtime.error = OSError("another cause")
+        polls(2)
+        assert r.take_notices() == [
+            "podsight: warning: container runtime poll failed: another cause"]
+        runtime.error = None
+        polls(1)
+        assert r.take_notices() == ["podsight: container runtime poll works again"]
+        runtime.error = RuntimeError("socket  closed\nmid-read")
+        polls(1)
+        assert r.take_notices() == [
+            "podsight: warning: container runtime poll failed: socket closed mid-read"]
+        assert "Traceback" not in capfd.readouterr().err and not caplog.records
+        monkeypatch.setenv("PODSIGHT_DEBUG", "1")
+        deadline = time.monotonic() + 10
+        while not any(rec.exc_info for rec in caplog.records):  # the traceback, for developers
+            assert time.monotonic() < deadline, "no traceback logged with PODSIGHT_DEBUG=1"
+            time.sleep(0.01)
+    local.close()

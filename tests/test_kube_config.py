@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -104,7 +106,86 @@ def test_broken_kubeconfig_is_one_line(tmp_path: Path) -> None:
     kc.write_text("clusters: [\n  - {name: x\n")
     with pytest.raises(UserError) as err:
         load_config(str(kc), environ={})
-    assert str(err.value).startswith(f"cannot read kubeconfig {kc}") and "\n" not in str(err.value)
+    assert str(err.value) == (f"kubeconfig {kc} is not valid YAML: expected the node content, "
+                              "but found '-' at line 2, column 3")
+
+
+def one_line_error(*args: Any, **kwargs: Any) -> str:
+    with pytest.raises(UserError) as err:
+        load_config(*args, **kwargs)
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+def test_kubeconfig_directory_says_it_is_a_directory(tmp_path: Path) -> None:
+    assert one_line_error(str(tmp_path), environ={}) == (
+        f"kubeconfig {tmp_path} is a directory, not a file")
+    # the same in KUBECONFIG (kubectl refuses it too), and as ~/.kube/config
+    env = {"KUBECONFIG": f"{tmp_path / 'missing'}:{tmp_path}", "HOME": str(tmp_path)}
+    assert one_line_error(environ=env) == f"kubeconfig {tmp_path} is a directory, not a file"
+    (tmp_path / ".kube/config").mkdir(parents=True)
+    assert one_line_error(environ={"HOME": str(tmp_path)}) == (
+        f"kubeconfig {tmp_path}/.kube/config is a directory, not a file")
+
+
+def test_kubeconfig_that_is_not_a_file_or_not_a_kubeconfig(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert one_line_error(str(fifo), environ={}) == f"kubeconfig {fifo} is not a regular file"
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing here\n")
+    assert one_line_error(str(empty), environ={}) == f"kubeconfig {empty} is empty"
+    listing = tmp_path / "list"
+    listing.write_text("- a\n- b\n")
+    assert one_line_error(str(listing), environ={}) == (
+        f"kubeconfig {listing} is not a kubeconfig: a YAML list where a mapping with clusters, "
+        "contexts and users was expected")
+    tab = tmp_path / "tab"
+    tab.write_text("apiVersion: v1\n\tkind: Config\n")
+    assert one_line_error(str(tab), environ={}).startswith(
+        f"kubeconfig {tab} is not valid YAML: found character '\\t' that cannot start any "
+        "token at line 2, column 1")
+
+
+def test_unreadable_kubeconfig_says_permission_denied(tmp_path: Path) -> None:
+    """Root reads any file: as root, the check runs without the capabilities that allow it
+    (setpriv, util-linux); as anyone else, as is."""
+    kc = write_kubeconfig(tmp_path / "kc", {"a": "https://10.0.0.1"}, "a")
+    kc.chmod(0)
+    if os.geteuid() != 0:
+        assert one_line_error(str(kc), environ={}) == (
+            f"cannot read kubeconfig {kc}: permission denied")
+        return
+    code = ("import sys\nfrom podsight.errors import UserError\n"
+            "from podsight.identity.kube import load_config\n"
+            "try:\n    load_config(sys.argv[1], environ={})\n"
+            "except UserError as e:\n    print(e)\n")
+    out = subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
+                          sys.executable, "-c", code, str(kc)],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    assert out == f"cannot read kubeconfig {kc}: permission denied\n"
+
+
+def test_context_problems_name_the_contexts(tmp_path: Path) -> None:
+    kc = write_kubeconfig(tmp_path / "kc", {"a": "https://10.0.0.1", "b": "https://10.0.0.2"},
+                          None)
+    assert one_line_error(str(kc), environ={}) == (
+        f"kubeconfig {kc} has no current-context; pass --context (contexts: a, b)")
+    assert one_line_error(str(kc), "c", environ={}) == (
+        f"context 'c' not found in kubeconfig {kc} (contexts: a, b)")
+    bare = tmp_path / "bare"
+    bare.write_text("apiVersion: v1\nkind: Config\n")
+    assert one_line_error(str(bare), environ={}) == (
+        f"kubeconfig {bare} has no current-context; pass --context (contexts: none)")
+
+
+def test_cli_kubeconfig_directory_is_one_line(tmp_path: Path) -> None:
+    from tracing import run_cli
+
+    out = run_cli("trace", "tcpconnect", "--kubeconfig", str(tmp_path))
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == f"podsight: error: kubeconfig {tmp_path} is a directory, not a file\n"
 
 
 def fake_service_account(d: Path, token: str, ca: str = "not a real CA\n") -> Path:

@@ -113,9 +113,7 @@ def test_reused_ip_and_apiserver_restart_mid_trace(lab, kube, core, shop):
     node = socket.gethostname()
     with Trace("--kubeconfig", kube.kubeconfig, "-n", shop) as t:
         before = connect(lab, "mypod", web.ipv4, 8080)
-        # Identity is resolved when an event is printed (within one 50 ms drain): let it be
-        # printed before the IP changes hands.
-        assert t.wait_printed(f'"pid":{before["pid"]},')
+        # No waiting for it to be printed: it is named at its own time, whenever printed.
         delete_pod(core, shop, "api-0")
         make_pod(core, shop, "api-1", ip=web.ipv4, node=node, labels={"app": "api"},
                  containers=("api",))

@@ -205,18 +205,29 @@ class Admission(Generic[R]):
         self.preselected = preselected
 
     def name(self, r: R) -> None:
-        """Set the record's endpoints from identity."""
+        """Set the record's endpoints from identity, as of the record's own time."""
         res = self.resolver
         sides = self.sides
+        at = getattr(r, sides.time)
         local = None
         if sides.local is not None:
             target, addr, netns, cgroup = sides.local
-            local = res.local_endpoint(getattr(r, addr), getattr(r, netns), getattr(r, cgroup))
+            local = res.local_endpoint(getattr(r, addr), getattr(r, netns), getattr(r, cgroup),
+                                       at_ns=at)
             setattr(r, target, local)
         for target, addr in sides.remote:
             a = getattr(r, addr)
-            setattr(r, target, res.endpoint(a) if local is None
-                    else res.remote_endpoint(a, local))
+            setattr(r, target, res.endpoint(a, at_ns=at) if local is None
+                    else res.remote_endpoint(a, local, at_ns=at))
+
+    def since(self, r: R) -> int:
+        """Since when the record's ends are named as they are now (for cached renderings)."""
+        sides = self.sides
+        local = None
+        if sides.local is not None:
+            _, addr, netns, cgroup = sides.local
+            local = (getattr(r, addr), getattr(r, netns), getattr(r, cgroup))
+        return self.resolver.stable_since([getattr(r, a) for _, a in sides.remote], local)
 
     def selected(self, r: R) -> bool:
         """Do the pod flags pick this record (the user-space half of the kernel's filter)?"""
@@ -244,6 +255,22 @@ class Admission(Generic[R]):
         if self.selected(r) and all(p(r) for p in self.predicates):
             return r
         return None
+
+
+class _TemplateIdentity(Generic[R]):
+    """:class:`podsight.outputs.json.TemplateIdentity` for one run: the resolver, asked
+    through the schema's sides of a decoded raw record."""
+
+    def __init__(self, gadget: Gadget[R], admission: Admission[R]) -> None:
+        self._decode = gadget.decode
+        self._admission = admission
+
+    def sync(self, at_ns: int) -> int:
+        return self._admission.resolver.sync(at_ns)
+
+    def since(self, record: np.ndarray) -> int:
+        records = self._decode(record)
+        return self._admission.since(records[0]) if records else 0
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -351,7 +378,8 @@ class Run(Generic[R]):
             varying = {slot.attr for slot in spec.slots} if spec is not None else set()
             if spec is not None and not varying & {getattr(p, "attr", "")
                                                    for p in self.predicates}:
-                self._template = (TemplateJson(JsonEncoder(schema), spec), json)
+                self._template = (TemplateJson(JsonEncoder(schema), spec,
+                                               _TemplateIdentity(gadget, admission)), json)
         else:
             fields = self._columns(gadget)
             if opts.live:
@@ -382,6 +410,14 @@ class Run(Generic[R]):
         assert self.gadget is not None
         records = self.gadget.decode(raw)
         return admission.one(records[0]) if records else None
+
+    def _tell(self) -> None:
+        """What identity's background threads have to say (the API server went away or came
+        back, a runtime stopped answering): one line each, between batches."""
+        lines = self.ctx.resolver.take_notices()
+        if lines:
+            self.err.write("".join(line + "\n" for line in lines))
+            self.err.flush()
 
     def _write(self, batch: Batch[R], admission: Admission[R]) -> None:
         gadget = self.gadget
@@ -439,6 +475,7 @@ class Run(Generic[R]):
                 pass
             finally:
                 self._finish(stack)
+        self._tell()
         self.err.write(summary_line(self.ctx.spec, result) + "\n")
         self.err.flush()
         return result
@@ -468,6 +505,7 @@ class Run(Generic[R]):
         while not stop.is_set():
             gadget.wait(stop.remaining(0.05))
             self._write(gadget.collect(final=False), admission)
+            self._tell()
             if self._live is not None:
                 self._live.draw(self._status())
             if ctx.resolver.refresh() and self._template is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from podsight.identity.history import ChangeFeed, Timeline
 from podsight.net.netns import NETNS_DIR, host_netns, named_netns, parse_netns
 
 __all__ = ["NETNS_DIR", "NetnsAddresses", "host_netns", "named_netns", "parse_netns"]
@@ -15,7 +16,8 @@ class NetnsAddresses:
     its pod IP. Namespaces are listed on every refresh (one readdir) and
     their addresses read (``ip -n NAME addr``) only when the list changes,
     or every ``rescan`` seconds since CNI assigns addresses after creating
-    the namespace.
+    the namespace. A namespace whose addresses change (a freed inode number is
+    reused for a new pod's namespace) keeps its past: :meth:`ips_at`.
     """
 
     def __init__(self, rescan: float = 10.0) -> None:
@@ -24,6 +26,15 @@ class NetnsAddresses:
         self._seen: dict[str, int] = {}
         self._rescan = rescan
         self._next_scan = 0.0
+        #: Every namespace whose addresses changed, for resolvers to drop what they derived.
+        self.changes = ChangeFeed()
+        self._past: Timeline[int, tuple[str, ...]] = Timeline(self.changes, "netns")
+        self._past.recording = False  # the first scan is the initial state
+
+    def ips_at(self, netns: int, at_ns: int) -> tuple[int, tuple[str, ...]]:
+        """``(since, addresses)`` of a namespace at ``at_ns`` (boot ns)."""
+        since, ips = self._past.held(netns, self.ips_by_netns.get(netns), at_ns)
+        return since, ips or ()
 
     def refresh(self) -> bool:
         """Re-read when namespaces changed (or periodically); True when the mapping changed."""
@@ -37,7 +48,13 @@ class NetnsAddresses:
         self._next_scan = now + self._rescan
         ips_by_netns = {inode: _addresses_in(name) for name, inode in current.items()}
         if ips_by_netns == self.ips_by_netns:
+            self._past.recording = True
             return False
+        old = self.ips_by_netns
+        for inode in old.keys() | ips_by_netns.keys():
+            if old.get(inode) != ips_by_netns.get(inode):
+                self._past.changed(inode, old.get(inode), ips_by_netns.get(inode))
+        self._past.recording = True
         self.ips_by_netns = ips_by_netns
         self.by_ip = {ip: inode for inode, ips in ips_by_netns.items() for ip in ips}
         return True

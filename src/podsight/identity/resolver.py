@@ -1,10 +1,23 @@
 """The identity resolver every gadget shares: address, netns or cgroup -> Endpoint.
 
-Sources, in the order they answer: the lab inventory (pods of `podsight lab`),
-the Kubernetes API (pods, services, nodes, kept current by watches), and the
+Sources, in the order they answer: the Kubernetes API (pods, services, nodes,
+kept current by watches), the lab inventory (pods of `podsight lab`), and the
 host itself (its own addresses are the node). Hot-path calls are dict hits on
-a memo that is dropped only when a source reports a change; :meth:`refresh`
-is cheap (a stat and an integer compare) and runs once per batch.
+a memo; :meth:`refresh` is cheap and runs once per batch.
+
+**At the event's time.** Events are named when they are printed, which can
+be long after they happened, and by then an IP, a network namespace or a
+container may belong to someone else. Every lookup takes the event's kernel
+timestamp (``at_ns``, CLOCK_BOOTTIME) and names whoever held the key then;
+the sources keep a short past for that (:mod:`podsight.identity.history`).
+The memo stays one dict hit: an entry is the answer as of the resolver's
+last look at its sources (the *view*) together with the instant since which
+it holds, and an event at or after that instant takes it. Only an event older
+than the latest change of its own keys is looked up in the past. An event
+newer than the view first makes the resolver catch up: read each source's
+change feed and drop exactly the memo entries built from the keys that
+changed (about once per batch, since a batch's events are older than the
+moment it was drained).
 
 The side that owns a socket is named first by the event's cgroup, through the
 local sources (``LocalIdentity``): kubelet's cgroup names give the pod UID and
@@ -20,31 +33,39 @@ import dataclasses
 import functools
 import ipaddress
 import json
-import logging
 import re
 import socket
 import subprocess
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from podsight.identity.endpoint import Endpoint, PodInfo
+from podsight.identity.history import ChangeFeed, Timeline, Token, boot_ns
 from podsight.identity.lab import LabInventory
 from podsight.identity.netns import NetnsAddresses, host_netns
+from podsight.identity.notices import Notices, tell_failure
 
 if TYPE_CHECKING:
     from podsight.identity.kube import KubeCache
     from podsight.identity.local import ContainerInfo, LocalIdentity, RuntimeListing
     from podsight.selectors import PodSelector
 
-log = logging.getLogger(__name__)
+T = TypeVar("T")
+LocalKey = tuple[int, str, int]  # (netns, addr, cgroup id)
+Held = tuple[int, Endpoint]  # (since when, answer) as of the view
 
 # kubelet's label naming a container in its pod (set through CRI on every container).
 CONTAINER_NAME_LABEL = "io.kubernetes.container.name"
 
-# The per-socket memo is dropped whole past this size (distinct (netns, addr, cgroup)
-# triples: a scan from many source addresses must not grow it without bound).
+# The memos are dropped whole past this size (distinct addresses, or (netns, addr, cgroup)
+# triples: a scan from many addresses must not grow them without bound).
+MEMO_LIMIT = 1 << 16
 LOCAL_MEMO_LIMIT = 1 << 16
+# The keys memo entries were built from outlive the entries (an entry dropped for one key
+# stays listed under its others): past this many, everything is dropped and rebuilt.
+DEPS_LIMIT = 1 << 18
 
 # How long a container whose cgroup names it, but that no runtime listed yet, is
 # looked up again (once per refresh) before its cgroup alone is taken as the answer.
@@ -71,8 +92,29 @@ def _is_loopback(addr: str) -> bool:
         return False
 
 
+class _Moment:
+    """One lookup: the instant it is for, and what it read on the way, namely since when
+    its answer holds (the latest change among the keys it read) and which keys those
+    were (tokens, for the memo to be dropped when one of them changes)."""
+
+    __slots__ = ("at", "since", "tokens")
+
+    def __init__(self, at: int, track: bool = False) -> None:
+        self.at = at
+        self.since = 0
+        self.tokens: list[Token] | None = [] if track else None
+
+    def read(self, token: Token, held: tuple[int, T]) -> T:
+        since, value = held
+        if since > self.since:
+            self.since = since
+        if self.tokens is not None:
+            self.tokens.append(token)
+        return value
+
+
 class Resolver:
-    """Resolves addresses and sockets' network namespaces to endpoints."""
+    """Resolves addresses and sockets' network namespaces to endpoints, at a given time."""
 
     def __init__(
         self,
@@ -92,24 +134,41 @@ class Resolver:
         self.host_netns = host_netns()
         self._host_addrs = host_addresses()
         self.node_name = node_name or self._node_from_api() or socket.gethostname()
-        self._lab_by_ip: dict[str, PodInfo] = {}
-        self._lab_by_netns: dict[int, PodInfo] = {}
-        self._lab_by_name: dict[tuple[str, str], PodInfo] = {}
         self._netns_addrs = NetnsAddresses()
-        self._memo: dict[str, Endpoint] = {}
-        self._local_memo: dict[tuple[int, str, int], Endpoint] = {}
+        self._memo: dict[str, Held] = {}
+        self._local_memo: dict[LocalKey, Held] = {}
+        # Which memo entries were built from which keys: dropped when a key changes.
+        self._deps: dict[Token, set[str | LocalKey]] = {}
+        self._view_ns = 0  # the instant of the last look at the sources (boot ns)
+        #: Bumped whenever memoised answers are dropped: caches built on them (rendered
+        #: templates) check theirs again (see :meth:`sync` and :meth:`stable_since`).
+        self.generation = 0
+        self._dirty = False  # a source changed since refresh() last said so
         # Memo keys answered while a source was behind (a cgroup not walked yet, a container
         # not listed yet): dropped at the next refresh so that they are looked up again.
-        self._retry: set[tuple[int, str, int]] = set()
+        self._retry: set[LocalKey] = set()
+        self._retried: set[LocalKey] = set()
         self._unlisted: dict[str, float] = {}  # container id -> when first met unlisted
+        # The runtimes' containers as of the view, and their past (stopped ones included).
         self._listings: list[RuntimeListing] = []
+        self._listed_ns = 0
+        self._containers: dict[str, ContainerInfo] = {}
+        self._runtime_changes = ChangeFeed()
+        self._container_past: Timeline[str, ContainerInfo] = Timeline(self._runtime_changes, "cid")
+        self._container_past.recording = False  # the first listing has no past
+        sources = [self._lab.changes, self._netns_addrs.changes, self._runtime_changes]
+        if kube is not None:
+            sources.append(kube.changes)  # last: its "now" is the view (see _catch_up)
+        self._feeds = [(feed, feed.position) for feed in sources]
+        self._notices = Notices()
         self._kube_generation = -1
         self._refresh_interval = refresh_interval
         self._next_refresh = 0.0
         self._poller: _LocalPoller | None = None
         self.refresh(force=True)
+        self._container_past.recording = True
         if local is not None:
-            self._poller = _LocalPoller(local, local_interval)
+            self._poller = _LocalPoller(local, local_interval, self._notices)
 
     def close(self) -> None:
         """Stop polling the runtimes (the LocalIdentity itself is its creator's to close)."""
@@ -136,42 +195,116 @@ class Resolver:
     # -- keeping current ------------------------------------------------------
 
     def refresh(self, force: bool = False) -> bool:
-        """Pick up source changes; True when anything changed (derived state is rebuilt)."""
+        """Pick up source changes; True when anything changed since the last True (at most
+        once per ``refresh_interval``: callers recompute filters and drop caches on it)."""
         now = time.monotonic()
         if not force and now < self._next_refresh:
             return False
         self._next_refresh = now + self._refresh_interval
-        changed = self._lab.refresh() or force
-        if changed:
-            pods = self._lab.pods
-            self._lab_by_ip = {ip: pod for pod in pods for ip in pod.ips}
-            self._lab_by_netns = {pod.netns: pod for pod in pods if pod.netns}
-            self._lab_by_name = {(pod.namespace, pod.name): pod for pod in pods}
         if self._kube is not None:
-            if self._netns_addrs.refresh():
-                changed = True
-            if self._kube.generation != self._kube_generation:
-                self._kube_generation = self._kube.generation
-                changed = True
-        if self._local is not None and self._listings_changed():
+            self._netns_addrs.refresh()  # its changes go through its feed
+        self._catch_up()
+        changed = self._dirty or force
+        self._dirty = False
+        if self._kube is not None and self._kube.generation != self._kube_generation:
+            self._kube_generation = self._kube.generation
             changed = True
-        if changed:
-            self._memo.clear()
-            self._local_memo.clear()
-        elif self._retry:
+        if self._retry:
             for key in self._retry:
                 self._local_memo.pop(key, None)
-        self._retry.clear()
+            self._retried |= self._retry
+            self.generation += 1
+            self._retry.clear()
         return changed
 
-    def _listings_changed(self) -> bool:
-        """Did a runtime poll (made by the poller thread) find other containers than before?"""
+    def sync(self, at_ns: int) -> int:
+        """Make sure the view covers events up to ``at_ns``; returns :attr:`generation`.
+
+        For caches of answers (tcpconnect's rendered templates): call it once per batch
+        with the batch's newest event time, then a cached answer is still right while the
+        generation it was checked at is current and the event is not older than its
+        :meth:`stable_since`.
+        """
+        if at_ns > self._view_ns:
+            self._catch_up()
+        return self.generation
+
+    def _catch_up(self) -> None:
+        """Take in every change podsight learned of until now, and drop the memo entries
+        built from the keys that changed.
+
+        The sources this thread updates (the lab inventory, the runtimes' listings) are
+        looked at first; the view is then the "now" of the API cache's feed, taken under the
+        lock its writers stamp under, so no change stamped before the view is missed.
+        """
+        if self._lab.refresh():
+            self._dirty = True
+        if self._local is not None and self._adopt_listings():
+            self._dirty = True
+        view = 0
+        tokens: list[Token] = []
+        lost = False
+        for i, (feed, position) in enumerate(self._feeds):
+            view, position, got = feed.read(position)
+            self._feeds[i] = (feed, position)
+            if got is None:
+                lost = True
+            else:
+                tokens += got
+        self._view_ns = view
+        if lost:
+            self._forget()
+            self._dirty = True
+            return
+        if not tokens:
+            return
+        self._dirty = True
+        dropped = False
+        memo, local_memo, deps = self._memo, self._local_memo, self._deps
+        for token in tokens:
+            keys = deps.pop(token, None)
+            if not keys:
+                continue
+            dropped = True
+            for key in keys:
+                if isinstance(key, str):
+                    memo.pop(key, None)
+                else:
+                    local_memo.pop(key, None)
+        if dropped:
+            self.generation += 1
+
+    def _forget(self) -> None:
+        self._memo.clear()
+        self._local_memo.clear()
+        self._deps.clear()
+        self._retried.clear()
+        self.generation += 1
+
+    def _adopt_listings(self) -> bool:
+        """Take the runtimes' latest listings (polled by another thread) into the view and
+        the containers' past; True when the set of containers changed."""
         assert self._local is not None
         listings = self._local.listings
         old = self._listings
         if len(listings) == len(old) and all(a is b for a, b in zip(listings, old, strict=True)):
             return False  # no poll since the last look: the very same listing objects
+        listed = self._local.listed_ns  # read after the listings: never older than them
         self._listings = listings
+        containers: dict[str, ContainerInfo] = {}
+        for listing in listings:
+            for c in listing.containers:
+                containers.setdefault(c.id, c)  # the first runtime to list an ID keeps it
+        when = min(boot_ns(), max(listed, self._listed_ns))
+        self._listed_ns = when
+        before = self._containers
+        for cid in before.keys() | containers.keys():
+            was, now = before.get(cid), containers.get(cid)
+            if was != now or (was is not None and now is not None and was.labels != now.labels):
+                # A container ID names one container: its past starts when it goes (it ran
+                # before the poll that first listed it).
+                self._container_past.changed(cid, was, now, same=now is not None, stamp=when)
+        self._containers = containers
         return _containers_of(listings) != _containers_of(old)
 
     # -- what is known ----------------------------------------------------------
@@ -193,88 +326,157 @@ class Resolver:
             return True
         return self._local is not None and any(not c.sandbox for c in self._local.containers())
 
+    def take_notices(self) -> list[str]:
+        """Lines for the user from the sources' background threads (the API server went away
+        or came back, a runtime stopped answering, a poll failed), each told once, oldest
+        first. The command loop prints them once per batch, between records."""
+        lines = self._kube.notices.take() if self._kube is not None else []
+        lines += self._notices.take()
+        if self._local is not None:
+            lines += self._local.notices.take()
+        return lines
+
     # -- lookups (hot path) ------------------------------------------------------
+    # ``at_ns``: the event's kernel timestamp (CLOCK_BOOTTIME ns); who held the key then.
+    # None (or 0, unknown) means now: the sources as of the last refresh.
 
-    def endpoint(self, addr: str) -> Endpoint:
+    def endpoint(self, addr: str, *, at_ns: int | None = None) -> Endpoint:
         """The endpoint for a remote address: pod, service, node, else raw."""
-        ep = self._memo.get(addr)
-        if ep is None:
-            ep = self._lookup(addr)
-            self._memo[addr] = ep
-        return ep
+        held = self._memo.get(addr)
+        if not at_ns:
+            return held[1] if held is not None else self._remember(addr)[1]
+        if at_ns > self._view_ns:
+            self._catch_up()
+            held = self._memo.get(addr)
+        if held is None:
+            held = self._remember(addr)
+        if at_ns >= held[0]:
+            return held[1]
+        return self._lookup(addr, _Moment(at_ns))
 
-    def _lookup(self, addr: str) -> Endpoint:
+    def _remember(self, addr: str) -> Held:
+        m = _Moment(self._view_ns, track=True)
+        ep = self._lookup(addr, m)
+        held = (m.since, ep)
+        if len(self._memo) >= MEMO_LIMIT or len(self._deps) > DEPS_LIMIT:
+            self._forget()
+        self._memo[addr] = held
+        self._depend(m, addr)
+        return held
+
+    def _depend(self, m: _Moment, key: str | LocalKey) -> None:
+        deps = self._deps
+        for token in m.tokens or ():
+            keys = deps.get(token)
+            if keys is None:
+                deps[token] = {key}
+            else:
+                keys.add(key)
+
+    def _lookup(self, addr: str, m: _Moment) -> Endpoint:
+        at = m.at
+        token = ("ip", addr)
         kube = self._kube
         if kube is not None:
-            kpod = kube.pod_by_ip(addr)
+            kpod = m.read(token, kube.pod_by_ip_at(addr, at))
             if kpod is not None:
                 return Endpoint.for_pod(addr, kpod)
-            svc = kube.service_by_ip(addr)
+            svc = m.read(token, kube.service_by_ip_at(addr, at))
             if svc is not None:
                 return Endpoint.for_service(addr, svc.namespace, svc.name)
-            node = kube.node_by_ip(addr)
+            node = m.read(token, kube.node_by_ip_at(addr, at))
             if node is not None:
                 return Endpoint.for_node(addr, node.name, node.labels)
-        pod = self._lab_by_ip.get(addr)
+        pod = m.read(token, self._lab.pod_by_ip_at(addr, at))
         if pod is not None:
             return Endpoint.for_pod(addr, pod)
-        lab_service = self._lab.services.get(addr)
+        lab_service = m.read(token, self._lab.service_at(addr, at))
         if lab_service is not None:
             return Endpoint.for_service(addr, *lab_service)
         if addr in self._host_addrs and not _is_loopback(addr):
             return Endpoint.for_node(addr, self.node_name)
         return Endpoint.raw(addr)
 
-    def local_pod(self, netns: int) -> PodInfo | None:
-        """The pod whose network namespace this is: by the API (the pod owning an address
-        in that namespace), else the lab inventory."""
-        if self._kube is not None and netns != self.host_netns:
-            for ip in self._netns_addrs.ips_by_netns.get(netns, ()):
-                pod = self._kube.pod_by_ip(ip)
+    def local_pod(self, netns: int, *, at_ns: int | None = None) -> PodInfo | None:
+        """The pod whose network namespace this is (at ``at_ns``): by the API (the pod owning
+        an address in that namespace), else the lab inventory."""
+        if at_ns and at_ns > self._view_ns:
+            self._catch_up()
+        return self._local_pod(netns, _Moment(at_ns or self._view_ns))
+
+    def _local_pod(self, netns: int, m: _Moment) -> PodInfo | None:
+        kube = self._kube
+        token = ("netns", netns)
+        if kube is not None and netns != self.host_netns:
+            for ip in m.read(token, self._netns_addrs.ips_at(netns, m.at)):
+                pod = m.read(("ip", ip), kube.pod_by_ip_at(ip, m.at))
                 if pod is not None:
                     return pod
-        return self._lab_by_netns.get(netns)
+        return m.read(token, self._lab.pod_by_netns_at(netns, m.at))
 
-    def local_endpoint(self, addr: str, netns: int, cgroup_id: int) -> Endpoint:
+    def local_endpoint(self, addr: str, netns: int, cgroup_id: int, *,
+                       at_ns: int | None = None) -> Endpoint:
         """The endpoint of the side that owns a socket: by the cgroup of the process that
         made it (pod and container), else by the socket's network namespace.
 
         ``cgroup_id`` is the event's ``bpf_get_current_cgroup_id()``; 0 means unknown.
         """
         key = (netns, addr, cgroup_id)
-        ep = self._local_memo.get(key)
-        if ep is None:
-            ep = self._local_lookup(addr, netns, cgroup_id, key)
-            if len(self._local_memo) >= LOCAL_MEMO_LIMIT:
-                self._local_memo.clear()
-            self._local_memo[key] = ep
-        return ep
+        held = self._local_memo.get(key)
+        if not at_ns:
+            return held[1] if held is not None else self._remember_local(key)[1]
+        if at_ns > self._view_ns:
+            self._catch_up()
+            held = self._local_memo.get(key)
+        if held is None:
+            held = self._remember_local(key)
+        if at_ns >= held[0]:
+            return held[1]
+        return self._local_lookup(addr, netns, cgroup_id, _Moment(at_ns), None)
+
+    def _remember_local(self, key: LocalKey) -> Held:
+        netns, addr, cgroup_id = key
+        m = _Moment(self._view_ns, track=True)
+        ep = self._local_lookup(addr, netns, cgroup_id, m, key)
+        since = m.since
+        if key in self._retried:  # looked up again once a source caught up: it changed now
+            self._retried.discard(key)
+            since = max(since, self._view_ns)
+        if len(self._local_memo) >= LOCAL_MEMO_LIMIT or len(self._deps) > DEPS_LIMIT:
+            self._forget()
+        held = (since, ep)
+        self._local_memo[key] = held
+        self._depend(m, key)
+        return held
 
     def _local_lookup(
-        self, addr: str, netns: int, cgroup_id: int, key: tuple[int, str, int]
+        self, addr: str, netns: int, cgroup_id: int, m: _Moment, key: LocalKey | None
     ) -> Endpoint:
-        owner = self._cgroup_owner(cgroup_id, netns, key)
+        owner = self._cgroup_owner(cgroup_id, netns, m, key)
         if owner is not None:
             pod, container = owner
             if pod is not None:
                 ep = Endpoint.for_pod(addr, pod)
                 return ep if ep.container == container else dataclasses.replace(
                     ep, container=container)
-        ep = self._netns_endpoint(addr, netns)
+        ep = self._netns_endpoint(addr, netns, m)
         if owner is not None and owner[1]:  # a container outside any pod: its name
             return dataclasses.replace(ep, container=owner[1])
         return ep
 
-    def _netns_endpoint(self, addr: str, netns: int) -> Endpoint:
-        pod = self.local_pod(netns)
+    def _netns_endpoint(self, addr: str, netns: int, m: _Moment) -> Endpoint:
+        pod = self._local_pod(netns, m)
         if pod is not None:
             return Endpoint.for_pod(addr, pod)
         if netns == self.host_netns:
             return Endpoint.for_node(addr, self.node_name)
-        return self.endpoint(addr)
+        if m.tokens is None:  # a lookup in the past
+            return self._lookup(addr, m)
+        held = self._memo.get(addr) or self._remember(addr)  # the same view: share it
+        return m.read(("ip", addr), held)
 
     def _cgroup_owner(
-        self, cgroup_id: int, netns: int, key: tuple[int, str, int]
+        self, cgroup_id: int, netns: int, m: _Moment, key: LocalKey | None
     ) -> tuple[PodInfo | None, str] | None:
         """(pod or None, container name) of the process behind an event, from its cgroup.
 
@@ -286,17 +488,22 @@ class Resolver:
         if local is None or not cgroup_id:
             return None
         if local.cgroup_path(cgroup_id) is None:
-            self._retry.add(key)  # a cgroup made after the last walk (walks are rate limited)
+            if key is not None:
+                self._retry.add(key)  # a cgroup made after the last walk (walks are rate limited)
             return None
         owner = local.container_for_cgroup(cgroup_id)
         if owner is None:
             return None
-        info = local.container(owner.container_id) if owner.container_id else None
-        if info is None and owner.container_id and self._still_unlisted(owner.container_id):
-            self._retry.add(key)
+        info = None
+        if owner.container_id:
+            cid = owner.container_id
+            info = m.read(("cid", cid), self._container_past.held(
+                cid, self._containers.get(cid), m.at))
+            if info is None and key is not None and self._still_unlisted(cid):
+                self._retry.add(key)
         if info is not None and info.netns and info.netns != netns:
             return None
-        pod = self._pod_for_container(owner.pod_uid or (info.pod_uid if info else ""), info)
+        pod = self._pod_for_container(owner.pod_uid or (info.pod_uid if info else ""), info, m)
         name = _container_name(info, pod)
         if pod is None and not name:
             return None
@@ -314,36 +521,58 @@ class Resolver:
             self._poller.wake()
         return True
 
-    def _pod_for_container(self, uid: str, info: ContainerInfo | None) -> PodInfo | None:
+    def _pod_for_container(self, uid: str, info: ContainerInfo | None,
+                           m: _Moment) -> PodInfo | None:
         """The pod a container belongs to: by UID from the API, else by the pod's name that
         kubelet wrote in the container's labels (API, then lab, else a pod known by name)."""
         kube = self._kube
         if kube is not None and uid:
-            pod = kube.pod_by_uid(uid)
+            pod = m.read(("uid", uid), kube.pod_by_uid_at(uid, m.at))
             if pod is not None:
                 return pod
         if info is None or not info.pod_name:
             return None
         namespace = info.pod_namespace or "default"
+        token = ("pod", (namespace, info.pod_name))
         if kube is not None:
-            pod = kube.pod(namespace, info.pod_name)
+            pod = m.read(token, (0, kube.pod(namespace, info.pod_name)))
             # A same-named pod with another UID is a newer pod: this container is not its.
             if pod is not None and (not uid or not pod.uid or pod.uid == uid):
                 return pod
-        pod = self._lab_by_name.get((namespace, info.pod_name))
+        pod = m.read(token, self._lab.pod_by_name_at(namespace, info.pod_name, m.at))
         if pod is not None:
             return pod
         return PodInfo(namespace=namespace, name=info.pod_name, netns=info.netns,
                        node=self.node_name, uid=uid)
 
-    def remote_endpoint(self, addr: str, local: Endpoint) -> Endpoint:
+    def remote_endpoint(self, addr: str, local: Endpoint, *,
+                        at_ns: int | None = None) -> Endpoint:
         """The peer of a socket: loopback is the local side itself (a pod's or the node's)."""
         if _is_loopback(addr) and local.kind in ("pod", "node"):
             return local if local.addr == addr else Endpoint(
                 kind=local.kind, addr=addr, namespace=local.namespace, name=local.name,
                 node=local.node, labels=local.labels, container=local.container,
                 workload_kind=local.workload_kind, workload_name=local.workload_name)
-        return self.endpoint(addr)
+        return self.endpoint(addr, at_ns=at_ns)
+
+    def stable_since(self, remote: Sequence[str] = (),
+                     local: tuple[str, int, int] | None = None) -> int:
+        """Since when (boot ns) a record's ends are named as they are now: its ``local`` side
+        ``(addr, netns, cgroup id)`` as :meth:`local_endpoint` names it, and its ``remote``
+        addresses as :meth:`remote_endpoint` (or, without a local side, :meth:`endpoint`)
+        does. An event at or after it resolves as now. With :meth:`sync`, what a cache of
+        rendered events checks."""
+        since = 0
+        held = None
+        if local is not None:
+            key = (local[1], local[0], local[2])
+            held = self._local_memo.get(key) or self._remember_local(key)
+            since = held[0]
+        for addr in remote:
+            if held is not None and _is_loopback(addr) and held[1].kind in ("pod", "node"):
+                continue  # named as the local side
+            since = max(since, (self._memo.get(addr) or self._remember(addr))[0])
+        return since
 
     # -- selection ----------------------------------------------------------------
 
@@ -381,6 +610,7 @@ class Resolver:
 
         assert self._local is not None
         chosen: set[int] = set()
+        now = _Moment(self._view_ns)
         for c in self._local.containers():
             if c.sandbox or not c.netns:
                 continue
@@ -388,7 +618,7 @@ class Resolver:
             if not uid and c.cgroup_path:
                 parsed = parse_cgroup_path(c.cgroup_path)
                 uid = parsed.pod_uid if parsed is not None else ""
-            pod = self._pod_for_container(uid, c)
+            pod = self._pod_for_container(uid, c, now)
             name = _container_name(c, pod)
             if pod is not None:
                 if selector.matches(pod.namespace, pod.name, pod.labels,
@@ -444,11 +674,14 @@ class _LocalPoller:
     (at most once per ``min_gap``) when a lookup met a container no listing had yet.
 
     Not ``LocalIdentity.start``: that loop cannot be woken early, and a poll costs up to
-    a few hundred milliseconds, which must never run on the event thread.
+    a few hundred milliseconds, which must never run on the event thread. A failed poll
+    is told once per cause on ``notices`` (printed by the command loop), not logged.
     """
 
-    def __init__(self, local: LocalIdentity, interval: float, min_gap: float = 1.0) -> None:
+    def __init__(self, local: LocalIdentity, interval: float, notices: Notices,
+                 min_gap: float = 1.0) -> None:
         self._local = local
+        self._notices = notices
         self._interval = interval
         self._min_gap = min_gap
         self._wake = threading.Event()
@@ -476,6 +709,8 @@ class _LocalPoller:
             self._wake.clear()
             try:
                 self._local.refresh()
-            except Exception:  # a bad poll must not end the polling
-                log.exception("container runtime poll failed")
+            except Exception as exc:  # a bad poll must not end the polling
+                tell_failure(self._notices, "poll", "container runtime poll failed", exc)
+            else:
+                self._notices.recovered("poll", "podsight: container runtime poll works again")
             last = time.monotonic()

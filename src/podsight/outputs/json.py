@@ -11,6 +11,14 @@ template is found by rendering one record twice with two sets of sentinel
 values and checking that the pieces between them agree, so no marker can
 be confused with data; an identity whose line does not split cleanly is
 rendered in full each time (right, only slower).
+
+Identity is resolved at each event's own time, and an IP or a namespace may
+change hands between two events of one identity key. So, given a
+:class:`TemplateIdentity`, a template also remembers since when the names in
+it hold, and the identity generation it was checked at: it is made from an
+event at or after that instant, an older event is rendered on its own, and
+after a change anywhere the template is checked again (and kept when its own
+names did not change).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TextIO, TypeVar
+from typing import Any, Generic, Protocol, TextIO, TypeVar
 
 import numpy as np
 
@@ -96,6 +104,21 @@ class TemplateSpec(Generic[R]):
     keys: Callable[[np.ndarray], list[bytes]]
     slots: tuple[Slot, ...]
     admit: Callable[[np.ndarray], R | None]
+    #: Each raw record's kernel time (CLOCK_BOOTTIME ns): the time its identity is named at.
+    times: Callable[[np.ndarray], list[int]] | None = None
+
+
+class TemplateIdentity(Protocol):
+    """What :class:`TemplateJson` asks identity so that a template never names a pod that
+    did not hold the address at an event's time (the pipeline's resolver)."""
+
+    def sync(self, at_ns: int) -> int:
+        """Take in identity changes up to ``at_ns``; the generation of the answers."""
+        ...
+
+    def since(self, record: np.ndarray) -> int:
+        """Since when the names of this raw record (a 1-element array) are what they are now."""
+        ...
 
 
 _SKIP: tuple[Any, ...] = ()  # this identity is filtered out
@@ -106,14 +129,18 @@ class TemplateJson(Generic[R]):
     """JSON lines straight from raw records, through per-identity templates.
 
     Records must be dataclasses (a template is rendered from a copy with the
-    slots' attributes replaced). The caller must :meth:`clear` when identity
-    sources change: what a template names may have changed.
+    slots' attributes replaced). With ``identity`` (and the spec's ``times``)
+    a template holds only for events its names hold for; without, the caller
+    must :meth:`clear` when identity sources change.
     """
 
-    def __init__(self, encoder: JsonEncoder[R], spec: TemplateSpec[R]) -> None:
+    def __init__(self, encoder: JsonEncoder[R], spec: TemplateSpec[R],
+                 identity: TemplateIdentity | None = None) -> None:
         self._encode = encoder
         self._spec = spec
-        self._templates: dict[bytes, tuple[Any, ...]] = {}
+        self._identity = identity if spec.times is not None else None
+        # key -> [template (None: not made yet), since (boot ns), generation checked at]
+        self._templates: dict[bytes, list[Any]] = {}
         self._fills: dict[tuple[int, ...], Callable[..., str]] = {}
 
     def clear(self) -> None:
@@ -158,6 +185,17 @@ class TemplateJson(Generic[R]):
             fill = self._fills[shape] = eval(f'lambda p, v: f"{body}"')
         return (fill, tuple(pieces))
 
+    def _check(self, record: np.ndarray, entry: list[Any] | None,
+               generation: int) -> list[Any]:
+        """The entry for this record's identity as of ``generation``: ``entry`` while the
+        names it holds did not change, else a new one (its template made by the first event
+        at or after ``since``)."""
+        since = 0 if self._identity is None else self._identity.since(record)
+        if entry is not None and entry[1] == since:
+            entry[2] = generation
+            return entry
+        return [None, since, generation]
+
     def lines(self, records: np.ndarray) -> list[str]:
         """JSON lines for a batch of raw records (filtered-out identities give none)."""
         if not len(records):
@@ -165,15 +203,23 @@ class TemplateJson(Generic[R]):
         spec = self._spec
         keys = spec.keys(records)
         columns = [s.values(records) for s in spec.slots]
+        identity = self._identity
+        times = spec.times(records) if identity is not None and spec.times is not None else None
+        generation = identity.sync(max(times)) if identity is not None and times else 0
         templates = self._templates
         if len(templates) > CACHE_LIMIT:
             templates.clear()
         out: list[str] = []
         append = out.append
         for i, (key, values) in enumerate(zip(keys, zip(*columns, strict=True), strict=True)):
-            t = templates.get(key)
-            if t is None:
-                t = templates[key] = self._template(records[i : i + 1])
+            entry = templates.get(key)
+            if entry is None or entry[2] != generation:
+                entry = templates[key] = self._check(records[i : i + 1], entry, generation)
+            t = entry[0]
+            if times is not None and times[i] < entry[1]:
+                t = _SLOW  # older than the names in the template: named on its own
+            elif t is None:
+                t = entry[0] = self._template(records[i : i + 1])
             if t is _SLOW:
                 row = spec.admit(records[i : i + 1])
                 if row is not None:

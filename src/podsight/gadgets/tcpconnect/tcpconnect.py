@@ -396,4 +396,5 @@ class TcpConnectGadget:
                 Slot("latency_ns", _LATENCY_SENTINELS, column("latency_ns")),
             ),
             admit=admit,
+            times=lambda records: list(records["ts_ns"].tolist()),
         )

@@ -13,6 +13,13 @@ keeps its list of claimants and the winner is chosen from the objects'
 state, never from arrival order: live beats deleting beats finished, then
 the newer ``creationTimestamp`` wins. The lookup dict always holds the winner.
 
+**History.** Identity is wanted at an event's time, which may be before a
+change the cache already applied (see :mod:`podsight.identity.history`).
+Every change of the holder of an IP (pod, Service, Node) or of a pod UID is
+recorded with the CLOCK_BOOTTIME instant the watch event (or relist) was
+applied, and ``*_at`` lookups answer for a given instant. Recording starts
+after each resource's first listing: the initial state has no past.
+
 **Workloads.** A pod's top workload is found through ownerReferences
 (pod -> ReplicaSet -> Deployment, pod -> Job -> CronJob; StatefulSet and
 DaemonSet own pods directly), using metadata-only informers on ReplicaSets
@@ -29,6 +36,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from podsight.errors import UserError
 from podsight.identity.endpoint import PodInfo
+from podsight.identity.history import ChangeFeed, Timeline
 from podsight.identity.kube.api import KubeAPI
 from podsight.identity.kube.config import KubeConfig, load_config
 from podsight.identity.kube.informer import Informer, InformerHealth, Resource, Sink
@@ -48,6 +56,7 @@ from podsight.identity.kube.objects import (
     decode_pod,
     decode_service,
 )
+from podsight.identity.notices import Notices
 
 PODS = Resource("pods")
 SERVICES = Resource("services")
@@ -73,18 +82,21 @@ class IpIndex(Generic[C]):
 
     ``best`` is the dict the hot path reads. A changed IP is re-elected in
     place (``best[ip] = winner``), never popped and re-added, so a reader
-    never sees an IP vanish during an update.
+    never sees an IP vanish during an update. With a ``timeline``, every
+    change of winner is recorded there first (another object is a new holder;
+    the same object with new details is not).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeline: Timeline[str, Any] | None = None) -> None:
         self.best: dict[str, Any] = {}
+        self.timeline = timeline
         self._claims: dict[str, list[C]] = {}
 
     def add(self, ip: str, rec: C) -> None:
         claims = self._claims.get(ip)
         if claims is None:
             self._claims[ip] = [rec]
-            self.best[ip] = rec.info
+            self._install(ip, rec)
         else:
             claims.append(rec)
             self._elect(ip, claims)
@@ -98,7 +110,7 @@ class IpIndex(Generic[C]):
             self._elect(ip, claims)
         else:
             del self._claims[ip]
-            self.best.pop(ip, None)
+            self._install(ip, None)
 
     def swap(self, ip: str, old: C, new: C) -> None:
         claims = self._claims.get(ip)
@@ -127,9 +139,40 @@ class IpIndex(Generic[C]):
             else:
                 self.add(ip, new)
 
+    def reinfo(self, ip: str, old: Any, new: Any) -> None:
+        """The winner of ``ip`` got new details (``old`` -> ``new`` info), nothing else."""
+        if self.best.get(ip) is not old:
+            return
+        if self.timeline is not None:
+            self.timeline.changed(ip, old, new, same=True)
+        self.best[ip] = new
+
+    def held(self, ip: str, at_ns: int) -> tuple[int, Any]:
+        """``(since, info)`` of the holder of ``ip`` at ``at_ns`` (boot ns)."""
+        current = self.best.get(ip)  # before the past: see podsight.identity.history
+        if self.timeline is None:
+            return 0, current
+        return self.timeline.held(ip, current, at_ns)
+
     def _elect(self, ip: str, claims: list[C]) -> None:
-        winner = claims[0] if len(claims) == 1 else max(claims, key=_rank)
-        self.best[ip] = winner.info
+        self._install(ip, claims[0] if len(claims) == 1 else max(claims, key=_rank))
+
+    def _install(self, ip: str, winner: C | None) -> None:
+        """Make ``winner`` (None: nobody) the holder of ``ip``: the past first, then ``best``."""
+        old = self.best.get(ip)
+        tl = self.timeline
+        if winner is None:
+            if old is not None:
+                if tl is not None:
+                    tl.changed(ip, old, None)
+                del self.best[ip]
+            return
+        info = winner.info
+        if info is old:
+            return
+        if tl is not None:
+            tl.changed(ip, old, info, same=old is not None and _who(old) == _who(info))
+        self.best[ip] = info
 
     def contested(self) -> int:
         return sum(1 for c in self._claims.values() if len(c) > 1)
@@ -140,6 +183,11 @@ class IpIndex(Generic[C]):
 
 def _rank(c: _Claimant) -> tuple[int, str, int]:
     return c.rank
+
+
+def _who(info: Any) -> tuple[str, str, str]:
+    """Which object an info is about (a pod, Service or Node), whatever its details say."""
+    return (getattr(info, "namespace", ""), info.name, getattr(info, "uid", ""))
 
 
 class KubeCache:
@@ -166,19 +214,25 @@ class KubeCache:
         self._interner = Interner()
         self._seq = 0
         self._generation = 0
+        #: Every key whose holder changed, for resolvers to drop what they derived from it.
+        self.changes = ChangeFeed()
+        #: One-line messages for the user (the API went away, came back): see take_notices.
+        self.notices = Notices()
+        self._failing: set[str] = set()  # informers that lost the API since they last watched
+        self._pod_ips: IpIndex[PodRecord] = IpIndex(self._timeline("ip"))
+        self._service_ips: IpIndex[ServiceRecord] = IpIndex(self._timeline("ip"))
+        self._node_ips: IpIndex[NodeRecord] = IpIndex(self._timeline("ip"))
+        self._uids: Timeline[str, PodInfo] = self._timeline("uid")
         # pods
         self._pods: dict[Key, PodRecord] = {}
-        self._pod_ips: IpIndex[PodRecord] = IpIndex()
         self._pod_by_ip = self._pod_ips.best  # the hot dict, bound once
         self._pods_by_node: dict[str, set[Key]] = {}
         self._pods_by_owner: dict[tuple[str, str, str], set[Key]] = {}
         self._pod_by_uid: dict[str, PodRecord] = {}  # metadata.uid -> record (cgroups name UIDs)
         # services, nodes, namespaces, owners
         self._services: dict[Key, ServiceRecord] = {}
-        self._service_ips: IpIndex[ServiceRecord] = IpIndex()
         self._service_by_ip = self._service_ips.best
         self._nodes: dict[Key, NodeRecord] = {}
-        self._node_ips: IpIndex[NodeRecord] = IpIndex()
         self._node_by_ip = self._node_ips.best
         self._namespaces: dict[str, dict[str, str]] = {}
         self._owners: dict[str, dict[Key, tuple[str, str] | None]] = {
@@ -200,7 +254,7 @@ class KubeCache:
             r.plural: Informer(
                 r, sinks[r.plural], api, watch_timeout=watch_timeout,
                 initial_backoff=initial_backoff, max_backoff=max_backoff, page_size=page_size,
-                on_state=self._notify,
+                on_state=self._notify, on_health=self._on_health,
             )
             for r in resources
         }
@@ -262,6 +316,43 @@ class KubeCache:
         with self._state:
             self._state.notify_all()
 
+    def _timeline(self, kind: str) -> Timeline[str, Any]:
+        tl: Timeline[str, Any] = Timeline(self.changes, kind)
+        tl.recording = False  # until the first listing: see _started
+        return tl
+
+    def _started(self, *timelines: Timeline[str, Any] | None) -> None:
+        """A resource's first listing is in: from now on its changes have a past."""
+        for tl in timelines:
+            if tl is not None:
+                tl.recording = True
+
+    def _on_health(self, informer: Informer[Any], error: UserError | None) -> None:
+        """An informer lost the API (``error``) or watches again (None): tell the user once
+        when the first one is lost and once when the last one is back, not per retry."""
+        server = self._api.config.server if self._api is not None else "(no server)"
+        with self._state:
+            if error is not None:
+                first = not self._failing
+                self._failing.add(informer.resource.plural)
+                if first:
+                    cause = str(error).removeprefix(
+                        f"cannot reach the Kubernetes API at {server}: ")
+                    self.notices.warn("api", (
+                        f"podsight: warning: lost the Kubernetes API at {server} ({cause}); "
+                        "identity may go stale: names are kept from the cache until it is back"))
+            else:
+                self._failing.discard(informer.resource.plural)
+                if not self._failing:
+                    self.notices.recovered(
+                        "api", f"podsight: the Kubernetes API at {server} is back; "
+                               "identity is current again")
+
+    @property
+    def api_lost(self) -> bool:
+        """Has a watch lost the API server (and not got it back yet)?"""
+        return bool(self._failing)
+
     @property
     def synced(self) -> bool:
         return all(i.synced for i in self.informers.values())
@@ -293,6 +384,22 @@ class KubeCache:
         rec = self._pod_by_uid.get(uid)
         info: PodInfo | None = None if rec is None else rec.info
         return info
+
+    # At an event's time (``at_ns``, CLOCK_BOOTTIME ns): ``(since, holder)``, the holder then
+    # and since when it held the key (0: from before any change podsight saw), which is what
+    # a resolver needs to memoise an answer.
+    def pod_by_ip_at(self, ip: str, at_ns: int) -> tuple[int, PodInfo | None]:
+        return self._pod_ips.held(ip, at_ns)
+
+    def service_by_ip_at(self, ip: str, at_ns: int) -> tuple[int, ServiceInfo | None]:
+        return self._service_ips.held(ip, at_ns)
+
+    def node_by_ip_at(self, ip: str, at_ns: int) -> tuple[int, NodeInfo | None]:
+        return self._node_ips.held(ip, at_ns)
+
+    def pod_by_uid_at(self, uid: str, at_ns: int) -> tuple[int, PodInfo | None]:
+        rec = self._pod_by_uid.get(uid)  # before the past: see podsight.identity.history
+        return self._uids.held(uid, None if rec is None else rec.info, at_ns)
 
     def pod(self, namespace: str, name: str) -> PodInfo | None:
         rec = self._pods.get((namespace, name))
@@ -333,6 +440,9 @@ class KubeCache:
                 "nodes": len(self._nodes), "namespaces": len(self._namespaces),
                 "replicasets": len(self._owners["ReplicaSet"]), "jobs": len(self._owners["Job"]),
                 "label_sets": len(self._interner),
+                "ips_with_history": sum(len(ix.timeline) for ix in
+                                        (self._pod_ips, self._service_ips, self._node_ips)
+                                        if ix.timeline is not None),
             }
 
     # ------------------------------------------------------------------ pods
@@ -347,6 +457,7 @@ class KubeCache:
             for key, rec in items.items():
                 self._upsert_pod_locked(key, rec, compact=False)
             self._maybe_compact()
+            self._started(self._pod_ips.timeline, self._uids)
 
     def _upsert_pod(self, key: Key, rec: PodRecord) -> None:
         with self._lock:
@@ -366,6 +477,14 @@ class KubeCache:
             self._seq += 1
             rec.seq = self._seq
         rec.info = self._pod_info(rec)
+        # The pasts first (see podsight.identity.history), then the current state. A UID
+        # names one pod forever: its past starts when the pod goes, not when it comes
+        # (its containers may run before the watch brings the pod).
+        if old is not None and old.uid and old.uid != rec.uid:
+            self._uids.changed(old.uid, old.info, None)  # same name, another pod: old is gone
+        if rec.uid:
+            self._uids.changed(rec.uid, None if old is None else old.info, rec.info, same=True)
+        self.changes.note(("pod", key))
         self._pods[key] = rec
         old_ips = () if old is None or old.host_network else old.ips
         new_ips = () if rec.host_network else rec.ips
@@ -378,9 +497,13 @@ class KubeCache:
             self._maybe_compact()
 
     def _delete_pod_locked(self, key: Key) -> None:
-        old = self._pods.pop(key, None)
+        old = self._pods.get(key)
         if old is None:
             return
+        if old.uid:
+            self._uids.changed(old.uid, old.info, None)
+        self.changes.note(("pod", key))
+        del self._pods[key]
         self._pod_ips.update(old, () if old.host_network else old.ips, None, ())
         self._unindex_pod(old)
         self._generation += 1
@@ -476,10 +599,12 @@ class KubeCache:
         if info == rec.info:
             return
         old = rec.info
+        if rec.uid:
+            self._uids.changed(rec.uid, old, info, same=True)
+        self.changes.note(("pod", rec.key))
         rec.info = info
         for ip in rec.ips:
-            if self._pod_by_ip.get(ip) is old:
-                self._pod_by_ip[ip] = info
+            self._pod_ips.reinfo(ip, old, info)
         self._generation += 1
 
     # --------------------------------------------------------------- services
@@ -490,6 +615,7 @@ class KubeCache:
             for key, rec in items.items():
                 self._upsert_service_locked(key, rec, compact=False)
             self._maybe_compact()
+            self._started(self._service_ips.timeline)
 
     def _upsert_service(self, key: Key, rec: ServiceRecord) -> None:
         with self._lock:
@@ -523,6 +649,7 @@ class KubeCache:
                 self._delete_node_locked(key)
             for key, rec in items.items():
                 self._upsert_node_locked(key, rec)
+            self._started(self._node_ips.timeline)
 
     def _upsert_node(self, key: Key, rec: NodeRecord) -> None:
         with self._lock:

@@ -111,19 +111,20 @@ def load_config(
     env = os.environ if environ is None else environ
     if kubeconfig:
         path = Path(kubeconfig).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"kubeconfig {kubeconfig} does not exist")
         return _from_kubeconfig([str(path)], context)
 
     listed = env.get("KUBECONFIG", "")
     if listed:
+        # as kubectl: entries that do not exist are skipped, anything else must load
         paths = [str(Path(p).expanduser()) for p in listed.split(os.pathsep) if p]
-        existing = [p for p in paths if Path(p).is_file()]
+        existing = [p for p in paths if os.path.lexists(p)]
         where = f"KUBECONFIG={listed} names no existing file"
     else:
         home = env.get("HOME") or str(Path.home())
         default = DEFAULT_KUBECONFIG.replace("~", home, 1)
-        existing = [default] if Path(default).is_file() else []
+        existing = [default] if os.path.lexists(default) else []
         where = f"no kubeconfig at {default}"
     if existing:
         return _from_kubeconfig(existing, context)
@@ -162,6 +163,56 @@ def _in_cluster(env: Mapping[str, str], sa_dir: Path) -> KubeConfig:
     return _from_configuration(cfg, source="in-cluster service account", namespace=namespace)
 
 
+def check_kubeconfig_file(path: str) -> None:
+    """Raise the one line that says what is wrong with one kubeconfig file, if anything:
+    not there, a directory, not a regular file, unreadable, empty, not YAML, not a mapping.
+
+    The official loader reports these as tracebacks or as "does not exist"; a user who
+    passed a directory or a broken file needs to be told exactly that.
+    """
+    import stat
+
+    yaml = _k8s("yaml")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"kubeconfig {path} does not exist") from None
+    except OSError as exc:
+        raise UserError(f"cannot read kubeconfig {path}: {_os_error(exc)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UserError(f"kubeconfig {path} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"kubeconfig {path} is not a regular file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise UserError(f"cannot read kubeconfig {path}: {_os_error(exc)}") from None
+    try:
+        doc = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise UserError(f"kubeconfig {path} is not valid YAML: {_yaml_error(exc)}") from None
+    if doc is None:
+        raise UserError(f"kubeconfig {path} is empty")
+    if not isinstance(doc, dict):
+        raise UserError(f"kubeconfig {path} is not a kubeconfig: a YAML {type(doc).__name__} "
+                        "where a mapping with clusters, contexts and users was expected")
+
+
+def _os_error(exc: OSError) -> str:
+    """'permission denied', as a person reads it (errno text, lower case)."""
+    return (exc.strerror or str(exc)).lower()
+
+
+def _yaml_error(exc: Exception) -> str:
+    """'expected ',' or ']' at line 3, column 7': the problem and where, on one line."""
+    problem = getattr(exc, "problem", None) or _one_line(exc)
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(problem)
+
+
 def _from_kubeconfig(paths: list[str], context: str | None) -> KubeConfig:
     """Load merged kubeconfig files through the official client's loader."""
     Configuration = _k8s("kubernetes.client").Configuration
@@ -169,6 +220,8 @@ def _from_kubeconfig(paths: list[str], context: str | None) -> KubeConfig:
     kube_config = _k8s("kubernetes.config.kube_config")
     KubeConfigLoader, KubeConfigMerger = kube_config.KubeConfigLoader, kube_config.KubeConfigMerger
 
+    for path in paths:
+        check_kubeconfig_file(path)
     shown = ":".join(paths)
     try:
         merged = KubeConfigMerger(os.pathsep.join(paths))
@@ -190,7 +243,9 @@ def _from_kubeconfig(paths: list[str], context: str | None) -> KubeConfig:
         "",
     )
     if not chosen:
-        raise UserError(f"kubeconfig {shown} has no current-context; pass --context")
+        known = ", ".join(contexts) or "none"
+        raise UserError(f"kubeconfig {shown} has no current-context; pass --context "
+                        f"(contexts: {known})")
     if chosen not in contexts:
         known = ", ".join(contexts) or "none"
         raise UserError(f"context {chosen!r} not found in kubeconfig {shown} (contexts: {known})")

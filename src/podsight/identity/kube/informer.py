@@ -12,6 +12,10 @@ up as wrong names on the wire:
 - any other failure: record it (health), back off exponentially with jitter
   up to a cap, and resume the watch from the last resourceVersion seen.
 
+Losing the API after the first sync, and getting it back, is reported once
+each through ``on_health`` (not per retry): the cache turns it into one line
+for the user, since names then come from a cache that may go stale.
+
 One daemon thread per resource keeps each loop a plain sequence of blocking
 calls. ``close()`` cancels the in-flight request, whose socket it owns, so
 threads end within milliseconds instead of at the next server timeout.
@@ -82,6 +86,7 @@ class InformerHealth:
     lists: int  # successful (re)lists, including the first
     relists_on_gone: int  # how many of them a 410 forced
     events: int
+    errors: int  # failed lists and watches, each retry counted
     last_error: str | None
     last_error_age: float | None  # seconds since last_error, None if never
     degraded: bool  # an optional resource we are not allowed to read
@@ -101,6 +106,7 @@ class Informer(Generic[R]):
         max_backoff: float = 30.0,
         page_size: int = PAGE_SIZE,
         on_state: Callable[[], None] | None = None,
+        on_health: Callable[[Informer[R], UserError | None], None] | None = None,
     ) -> None:
         self.resource = resource
         self._sink = sink
@@ -110,6 +116,8 @@ class Informer(Generic[R]):
         self._max_backoff = max_backoff
         self._page_size = page_size
         self._on_state = on_state or (lambda: None)
+        self._on_health = on_health or (lambda informer, error: None)
+        self._failing = False  # lost the API after syncing, not watching again yet
         self._stop = threading.Event()
         self._synced = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,6 +129,7 @@ class Informer(Generic[R]):
         self.lists = 0
         self.relists_on_gone = 0
         self.events = 0
+        self.errors = 0
         self.last_error: UserError | None = None
         self._last_error_at: float | None = None
         self.error_before_sync: UserError | None = None
@@ -170,6 +179,7 @@ class Informer(Generic[R]):
             lists=self.lists,
             relists_on_gone=self.relists_on_gone,
             events=self.events,
+            errors=self.errors,
             last_error=str(self.last_error) if self.last_error else None,
             last_error_age=None if err_at is None else time.monotonic() - err_at,
             degraded=self.degraded,
@@ -272,6 +282,10 @@ class Informer(Generic[R]):
         )
         self.last_error = err
         self._last_error_at = time.monotonic()
+        self.errors += 1
+        if self.synced and not self.degraded and not self._failing:
+            self._failing = True
+            self._on_health(self, err)
         if isinstance(err, KubeAPIError) and err.status in (403, 404) \
                 and not self.resource.required and not self.synced:
             # e.g. RBAC allows pods but not replicasets: run without workload
@@ -350,6 +364,9 @@ class Informer(Generic[R]):
                                   resource=res.display, accept=accept, read_timeout=timeout + 30)
             try:
                 self.connected = True
+                if self._failing:
+                    self._failing = False
+                    self._on_health(self, None)
                 if self.last_error is not None:
                     self._on_state()
                 for line in resp.lines():

@@ -9,15 +9,17 @@ UID and container ID, the keys the Kubernetes source maps to names.
 cgroup has been seen; misses read /proc or re-walk the cgroup tree, rate limited.
 ``refresh()`` (or ``start()``, which calls it from a background thread) polls
 the runtimes and sweeps stale entries; call it from a batch loop, never per event.
+What the user should know (a runtime stops answering, a refresh fails) is queued
+on :attr:`LocalIdentity.notices` as one line, for the command loop to print.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterable
 from types import TracebackType
 
+from podsight.identity.history import boot_ns
 from podsight.identity.local.cgroups import (
     AUTO,
     CgroupContainer,
@@ -37,6 +39,7 @@ from podsight.identity.local.runtimes import (
     default_clients,
 )
 from podsight.identity.netns import named_netns
+from podsight.identity.notices import Notices, tell_failure
 
 __all__ = [
     "CgroupContainer",
@@ -56,8 +59,6 @@ __all__ = [
     "parse_cgroup_path",
     "start_ticks_from_ns",
 ]
-
-log = logging.getLogger(__name__)
 
 
 class LocalIdentity:
@@ -88,7 +89,10 @@ class LocalIdentity:
         self._by_netns: dict[int, tuple[ContainerInfo, ...]] = {}
         self._owners: dict[int, CgroupContainer | None] = {}
         self._listings: list[RuntimeListing] = []
-        self._warned: dict[str, str] = {}
+        #: When the current listings were taken (CLOCK_BOOTTIME ns; 0: never).
+        self.listed_ns = 0
+        #: One-line messages for the user: a runtime stopped or started answering.
+        self.notices = Notices()
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -184,13 +188,14 @@ class LocalIdentity:
 
         Costs milliseconds to a few hundred (one HTTP or gRPC exchange per runtime,
         one inspect per docker/podman container): call it every few seconds from a
-        background thread or a batch loop. A runtime's warning is logged when it
-        changes, not at every poll.
+        background thread or a batch loop. A runtime's warning is told (see
+        :attr:`notices`) when it changes, not at every poll.
         """
         with self._refresh_lock:
             self.cgroups.scan()
             self.processes.sweep()
             listings = [client.list_containers() for client in self.runtimes]
+            listed = boot_ns()
             by_id: dict[str, ContainerInfo] = {}
             for listing in listings:
                 self._log_state(listing)
@@ -206,6 +211,7 @@ class LocalIdentity:
             self._by_netns = {netns: tuple(cs) for netns, cs in by_netns.items()}
             self._by_id = by_id
             self._owners = {}
+            self.listed_ns = listed  # before the listings: a reader of both sees no newer stamp
             self._listings = listings
             return listings
 
@@ -245,8 +251,10 @@ class LocalIdentity:
         while not self._stop.wait(interval):
             try:
                 self.refresh()
-            except Exception:  # a bad poll must not end the refresh loop
-                log.exception("local identity refresh failed")
+            except Exception as exc:  # a bad poll must not end the refresh loop
+                tell_failure(self.notices, "refresh", "local identity refresh failed", exc)
+            else:
+                self.notices.recovered("refresh", "podsight: local identity refresh works again")
 
     def _resolve(self, path: str) -> CgroupContainer | None:
         parsed = parse_cgroup_path(path)
@@ -262,14 +270,12 @@ class LocalIdentity:
         )
 
     def _log_state(self, listing: RuntimeListing) -> None:
-        key = f"{listing.runtime}@{listing.endpoint}"
-        if self._warned.get(key, "") == listing.warning:
-            return
-        self._warned[key] = listing.warning
+        topic = f"{listing.runtime}@{listing.endpoint}"
         if listing.warning:
-            log.warning("%s", listing.warning)
+            self.notices.warn(topic, f"podsight: warning: {listing.warning}", listing.warning)
         elif listing.state is RuntimeState.OK:
-            log.info("%s at %s answers again", listing.runtime, listing.endpoint)
+            self.notices.recovered(
+                topic, f"podsight: {listing.runtime} at {listing.endpoint} answers again")
 
 
 # Marks "not resolved yet" in the owner memo (None there means "resolved: no container").
