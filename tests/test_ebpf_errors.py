@@ -149,7 +149,7 @@ def test_every_class_is_a_one_line_user_error():
 
 def test_loading_without_privilege_is_permission_denied(testprog):
     if os.geteuid() == 0:
-        pytest.skip("root may load; test_layouts.py runs this as nobody")
+        pytest.skip("root may load: test_noroot.py runs this as nobody")
     with BpfObject(testprog) as obj, pytest.raises(PermissionDenied) as err:
         obj.load()
     assert "run podsight as root" in one_line(err.value)

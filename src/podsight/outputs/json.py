@@ -123,6 +123,16 @@ class TemplateIdentity(Protocol):
 
 _SKIP: tuple[Any, ...] = ()  # this identity is filtered out
 _SLOW: tuple[Any, ...] = ("slow",)  # no clean template: render each event in full
+#: What a batch fill yields for an event whose line must be rendered in full.
+_SLOW_LINE = "\x00slow\x00"
+
+
+def _skip_line(*values: object) -> str:
+    return ""
+
+
+def _slow_line(*values: object) -> str:
+    return _SLOW_LINE
 
 
 class TemplateJson(Generic[R]):
@@ -132,6 +142,13 @@ class TemplateJson(Generic[R]):
     slots' attributes replaced). With ``identity`` (and the spec's ``times``)
     a template holds only for events its names hold for; without, the caller
     must :meth:`clear` when identity sources change.
+
+    Why two paths: checking each event against its template's validity costs
+    as much as filling it in. So a batch whose every identity has a template
+    valid now, and no event older than any of them, is rendered by one list
+    comprehension of compiled fills (one call and one f-string per event); any
+    other batch takes the careful path, which also makes the templates the next
+    batches use.
     """
 
     def __init__(self, encoder: JsonEncoder[R], spec: TemplateSpec[R],
@@ -141,10 +158,22 @@ class TemplateJson(Generic[R]):
         self._identity = identity if spec.times is not None else None
         # key -> [template (None: not made yet), since (boot ns), generation checked at]
         self._templates: dict[bytes, list[Any]] = {}
-        self._fills: dict[tuple[int, ...], Callable[..., str]] = {}
+        self._makers: dict[tuple[int, ...], Callable[..., Callable[..., str]]] = {}
+        n = len(spec.slots)
+        args = ", ".join(f"a{i}" for i in range(n))
+        #: [fill(a0, a1, ...) for each event]: the whole batch in one comprehension.
+        self._render_all: Callable[..., list[str]] = eval(
+            f"lambda F, {', '.join(f'c{i}' for i in range(n))}: "
+            f"[f({args}) for f, {args} in zip(F, {', '.join(f'c{i}' for i in range(n))})]")
+        # The fast path's view: key -> fill for templates valid at `_fast_generation`.
+        self._fast: dict[bytes, Callable[..., str]] = {}
+        self._fast_generation = -1
+        self._fast_since = 0  # the newest `since` among them: older events go the careful way
 
     def clear(self) -> None:
         self._templates.clear()
+        self._fast.clear()
+        self._fast_since = 0
 
     def _render(self, row: R, which: int) -> tuple[str, list[str]]:
         slots = self._spec.slots
@@ -152,8 +181,8 @@ class TemplateJson(Generic[R]):
             row, **{s.attr: s.sentinels[which] for s in slots}))
         return line, [s.text(s.sentinels[which]) for s in slots]
 
-    def _template(self, record: np.ndarray) -> tuple[Any, ...]:
-        """(fill function, pieces) for this identity, or _SKIP, or _SLOW."""
+    def _template(self, record: np.ndarray) -> Any:
+        """The fill function for this identity (its pieces bound in), or _SKIP, or _SLOW."""
         row = self._spec.admit(record)
         if row is None:
             return _SKIP
@@ -177,13 +206,16 @@ class TemplateJson(Generic[R]):
         if not order or rebuilt != line_b:
             return _SLOW
         shape = tuple(order)
-        fill = self._fills.get(shape)
-        if fill is None:
-            # f"{p[0]}{v[i0]}{p[1]}{v[i1]}...": one f-string per shape, compiled once.
-            body = "".join(f"{{p[{k}]}}{{v[{i}]}}" for k, i in enumerate(shape))
-            body += f"{{p[{len(shape)}]}}"
-            fill = self._fills[shape] = eval(f'lambda p, v: f"{body}"')
-        return (fill, tuple(pieces))
+        make = self._makers.get(shape)
+        if make is None:
+            # lambda p0, p1, ...: lambda a0, a1, ...: f"{p0}{a_i0}{p1}{a_i1}...": compiled
+            # once per shape; each identity's pieces are bound in as closure cells.
+            body = "".join(f"{{p{k}}}{{a{i}}}" for k, i in enumerate(shape))
+            body += f"{{p{len(shape)}}}"
+            ps = ", ".join(f"p{k}" for k in range(len(pieces)))
+            args = ", ".join(f"a{i}" for i in range(len(self._spec.slots)))
+            make = self._makers[shape] = eval(f'lambda {ps}: lambda {args}: f"{body}"')
+        return make(*pieces)
 
     def _check(self, record: np.ndarray, entry: list[Any] | None,
                generation: int) -> list[Any]:
@@ -206,9 +238,30 @@ class TemplateJson(Generic[R]):
         identity = self._identity
         times = spec.times(records) if identity is not None and spec.times is not None else None
         generation = identity.sync(max(times)) if identity is not None and times else 0
+        if generation != self._fast_generation:
+            self._fast.clear()
+            self._fast_generation = generation
+            self._fast_since = 0
+        if len(self._templates) > CACHE_LIMIT:
+            self.clear()
+        fills = list(map(self._fast.get, keys))
+        if None in fills or (times is not None and min(times) < self._fast_since):
+            return self._careful(records, keys, columns, times, generation)
+        out = self._render_all(fills, *columns)
+        if _SLOW_LINE in out:
+            for i, line in enumerate(out):
+                if line is _SLOW_LINE:
+                    row = spec.admit(records[i : i + 1])
+                    out[i] = self._encode(row) if row is not None else ""
+        return [line for line in out if line] if "" in out else out
+
+    def _careful(self, records: np.ndarray, keys: list[bytes], columns: list[list[Any]],
+                 times: list[int] | None, generation: int) -> list[str]:
+        """Event by event: check each identity's template against identity's changes, make
+        the missing ones, render events older than their template's names in full."""
+        spec = self._spec
         templates = self._templates
-        if len(templates) > CACHE_LIMIT:
-            templates.clear()
+        fast = self._fast
         out: list[str] = []
         append = out.append
         for i, (key, values) in enumerate(zip(keys, zip(*columns, strict=True), strict=True)):
@@ -220,11 +273,15 @@ class TemplateJson(Generic[R]):
                 t = _SLOW  # older than the names in the template: named on its own
             elif t is None:
                 t = entry[0] = self._template(records[i : i + 1])
+            if t is not _SLOW or times is None or times[i] >= entry[1]:
+                # Valid now for every event at or after `since`: the fast path may use it.
+                fast[key] = _skip_line if t is _SKIP else _slow_line if t is _SLOW else t
+                self._fast_since = max(self._fast_since, entry[1])
             if t is _SLOW:
                 row = spec.admit(records[i : i + 1])
                 if row is not None:
                     append(self._encode(row))
                 continue
-            if t:
-                append(t[0](t[1], values))
+            if t is not _SKIP:
+                append(t(*values))
         return out

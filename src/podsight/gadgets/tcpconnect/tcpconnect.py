@@ -377,14 +377,16 @@ class TcpConnectGadget:
         def times(records: np.ndarray) -> list[str]:
             wall = records["ts_ns"].astype(np.int64) + clock.offset_ns
             secs = wall // 1_000_000_000
-            nanos = (wall - secs * 1_000_000_000).tolist()
+            # +1e9 then [1:]: nanoseconds zero-padded to 9 digits, faster than :09d.
+            nanos = (wall - secs * 1_000_000_000 + 1_000_000_000).tolist()
             secs_list = secs.tolist()
             # The calendar part once per second, through the clock's own formatting.
             prefix = {s: clock.rfc3339(s * 1_000_000_000)[:-11] for s in set(secs_list)}
-            return [f"{prefix[s]}.{n:09d}Z" for s, n in zip(secs_list, nanos, strict=True)]
+            return [f"{prefix[s]}.{str(n)[1:]}Z" for s, n in zip(secs_list, nanos, strict=True)]
 
-        def column(name: str) -> Callable[[np.ndarray], list[int]]:
-            return lambda records: list(records[name].tolist())
+        def column(name: str) -> Callable[[np.ndarray], list[str]]:
+            # As text once: a source port lands three times in a line.
+            return lambda records: list(map(str, records[name].tolist()))
 
         boot = tuple(w - clock.offset_ns for w in _WALL_SENTINELS)
         return TemplateSpec(
