@@ -130,3 +130,12 @@ def test_bad_input_is_one_line(argv, code, message):
     assert lines[0].startswith("podsight: error: "), p.stderr
     assert message in lines[0], lines[0]
     assert p.stdout == ""
+
+
+def test_debug_adds_the_traceback():
+    p = subprocess.run([sys.executable, "-m", "podsight.cli.main", "trace", "tcpconnect",
+                        "--sqlite", "/nonexistent-dir/x.db"], capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, PODSIGHT_DEBUG="1"))
+    assert p.returncode == 2
+    assert "Traceback (most recent call last)" in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("podsight: error: cannot create")

@@ -399,3 +399,17 @@ def test_bad_input_is_one_line_and_nonzero(args):
     assert proc.returncode != 0, proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_more_cidrs_than_any_fixed_table_holds(lab):
+    """The LPM tries are sized to the rules: 400 networks in one --cidr work (a 256-entry
+    table used to fail with ENOSPC), and they still filter."""
+    others = [f"10.99.{i // 200}.{i % 200}" for i in range(399)]
+    with FlowsRun("--podname", "frontend", "-n", "shop", "--protocol", "udp",
+                  "--cidr", ",".join([*others, f"{BACKEND}/32"])) as run:
+        sport = send_udp(lab, "frontend", BACKEND, 7301, 3, 16)
+        send_udp(lab, "frontend", WEB, 7302, 3, 16)
+    result = run.stop()
+    assert result.returncode == 0, result.stderr
+    assert one(result.records, sport=sport, dport=7301)["packets"] == 3
+    assert not flows_of(result.records, daddr=WEB, dport=7302)

@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,12 +110,9 @@ def test_silent_socket_times_out_with_a_warning(tmp_path: Path) -> None:
     server = SilentServer(path)
     try:
         for client in clients_at(path, timeout=0.5):
-            started = time.monotonic()
-            listing = client.list_containers()
-            elapsed = time.monotonic() - started
+            listing = client.list_containers()  # a hang here fails the whole run
             assert listing.state is RuntimeState.UNREACHABLE, listing
             assert "timed out" in listing.warning, listing.warning
-            assert elapsed < 5.0
             client.close()
     finally:
         server.close()

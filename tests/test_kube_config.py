@@ -225,17 +225,14 @@ def test_dead_api_server_is_one_line_and_close_is_prompt(tmp_path: Path) -> None
     kc = write_kubeconfig(tmp_path / "kc", {"a": f"https://127.0.0.1:{port}"}, "a")
     cache = KubeCache.connect(str(kc)).start()
     try:
-        t0 = time.monotonic()
         with pytest.raises(UserError) as err:
-            cache.wait_synced(10)
-        assert time.monotonic() - t0 < 5  # fail fast: refused will not fix itself in 10 s
+            cache.wait_synced(600)
+        # Failing fast is this message: a wait that ran out would say "timed out".
         assert str(err.value) == (
             f"cannot reach the Kubernetes API at https://127.0.0.1:{port}: connection refused")
         assert any(h.last_error for h in cache.health())
     finally:
-        t0 = time.monotonic()
-        cache.close()
-        assert time.monotonic() - t0 < 1.2
+        closes_without_hanging(cache)
     assert not any(t.name.startswith("podsight-informer") and t.is_alive()
                    for t in threading.enumerate())
 
@@ -321,3 +318,12 @@ def test_in_cluster_service_account_and_rbac(kube: Cluster, core: Any,
         assert rs.degraded and rs.last_error and "forbids list replicasets.apps (403)" in \
             rs.last_error
         assert cache.service_by_ip("10.96.0.1") is not None
+
+
+def closes_without_hanging(cache: KubeCache) -> None:
+    """close() must not wait out a watch's long poll (minutes): a hang fails here, slowness
+    on a busy machine does not."""
+    closer = threading.Thread(target=cache.close)
+    closer.start()
+    closer.join(60)
+    assert not closer.is_alive(), "close() hung"

@@ -388,3 +388,24 @@ def wait_blocked_in_write(pid: int, timeout: float = 20.0) -> None:
                 return
         time.sleep(0.01)
     raise AssertionError("the tracer never blocked writing to its full pipe")
+
+
+def test_more_selected_namespaces_than_the_kernel_table_holds(lab):
+    """Past the netns table's size the kernel lets every namespace through (key 0) and user
+    space filters: nothing selected is missed."""
+    from podsight.gadgets.tcpconnect.tcpconnect import TcpConnect, TcpConnectConfig
+
+    mypod = os.stat(f"/var/run/netns/{lab.pod('mypod').netns}").st_ino
+    wanted = {mypod, *range(1, 10)}
+    config = TcpConnectConfig(filter_netns=True, netns=wanted, netns_entries=4)
+    with TcpConnect(config) as tracer:
+        table = tracer._obj.map("netns_filter")
+        assert table.lookup((0).to_bytes(4, "little")) is not None
+        assert table.lookup(mypod.to_bytes(4, "little")) is None  # only "every namespace"
+        c = connect(lab, "mypod", lab.pod("web").ipv4, 8080)
+        deadline = time.monotonic() + 10
+        events = []
+        while time.monotonic() < deadline and not any(e.pid == c["pid"] for e in events):
+            tracer.wait(0.1)
+            events += tracer.decode(tracer.drain())
+    assert any(e.pid == c["pid"] and e.result == "ok" for e in events)

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import ipaddress
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from podsight.cli import args as A
 from podsight.cli.identity import add_identity_flags, netns_flag, pod_selector
 from podsight.errors import UserError
+from podsight.filters import AddressIn, FieldIn
 from podsight.runtime import STOP, Stopped
 from podsight.spec import GadgetSpec, Param
 
@@ -102,41 +101,8 @@ def parse_output(value: str) -> tuple[str, str | None]:
     raise UserError(f"invalid -o {value!r}: use columns, json or columns=a,b,c")
 
 
-# -- user-space filters declared by parameters ------------------------------------------------
-
-@dataclass(frozen=True)
-class FieldIn:
-    """Keep records whose ``attr`` is one of ``values`` (``--comm curl,wget``)."""
-
-    attr: str
-    values: frozenset[str]
-
-    def __call__(self, record: Any) -> bool:
-        return getattr(record, self.attr) in self.values
-
-
-class AddressIn:
-    """Keep records whose address ``attr`` is in one of the networks (``--dst 10.0.0.0/8``);
-    answers are cached per address (addresses repeat)."""
-
-    def __init__(self, attr: str, networks: Sequence[A.Network]) -> None:
-        self.attr = attr
-        self.networks = list(networks)
-        self._cache: dict[str, bool] = {}
-
-    def __call__(self, record: Any) -> bool:
-        addr = getattr(record, self.attr)
-        hit = self._cache.get(addr)
-        if hit is None:
-            ip = ipaddress.ip_address(addr)
-            hit = any(ip.version == n.version and ip in n for n in self.networks)
-            if len(self._cache) > 65536:
-                self._cache.clear()
-            self._cache[addr] = hit
-        return hit
-
-
 def predicates(spec: GadgetSpec, values: dict[str, Any]) -> list[Callable[[Any], bool]]:
+    """The user-space filters a gadget's parameters declare (``Param.filter``)."""
     out: list[Callable[[Any], bool]] = []
     for param in spec.params:
         value = values.get(param.key)
