@@ -164,7 +164,7 @@ class RunContext:
 class OutputOptions:
     """Which outputs a run writes (from ``-o``, ``--sqlite``, ``--no-tui``)."""
 
-    mode: str = "columns"  # columns | json
+    mode: str = "columns"  # columns | json | none (only the sinks)
     columns: str | None = None
     extra_columns: tuple[str, ...] = ()
     sqlite: str | None = None
@@ -172,6 +172,9 @@ class OutputOptions:
     max_time: float | None = None
     max_bytes: int | None = None
     command: str = ""
+    #: Extra outputs given by a caller that consumes records itself (``advise`` collects
+    #: a live run's connects): each gets every record, named and filtered.
+    sinks: tuple[Any, ...] = ()
 
 
 R_contra = TypeVar("R_contra", contravariant=True)
@@ -368,6 +371,9 @@ class Run(Generic[R]):
             self._sqlite = SqliteOutput(opts.sqlite, self.ctx.spec.name, schema, meta)
             self._outputs.append(self._sqlite)
             self._sizes.append(lambda: int(self._sqlite.bytes))
+        self._outputs.extend(opts.sinks)
+        if opts.mode == "none":
+            return
         if opts.mode == "json":
             json = JsonLines(schema, self.out)
             self._outputs.append(json)
