@@ -1,0 +1,386 @@
+"""Observed connections from what podsight records: ``--from FILE`` and live runs.
+
+Accepted, told apart per file (SQLite by its header) and per JSON line:
+
+- ``trace tcpconnect``: JSON lines or its SQLite file; one record is one
+  connect attempt (whatever its outcome), one connection;
+- ``flows``: JSON lines or its SQLite file; one record is one direction of
+  a flow over one interval, so records are merged into connections: both
+  directions and every interval of one 5-tuple are one connection, whose
+  client is the side that sent the SYN (TCP), else the side whose port is
+  not a known server port (a container port of the pod at that address, a
+  Service port), else the side with the higher port (an ephemeral one);
+- bare records: ``{"ip": 4, "proto": "tcp"|"udp"|"sctp", "saddr": ..., "sport":
+  ..., "daddr": ..., "dport": ...}``.
+
+Records carry identity (``src``/``dst`` objects in JSON; ``*_kind``,
+``*_namespace``, ``*_name`` columns in SQLite, which store no labels): it is
+kept as a :class:`Hint`. NetworkPolicy covers TCP, UDP and SCTP only: other
+protocols (ICMP flows) are counted as skipped, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sqlite3
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from podsight.errors import UserError
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """What a record says about one end. ``labels`` None: the record does not say (SQLite)."""
+
+    kind: str  # pod | service | node | raw
+    namespace: str = ""
+    name: str = ""
+    labels: Mapping[str, str] | None = field(default=None, hash=False)
+    node: str = ""
+    workload_kind: str = ""
+    workload_name: str = ""
+
+
+@dataclass(slots=True)
+class Connection:
+    """One observed connection, client first. ``first``/``last``: RFC 3339 UTC, or ""."""
+
+    proto: str
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    src: Hint | None = None
+    dst: Hint | None = None
+    first: str = ""
+    last: str = ""
+    count: int = 1
+    result: str = ""  # tcpconnect's outcome
+
+
+@dataclass
+class ReadStats:
+    """How many records were read, and what was not a connection (said, not dropped)."""
+
+    records: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # protocol -> records
+    flows_merged: int = 0  # flow records folded into a connection seen before
+
+    def skip(self, proto: str) -> None:
+        self.skipped[proto] = self.skipped.get(proto, 0) + 1
+
+    def skipped_text(self) -> str:
+        return ", ".join(f"{n} {p}" for p, n in sorted(self.skipped.items()))
+
+
+def hint_from_json(obj: Any) -> Hint | None:
+    """The ``src``/``dst`` object of a tcpconnect or flows JSON record."""
+    if not isinstance(obj, dict):
+        return None
+    kind = obj.get("kind")
+    if kind == "pod":
+        workload = obj.get("workload") or {}
+        return Hint("pod", obj.get("namespace", ""), obj.get("pod", ""),
+                    obj.get("labels") or {}, obj.get("node", ""),
+                    workload.get("kind", ""), workload.get("name", ""))
+    if kind == "service":
+        return Hint("service", obj.get("namespace", ""), obj.get("service", ""))
+    if kind == "node":
+        return Hint("node", name=obj.get("node", ""))
+    return None
+
+
+def hint_from_columns(kind: str | None, namespace: str | None, name: str | None,
+                      workload: str | None, node: str | None) -> Hint | None:
+    """A SQLite row's ``*_kind``, ``*_namespace``, ``*_name``, ``*_workload``, ``*_node``."""
+    if kind == "pod":
+        wkind, _, wname = (workload or "").partition("/")
+        return Hint("pod", namespace or "", name or "", None, node or "", wkind, wname)
+    if kind == "service":
+        return Hint("service", namespace or "", name or "")
+    if kind == "node":
+        return Hint("node", name=name or "")
+    return None
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+class Reader:
+    """Connections from one or more files, in order; flows are merged and come last."""
+
+    def __init__(self, paths: Iterable[str], server_port: Callable[[str, int, str], bool]
+                 | None = None, stdin: TextIO | None = None) -> None:
+        self.paths = list(paths)
+        self.stats = ReadStats()
+        self._flows = FlowMerger(server_port)
+        self._stdin = stdin or sys.stdin
+
+    def __iter__(self) -> Iterator[Connection]:
+        for path in self.paths:
+            yield from self._one(path)
+        yield from self._flows.connections()
+        self.stats.flows_merged = self._flows.merged
+
+    def _one(self, path: str) -> Iterator[Connection]:
+        if path == "-":
+            yield from self._json_lines(self._stdin, "<stdin>")
+            return
+        p = Path(path)
+        try:
+            with p.open("rb") as f:
+                head = f.read(16)
+        except FileNotFoundError:
+            raise UserError(f"--from {path}: no such file") from None
+        except IsADirectoryError:
+            raise UserError(f"--from {path}: is a directory (give a file)") from None
+        except OSError as exc:
+            raise UserError(f"--from {path}: {exc.strerror or exc}") from None
+        if head == SQLITE_MAGIC:
+            yield from self._sqlite(path)
+            return
+        try:
+            with p.open(encoding="utf-8") as f:
+                yield from self._json_lines(f, path)
+        except UnicodeDecodeError as exc:
+            raise UserError(f"--from {path}: not UTF-8 text (byte {exc.start}); give JSON "
+                            "lines or a SQLite file") from None
+
+    # JSON lines --------------------------------------------------------------------------
+
+    def _json_lines(self, f: TextIO, name: str) -> Iterator[Connection]:
+        stats = self.stats
+        loads = json.loads
+        merge = self._flows.add
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = loads(line)
+            except ValueError:
+                raise UserError(f"{name}:{n}: not a JSON object (podsight reads the JSON lines "
+                                "of trace tcpconnect and flows, their SQLite files, or bare "
+                                "records)") from None
+            if not isinstance(rec, dict):
+                raise UserError(f"{name}:{n}: not a JSON object")
+            stats.records += 1
+            try:
+                if "result" in rec and "proto" not in rec:  # trace tcpconnect
+                    yield Connection(
+                        "tcp", _addr(rec["saddr"]), _port(rec["sport"]), _addr(rec["daddr"]),
+                        _port(rec["dport"]), hint_from_json(rec.get("src")),
+                        hint_from_json(rec.get("dst")), rec.get("time", ""),
+                        rec.get("time", ""), 1, str(rec["result"]))
+                    continue
+                proto = rec.get("proto")
+                if not isinstance(proto, str):
+                    raise UserError(f"{name}:{n}: no \"proto\" (a bare record needs ip, proto, "
+                                    "saddr, sport, daddr, dport)")
+                proto = proto.lower()
+                if "start" in rec:  # flows
+                    if proto not in PROTOCOLS:
+                        stats.skip(proto)
+                        continue
+                    merge(proto, _addr(rec["saddr"]), _port(rec["sport"]), _addr(rec["daddr"]),
+                          _port(rec["dport"]), hint_from_json(rec.get("src")),
+                          hint_from_json(rec.get("dst")), str(rec.get("start", "")),
+                          str(rec.get("end", "")), rec.get("tcp_flags") or ())
+                    continue
+                if proto not in PROTOCOLS:
+                    raise UserError(f"{name}:{n}: proto {proto!r}: NetworkPolicy covers tcp, "
+                                    "udp and sctp")
+                conn = Connection(proto, _addr(rec["saddr"]), _port(rec["sport"]),
+                                  _addr(rec["daddr"]), _port(rec["dport"]),
+                                  hint_from_json(rec.get("src")),
+                                  hint_from_json(rec.get("dst")),
+                                  str(rec.get("time", "")), str(rec.get("time", "")))
+                version = rec.get("ip")
+                if version is not None and version != _version(conn.saddr):
+                    raise UserError(f"{name}:{n}: \"ip\": {version!r} but saddr "
+                                    f"{conn.saddr} is IPv{_version(conn.saddr)}")
+                if _version(conn.saddr) != _version(conn.daddr):
+                    raise UserError(f"{name}:{n}: saddr {conn.saddr} and daddr {conn.daddr} "
+                                    "are not of one IP version")
+                yield conn
+            except KeyError as exc:
+                raise UserError(f"{name}:{n}: no {exc.args[0]!r} (a record needs saddr, "
+                                "sport, daddr, dport and, unless it is from trace tcpconnect, "
+                                "proto)") from None
+            except _BadValue as exc:
+                raise UserError(f"{name}:{n}: {exc}") from None
+
+    # SQLite -------------------------------------------------------------------------------
+
+    def _sqlite(self, path: str) -> Iterator[Connection]:
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise UserError(f"--from {path}: cannot open ({exc})") from None
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE "
+                                               "type='table'")}
+            if "tcpconnect" in tables:
+                yield from self._sqlite_tcpconnect(db)
+            elif "flows" in tables:
+                yield from self._sqlite_flows(db)
+            else:
+                raise UserError(f"--from {path}: a SQLite file without a tcpconnect or flows "
+                                "table (written by podsight trace tcpconnect --sqlite or "
+                                "podsight flows --sqlite)")
+        except sqlite3.Error as exc:
+            raise UserError(f"--from {path}: {exc}") from None
+        finally:
+            db.close()
+
+    def _sqlite_tcpconnect(self, db: sqlite3.Connection) -> Iterator[Connection]:
+        rows = db.execute(
+            "SELECT time, saddr, sport, daddr, dport, result, src_kind, src_namespace, src_name,"
+            " src_workload, src_node, dst_kind, dst_namespace, dst_name, dst_workload, dst_node"
+            " FROM tcpconnect ORDER BY id")
+        stats = self.stats
+        memo: dict[tuple[Any, ...], Hint | None] = {}
+        for row in rows:
+            stats.records += 1
+            src = _memo_hint(memo, row[6:11])
+            dst = _memo_hint(memo, row[11:16])
+            yield Connection("tcp", row[1], row[2], row[3], row[4], src, dst, row[0] or "",
+                             row[0] or "", 1, row[5] or "")
+
+    def _sqlite_flows(self, db: sqlite3.Connection) -> Iterator[Connection]:
+        rows = db.execute(
+            "SELECT start, end, proto, saddr, sport, daddr, dport, tcp_flags, src_kind,"
+            " src_namespace, src_name, src_workload, src_node, dst_kind, dst_namespace,"
+            " dst_name, dst_workload, dst_node FROM flows ORDER BY id")
+        stats = self.stats
+        memo: dict[tuple[Any, ...], Hint | None] = {}
+        for row in rows:
+            stats.records += 1
+            proto = str(row[2]).lower()
+            if proto not in PROTOCOLS:
+                stats.skip(proto)
+                continue
+            flags = [f for f in (row[7] or "").split(",") if f]
+            self._flows.add(proto, row[3], row[4], row[5], row[6], _memo_hint(memo, row[8:13]),
+                            _memo_hint(memo, row[13:18]), row[0] or "", row[1] or "", flags)
+        yield from ()  # a generator like the others: flows come out of the merger at the end
+
+
+def _memo_hint(memo: dict[tuple[Any, ...], Hint | None], cols: tuple[Any, ...]) -> Hint | None:
+    hint = memo.get(cols, memo)  # the memo itself: not seen yet
+    if hint is memo:
+        hint = hint_from_columns(*cols)
+        memo[cols] = hint
+    return hint  # type: ignore[return-value]
+
+
+class _BadValue(ValueError):
+    pass
+
+
+_ADDRS: dict[str, str] = {}
+
+
+def _addr(value: Any) -> str:
+    """An address as the kernel side prints it; cached (addresses repeat)."""
+    if isinstance(value, str):
+        known = _ADDRS.get(value)
+        if known is not None:
+            return known
+        try:
+            text = str(ipaddress.ip_address(value))
+        except ValueError:
+            raise _BadValue(f"{value!r} is not an IP address") from None
+        if len(_ADDRS) > 1 << 16:
+            _ADDRS.clear()
+        _ADDRS[value] = text
+        return text
+    raise _BadValue(f"{value!r} is not an IP address")
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise _BadValue(f"{value!r} is not a port (0-65535)")
+    return value
+
+
+def _version(addr: str) -> int:
+    return 6 if ":" in addr else 4
+
+
+# -- flows: records to connections ---------------------------------------------------------------
+
+Side = tuple[str, int]  # (address, port)
+
+
+class _Flow:
+    __slots__ = ("first", "hints", "last", "proto", "sides", "syn")
+
+    def __init__(self, proto: str, a: Side, b: Side) -> None:
+        self.proto = proto
+        self.sides: list[tuple[Side, Side]] = [(a, b)]  # orientations seen, first first
+        self.syn: Side | None = None  # the side that sent a SYN without ACK
+        self.first = ""
+        self.last = ""
+        self.hints: dict[Side, Hint | None] = {}
+
+
+class FlowMerger:
+    """flows records -> one connection per 5-tuple, client first (see the module doc)."""
+
+    def __init__(self, server_port: Callable[[str, int, str], bool] | None = None) -> None:
+        self._flows: dict[tuple[str, Side, Side], _Flow] = {}
+        self._server_port = server_port or (lambda addr, port, proto: False)
+        self.merged = 0
+
+    def add(self, proto: str, saddr: str, sport: int, daddr: str, dport: int,
+            src: Hint | None, dst: Hint | None, start: str, end: str,
+            flags: Iterable[str]) -> None:
+        a, b = (saddr, sport), (daddr, dport)
+        key = (proto, a, b) if a <= b else (proto, b, a)
+        flow = self._flows.get(key)
+        if flow is None:
+            flow = self._flows[key] = _Flow(proto, a, b)
+        else:
+            self.merged += 1
+            if (a, b) not in flow.sides:
+                flow.sides.append((a, b))
+        flags = list(flags)
+        if "SYN" in flags and "SYN_ACK" not in flags:
+            flow.syn = a
+        elif "SYN_ACK" in flags and flow.syn is None:
+            flow.syn = b
+        if start and (not flow.first or start < flow.first):
+            flow.first = start
+        if end and end > flow.last:
+            flow.last = end
+        if src is not None:
+            flow.hints.setdefault(a, src)
+        if dst is not None:
+            flow.hints.setdefault(b, dst)
+
+    def connections(self) -> Iterator[Connection]:
+        for flow in self._flows.values():
+            client, server = self._orient(flow)
+            yield Connection(flow.proto, client[0], client[1], server[0], server[1],
+                             flow.hints.get(client), flow.hints.get(server), flow.first,
+                             flow.last or flow.first, 1)
+        self._flows.clear()
+
+    def _orient(self, flow: _Flow) -> tuple[Side, Side]:
+        a, b = flow.sides[0]
+        if flow.syn is not None:
+            return (a, b) if flow.syn == a else (b, a)
+        a_serves = self._server_port(a[0], a[1], flow.proto)
+        b_serves = self._server_port(b[0], b[1], flow.proto)
+        if a_serves != b_serves:
+            return (b, a) if a_serves else (a, b)
+        if a[1] != b[1]:
+            return (a, b) if a[1] > b[1] else (b, a)
+        return (a, b)
