@@ -222,9 +222,10 @@ class Checker:
             return False
         if not rule.peers:
             return True
-        return any(self._peer_matches(policy, p, peer) for p in rule.peers)
+        return any(self.peer_matches(policy, p, peer) for p in rule.peers)
 
-    def _peer_matches(self, policy: NetworkPolicy, peer: Peer, end: End) -> bool:
+    def peer_matches(self, policy: NetworkPolicy, peer: Peer, end: End) -> bool:
+        """Does ``peer`` (of ``policy``'s rules) match ``end``?"""
         if peer.ip_block is not None:
             return peer.ip_block.contains(ipaddress.ip_address(end.addr))
         pod = end.pod
