@@ -30,6 +30,7 @@ crashes on them.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -324,17 +325,32 @@ class Advisor:
         return out
 
     def _rules(self, drafts: dict[tuple[Any, ...], Draft], key: str) -> list[RuleOut]:
-        out = []
+        """One rule per peer. Drafts that end up with the same peer (a Service and its
+        pods seen directly) are one rule with the ports of both."""
+        merged: dict[str, Draft] = {}
         for _, draft in sorted(drafts.items(), key=lambda kv: _sort_key(kv[0])):
             peer = draft.peer
             if peer is None:
                 assert draft.workload is not None
                 peer = self._workload_peer(draft.workload)
+            same = json.dumps(peer, sort_keys=True)
+            into = merged.get(same)
+            if into is None:
+                merged[same] = Draft(peer, ports=dict(draft.ports), seen=dict(draft.seen),
+                                     notes=list(draft.notes))
+                continue
+            for k, seen in draft.ports.items():
+                into.ports.setdefault(k, Seen()).add(seen.count, seen.first, seen.last)
+            for k, seen in draft.seen.items():
+                into.seen.setdefault(k, Seen()).add(seen.count, seen.first, seen.last)
+            into.notes += [n for n in draft.notes if n not in into.notes]
+        out = []
+        for draft in merged.values():
             ports = [{"protocol": proto, "port": port} for proto, port in
                      sorted(draft.ports, key=lambda pp: (pp[0], str(type(pp[1])), pp[1]))]
             comments = list(draft.notes)
             comments += [f"{what}: {seen.text()}" for what, seen in sorted(draft.seen.items())]
-            out.append(RuleOut({key: [peer], "ports": ports}, comments))
+            out.append(RuleOut({key: [draft.peer], "ports": ports}, comments))
         return out
 
     def _workload_peer(self, wl: Workload) -> dict[str, Any]:
