@@ -339,10 +339,10 @@ class Advisor:
                 merged[same] = Draft(peer, ports=dict(draft.ports), seen=dict(draft.seen),
                                      notes=list(draft.notes))
                 continue
-            for k, seen in draft.ports.items():
-                into.ports.setdefault(k, Seen()).add(seen.count, seen.first, seen.last)
-            for k, seen in draft.seen.items():
-                into.seen.setdefault(k, Seen()).add(seen.count, seen.first, seen.last)
+            for port, seen in draft.ports.items():
+                into.ports.setdefault(port, Seen()).add(seen.count, seen.first, seen.last)
+            for what, seen in draft.seen.items():
+                into.seen.setdefault(what, Seen()).add(seen.count, seen.first, seen.last)
             into.notes += [n for n in draft.notes if n not in into.notes]
         out = []
         for draft in merged.values():
