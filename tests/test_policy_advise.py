@@ -243,3 +243,19 @@ def test_no_connections_no_policies(tmp_path: Path):
     proc = podsight("advise", "network-policy", "--from", str(src))
     assert proc.returncode == 0 and proc.stdout == ""
     assert "0 policies from 0 connections" in proc.stderr
+
+
+def test_the_yaml_layout_round_trips_awkward_strings():
+    """Strings YAML would read as something else (yes, on, null, 0x1A, 1e5, 12:30, ...) are
+    quoted; the rest stay plain; every one reads back as itself."""
+    from podsight.analysis.policy.render import emit
+
+    values = ["yes", "no", "on", "Off", "null", "~", "true", "1", "0x1A", "1e5", "1_000",
+              ".inf", "-", "a b", "a:b", "#x", "x#", "'q'", '"d"', "é", "2001:db8::1/128",
+              "10.0.0.1/32", "", ":", "- x", "a\nb", "0777", "12:30", "Yes", "y", "=", "<<",
+              "kubernetes.io/metadata.name"]
+    doc = {"m": {v: v for v in values}, "l": values, "n": 5, "e": {}, "el": []}
+    text = "\n".join(emit(doc)) + "\n"
+    assert yaml.safe_load(text) == doc
+    assert "  kubernetes.io/metadata.name: kubernetes.io/metadata.name" in text
+    assert '  "yes": "yes"' in text

@@ -76,6 +76,10 @@ def test_verdicts_are_cached_per_tuple():
     checker = Checker(collect([Document("p", p) for p in case.policies]).policies, world)
     first = checker.check(Connection("tcp", "10.244.0.10", 40000, "10.244.0.11", 80))
     second = checker.check(Connection("tcp", "10.244.0.10", 40001, "10.244.0.11", 80))
-    assert first is second and checker.distinct == 1
+    assert first.decision is second.decision and checker.distinct == 1
     checker.check(Connection("tcp", "10.244.0.10", 40001, "10.244.0.11", 9090))
     assert checker.distinct == 2
+    # another pod alike in namespace, labels, ports and node: the same decision
+    dev = checker.check(Connection("tcp", "10.244.0.15", 1, "10.244.0.11", 80))
+    assert checker.distinct == 3  # dev/client is in another namespace: another class
+    assert dev.verdict == "denied" and first.verdict == "allowed"

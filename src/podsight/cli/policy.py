@@ -31,8 +31,8 @@ from podsight.errors import UserError
 if TYPE_CHECKING:
     from podsight.analysis.policy import World
 
-#: How often (in records) a long check looks whether Ctrl-C was pressed.
-STOP_EVERY = 4096
+#: How often (records, minus one) a long check looks whether Ctrl-C was pressed.
+STOP_MASK = 4095
 
 
 def register_advise(groups: Any) -> None:
@@ -154,7 +154,7 @@ def _world(ns: argparse.Namespace, *, live_lab: bool = False) -> World:
 # -- policy check ------------------------------------------------------------------------------
 
 def _check(ns: argparse.Namespace) -> int:
-    from podsight.analysis.policy import Checker, Reader, load
+    from podsight.analysis.policy import ALLOWED, Checker, Reader, load
     from podsight.analysis.policy import kube as kube_api
     from podsight.analysis.policy.policies import PolicySet, collect
     from podsight.analysis.policy.report import JsonReport, TableReport
@@ -180,24 +180,26 @@ def _check(ns: argparse.Namespace) -> int:
     reader = Reader(ns.sources, server_port=_server_port(world))
     out = sys.stdout
     report = JsonReport(out) if ns.output == "json" else TableReport(out, diff=before is not None)
-    counts = {"allowed": 0, "denied": 0}
-    changed = 0
-    n = 0
-    for conn in reader:
-        n += 1
-        if n % STOP_EVERY == 0 and STOP.is_set():
+    denied = changed = n = 0
+    check, write = checker.check, report.write
+    every = ns.output == "json"  # the table shows the denied ones only
+    for n, conn in enumerate(reader, 1):
+        if not n & STOP_MASK and STOP.is_set():
             raise KeyboardInterrupt
-        verdict = checker.check(conn)
-        counts[verdict.verdict] += 1
-        src, dst = checker.ends(conn.saddr, conn.src), checker.ends(conn.daddr, conn.dst)
+        verdict = check(conn)
+        if verdict.decision.verdict != ALLOWED:
+            denied += 1
+        elif not every and before is None:
+            continue
         if before is not None:
             old = before.check(conn)
             if old.verdict != verdict.verdict:
                 changed += 1
-                report.write_diff(conn, src, dst, old, verdict)
+                report.write_diff(conn, verdict.src, verdict.dst, old, verdict)
         else:
-            report.write(conn, src, dst, verdict)
+            write(conn, verdict.src, verdict.dst, verdict)
     out.flush()
+    counts = {"allowed": n - denied, "denied": denied}
     line = (f"podsight: {n} connection{'s' if n != 1 else ''} checked: {counts['allowed']} "
             f"allowed, {counts['denied']} denied ({len(policies.policies)} "
             f"polic{'ies' if len(policies.policies) != 1 else 'y'}; who is who: {world.origin})")
@@ -399,8 +401,8 @@ def _hint(ep: Any) -> Any:
     if ep is None:
         return None
     if ep.kind == "pod":
-        return Hint("pod", ep.namespace, ep.name, dict(ep.labels), ep.node, ep.workload_kind,
-                    ep.workload_name)
+        return Hint("pod", ep.namespace, ep.name, tuple(ep.labels.items()), ep.node,
+                    ep.workload_kind, ep.workload_name)
     if ep.kind == "service":
         return Hint("service", ep.namespace, ep.name)
     if ep.kind == "node":

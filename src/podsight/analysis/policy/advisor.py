@@ -74,6 +74,19 @@ class Seen:
         return words
 
 
+class Route:
+    """The connections of one (client class, server class, port, protocol): their tally,
+    and the observations (ports, comment lines) it is added to when policies are written."""
+
+    __slots__ = ("count", "first", "last", "seen")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = ""
+        self.last = ""
+        self.seen: list[Seen] = []
+
+
 @dataclass
 class Draft:
     """One rule being built: a peer, its ports, and what was seen."""
@@ -81,14 +94,26 @@ class Draft:
     peer: dict[str, Any] | None  # None: the workload peer, resolved at the end
     workload: Workload | None = None
     ports: dict[tuple[str, int | str], Seen] = field(default_factory=dict)
-    seen: dict[str, Seen] = field(default_factory=dict)  # comment line -> observations
+    #: What was seen, by (words before, who, words after, port, protocol): the comment line
+    #: is worded once, when the policy is written.
+    seen: dict[tuple[str, str, str, int | str, str], Seen] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def observe(self, proto: str, port: int | str, what: str, conn: Connection,
+    def observe(self, proto: str, port: int | str, what: tuple[str, str, str, int | str, str],
+                conn: Connection, route: list[Seen],
                 also: tuple[tuple[str, int | str], ...] = ()) -> None:
+        """Count ``conn`` for its ports and its comment line; ``route`` gets what was counted
+        (the next connection between the same ends, port and protocol counts the same)."""
+        ports = self.ports
         for key in ((proto, port), *also):
-            self.ports.setdefault(key, Seen()).add(conn.count, conn.first, conn.last)
-        self.seen.setdefault(what, Seen()).add(conn.count, conn.first, conn.last)
+            seen = ports.get(key)
+            if seen is None:
+                seen = ports[key] = Seen()
+            route.append(seen)
+        seen = self.seen.get(what)
+        if seen is None:
+            seen = self.seen[what] = Seen()
+        route.append(seen)
 
 
 @dataclass
@@ -149,6 +174,11 @@ class Advisor:
         self._labels: dict[Workload, dict[str, str]] = {}  # labels its pods share, so far
         self._is_subject: dict[str, bool] = {}
         self._pod_workload: dict[int, tuple[Pod, Workload]] = {}
+        self._cidrs: dict[str, str] = {}
+        # (client class, server class, port, protocol) -> its tally and where it counts
+        self._routes: dict[tuple[int, int, int, str], Route] = {}
+        self._class_ids: dict[tuple[Any, ...], int] = {}
+        self._touched: list[Seen] = []
         self.connections = 0
         self.warnings: list[str] = []
         self._warned: set[str] = set()
@@ -161,16 +191,56 @@ class Advisor:
             self.add(conn)
 
     def add(self, conn: Connection) -> None:
+        """Count one connection. Ends alike in everything a policy rule is made of (a pod's
+        workload, whether it is a subject; an outside address) are one class, and the
+        first connection of a (client class, server class, port, protocol) finds where
+        such connections count: the next ones only add to that route's tally."""
         self.connections += 1
         ends = self.ends
         src = ends(conn.saddr, conn.src)
         dst = ends(conn.daddr, conn.dst)
-        if src.kind == "loopback" or dst.kind == "loopback" or src.addr == dst.addr \
+        if src.addr == dst.addr or src.kind == "loopback" or dst.kind == "loopback" \
                 or same_pod(src, dst):
             return  # a pod cannot block itself: nothing to allow
-        for end in (src, dst):
-            if end.pod is not None and end.pod.host_network:
-                self._host_network.add(end.pod.ref)
+        s = src.cls if src.cls >= 0 else self._register(src)
+        d = dst.cls if dst.cls >= 0 else self._register(dst)
+        key = (s, d, conn.dport, conn.proto)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = Route()
+            self._touched = route.seen
+            self._first(src, dst, conn)
+        route.count += conn.count
+        first, last = conn.first, conn.last
+        if first and (not route.first or first < route.first):
+            route.first = first
+        if last > route.last:
+            route.last = last
+
+    def _register(self, end: End) -> int:
+        """An end seen for the first time: its pod's bookkeeping (the pods of a subject, the
+        labels a workload's pods share), and its class."""
+        pod = end.pod
+        if pod is None:
+            svc = end.service
+            key: tuple[Any, ...] = (end.kind, end.addr, end.node, svc.ref if svc else "")
+        elif pod.host_network:
+            self._host_network.add(pod.ref)
+            key = ("host-network", end.addr, pod.ref, pod.node)
+        else:
+            subject = self._subject(pod)
+            if pod.labels is None:  # said when a rule needs them; only itself is like itself
+                key = ("unknown", pod.ref, subject)
+            else:
+                wl = self._workload(pod)
+                if subject:
+                    self._subject_of(pod)
+                key = ("pod", wl, subject, _is_dns_pod(pod))
+        end.cls = self._class_ids.setdefault(key, len(self._class_ids))
+        return end.cls
+
+    def _first(self, src: End, dst: End, conn: Connection) -> None:
+        """Where connections of this route count (the drafts' ports and comment lines)."""
         if src.is_policy_pod and self._subject(src.pod):
             assert src.pod is not None
             self._egress(self._subject_of(src.pod), dst, conn)
@@ -178,10 +248,19 @@ class Advisor:
             for backend, port in self._backends(dst, conn):
                 if backend.is_policy_pod and self._subject(backend.pod):
                     assert backend.pod is not None
+                    if backend.cls < 0:
+                        self._register(backend)
                     self._ingress(self._subject_of(backend.pod), src, backend, port, conn)
         elif dst.is_policy_pod and self._subject(dst.pod):
             assert dst.pod is not None
             self._ingress(self._subject_of(dst.pod), src, dst, conn.dport, conn)
+
+    def _fold(self) -> None:
+        """Each route's tally into the drafts it counts in (once, before writing)."""
+        for route in self._routes.values():
+            for seen in route.seen:
+                seen.add(route.count, route.first, route.last)
+            route.count, route.first, route.last = 0, "", ""
 
     def _subject(self, pod: Pod | None) -> bool:
         assert pod is not None
@@ -204,10 +283,10 @@ class Advisor:
             return known[1]
         kind, name = pod.workload
         wl = (pod.namespace, kind, name)
-        self._pod_workload[id(pod)] = (pod, wl)  # the pod is kept: its id stays its own
         if pod.labels is None:
             raise Unknown(f"the labels of pod {pod.ref} are not known (SQLite captures do not "
                           f"store them), and a policy selects pods by label; {OBJECTS_HINT}")
+        self._pod_workload[id(pod)] = (pod, wl)  # the pod is kept: its id stays its own
         own = {k: v for k, v in pod.labels.items() if k not in GENERATED_LABELS}
         shared = self._labels.get(wl, own)
         self._labels[wl] = {k: v for k, v in own.items() if shared.get(k) == v}
@@ -216,8 +295,9 @@ class Advisor:
     def _egress(self, subject: Subject, dst: End, conn: Connection) -> None:
         proto = conn.proto.upper()
         if dst.kind == "service" and _is_dns(dst, conn.dport):
-            draft = subject.egress.setdefault(("dns",), Draft(_dns_peer(self.world)))
-            draft.observe("UDP", 53, f"DNS to {dst.notation}:53/{proto}", conn, (("TCP", 53),))
+            draft = _draft(subject.egress, ("dns",), lambda: Draft(_dns_peer(self.world)))
+            draft.observe("UDP", 53, ("DNS to ", dst.notation, ":", 53, proto), conn,
+                          self._touched, (("TCP", 53),))
             return
         if dst.kind == "service":
             svc = dst.service
@@ -231,21 +311,22 @@ class Advisor:
             target: int | str = sport.target if sport is not None else conn.dport
             peer = {"podSelector": {"matchLabels": dict(known.selector)},
                     "namespaceSelector": _ns_selector(known.namespace)}
-            draft = subject.egress.setdefault(("svc", known.namespace, known.name),
-                                              Draft(peer))
-            draft.observe(proto, target, f"to {dst.notation}:{conn.dport}/{proto}", conn)
+            draft = _draft(subject.egress, ("svc", known.namespace, known.name),
+                           lambda: Draft(peer))
+            draft.observe(proto, target, ("to ", dst.notation, ":", conn.dport, proto), conn,
+                          self._touched)
             return
         if dst.is_policy_pod:
             assert dst.pod is not None
             if _is_dns_pod(dst.pod) and conn.dport == 53:
-                draft = subject.egress.setdefault(("dns",), Draft(_dns_peer(self.world)))
-                draft.observe("UDP", 53, f"DNS to {dst.notation}:53/{proto}", conn,
-                              (("TCP", 53),))
+                draft = _draft(subject.egress, ("dns",), lambda: Draft(_dns_peer(self.world)))
+                draft.observe("UDP", 53, ("DNS to ", dst.notation, ":", 53, proto), conn,
+                              self._touched, (("TCP", 53),))
                 return
             wl = self._workload(dst.pod)
-            draft = subject.egress.setdefault(("wl", *wl), Draft(None, wl))
-            draft.observe(proto, conn.dport, f"to {_workload_text(wl)}:{conn.dport}/{proto}",
-                          conn)
+            draft = _draft(subject.egress, ("wl", *wl), lambda: Draft(None, wl))
+            draft.observe(proto, conn.dport, ("to ", _workload_text(wl), ":", conn.dport, proto),
+                          conn, self._touched)
             return
         self._ip_peer(subject.egress, dst, conn.dport, proto, conn, "to")
 
@@ -255,20 +336,24 @@ class Advisor:
         if src.is_policy_pod:
             assert src.pod is not None
             wl = self._workload(src.pod)
-            draft = subject.ingress.setdefault(("wl", *wl), Draft(None, wl))
-            draft.observe(proto, port, f"from {_workload_text(wl)} to :{port}/{proto}", conn)
+            draft = _draft(subject.ingress, ("wl", *wl), lambda: Draft(None, wl))
+            draft.observe(proto, port, ("from ", _workload_text(wl), " to :", port, proto), conn,
+                          self._touched)
             return
         self._ip_peer(subject.ingress, src, port, proto, conn, "from")
 
     def _ip_peer(self, drafts: dict[tuple[Any, ...], Draft], end: End, port: int | str,
                  proto: str,
                  conn: Connection, towards: str) -> None:
-        addr = ipaddress.ip_address(end.addr)
-        length = self.aggregate4 if addr.version == 4 else self.aggregate6
-        net = ipaddress.ip_network(f"{addr}/{length}", strict=False)
-        draft = drafts.get(("ip", str(net)))
+        cidr = self._cidrs.get(end.addr)
+        if cidr is None:
+            addr = ipaddress.ip_address(end.addr)
+            length = self.aggregate4 if addr.version == 4 else self.aggregate6
+            cidr = self._cidrs[end.addr] = str(ipaddress.ip_network(f"{addr}/{length}",
+                                                                     strict=False))
+        draft = drafts.get(("ip", cidr))
         if draft is None:
-            draft = drafts[("ip", str(net))] = Draft({"ipBlock": {"cidr": str(net)}})
+            draft = drafts[("ip", cidr)] = Draft({"ipBlock": {"cidr": cidr}})
         if end.kind == "node":
             if end.pod is not None:
                 note = (f"{end.pod.ref} runs in the host network of node {end.pod.node or '?'}"
@@ -277,9 +362,9 @@ class Advisor:
                 note = f"{end.addr} is node {end.node}"
             if note not in draft.notes:
                 draft.notes.append(note)
-        where = f"{end.notation}:{port}/{proto}" if towards == "to" else \
-            f"{end.notation} to :{port}/{proto}"
-        draft.observe(proto, port, f"{towards} {where}", conn)
+        draft.observe(proto, port, (f"{towards} ", end.notation,
+                                    ":" if towards == "to" else " to :", port, proto), conn,
+                      self._touched)
 
     def _backends(self, dst: End, conn: Connection) -> list[tuple[End, int | str]]:
         svc = dst.service
@@ -299,6 +384,7 @@ class Advisor:
     # -- the policies ---------------------------------------------------------------------
 
     def policies(self) -> list[Advice]:
+        self._fold()
         out: list[Advice] = []
         taken: set[tuple[str, str]] = set()
         for ref in sorted(self._host_network):
@@ -349,7 +435,9 @@ class Advisor:
             ports = [{"protocol": proto, "port": port} for proto, port in
                      sorted(draft.ports, key=lambda pp: (pp[0], str(type(pp[1])), pp[1]))]
             comments = list(draft.notes)
-            comments += [f"{what}: {seen.text()}" for what, seen in sorted(draft.seen.items())]
+            lines = sorted((f"{a}{who}{b}{port}/{proto}", seen)
+                           for (a, who, b, port, proto), seen in draft.seen.items())
+            comments += [f"{what}: {seen.text()}" for what, seen in lines]
             out.append(RuleOut({key: [draft.peer], "ports": ports}, comments))
         return out
 
@@ -365,6 +453,14 @@ class Advisor:
         if text not in self._warned:
             self._warned.add(text)
             self.warnings.append(text)
+
+
+def _draft(drafts: dict[tuple[Any, ...], Draft], key: tuple[Any, ...],
+           make: Callable[[], Draft]) -> Draft:
+    draft = drafts.get(key)
+    if draft is None:
+        draft = drafts[key] = make()
+    return draft
 
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[int, str]:

@@ -64,27 +64,135 @@ class Side:
     reason: str
 
 
-@dataclass(frozen=True)
-class Verdict:
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """One direction's decision, for every pod of a class alike (no names in it)."""
+
+    policies: tuple[str, ...]
+    allowed_by: tuple[str, ...]
     verdict: str
-    reason: str
-    egress: Side | None = None
-    ingress: Side | None = None
-    service: str = ""  # namespace/name, when the server was a Service
-    backend: str = ""  # the backend pod that decided
+    why: str  # isolated | not-isolated | own-node
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the policies decide for a (client class, server class, port, protocol)."""
+
+    verdict: str
+    egress: Judged | None = None
+    ingress: Judged | None = None
+    loopback: bool = False
+    backend: End | None = None  # a Service's backend that decided
     backend_port: int = 0
+
+
+LOOPBACK_DECISION = Decision(ALLOWED, loopback=True)
+LOOPBACK_REASON = "loopback: a pod's connection to itself never leaves its network namespace"
+
+
+class Verdict:
+    """The verdict on one connection: the class-level :class:`Decision` and the connection's
+    own ends, worded (``reason``, ``egress``, ``ingress``) only when someone asks."""
+
+    __slots__ = ("_egress", "_ingress", "_reason", "decision", "dst", "port", "proto", "src")
+
+    def __init__(self, decision: Decision, src: End, dst: End, port: int, proto: str) -> None:
+        self.decision = decision
+        self.src = src
+        self.dst = dst
+        self.port = port
+        self.proto = proto
+        self._reason: str | None = None
+        self._egress: Side | bool | None = False  # False: not worded yet
+        self._ingress: Side | bool | None = False
+
+    @property
+    def verdict(self) -> str:
+        return self.decision.verdict
 
     @property
     def allowed(self) -> bool:
-        return self.verdict == ALLOWED
+        return self.decision.verdict == ALLOWED
+
+    @property
+    def service(self) -> str:
+        svc = self.dst.service if self.decision.backend is not None else None
+        return svc.ref if svc is not None else ""
+
+    @property
+    def backend(self) -> str:
+        b = self.decision.backend
+        return b.pod.ref if b is not None and b.pod is not None else ""
+
+    @property
+    def backend_port(self) -> int:
+        return self.decision.backend_port
+
+    @property
+    def egress(self) -> Side | None:
+        if self._egress is False:
+            d = self.decision
+            server = d.backend or self.dst
+            port = d.backend_port if d.backend is not None else self.port
+            self._egress = _side(EGRESS, d.egress, self.src, server, port, self.proto)
+        assert not isinstance(self._egress, bool)
+        return self._egress
+
+    @property
+    def ingress(self) -> Side | None:
+        if self._ingress is False:
+            d = self.decision
+            server = d.backend or self.dst
+            port = d.backend_port if d.backend is not None else self.port
+            self._ingress = _side(INGRESS, d.ingress, server, self.src, port, self.proto)
+        assert not isinstance(self._ingress, bool)
+        return self._ingress
+
+    @property
+    def reason(self) -> str:
+        if self._reason is None:
+            d = self.decision
+            if d.loopback:
+                self._reason = LOOPBACK_REASON
+            else:
+                sides = [s for s in (self.egress, self.ingress) if s is not None]
+                if not sides:
+                    self._reason = "no pod end: NetworkPolicy does not apply"
+                elif d.verdict == DENIED:
+                    self._reason = "; ".join(s.reason for s in sides if s.verdict == DENIED)
+                else:
+                    self._reason = "; ".join(s.reason for s in sides)
+        return self._reason
 
 
-LOOPBACK = Verdict(ALLOWED, "loopback: a pod's connection to itself never leaves its network "
-                            "namespace")
+def _side(direction: str, judged: Judged | None, subject: End, peer: End, port: int,
+          proto: str) -> Side | None:
+    """A direction's decision in words, for ``subject`` (the isolated pod) and ``peer``."""
+    if judged is None or subject.pod is None:
+        return None
+    pod = subject.pod.ref
+    word = direction.lower()
+    if judged.why == "not-isolated":
+        reason = f"{pod} is not isolated for {word}"
+    elif judged.why == "own-node":
+        reason = f"{word}: traffic between a pod and its own node is always allowed"
+    elif judged.verdict == ALLOWED:
+        reason = f"{word} allowed by {', '.join(judged.allowed_by)}"
+    else:
+        towards = "to" if direction == EGRESS else "from"
+        reason = (f"{word} {'from' if direction == EGRESS else 'to'} {pod}: no rule of "
+                  f"{', '.join(judged.policies)} allows {proto}/{port} {towards} "
+                  f"{peer.notation}")
+    return Side(word, pod, judged.policies, judged.allowed_by, judged.verdict, reason)
 
 
 class Checker:
-    """Judges connections against a set of policies over one :class:`World`."""
+    """Judges connections against a set of policies over one :class:`World`.
+
+    A decision depends on a pod only through its namespace, labels, container ports,
+    node, and (when some ipBlock could match it) its address: pods alike in those are
+    one *class*, and each (client class, server class, port, protocol) is decided once.
+    """
 
     def __init__(self, policies: Iterable[NetworkPolicy], world: World) -> None:
         self.world = world
@@ -92,26 +200,92 @@ class Checker:
         self._by_ns: dict[str, list[NetworkPolicy]] = {}
         for p in self.policies:
             self._by_ns.setdefault(p.namespace, []).append(p)
+        # Every distinct ipBlock: which of them contain an address is all that ipBlock
+        # peers can tell about it.
+        self._blocks = list(dict.fromkeys(peer.ip_block for p in self.policies
+                                          for rule in (*p.ingress, *p.egress)
+                                          for peer in rule.peers
+                                          if peer.ip_block is not None))
         self.ends = Ends(world)
+        self._class_ids: dict[tuple[object, ...], int] = {}
         self._selecting: dict[Pod, tuple[list[NetworkPolicy], list[NetworkPolicy]]] = {}
-        self._verdicts: dict[tuple[End, End, int, str], Verdict] = {}
+        self._decisions: dict[tuple[object, ...], Decision] = {}
+        self._peer_memo: dict[tuple[int, int], bool] = {}
 
     # -- the hot path ------------------------------------------------------------------
 
     def check(self, conn: Connection) -> Verdict:
+        """The verdict on one connection: two end lookups and one decision lookup, after
+        the first connection of each class pair."""
         ends = self.ends
         src = ends(conn.saddr, conn.src)
         dst = ends(conn.daddr, conn.dst)
-        key = (src, dst, conn.dport, conn.proto)
-        verdict = self._verdicts.get(key)
-        if verdict is None:
-            verdict = self._verdicts[key] = self.judge(src, dst, conn.dport, conn.proto)
-        return verdict
+        port, proto = conn.dport, conn.proto
+        s, d = src.cls, dst.cls
+        if s < 0 or d < 0 or dst.kind == "service" or src.addr == dst.addr \
+                or src.kind == "loopback" or dst.kind == "loopback":
+            return Verdict(self.decide(src, dst, port, proto), src, dst, port, proto)
+        if src.pod is not None and dst.pod is not None and src.pod.ref == dst.pod.ref:
+            return Verdict(LOOPBACK_DECISION, src, dst, port, proto)
+        decision = self._decisions.get((s, d, port, proto))
+        if decision is None:
+            decision = self.decide(src, dst, port, proto)
+        return Verdict(decision, src, dst, port, proto)
 
     @property
     def distinct(self) -> int:
-        """How many distinct (client, server, port, protocol) tuples were judged."""
-        return len(self._verdicts)
+        """How many (client class, server class, port, protocol) were decided."""
+        return len(self._decisions)
+
+    def decide(self, src: End, dst: End, port: int, proto: str) -> Decision:
+        if src.kind == "loopback" or dst.kind == "loopback" or src.addr == dst.addr \
+                or same_pod(src, dst):
+            return LOOPBACK_DECISION
+        key: tuple[object, ...] = (self._class(src), self._class(dst), port, proto)
+        if dst.kind == "service" and src.pod is not None:
+            key += (src.pod.ref,)  # it may be one of the backends: itself is loopback
+        decision = self._decisions.get(key)
+        if decision is None:
+            if dst.kind == "service":
+                decision = self._via_service(src, dst, port, proto)
+            else:
+                decision = self._judge(src, dst, port, proto)
+            self._decisions[key] = decision
+        return decision
+
+    def judge(self, src: End, dst: End, port: int, proto: str) -> Verdict:
+        """The verdict on one (client, server, port, protocol)."""
+        return Verdict(self.decide(src, dst, port, proto), src, dst, port, proto)
+
+    def _class(self, end: End) -> int:
+        """The number of ``end``'s class: what a decision can depend on about it."""
+        if end.cls >= 0:
+            return end.cls
+        pod = end.pod
+        addr = end.addr
+        if self._blocks:
+            ip = ipaddress.ip_address(addr)
+            blocks = tuple(i for i, b in enumerate(self._blocks) if b.contains(ip))
+        else:
+            blocks = ()
+        # A node's address decides whether it is a pod's own node: it stays in the key.
+        where = addr if end.kind == "node" else ""
+        if end.kind == "service":
+            svc = end.service
+            key: tuple[object, ...] = ("service", svc.ref if svc else addr, addr)
+        elif pod is not None:
+            labels = tuple(sorted(pod.labels.items())) if pod.labels is not None else None
+            ports = tuple((c.name, c.port, c.protocol) for c in pod.ports) \
+                if pod.ports is not None else None
+            key = (end.kind, pod.namespace, labels, ports, pod.node, pod.host_ip,
+                   pod.host_network, blocks, where)
+            if pod.labels is None:
+                key += (pod.ref,)  # unknown labels: only itself is like itself
+        else:
+            key = (end.kind, end.node, blocks, where)
+        number = self._class_ids.setdefault(key, len(self._class_ids))
+        end.cls = number
+        return number
 
     def selecting(self, pod: Pod) -> tuple[list[NetworkPolicy], list[NetworkPolicy]]:
         """(policies isolating ``pod`` for ingress, for egress)."""
@@ -128,28 +302,16 @@ class Checker:
             got = self._selecting[pod] = (ingress, egress)
         return got
 
-    # -- judging -------------------------------------------------------------------------
+    # -- deciding ------------------------------------------------------------------------
 
-    def judge(self, src: End, dst: End, port: int, proto: str) -> Verdict:
-        if src.kind == "loopback" or dst.kind == "loopback" or src.addr == dst.addr \
-                or same_pod(src, dst):
-            return LOOPBACK
-        if dst.kind == "service":
-            return self._via_service(src, dst, port, proto)
-        return self._judge(src, dst, port, proto)
+    def _judge(self, src: End, dst: End, port: int, proto: str) -> Decision:
+        egress = self._direction(EGRESS, src, dst, port, proto) if src.is_policy_pod else None
+        ingress = self._direction(INGRESS, dst, src, port, proto) if dst.is_policy_pod \
+            else None
+        denied = any(s is not None and s.verdict == DENIED for s in (egress, ingress))
+        return Decision(DENIED if denied else ALLOWED, egress, ingress)
 
-    def _judge(self, src: End, dst: End, port: int, proto: str) -> Verdict:
-        egress = self._side(EGRESS, src, dst, port, proto) if src.is_policy_pod else None
-        ingress = self._side(INGRESS, dst, src, port, proto) if dst.is_policy_pod else None
-        sides = [s for s in (egress, ingress) if s is not None]
-        denied = [s for s in sides if s.verdict == DENIED]
-        if denied:
-            return Verdict(DENIED, "; ".join(s.reason for s in denied), egress, ingress)
-        if not sides:
-            return Verdict(ALLOWED, "no pod end: NetworkPolicy does not apply", None, None)
-        return Verdict(ALLOWED, "; ".join(s.reason for s in sides), egress, ingress)
-
-    def _via_service(self, src: End, dst: End, port: int, proto: str) -> Verdict:
+    def _via_service(self, src: End, dst: End, port: int, proto: str) -> Decision:
         svc = dst.service
         assert svc is not None
         known = self.world.services.get((svc.namespace, svc.name))
@@ -162,7 +324,7 @@ class Checker:
         backends = self.world.backends(known)
         if not backends:
             raise Unknown(f"Service {svc.ref} has no backend pods in the objects given")
-        first: Verdict | None = None
+        first: Decision | None = None
         for pod in backends:
             target = sport.target
             if isinstance(target, str):
@@ -179,42 +341,35 @@ class Checker:
                         pod.ips[0] if pod.ips else dst.addr)
             backend = self.ends.pod(pod, addr)
             if src.pod is not None and src.pod.ref == pod.ref:
-                verdict = LOOPBACK  # a pod reaching itself through its Service
+                decision = replace(LOOPBACK_DECISION, backend=backend, backend_port=number)
             else:
-                verdict = self._judge(src, backend, number, proto)
-            verdict = replace(verdict, service=svc.ref, backend=pod.ref, backend_port=number)
-            if not verdict.allowed:
-                return verdict
-            first = first or verdict
+                decision = replace(self._judge(src, backend, number, proto), backend=backend,
+                                   backend_port=number)
+            if decision.verdict == DENIED:
+                return decision
+            first = first or decision
         if first is None:
             raise Unknown(f"no backend of Service {svc.ref} has a {proto.upper()} port named "
                           f"{sport.target!r}")
         return first
 
-    def _side(self, direction: str, subject: End, peer: End, port: int, proto: str) -> Side:
+    def _direction(self, direction: str, subject: End, peer: End, port: int,
+                   proto: str) -> Judged:
         pod = subject.pod
         assert pod is not None
         ingress, egress = self.selecting(pod)
         policies = egress if direction == EGRESS else ingress
-        word = direction.lower()
         refs = tuple(p.ref for p in policies)
         if not policies:
-            return Side(word, pod.ref, (), (), ALLOWED, f"{pod.ref} is not isolated for {word}")
+            return Judged((), (), ALLOWED, "not-isolated")
         if _is_own_node(pod, peer):
-            return Side(word, pod.ref, refs, (), ALLOWED,
-                        f"{word}: traffic between a pod and its own node is always allowed")
+            return Judged(refs, (), ALLOWED, "own-node")
         # A named port is resolved against the pod the connection goes to.
         server = peer.pod if direction == EGRESS else pod
         allowed = tuple(p.ref for p in policies
                         if any(self._rule_matches(p, rule, peer, port, proto, server)
                                for rule in p.rules(direction)))
-        if allowed:
-            return Side(word, pod.ref, refs, allowed, ALLOWED,
-                        f"{word} allowed by {', '.join(allowed)}")
-        towards = "to" if direction == EGRESS else "from"
-        return Side(word, pod.ref, refs, (), DENIED,
-                    f"{word} {'from' if direction == EGRESS else 'to'} {pod.ref}: no rule of "
-                    f"{', '.join(refs)} allows {proto}/{port} {towards} {peer.notation}")
+        return Judged(refs, allowed, ALLOWED if allowed else DENIED, "isolated")
 
     def _rule_matches(self, policy: NetworkPolicy, rule: Rule, peer: End, port: int,
                       proto: str, server: Pod | None) -> bool:
@@ -222,7 +377,16 @@ class Checker:
             return False
         if not rule.peers:
             return True
-        return any(self.peer_matches(policy, p, peer) for p in rule.peers)
+        cls = self._class(peer)
+        memo = self._peer_memo
+        for p in rule.peers:
+            key = (id(p), cls)  # a Peer belongs to one policy, kept for the checker's life
+            match = memo.get(key)
+            if match is None:
+                match = memo[key] = self.peer_matches(policy, p, peer)
+            if match:
+                return True
+        return False
 
     def peer_matches(self, policy: NetworkPolicy, peer: Peer, end: End) -> bool:
         """Does ``peer`` (of ``policy``'s rules) match ``end``?"""

@@ -36,14 +36,20 @@ class _StrictLoader(_Base):  # type: ignore[misc]
     def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
+            # Keys are plain scalars nearly always: compare their text (and tag) without
+            # constructing them twice; anything else is constructed to compare.
+            if isinstance(key_node, yaml.ScalarNode):
+                key: Any = (key_node.tag, key_node.value)
+            else:
+                key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen
             except TypeError:
                 duplicate = False
             if duplicate:
+                shown = key[1] if isinstance(key_node, yaml.ScalarNode) else key
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"mapping key {key!r} is given twice", key_node.start_mark)
+                    None, None, f"mapping key {shown!r} is given twice", key_node.start_mark)
             seen.add(key)
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         return mapping

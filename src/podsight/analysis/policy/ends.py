@@ -24,7 +24,7 @@ class End:
     so a verdict cache can be keyed on them.
     """
 
-    __slots__ = ("addr", "kind", "node", "notation", "pod", "service")
+    __slots__ = ("addr", "cls", "kind", "node", "notation", "pod", "service")
 
     def __init__(self, kind: str, addr: str, notation: str, pod: Pod | None = None,
                  service: Service | None = None, node: str = "") -> None:
@@ -34,6 +34,9 @@ class End:
         self.pod = pod
         self.service = service
         self.node = node
+        #: The checker's class of this end (-1 until it is asked): ends alike in what a
+        #: policy can tell about them share one.
+        self.cls = -1
 
     @property
     def is_policy_pod(self) -> bool:
@@ -49,15 +52,24 @@ class Ends:
     def __init__(self, world: World) -> None:
         self.world = world
         self._ends: dict[tuple[str, Hint | None], End] = {}
+        self._fast: dict[tuple[str, int], tuple[Hint | None, End]] = {}
         self._pod_ends: dict[tuple[Pod, str], End] = {}
 
     def __call__(self, addr: str, hint: Hint | None) -> End:
+        # By the hint's identity first: readers hand out the same hint object for the
+        # records of one pod, and hashing a hint (labels and all) costs more than the rest.
+        fast = self._fast.get((addr, id(hint)))
+        if fast is not None and fast[0] is hint:
+            return fast[1]
         end = self._ends.get((addr, hint))
         if end is None:
             end = self._make(addr, hint)
             if len(self._ends) > self.LIMIT:
                 self._ends.clear()
             self._ends[(addr, hint)] = end
+        if len(self._fast) > self.LIMIT:
+            self._fast.clear()
+        self._fast[(addr, id(hint))] = (hint, end)  # the hint is held: its id stays its own
         return end
 
     def _make(self, addr: str, hint: Hint | None) -> End:
@@ -66,11 +78,12 @@ class Ends:
             return End("loopback", addr, f"r/{addr}")
         if hint is not None and hint.kind == "pod":
             pod = world.pods.get((hint.namespace, hint.name))
+            labels = dict(hint.labels) if hint.labels is not None else None
             if pod is None:
-                pod = Pod(hint.namespace, hint.name, hint.labels, (addr,), None, hint.node,
+                pod = Pod(hint.namespace, hint.name, labels, (addr,), None, hint.node,
                           workload_kind=hint.workload_kind, workload_name=hint.workload_name)
-            elif hint.labels is not None and hint.labels != pod.labels:
-                pod = replace(pod, labels=hint.labels)  # the record's, at the event's time
+            elif labels is not None and labels != pod.labels:
+                pod = replace(pod, labels=labels)  # the record's, at the event's time
             return self.pod(pod, addr)
         if hint is not None and hint.kind == "service":
             svc = world.services.get((hint.namespace, hint.name))

@@ -1,59 +1,104 @@
 """Generated policies as YAML, each rule under the comments that justify it.
 
-PyYAML writes every value (quoting, escaping); this module only lays the
-documents out so that comment lines can stand above each rule, which no
-YAML library in Debian writes (ruamel.yaml could, at the price of another
-dependency for a few ``#`` lines). Every document is read back and compared
-with the object it must be before it is returned: a layout bug can never
-write a policy other than the one computed.
+No YAML library in Debian writes comments (ruamel.yaml could, at the price
+of another dependency for a few ``#`` lines), and PyYAML's representer, in
+Python even with libyaml, costs more than all the rest of ``advise`` on a
+thousand policies. So this module lays the block-style YAML out itself, for
+the only values a policy holds (mappings, lists, strings, integers): a
+string is written plain when PyYAML's own resolver reads it back as that
+string, else as a JSON string (a valid YAML double-quoted scalar). Every
+document is then read back with libyaml and compared with the object it
+must be before it is returned: a layout bug can never write a policy other
+than the one computed.
 """
 
 from __future__ import annotations
 
-import textwrap
+import json
+import re
 from typing import Any
 
 import yaml
 
 from podsight.analysis.policy.advisor import Advice, RuleOut
 
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+_RESOLVER: Any = yaml.resolver.Resolver()
+_STR = "tag:yaml.org,2002:str"
 
-def _dump(value: Any) -> str:
-    text: str = yaml.safe_dump(value, sort_keys=False, default_flow_style=False,
-                               width=1 << 16)
-    return text
+
+def scalar(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        raise TypeError(f"no such value in a policy: {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    if _PLAIN.fullmatch(text) and \
+            _RESOLVER.resolve(yaml.ScalarNode, text, (True, False)) == _STR:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def emit(value: Any, indent: int = 0) -> list[str]:
+    """Block-style lines for a mapping or a list, as PyYAML lays them out."""
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, dict) and item:
+                lines.append(f"{pad}{scalar(key)}:")
+                lines += emit(item, indent + 2)
+            elif isinstance(item, list) and item:
+                lines.append(f"{pad}{scalar(key)}:")
+                lines += emit(item, indent)
+            elif isinstance(item, dict | list):
+                lines.append(f"{pad}{scalar(key)}: {'{}' if isinstance(item, dict) else '[]'}")
+            else:
+                lines.append(f"{pad}{scalar(key)}: {scalar(item)}")
+        return lines
+    for item in value:
+        if isinstance(item, dict | list) and item:
+            inner = emit(item, indent + 2)
+            lines.append(f"{pad}- {inner[0][indent + 2:]}")
+            lines += inner[1:]
+        elif isinstance(item, dict | list):
+            lines.append(f"{pad}- {'{}' if isinstance(item, dict) else '[]'}")
+        else:
+            lines.append(f"{pad}- {scalar(item)}")
+    return lines
 
 
 def _comment(text: str, indent: str) -> str:
-    # A comment is one line: control characters (a newline in a label value cannot
-    # occur, but a name from a file can hold anything) become spaces.
-    clean = "".join(c if c.isprintable() else " " for c in text)
+    # A comment is one line: control characters (a name from a file can hold anything)
+    # become spaces.
+    clean = text if text.isprintable() else "".join(c if c.isprintable() else " "
+                                                    for c in text)
     return f"{indent}# {clean}\n"
 
 
-def _rules(key: str, rules: list[RuleOut]) -> str:
+def _rules(key: str, rules: list[RuleOut]) -> list[str]:
     if not rules:
-        return f"  {key}: []\n"
-    out = f"  {key}:\n"
+        return [f"  {key}: []"]
+    out = [f"  {key}:"]
     for rule in rules:
-        out += "".join(_comment(line, "  ") for line in rule.comments)
-        out += textwrap.indent(_dump([rule.body]), "  ")
+        out += [_comment(line, "  ")[:-1] for line in rule.comments]
+        out += emit([rule.body], 2)
     return out
 
 
 def document(advice: Advice) -> str:
     """One policy as a YAML document with its comments."""
     body = advice.body()
-    head = {k: v for k, v in body.items() if k != "spec"}
     spec = body["spec"]
-    text = "".join(_comment(line, "") for line in advice.comments)
-    text += _dump(head)
-    text += "spec:\n"
-    text += textwrap.indent(_dump({"podSelector": spec["podSelector"],
-                                   "policyTypes": spec["policyTypes"]}), "  ")
-    text += _rules("ingress", advice.ingress)
-    text += _rules("egress", advice.egress)
-    if yaml.safe_load(text) != body:  # the layout must not change what is written
+    lines = [_comment(line, "")[:-1] for line in advice.comments]
+    lines += emit({k: v for k, v in body.items() if k != "spec"})
+    lines.append("spec:")
+    lines += emit({"podSelector": spec["podSelector"], "policyTypes": spec["policyTypes"]}, 2)
+    lines += _rules("ingress", advice.ingress)
+    lines += _rules("egress", advice.egress)
+    text = "\n".join(lines) + "\n"
+    if yaml.load(text, Loader=_LOADER) != body:
         raise AssertionError(f"rendering {advice.namespace}/{advice.name} changed it")
     return text
 

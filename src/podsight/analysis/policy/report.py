@@ -47,10 +47,10 @@ class JsonReport:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         # (ids) -> the objects (held, so the ids stay theirs) and the rendered tail
-        self._tails: dict[tuple[int, int, int], tuple[Verdict, End, End, str]] = {}
+        self._tails: dict[tuple[int, int, int, int, str], tuple[object, End, End, str]] = {}
 
     def write(self, conn: Connection, src: End, dst: End, verdict: Verdict) -> None:
-        key = (id(verdict), id(src), id(dst))
+        key = (id(verdict.decision), id(src), id(dst), conn.dport, conn.proto)
         held = self._tails.get(key)
         if held is not None:
             tail = held[3]
@@ -59,7 +59,7 @@ class JsonReport:
                     + _dumps(verdict_json(verdict))[1:])
             if len(self._tails) > 1 << 18:
                 self._tails.clear()
-            self._tails[key] = (verdict, src, dst, tail)
+            self._tails[key] = (verdict.decision, src, dst, tail)
         head = (f'{{"saddr":"{conn.saddr}","sport":{conn.sport},"daddr":"{conn.daddr}",'
                 f'"dport":{conn.dport},"proto":"{conn.proto}"')
         if conn.first:

@@ -19,6 +19,7 @@ import ipaddress
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from podsight.analysis.policy.documents import Document
@@ -60,11 +61,11 @@ class Pod:
     workload_kind: str = ""
     workload_name: str = ""
 
-    @property
+    @cached_property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    @property
+    @cached_property
     def notation(self) -> str:
         return f"p/{self.namespace}/{self.name}"
 
