@@ -38,7 +38,7 @@ from podsight.analysis.policy.model import EGRESS, INGRESS, NetworkPolicy, Peer,
 from podsight.analysis.policy.policies import PolicySet, collect, load
 from podsight.analysis.policy.world import Pod, World, from_documents
 from podsight.lab import nft, system
-from podsight.lab.errors import LabError
+from podsight.lab.errors import LabEnvironmentProblem, LabError
 from podsight.lab.topology import NFT_FAMILY
 
 if TYPE_CHECKING:
@@ -85,6 +85,11 @@ def apply(lab: Lab, path: str) -> tuple[PolicySet, list[Applied]]:
         policies = list(merged.values())
         world = world_of(lab)
         text = ruleset(policies, world)
+        if system.read_sysctl(nft.BRIDGE_NF_SYSCTL) is None:
+            # Without it, traffic between pods on the bridge never meets the rules: refuse
+            # rather than seem to enforce.
+            raise LabEnvironmentProblem("enforcing policies between lab pods needs the "
+                                        "br_netfilter module (modprobe br_netfilter)")
         state = lab.files.read_state() or {}
         if "sysctls" in state and system.read_sysctl(BRIDGE_NF6_SYSCTL) not in (None, "1"):
             lab.files.set_sysctl(state, BRIDGE_NF6_SYSCTL, "1")
