@@ -29,7 +29,12 @@ def write_all(stream: TextIO, text: str) -> None:
         stream.flush()
         return
     stream.flush()  # anything written through the TextIO before goes first
-    view = memoryview(text.encode())
+    write_fd(fd, text.encode())
+
+
+def write_fd(fd: int, data: bytes) -> None:
+    """Write ``data`` completely to ``fd``, or (on a regular file) not at all."""
+    view = memoryview(data)
     total = len(view)
     start = _regular_file_offset(fd)
     while view:

@@ -1,0 +1,88 @@
+"""pcapng blocks as stock tshark reads them: names, nanoseconds, direction, lengths, names of
+addresses, comments and interface statistics. No root: the packets are built here."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from podsight.outputs import pcapng
+
+
+def udp_frame(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    eth = bytes.fromhex("02706c6c0105") + bytes.fromhex("02706c6c0104") + b"\x08\x00"
+    return eth + ip + udp
+
+
+def tshark(path: Path, *args: str) -> str:
+    return subprocess.run(["tshark", "-r", str(path), *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.fixture
+def capture(tmp_path: Path) -> Path:
+    path = tmp_path / "t.pcapng"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        w = pcapng.PcapngWriter(fd, "podsight test")
+        a = w.add_interface("p/shop/frontend", "k8s.node=vm;k8s.namespace=shop;"
+                            "k8s.podName=frontend;k8s.containerName=app", 96, "udp port 53")
+        b = w.add_interface("p/shop/backend", "k8s.node=vm;k8s.namespace=shop;"
+                            "k8s.podName=backend;k8s.containerName=", 262144)
+        w.add(pcapng.name_resolution([("10.244.0.4", ["frontend.shop"]),
+                                      ("10.244.0.5", ["backend.shop"])]))
+        frame = udp_frame("10.244.0.4", "10.244.0.5", 40000, 53, b"x" * 200)
+        w.add(pcapng.enhanced_packet(a.index, 1_700_000_000_123_456_789, frame[:96], len(frame),
+                                     pcapng.OUTBOUND, "p/shop/frontend:40000 -> "
+                                     "p/shop/backend:53"))
+        w.add(pcapng.enhanced_packet(b.index, 1_700_000_000_123_457_000, frame, len(frame),
+                                     pcapng.INBOUND))
+        w.add(pcapng.interface_statistics(a.index, 1_700_000_001_000_000_000, 5, 2))
+        w.flush()
+    finally:
+        os.close(fd)
+    return path
+
+
+def test_tshark_reads_names_nanoseconds_direction_and_lengths(capture):
+    packets = [p["_source"]["layers"] for p in json.loads(tshark(capture, "-T", "json"))]
+    assert len(packets) == 2
+    first, second = (p["frame"] for p in packets)
+    assert first["frame.interface_id_tree"] == {
+        "frame.interface_name": "p/shop/frontend",
+        "frame.interface_description": "k8s.node=vm;k8s.namespace=shop;k8s.podName=frontend;"
+                                       "k8s.containerName=app"}
+    assert first["frame.time_epoch"] == "1700000000.123456789"
+    assert (first["frame.len"], first["frame.cap_len"]) == ("242", "96")
+    assert packets[0]["pkt_comment"]["frame.comment"] == (
+        "p/shop/frontend:40000 -> p/shop/backend:53")
+    assert "pkt_comment" not in packets[1]
+    assert first["frame.packet_flags_tree"]["frame.packet_flags_direction"] == "0x00000002"
+    assert second["frame.packet_flags_tree"]["frame.packet_flags_direction"] == "0x00000001"
+    assert second["frame.interface_id_tree"]["frame.interface_name"] == "p/shop/backend"
+    assert (second["frame.len"], second["frame.cap_len"]) == ("242", "242")
+
+
+def test_tshark_names_addresses_from_the_name_resolution_block(capture):
+    out = tshark(capture, "-N", "n", "-T", "fields", "-e", "ip.src_host", "-e", "ip.dst_host")
+    assert out.splitlines()[0].split("\t") == ["frontend.shop", "backend.shop"]
+
+
+def test_capinfos_sees_the_interfaces_and_their_statistics(capture):
+    out = subprocess.run(["capinfos", "-M", str(capture)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "Number of interfaces in file: 2" in out
+    assert "Capture length = 96" in out and "Capture length = 262144" in out
+    assert "udp port 53" in out
+    stats = subprocess.run(["tshark", "-r", str(capture), "-q", "-z", "io,stat,0"],
+                           capture_output=True, text=True, check=True)
+    assert stats.returncode == 0
