@@ -142,6 +142,8 @@ def cli_cases(d: Path) -> list[tuple[list[str], str]]:
         (["advise", "network-policy", "--from", rec, "--output-dir", str(d / "a" / "b")],
          "no such directory"),
         (["advise", "network-policy", "--from", rec, "--output-dir", good], "not a directory"),
+        (["advise", "network-policy", "--from", rec, "--objects", obj, "--output-dir",
+          "/proc/podsight-no"], "--output-dir /proc/podsight-no: cannot create it"),
         (["advise", "network-policy", "--from", rec, "--timeout", "0"], "must be positive"),
         (["advise", "network-policy", "--from", str(d / "garbage.json")], "not a JSON object"),
         (["advise", "network-policy", "--from", rec, "--objects", obj, "-l", "app in (x"],

@@ -200,3 +200,51 @@ def test_check_with_a_token_rbac_forbids_is_one_line(cluster: Cluster, tmp_path:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "401" in lines[0], proc.stderr
     assert os.path.exists(config)
+
+
+def test_kubectl_get_output_is_what_objects_and_policies_read(cluster: Cluster, core: Any,
+                                                             tmp_path: Path):
+    """What kubectl itself prints (``get namespaces,pods,services -A -o yaml`` and ``get
+    networkpolicies -A -o yaml``), offline, gives the verdicts the live API gives: named
+    ports, namespace labels and a Service's target port included."""
+    front = make_namespace(core, {"team": "front"})
+    back = make_namespace(core, {"team": "back"})
+    _pod(core, front, "client", "10.252.0.10", {"app": "client"}, [])
+    _pod(core, back, "server", "10.252.0.11", {"app": "server"},
+         [{"name": "http", "containerPort": 8080}])
+    core.create_namespaced_service(back, {
+        "metadata": {"name": "server"},
+        "spec": {"selector": {"app": "server"},
+                 "ports": [{"port": 80, "targetPort": "http", "protocol": "TCP"}]}})
+    svc_ip = core.read_namespaced_service("server", back).spec.cluster_ip
+    assert svc_ip
+    policy = np(back, "server-in", {
+        "podSelector": sel(app="server"), "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"namespaceSelector": sel(team="front")}],
+                     "ports": [{"port": "http"}]}]})
+    applied = kubectl(cluster, "apply", "-n", back, "-f", "-", stdin=yaml.safe_dump(policy))
+    assert applied.returncode == 0, applied.stderr
+    records = "".join(json.dumps({"ip": 4, "proto": "tcp", "saddr": "10.252.0.10",
+                                  "sport": 1, "daddr": daddr, "dport": port}) + "\n"
+                      for daddr, port in (("10.252.0.11", 8080), ("10.252.0.11", 9090),
+                                          (svc_ip, 80)))
+    objects, policies = tmp_path / "objects.yaml", tmp_path / "policies.yaml"
+    for path, what in ((objects, "namespaces,pods,services"), (policies, "networkpolicies")):
+        got = kubectl(cluster, "get", what, "-A", "-o", "yaml")
+        assert got.returncode == 0, got.stderr
+        path.write_text(got.stdout)
+
+    def verdicts(*argv: str) -> list[tuple[str, str, int, str]]:
+        proc = podsight("policy", "check", "--from", "-", "-o", "json", *argv, stdin=records)
+        assert proc.returncode == 1, proc.stderr
+        return [(r["src"], r["dst"], r["dport"], r["verdict"])
+                for r in map(json.loads, proc.stdout.splitlines())]
+
+    offline = verdicts("--policies", str(policies), "--objects", str(objects))
+    assert offline == [(f"p/{front}/client", f"p/{back}/server", 8080, "allowed"),
+                       (f"p/{front}/client", f"p/{back}/server", 9090, "denied"),
+                       (f"p/{front}/client", f"s/{back}/server", 80, "allowed")]
+    live_dir = tmp_path / "live"
+    live_dir.mkdir()
+    (live_dir / "p.yaml").write_text(yaml.safe_dump(policy))
+    assert verdicts("--policies", str(live_dir), "--kubeconfig", cluster.kubeconfig) == offline

@@ -20,13 +20,15 @@ runs, so ``podsight --help`` does not pay for them.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import sys
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from podsight.cli import args as A
-from podsight.errors import UserError
+from podsight.errors import RunFailure, UserError
 
 if TYPE_CHECKING:
     from podsight.analysis.policy import World
@@ -292,7 +294,11 @@ def _check_output_dir(path: str) -> None:
 def _write_all(out_dir: str, files: dict[str, str], overwrite: bool) -> list[str]:
     """Every file or none: targets are checked first, each is written to a temporary file
     and renamed over its name, so a reader never sees half a policy."""
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output-dir {out_dir}: cannot create it: "
+                        f"{(exc.strerror or str(exc)).lower()}") from None
     if not overwrite:
         existing = [n for n in files if os.path.lexists(os.path.join(out_dir, n))]
         if existing:
@@ -303,18 +309,23 @@ def _write_all(out_dir: str, files: dict[str, str], overwrite: bool) -> list[str
         for name, text in sorted(files.items()):
             final = os.path.join(out_dir, name)
             tmp = os.path.join(out_dir, f".{name}.{os.getpid()}.tmp")
+            temps.append((tmp, final))  # before it exists: a failed write is removed too
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-            temps.append((tmp, final))
         for tmp, final in temps:
             os.replace(tmp, final)
-    except OSError as exc:
+    except BaseException as exc:  # an error or Ctrl-C: no temporary file is left
         for tmp, _ in temps:
-            if os.path.exists(tmp):
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        raise UserError(f"writing to {out_dir}: {exc.strerror or exc}") from None
+        if not isinstance(exc, OSError):
+            raise
+        text = f"writing to {out_dir}: {(exc.strerror or str(exc)).lower()}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise RunFailure(text) from None
+        raise UserError(text) from None
     return sorted(files)
 
 
