@@ -259,3 +259,20 @@ def test_the_yaml_layout_round_trips_awkward_strings():
     assert yaml.safe_load(text) == doc
     assert "  kubernetes.io/metadata.name: kubernetes.io/metadata.name" in text
     assert '  "yes": "yes"' in text
+
+
+def test_every_rendered_policy_reads_back_as_its_body(tmp_path: Path, world: Path):
+    """The renderer lays YAML out by hand (comments above rules); what it writes must read
+    back as exactly the policy it was given."""
+    from podsight.analysis.policy import Advisor, Reader, render
+    from podsight.analysis.policy.documents import documents
+    from podsight.analysis.policy.world import from_documents
+
+    src = write_json(tmp_path / "t.json", "tcpconnect", seed_records())
+    objects = from_documents(documents(str(world), "objects"), "objects")
+    advisor = Advisor(objects, subjects=lambda pod: True, aggregate4=32, aggregate6=128)
+    advisor.add_all(Reader([str(src)]))
+    advices = advisor.policies()
+    assert len(advices) == 3
+    for advice in advices:
+        assert yaml.safe_load(render.document(advice)) == advice.body()
