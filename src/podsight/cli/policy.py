@@ -158,6 +158,7 @@ def _world(ns: argparse.Namespace, *, live_lab: bool = False) -> World:
 def _check(ns: argparse.Namespace) -> int:
     from podsight.analysis.policy import ALLOWED, Checker, Reader, load
     from podsight.analysis.policy import kube as kube_api
+    from podsight.analysis.policy.checker import Verdict
     from podsight.analysis.policy.policies import PolicySet, collect
     from podsight.analysis.policy.report import JsonReport, TableReport
     from podsight.runtime import STOP
@@ -183,16 +184,21 @@ def _check(ns: argparse.Namespace) -> int:
     out = sys.stdout
     report = JsonReport(out) if ns.output == "json" else TableReport(out, diff=before is not None)
     denied = changed = n = 0
-    check, write = checker.check, report.write
-    every = ns.output == "json"  # the table shows the denied ones only
+    check, decide, write = checker.check, checker.decision, report.write
+    every = ns.output == "json" or before is not None  # the table shows the denied ones only
     for n, conn in enumerate(reader, 1):
         if not n & STOP_MASK and STOP.is_set():
             raise KeyboardInterrupt
+        if not every:
+            decision, src, dst = decide(conn)
+            if decision.verdict == ALLOWED:
+                continue
+            denied += 1
+            write(conn, src, dst, Verdict(decision, src, dst, conn.dport, conn.proto))
+            continue
         verdict = check(conn)
         if verdict.decision.verdict != ALLOWED:
             denied += 1
-        elif not every and before is None:
-            continue
         if before is not None:
             old = before.check(conn)
             if old.verdict != verdict.verdict:

@@ -207,6 +207,7 @@ class Checker:
                                           for peer in rule.peers
                                           if peer.ip_block is not None))
         self.ends = Ends(world)
+        self._fast_ends = self.ends.fast
         self._class_ids: dict[tuple[object, ...], int] = {}
         self._selecting: dict[Pod, tuple[list[NetworkPolicy], list[NetworkPolicy]]] = {}
         self._decisions: dict[tuple[object, ...], Decision] = {}
@@ -217,20 +218,30 @@ class Checker:
     def check(self, conn: Connection) -> Verdict:
         """The verdict on one connection: two end lookups and one decision lookup, after
         the first connection of each class pair."""
-        ends = self.ends
-        src = ends(conn.saddr, conn.src)
-        dst = ends(conn.daddr, conn.dst)
-        port, proto = conn.dport, conn.proto
+        decision, src, dst = self.decision(conn)
+        return Verdict(decision, src, dst, conn.dport, conn.proto)
+
+    def decision(self, conn: Connection) -> tuple[Decision, End, End]:
+        """The decision on one connection and its two ends, without wording anything: the
+        hot path of a check that prints only the denied ones."""
+        # Ends' own memo, inlined (a call per end was a third of this method's time)
+        fast = self._fast_ends
+        hint = conn.src
+        got = fast.get((conn.saddr, id(hint)))
+        src = got[1] if got is not None and got[0] is hint else self.ends(conn.saddr, hint)
+        hint = conn.dst
+        got = fast.get((conn.daddr, id(hint)))
+        dst = got[1] if got is not None and got[0] is hint else self.ends(conn.daddr, hint)
         s, d = src.cls, dst.cls
         if s < 0 or d < 0 or dst.kind == "service" or src.addr == dst.addr \
                 or src.kind == "loopback" or dst.kind == "loopback":
-            return Verdict(self.decide(src, dst, port, proto), src, dst, port, proto)
+            return self.decide(src, dst, conn.dport, conn.proto), src, dst
         if src.pod is not None and dst.pod is not None and src.pod.ref == dst.pod.ref:
-            return Verdict(LOOPBACK_DECISION, src, dst, port, proto)
-        decision = self._decisions.get((s, d, port, proto))
+            return LOOPBACK_DECISION, src, dst
+        decision = self._decisions.get((s, d, conn.dport, conn.proto))
         if decision is None:
-            decision = self.decide(src, dst, port, proto)
-        return Verdict(decision, src, dst, port, proto)
+            decision = self.decide(src, dst, conn.dport, conn.proto)
+        return decision, src, dst
 
     @property
     def distinct(self) -> int:

@@ -52,13 +52,14 @@ class Ends:
     def __init__(self, world: World) -> None:
         self.world = world
         self._ends: dict[tuple[str, Hint | None], End] = {}
-        self._fast: dict[tuple[str, int], tuple[Hint | None, End]] = {}
+        #: (address, id(hint)) -> (hint, end): read by the checker's hot path directly.
+        self.fast: dict[tuple[str, int], tuple[Hint | None, End]] = {}
         self._pod_ends: dict[tuple[Pod, str], End] = {}
 
     def __call__(self, addr: str, hint: Hint | None) -> End:
         # By the hint's identity first: readers hand out the same hint object for the
         # records of one pod, and hashing a hint (labels and all) costs more than the rest.
-        fast = self._fast.get((addr, id(hint)))
+        fast = self.fast.get((addr, id(hint)))
         if fast is not None and fast[0] is hint:
             return fast[1]
         end = self._ends.get((addr, hint))
@@ -67,9 +68,9 @@ class Ends:
             if len(self._ends) > self.LIMIT:
                 self._ends.clear()
             self._ends[(addr, hint)] = end
-        if len(self._fast) > self.LIMIT:
-            self._fast.clear()
-        self._fast[(addr, id(hint))] = (hint, end)  # the hint is held: its id stays its own
+        if len(self.fast) > self.LIMIT:
+            self.fast.clear()  # the same dict: the checker holds it
+        self.fast[(addr, id(hint))] = (hint, end)  # the hint is held: its id stays its own
         return end
 
     def _make(self, addr: str, hint: Hint | None) -> End:

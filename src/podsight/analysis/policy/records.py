@@ -179,74 +179,83 @@ class Reader:
 
     def _json_lines(self, f: TextIO, name: str) -> Iterator[Connection]:
         """One connection per line (flows: merged, at the end). The hot loop of a check:
-        addresses are looked up in a cache before being parsed, ports tested inline."""
+        addresses are looked up in a cache before being parsed, ports tested inline, and
+        nothing is called that a record without identity does not need."""
         stats = self.stats
         loads = _loads
         merge = self._flows.add
         addrs = _ADDRS
-        for n, line in enumerate(f, 1):
-            try:
-                rec = loads(line)
-            except ValueError:
-                if not line.strip():
-                    continue
-                raise UserError(f"{name}:{n}: not a JSON object (podsight reads the JSON lines "
-                                "of trace tcpconnect and flows, their SQLite files, or bare "
-                                "records)") from None
-            if rec.__class__ is not dict:
-                raise UserError(f"{name}:{n}: not a JSON object")
-            stats.records += 1
-            try:
-                sa, da, sp, dp = rec["saddr"], rec["daddr"], rec["sport"], rec["dport"]
-                saddr = addrs.get(sa) if sa.__class__ is str else None
-                daddr = addrs.get(da) if da.__class__ is str else None
-                if saddr is None:
-                    saddr = _addr(sa)
-                if daddr is None:
-                    daddr = _addr(da)
-                if sp.__class__ is not int or dp.__class__ is not int \
-                        or not 0 <= sp <= 65535 or not 0 <= dp <= 65535:
-                    _port(sp)
-                    _port(dp)
-                if "result" in rec and "proto" not in rec:  # trace tcpconnect
-                    when = rec.get("time", "")
-                    yield Connection("tcp", saddr, sp, daddr, dp, hint_from_json(rec.get("src")),
-                                     hint_from_json(rec.get("dst")), when, when, 1,
-                                     str(rec["result"]))
-                    continue
-                proto = rec.get("proto")
-                if not isinstance(proto, str):
-                    raise UserError(f"{name}:{n}: no \"proto\" (a bare record needs ip, proto, "
-                                    "saddr, sport, daddr, dport)")
-                proto = proto.lower()
-                if "start" in rec:  # flows
-                    if proto not in PROTOCOLS:
-                        stats.skip(proto)
+        hint = hint_from_json
+        protocols = PROTOCOLS
+        blank = 0
+        n = 0
+        try:
+            for n, line in enumerate(f, 1):  # n is read after the loop too
+                try:
+                    rec = loads(line)
+                except ValueError:
+                    if not line.strip():
+                        blank += 1
                         continue
-                    merge(proto, saddr, sp, daddr, dp, hint_from_json(rec.get("src")),
-                          hint_from_json(rec.get("dst")), str(rec.get("start", "")),
-                          str(rec.get("end", "")), rec.get("tcp_flags") or ())
-                    continue
-                if proto not in PROTOCOLS:
-                    raise UserError(f"{name}:{n}: proto {proto!r}: NetworkPolicy covers tcp, "
-                                    "udp and sctp")
-                six = ":" in saddr
-                if six != (":" in daddr):
-                    raise UserError(f"{name}:{n}: saddr {saddr} and daddr {daddr} are not of "
-                                    "one IP version")
-                version = rec.get("ip")
-                if version is not None and version != (6 if six else 4):
-                    raise UserError(f"{name}:{n}: \"ip\": {version!r} but saddr {saddr} is "
-                                    f"IPv{6 if six else 4}")
-                when = rec.get("time", "")
-                yield Connection(proto, saddr, sp, daddr, dp, hint_from_json(rec.get("src")),
-                                 hint_from_json(rec.get("dst")), when, when)
-            except KeyError as exc:
-                raise UserError(f"{name}:{n}: no {exc.args[0]!r} (a record needs saddr, "
-                                "sport, daddr, dport and, unless it is from trace tcpconnect, "
-                                "proto)") from None
-            except _BadValue as exc:
-                raise UserError(f"{name}:{n}: {exc}") from None
+                    raise UserError(f"{name}:{n}: not a JSON object (podsight reads the JSON "
+                                    "lines of trace tcpconnect and flows, their SQLite files, "
+                                    "or bare records)") from None
+                if rec.__class__ is not dict:
+                    raise UserError(f"{name}:{n}: not a JSON object")
+                try:
+                    sa, da, sp, dp = rec["saddr"], rec["daddr"], rec["sport"], rec["dport"]
+                    saddr = addrs.get(sa) if sa.__class__ is str else None
+                    daddr = addrs.get(da) if da.__class__ is str else None
+                    if saddr is None:
+                        saddr = _addr(sa)
+                    if daddr is None:
+                        daddr = _addr(da)
+                    if sp.__class__ is not int or dp.__class__ is not int \
+                            or not 0 <= sp <= 65535 or not 0 <= dp <= 65535:
+                        _port(sp)
+                        _port(dp)
+                    s_obj, d_obj = rec.get("src"), rec.get("dst")
+                    src = None if s_obj is None else hint(s_obj)
+                    dst = None if d_obj is None else hint(d_obj)
+                    proto = rec.get("proto")
+                    if proto is None and "result" in rec:  # trace tcpconnect
+                        when = rec.get("time", "")
+                        yield Connection("tcp", saddr, sp, daddr, dp, src, dst, when, when, 1,
+                                         str(rec["result"]))
+                        continue
+                    if proto not in protocols:
+                        if not isinstance(proto, str):
+                            raise UserError(f"{name}:{n}: no \"proto\" (a bare record needs "
+                                            "ip, proto, saddr, sport, daddr, dport)")
+                        proto = proto.lower()
+                    if "start" in rec:  # flows
+                        if proto not in protocols:
+                            stats.skip(proto)
+                            continue
+                        merge(proto, saddr, sp, daddr, dp, src, dst, str(rec.get("start", "")),
+                              str(rec.get("end", "")), rec.get("tcp_flags") or ())
+                        continue
+                    if proto not in protocols:
+                        raise UserError(f"{name}:{n}: proto {proto!r}: NetworkPolicy covers "
+                                        "tcp, udp and sctp")
+                    six = ":" in saddr
+                    if six != (":" in daddr):
+                        raise UserError(f"{name}:{n}: saddr {saddr} and daddr {daddr} are not "
+                                        "of one IP version")
+                    version = rec.get("ip")
+                    if version is not None and version != (6 if six else 4):
+                        raise UserError(f"{name}:{n}: \"ip\": {version!r} but saddr {saddr} "
+                                        f"is IPv{6 if six else 4}")
+                    when = rec.get("time", "")
+                    yield Connection(proto, saddr, sp, daddr, dp, src, dst, when, when)
+                except KeyError as exc:
+                    raise UserError(f"{name}:{n}: no {exc.args[0]!r} (a record needs saddr, "
+                                    "sport, daddr, dport and, unless it is from trace "
+                                    "tcpconnect, proto)") from None
+                except _BadValue as exc:
+                    raise UserError(f"{name}:{n}: {exc}") from None
+        finally:  # counted once, not per record; also when the reader stops early
+            stats.records += n - blank
 
     # SQLite -------------------------------------------------------------------------------
 
