@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 #: How often (records, minus one) a long check looks whether Ctrl-C was pressed.
 STOP_MASK = 4095
+#: advise --output-dir names the files it wrote up to this many.
+SHOWN_FILES = 4
 
 
 def register_advise(groups: Any) -> None:
@@ -284,8 +286,9 @@ def _advise(ns: argparse.Namespace) -> int:
         return 0
     names = _write_all(out_dir, {render.file_name(a): render.document(a) for a in advices},
                        ns.overwrite)
-    sys.stderr.write(f"podsight: {what} written to {out_dir}"
-                     + (f": {', '.join(names)}" if names else "") + "\n")
+    # Names only while they fit on the line: 500 policies are 500 files, not a paragraph.
+    listed = f": {', '.join(names)}" if 0 < len(names) <= SHOWN_FILES else ""
+    sys.stderr.write(f"podsight: {what} written to {out_dir}{listed}\n")
     return 0
 
 
