@@ -218,6 +218,28 @@ def measure(argv: list[str], cwd: Path) -> dict[str, Any]:
     return result
 
 
+# The floor under a check of each input: reading and parsing it and nothing else (orjson per
+# line, as podsight parses; sqlite3 fetching the columns podsight selects), in a fresh
+# interpreter like the commands. podsight's own work is the rest.
+_PARSE_ONLY = {
+    "json": "import orjson, sys\nfor line in open(sys.argv[1], 'rb'): orjson.loads(line)\n",
+    "sqlite": ("import sqlite3, sys\n"
+               "db = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True)\n"
+               "for row in db.execute('SELECT time, saddr, sport, daddr, dport, result, "
+               "src_kind, src_namespace, src_name, src_workload, src_node, dst_kind, "
+               "dst_namespace, dst_name, dst_workload, dst_node FROM tcpconnect ORDER BY id'):"
+               " pass\n"),
+}
+
+
+def parse_only(kind: str, path: Path) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-c",
+                          _PARSE_ONLY[kind], str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
 def checker_alone(d: Path, n: int) -> dict[str, float]:
     """The checker on connections already read: the verdicts and their cache alone."""
     from podsight.analysis.policy import Checker, Reader
@@ -304,6 +326,14 @@ def main() -> int:
                   f"{r['rss_mb']:>6.0f} MB  {target}  (exit {r['exit']})", flush=True)
             if r["exit"] not in (0, 1):
                 print(f"   stderr: {r['stderr']}")
+        print(f"\n{'parsing alone (the floor of a check)':<42} {'wall s':>7} {'rec/s':>10}")
+        for label, kind, path in (("tcpconnect JSON lines, orjson", "json", paths["json"]),
+                                  ("tcpconnect SQLite, sqlite3", "sqlite", paths["sqlite"]),
+                                  ("bare records, orjson", "json", paths["bare"])):
+            r = parse_only(kind, path)
+            results[f"parse only: {label}"] = r
+            print(f"{label:<42} {r['wall_s']:>7.2f} {args.connections / r['wall_s']:>10,.0f}",
+                  flush=True)
         alone = checker_alone(d, args.connections)
         results["checker alone"] = alone
         print(f"\nchecker alone on {alone['connections']:,} connections already read: first "
