@@ -105,7 +105,8 @@ class TableReport:
             self.out.write(self._header)
         self.rows += 1
         cells = (f"{src.notation}:{conn.sport}", f"{dst.notation}:{conn.dport}", conn.proto)
-        text = "".join(c.ljust(w + 1) for c, (_, w) in zip(cells, COLUMNS, strict=True))
+        # a space after every cell, also one longer than its column (long pod names)
+        text = "".join(c.ljust(w) + " " for c, (_, w) in zip(cells, COLUMNS, strict=True))
         self.out.write(f"{text}{middle}{reason}\n")
 
     def write(self, conn: Connection, src: End, dst: End, verdict: Verdict) -> None:
