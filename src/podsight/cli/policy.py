@@ -33,8 +33,6 @@ from podsight.errors import RunFailure, UserError
 if TYPE_CHECKING:
     from podsight.analysis.policy import World
 
-#: How often (records, minus one) a long check looks whether Ctrl-C was pressed.
-STOP_MASK = 4095
 #: advise --output-dir names the files it wrote up to this many.
 SHOWN_FILES = 4
 
@@ -103,6 +101,9 @@ def register_check(groups: Any) -> None:
     p.add_argument("--diff", metavar="DIR|cluster",
                    help="compare with these policies (a directory, or 'cluster' for the "
                         "cluster's): print the connections whose verdict changes")
+    p.add_argument("-j", "--jobs", type=lambda v: A.integer(v, 1, 256), metavar="N",
+                   help="judge on N CPUs (default: up to 4 when the records are 32 MB or more; "
+                        "1: one CPU). Stdin and flow records are judged on one CPU")
     p.add_argument("-o", "--output", default="columns", choices=("columns", "json"),
                    help="columns: the denied connections with the reason (default); json: one "
                         "object per connection")
@@ -158,9 +159,15 @@ def _world(ns: argparse.Namespace, *, live_lab: bool = False) -> World:
 # -- policy check ------------------------------------------------------------------------------
 
 def _check(ns: argparse.Namespace) -> int:
-    from podsight.analysis.policy import ALLOWED, Checker, Reader, load
+    from podsight.analysis.policy import Checker, Reader, load
     from podsight.analysis.policy import kube as kube_api
-    from podsight.analysis.policy.checker import Verdict
+    from podsight.analysis.policy.checkrun import (
+        MAX_AUTO_JOBS,
+        Tally,
+        judge,
+        judge_parallel,
+        plan,
+    )
     from podsight.analysis.policy.policies import PolicySet, collect
     from podsight.analysis.policy.report import JsonReport, TableReport
     from podsight.runtime import STOP
@@ -184,38 +191,35 @@ def _check(ns: argparse.Namespace) -> int:
     before = Checker(baseline.policies, world) if baseline is not None else None
     reader = Reader(ns.sources, server_port=_server_port(world))
     out = sys.stdout
-    report = JsonReport(out) if ns.output == "json" else TableReport(out, diff=before is not None)
-    denied = changed = n = 0
-    check, decide, write = checker.check, checker.decision, report.write
-    every = ns.output == "json" or before is not None  # the table shows the denied ones only
-    for n, conn in enumerate(reader, 1):
-        if not n & STOP_MASK and STOP.is_set():
-            raise KeyboardInterrupt
-        if not every:
-            decision, src, dst = decide(conn)
-            if decision.verdict == ALLOWED:
-                continue
-            denied += 1
-            write(conn, src, dst, Verdict(decision, src, dst, conn.dport, conn.proto))
-            continue
-        verdict = check(conn)
-        if verdict.decision.verdict != ALLOWED:
-            denied += 1
-        if before is not None:
-            old = before.check(conn)
-            if old.verdict != verdict.verdict:
-                changed += 1
-                report.write_diff(conn, verdict.src, verdict.dst, old, verdict)
-        else:
-            write(conn, verdict.src, verdict.dst, verdict)
+    diff = before is not None
+    every = ns.output == "json" or diff  # the table shows the denied ones only
+
+    def make_report(stream: Any, header: bool = True) -> Any:
+        return JsonReport(stream) if ns.output == "json" else \
+            TableReport(stream, diff=diff, header=header)
+
+    def work(conns: Any, report: Any) -> Tally:
+        return judge(conns, checker, before, report, every, STOP.is_set)
+
+    tally: Tally | None = None
+    chunks = plan(ns.sources, ns.jobs)
+    if chunks is not None:
+        jobs = ns.jobs or min(os.cpu_count() or 1, MAX_AUTO_JOBS)
+        tally = judge_parallel(chunks, jobs, reader,
+                               lambda stream: make_report(stream, header=False), work, out,
+                               lambda: TableReport(out, diff=diff).header_text, STOP.is_set)
+    if tally is None:  # one CPU: small or unsplittable input, or --jobs 1
+        tally = work(reader, make_report(out))
+        tally.records, tally.skipped = reader.stats.records, reader.stats.skipped
     out.flush()
+    n, denied, changed = tally.connections, tally.denied, tally.changed
     counts = {"allowed": n - denied, "denied": denied}
     line = (f"podsight: {n} connection{'s' if n != 1 else ''} checked: {counts['allowed']} "
             f"allowed, {counts['denied']} denied ({len(policies.policies)} "
             f"polic{'ies' if len(policies.policies) != 1 else 'y'}; who is who: {world.origin})")
     if before is not None:
         line += f"; {changed} change verdict against {ns.diff}"
-    skipped = reader.stats.skipped_text()
+    skipped = ", ".join(f"{k} {p}" for p, k in sorted(tally.skipped.items()))
     if skipped:
         line += f"; records skipped: {skipped} (NetworkPolicy covers tcp, udp and sctp)"
     sys.stderr.write(line + "\n")

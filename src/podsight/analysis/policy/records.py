@@ -22,6 +22,7 @@ protocols (ICMP flows) are counted as skipped, never silently dropped.
 from __future__ import annotations
 
 import ipaddress
+import os
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -142,6 +143,7 @@ class Reader:
                  | None = None, stdin: TextIO | None = None) -> None:
         self.paths = list(paths)
         self.stats = ReadStats()
+        self.server_port = server_port
         self._flows = FlowMerger(server_port)
         self._stdin = stdin or sys.stdin
 
@@ -177,10 +179,13 @@ class Reader:
 
     # JSON lines --------------------------------------------------------------------------
 
-    def _json_lines(self, f: TextIO, name: str) -> Iterator[Connection]:
+    def _json_lines(self, f: Iterable[str], name: str, first: int = 1,
+                    flows: bool = True) -> Iterator[Connection]:
         """One connection per line (flows: merged, at the end). The hot loop of a check:
         addresses are looked up in a cache before being parsed, ports tested inline, and
-        nothing is called that a record without identity does not need."""
+        nothing is called that a record without identity does not need. ``first``: the
+        number of the first line (a chunk of a file); ``flows`` False: a flow record raises
+        :class:`NeedsWholeInput` (flows are merged across the whole input)."""
         stats = self.stats
         loads = _loads
         merge = self._flows.add
@@ -188,9 +193,9 @@ class Reader:
         hint = hint_from_json
         protocols = PROTOCOLS
         blank = 0
-        n = 0
+        n = first - 1
         try:
-            for n, line in enumerate(f, 1):  # n is read after the loop too
+            for n, line in enumerate(f, first):  # n is read after the loop too
                 try:
                     rec = loads(line)
                 except ValueError:
@@ -229,6 +234,8 @@ class Reader:
                                             "ip, proto, saddr, sport, daddr, dport)")
                         proto = proto.lower()
                     if "start" in rec:  # flows
+                        if not flows:
+                            raise NeedsWholeInput(name)
                         if proto not in protocols:
                             stats.skip(proto)
                             continue
@@ -255,11 +262,27 @@ class Reader:
                 except _BadValue as exc:
                     raise UserError(f"{name}:{n}: {exc}") from None
         finally:  # counted once, not per record; also when the reader stops early
-            stats.records += n - blank
+            stats.records += n - (first - 1) - blank
+
+    # one part of the input (policy check on several CPUs) --------------------------------
+
+    def chunk(self, part: Chunk) -> Iterator[Connection]:
+        """The connections of one part of a file: lines [start, end) of JSON lines (by
+        byte offset, on line starts) or rows with ids in [start, end] of a trace tcpconnect
+        SQLite file. Flow records raise :class:`NeedsWholeInput`."""
+        if part.sqlite:
+            yield from self._sqlite(part.path, (part.start, part.end))
+            return
+        with open(part.path, "rb") as f:
+            first = 1 + _newlines_before(f, part.start)
+            f.seek(part.start)
+            yield from self._json_lines(_text_lines(f, part.path, part.start, part.end),
+                                        part.path, first, flows=False)
 
     # SQLite -------------------------------------------------------------------------------
 
-    def _sqlite(self, path: str) -> Iterator[Connection]:
+    def _sqlite(self, path: str, ids: tuple[int, int] | None = None
+                ) -> Iterator[Connection]:
         try:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         except sqlite3.Error as exc:
@@ -268,7 +291,9 @@ class Reader:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE "
                                                "type='table'")}
             if "tcpconnect" in tables:
-                yield from self._sqlite_tcpconnect(db)
+                yield from self._sqlite_tcpconnect(db, ids)
+            elif ids is not None:
+                raise NeedsWholeInput(path)
             elif "flows" in tables:
                 yield from self._sqlite_flows(db)
             else:
@@ -280,11 +305,13 @@ class Reader:
         finally:
             db.close()
 
-    def _sqlite_tcpconnect(self, db: sqlite3.Connection) -> Iterator[Connection]:
+    def _sqlite_tcpconnect(self, db: sqlite3.Connection, ids: tuple[int, int] | None = None
+                           ) -> Iterator[Connection]:
+        where = " WHERE id BETWEEN ? AND ?" if ids is not None else ""
         rows = db.execute(
             "SELECT time, saddr, sport, daddr, dport, result, src_kind, src_namespace, src_name,"
             " src_workload, src_node, dst_kind, dst_namespace, dst_name, dst_workload, dst_node"
-            " FROM tcpconnect ORDER BY id")
+            f" FROM tcpconnect{where} ORDER BY id", ids or ())
         stats = self.stats
         memo: dict[tuple[Any, ...], Hint | None] = {}
         n = 0
@@ -333,6 +360,91 @@ def _memo_hint(memo: dict[tuple[Any, ...], Hint | None], cols: tuple[Any, ...]) 
 
 class _BadValue(ValueError):
     pass
+
+
+class NeedsWholeInput(Exception):
+    """A part of the input cannot be read alone (flow records are merged across all)."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A part of one ``--from`` file: JSON lines by byte range [start, end) on line starts,
+    or trace tcpconnect SQLite rows by id range [start, end]."""
+
+    path: str
+    start: int
+    end: int
+    sqlite: bool = False
+
+
+def split(path: str, parts: int) -> list[Chunk] | None:
+    """``path`` in up to ``parts`` chunks, or None when it cannot be split (not a regular
+    file, a flows SQLite file, unreadable: the whole-input reader says what is wrong)."""
+    import stat
+
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        with open(path, "rb") as f:
+            if f.read(16) == SQLITE_MAGIC:
+                return _split_sqlite(path, parts)
+            size = info.st_size
+            starts = [0]
+            for k in range(1, parts):
+                f.seek(max(size * k // parts - 1, starts[-1]))
+                f.readline()  # to the start of the next line
+                at = f.tell()
+                if starts[-1] < at < size:
+                    starts.append(at)
+    except (OSError, sqlite3.Error):
+        return None
+    ends = [*starts[1:], size]
+    return [Chunk(path, a, b) for a, b in zip(starts, ends, strict=True)]
+
+
+def _split_sqlite(path: str, parts: int) -> list[Chunk] | None:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE "
+                                           "type='table'")}
+        if "tcpconnect" not in tables:
+            return None
+        low, high = db.execute("SELECT min(id), max(id) FROM tcpconnect").fetchone()
+    finally:
+        db.close()
+    if low is None:
+        return [Chunk(path, 0, -1, sqlite=True)]
+    step = max(1, -(-(high - low + 1) // parts))
+    return [Chunk(path, a, min(a + step - 1, high), sqlite=True)
+            for a in range(low, high + 1, step)]
+
+
+def _newlines_before(f: Any, offset: int) -> int:
+    """How many lines start before ``offset`` (the line number of a chunk's first line)."""
+    count, done = 0, 0
+    f.seek(0)
+    while done < offset:
+        block = f.read(min(1 << 24, offset - done))
+        if not block:
+            break
+        count += block.count(b"\n")
+        done += len(block)
+    return count
+
+
+def _text_lines(f: Any, path: str, start: int, end: int) -> Iterator[str]:
+    """Lines of a binary file from ``start`` (a line start) up to ``end``, as text."""
+    at = start
+    for raw in f:
+        if at >= end:
+            return
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"--from {path}: not UTF-8 text (byte {at + exc.start}); give "
+                            "JSON lines or a SQLite file") from None
+        at += len(raw)
 
 
 _ADDRS: dict[str, str] = {}

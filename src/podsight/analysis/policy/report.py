@@ -92,17 +92,20 @@ class JsonReport:
 class TableReport:
     """The denied connections (or, with ``--diff``, the changed ones), with the reason."""
 
-    def __init__(self, out: TextIO, diff: bool = False) -> None:
+    def __init__(self, out: TextIO, diff: bool = False, header: bool = True) -> None:
+        """``header`` False: rows only (a part of a check on several CPUs; the whole
+        writes :attr:`header_text` once)."""
         self.out = out
         self.diff = diff
         self.rows = 0
         extra = "BEFORE   AFTER    " if diff else ""
         head = "".join(name.ljust(width + 1) for name, width in COLUMNS)
-        self._header = head + extra + "REASON\n"
+        self.header_text = head + extra + "REASON\n"
+        self._header = header
 
     def _row(self, conn: Connection, src: End, dst: End, middle: str, reason: str) -> None:
-        if not self.rows:
-            self.out.write(self._header)
+        if not self.rows and self._header:
+            self.out.write(self.header_text)
         self.rows += 1
         cells = (f"{src.notation}:{conn.sport}", f"{dst.notation}:{conn.dport}", conn.proto)
         # a space after every cell, also one longer than its column (long pod names)
