@@ -94,6 +94,18 @@ def test_a_bad_line_stops_at_the_same_place(files: Path):
     assert len(proc.stdout.splitlines()) > 1  # the denied connections before line 301
 
 
+def test_the_header_comes_with_the_rows_of_a_part_that_failed(files: Path):
+    """The only denied connection is in the last part, just before a bad line: the table
+    still has its header, as on one CPU."""
+    ok = '{"ip":4,"proto":"tcp","saddr":"10.244.0.2","sport":1,"daddr":"203.0.113.10",' \
+        '"dport":443}\n'
+    (files / "late.json").write_text(ok * 200 + ok.replace("443", "80") + "not json\n")
+    proc = both(files, "--policies", str(files / "policies"), "--from",
+                str(files / "late.json"), jobs="2")
+    assert proc.returncode == 2 and "late.json:202: not a JSON object" in proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("SRC")
+
+
 def test_flows_and_stdin_are_judged_whole(files: Path):
     records = [flow(MY, WEB_A, "10.244.0.2", 50000 + i, "10.244.0.3", 8080, flags=0x02)
                for i in range(30)]

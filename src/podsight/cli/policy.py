@@ -207,7 +207,8 @@ def _check(ns: argparse.Namespace) -> int:
         jobs = ns.jobs or min(os.cpu_count() or 1, MAX_AUTO_JOBS)
         tally = judge_parallel(chunks, jobs, reader,
                                lambda stream: make_report(stream, header=False), work, out,
-                               lambda: TableReport(out, diff=diff).header_text, STOP.is_set)
+                               lambda: "" if ns.output == "json" else
+                               TableReport(out, diff=diff).header_text, STOP.is_set)
     if tally is None:  # one CPU: small or unsplittable input, or --jobs 1
         tally = work(reader, make_report(out))
         tally.records, tally.skipped = reader.stats.records, reader.stats.skipped

@@ -21,14 +21,14 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO
 
 from podsight.analysis.policy.checker import ALLOWED, Checker, Verdict
 from podsight.analysis.policy.records import Chunk, Connection, NeedsWholeInput, Reader
-from podsight.errors import PodsightError, RunFailure
+from podsight.errors import RunFailure
 
 #: How often (records, minus one) a long check looks whether Ctrl-C was pressed.
 STOP_MASK = 4095
@@ -124,23 +124,24 @@ class _Worker:
     data: bytearray = field(default_factory=bytearray)
 
 
-def judge_parallel(chunks: list[Chunk], jobs: int, reader: Reader,
-                   make_report: Callable[[TextIO], Any], work: Callable[[Iterable[Connection],
-                                                                        Any], Tally],
-                   out: TextIO, header: Callable[[], str], stop: Callable[[], bool]
-                   ) -> Tally | None:
-    """Judge ``chunks`` in forked workers; their reports to ``out`` in order. None when a
-    part cannot be judged alone (then nothing was written: judge the whole on one CPU)."""
-    with ExitStack() as files:
-        outputs = [files.enter_context(tempfile.TemporaryFile()) for _ in chunks]
-        return _run(chunks, outputs, jobs, reader, make_report, work, out, header, stop)
+@dataclass
+class Part:
+    """What a worker did with one part: ``payload`` (its task's result, also when reading
+    stopped early), ``error`` (what stopped it, raised where one CPU would raise it), and
+    the records it read."""
+
+    payload: Any = None
+    error: BaseException | None = None
+    records: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
-def _run(chunks: list[Chunk], outputs: Sequence[BinaryIO], jobs: int, reader: Reader,
-         make_report: Callable[[TextIO], Any], work: Callable[[Iterable[Connection], Any],
-                                                             Tally],
-         out: TextIO, header: Callable[[], str], stop: Callable[[], bool]) -> Tally | None:
-    results: list[tuple[str, Any] | None] = [None] * len(chunks)
+def run_parts(chunks: list[Chunk], jobs: int, reader: Reader,
+              task: Callable[[int, Iterable[Connection]], Any], stop: Callable[[], bool]
+              ) -> list[Part] | None:
+    """``task(index, connections)`` for every part in forked workers, ``jobs`` at a time;
+    the parts in input order. None when a part cannot be read alone (flow records)."""
+    parts: list[Part | None] = [None] * len(chunks)
     running: dict[int, _Worker] = {}
     todo = list(range(len(chunks)))
     sys.stdout.flush()
@@ -149,39 +150,25 @@ def _run(chunks: list[Chunk], outputs: Sequence[BinaryIO], jobs: int, reader: Re
         while todo or running:
             while todo and len(running) < jobs:
                 i = todo.pop(0)
-                worker = _fork(i, chunks[i], outputs[i], reader, make_report, work, stop)
+                worker = _fork(i, chunks[i], reader, task, stop)
                 running[worker.pipe] = worker
             if stop():
                 raise KeyboardInterrupt
             ready, _, _ = select.select(list(running), [], [], 0.2)
             for fd in ready:
                 worker = running[fd]
-                chunk = os.read(fd, 1 << 16)
-                if chunk:
-                    worker.data += chunk
+                data = os.read(fd, 1 << 20)
+                if data:
+                    worker.data += data
                     continue
                 del running[fd]
                 os.close(fd)
                 _, status = os.waitpid(worker.pid, 0)
-                results[worker.index] = _result(worker, status)
-            if any(r is not None and r[0] == "whole" for r in results):
-                return None
-        total = Tally()
-        for r in results:
-            assert r is not None
-            if r[0] == "ok":
-                total.add(r[1])
-        if total.rows:
-            out.write(header())
-        out.flush()
-        for i, r in enumerate(results):
-            assert r is not None
-            _copy(outputs[i], out)
-            if r[0] != "ok":
-                out.flush()
-                raise r[1]
-        out.flush()
-        return total
+                part = _result(worker, status)
+                if part is None:
+                    return None
+                parts[worker.index] = part
+        return [p for p in parts if p is not None]
     finally:
         for worker in running.values():  # Ctrl-C, or an error here: no worker outlives us
             try:
@@ -192,9 +179,52 @@ def _run(chunks: list[Chunk], outputs: Sequence[BinaryIO], jobs: int, reader: Re
             os.close(worker.pipe)
 
 
-def _fork(index: int, chunk: Chunk, output: BinaryIO, reader: Reader,
-          make_report: Callable[[TextIO], Any],
-          work: Callable[[Iterable[Connection], Any], Tally], stop: Callable[[], bool]
+def judge_parallel(chunks: list[Chunk], jobs: int, reader: Reader,
+                   make_report: Callable[[TextIO], Any], work: Callable[[Iterable[Connection],
+                                                                        Any], Tally],
+                   out: TextIO, header: Callable[[], str], stop: Callable[[], bool]
+                   ) -> Tally | None:
+    """Judge ``chunks`` in forked workers; their reports to ``out`` in order, after
+    ``header()`` when they wrote anything. None when a part cannot be judged alone (then
+    nothing was written: judge the whole on one CPU)."""
+    with ExitStack() as files:
+        outputs = [files.enter_context(tempfile.TemporaryFile()) for _ in chunks]
+
+        def task(index: int, conns: Iterable[Connection]) -> Tally:
+            text = open(outputs[index].fileno(), "w", encoding="utf-8",  # noqa: SIM115
+                        closefd=False, buffering=1 << 16)
+            try:
+                return work(conns, make_report(text))
+            finally:
+                text.flush()
+
+        parts = run_parts(chunks, jobs, reader, task, stop)
+        if parts is None:
+            return None
+        total = Tally()
+        for part in parts:
+            if part.error is None:
+                total.add(part.payload)
+                total.records += part.records
+                for proto, n in part.skipped.items():
+                    total.skipped[proto] = total.skipped.get(proto, 0) + n
+        # The header goes before the first row of the parts written (up to the first that
+        # failed, whose rows before its error are written too).
+        last = next((i for i, p in enumerate(parts) if p.error is not None), len(parts) - 1)
+        if any(outputs[i].seek(0, os.SEEK_END) for i in range(last + 1)):
+            out.write(header())
+        out.flush()
+        for i, part in enumerate(parts):
+            _copy(outputs[i], out)
+            if part.error is not None:
+                out.flush()
+                raise part.error
+        out.flush()
+        return total
+
+
+def _fork(index: int, chunk: Chunk, reader: Reader,
+          task: Callable[[int, Iterable[Connection]], Any], stop: Callable[[], bool]
           ) -> _Worker:
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -205,27 +235,27 @@ def _fork(index: int, chunk: Chunk, output: BinaryIO, reader: Reader,
     os.close(read_end)
     code = 0
     try:
-        text = open(output.fileno(), "w", encoding="utf-8", closefd=False,  # noqa: SIM115
-                    buffering=1 << 16)
         mine = Reader([], server_port=reader.server_port)
+        conns = _Guarded(mine.chunk(chunk))
+        part = Part()
         result: tuple[str, Any]
         try:
-            tally = work(mine.chunk(chunk), make_report(text))
-            tally.records, tally.skipped = mine.stats.records, dict(mine.stats.skipped)
-            result = ("ok", tally)
+            part.payload = task(index, conns)
+            part.error = conns.error
         except NeedsWholeInput:
-            result = ("whole", None)
+            part = None  # type: ignore[assignment]
         except KeyboardInterrupt:
-            result = ("stop", None)
-        except PodsightError as exc:
-            result = ("error", exc)
-        except Exception as exc:  # the parent's boundary names it as the one-CPU run would
-            result = ("error", exc)
-        text.flush()
+            part.error = KeyboardInterrupt()
+        except Exception as exc:  # the parent raises it where one CPU would have
+            part.error = exc
+        if part is not None:
+            part.records, part.skipped = mine.stats.records, dict(mine.stats.skipped)
+        result = ("ok", part) if part is not None else ("whole", None)
         try:
-            payload = pickle.dumps(result)
+            payload = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
-            payload = pickle.dumps(("error", RunFailure(f"{result[1]}")))
+            assert part is not None
+            payload = pickle.dumps(("ok", Part(error=RunFailure(str(part.error)))))
         view = memoryview(payload)
         while view:
             view = view[os.write(write_end, view):]
@@ -235,15 +265,33 @@ def _fork(index: int, chunk: Chunk, output: BinaryIO, reader: Reader,
         os._exit(code)
 
 
-def _result(worker: _Worker, status: int) -> tuple[str, Any]:
+class _Guarded:
+    """A part's connections; a reading error ends them and is kept (the task's result so
+    far still counts, as it would on one CPU), except one that needs the whole input."""
+
+    def __init__(self, conns: Iterable[Connection]) -> None:
+        self.conns = conns
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[Connection]:
+        try:
+            yield from self.conns
+        except NeedsWholeInput:
+            raise
+        except Exception as exc:
+            self.error = exc
+
+
+def _result(worker: _Worker, status: int) -> Part | None:
     try:
-        result: tuple[str, Any] = pickle.loads(bytes(worker.data))
+        kind, part = pickle.loads(bytes(worker.data))
     except Exception:
         code = os.waitstatus_to_exitcode(status)
-        return ("error", RunFailure(f"a policy check worker ended with status {code}"))
-    if result[0] == "stop":
-        return ("error", KeyboardInterrupt())
-    return result
+        return Part(error=RunFailure(f"a policy check worker ended with status {code}"))
+    if kind == "whole":
+        return None
+    assert isinstance(part, Part)
+    return part
 
 
 def _copy(f: BinaryIO, out: TextIO) -> None:
@@ -260,3 +308,4 @@ class _Text:
 
     def write(self, data: bytes) -> int:
         return self.out.write(data.decode("utf-8"))
+
