@@ -330,6 +330,45 @@ static __always_inline void map_v4(u8 *dst, const u8 *src)
 #define IPV6_FRAGMENT 44
 #define IPV6_AH 51
 #define IPV6_DSTOPTS 60
+/* Every extension header is at least 8 bytes; its first 4 say all the walk needs. */
+#define IPV6_EXT_MIN 8
+#define IPV6_EXT_READ 4
+
+static __always_inline bool ipv6_is_ext(u8 proto)
+{
+	return proto == IPV6_HOPOPTS || proto == IPV6_ROUTING || proto == IPV6_DSTOPTS ||
+	       proto == IPV6_FRAGMENT || proto == IPV6_AH;
+}
+
+/* One step of the walk over the extension headers. */
+struct ipv6_ext_step {
+	u32 len;        /* bytes from this header to the next one */
+	u8 next;        /* the next header's protocol number */
+	bool later_frag; /* a fragment after the first: no upper-layer header follows */
+};
+
+/*
+ * The one IPv6 extension-header walker, shared by the tc parser (direct
+ * packet access) and the drop parser (probe reads of kernel memory): each
+ * caller reads the first IPV6_EXT_READ bytes of the header of type `proto`
+ * its own way and hands them here. The fragment header is 8 bytes with the
+ * offset in bytes 2-3; AH counts its length in 4-byte words minus 2, every
+ * other extension header in 8-byte words minus 1.
+ */
+static __always_inline struct ipv6_ext_step ipv6_ext_step(u8 proto, const u8 *ext)
+{
+	struct ipv6_ext_step s = { .next = ext[0] };
+
+	if (proto == IPV6_FRAGMENT) {
+		s.len = 8;
+		s.later_frag = (((u16)ext[2] << 8 | ext[3]) & 0xfff8) != 0;
+	} else if (proto == IPV6_AH) {
+		s.len = ((u32)ext[1] + 2) * 4;
+	} else {
+		s.len = ((u32)ext[1] + 1) * 8;
+	}
+	return s;
+}
 
 static __always_inline u32 tcp_flags(u8 raw)
 {
@@ -393,29 +432,20 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		 * one) so the flow is keyed by the real upper-layer protocol. */
 #pragma unroll
 		for (int i = 0; i < MAX_IPV6_EXT; i++) {
-			__u8 *ext = l4;
+			struct ipv6_ext_step step;
+			u8 *ext = l4;
 
-			if (proto != IPV6_HOPOPTS && proto != IPV6_ROUTING &&
-			    proto != IPV6_DSTOPTS && proto != IPV6_FRAGMENT && proto != IPV6_AH)
+			if (!ipv6_is_ext(proto))
 				break;
-			if ((void *)(ext + 8) > end)
+			if ((void *)(ext + IPV6_EXT_MIN) > end)
 				return -1;
-			if (proto == IPV6_FRAGMENT) {
-				u16 off = ((u16)ext[2] << 8 | ext[3]) & 0xfff8;
-
-				proto = ext[0];
-				l4 = ext + 8;
-				if (off) {  /* a later fragment: no L4 header */
-					p->key.proto = proto;
-					return 1;
-				}
-				continue;
+			step = ipv6_ext_step(proto, ext);
+			proto = step.next;
+			l4 = ext + step.len;
+			if (step.later_frag) { /* no L4 header: count it under port 0 */
+				p->key.proto = proto;
+				return 1;
 			}
-			if (proto == IPV6_AH)
-				l4 = ext + ((u32)ext[1] + 2) * 4;
-			else
-				l4 = ext + ((u32)ext[1] + 1) * 8;
-			proto = ext[0];
 		}
 		p->key.proto = proto;
 	} else {
@@ -833,24 +863,18 @@ static __always_inline bool skb_key(struct sk_buff *skb, struct pkt *p)
 		l4 = l3 + sizeof(ip6);
 #pragma unroll
 		for (int i = 0; i < MAX_IPV6_EXT; i++) {
-			u8 ext[4];
-			u8 nh6 = p->key.proto;
+			struct ipv6_ext_step step;
+			u8 ext[IPV6_EXT_READ];
 
-			if (nh6 != IPV6_HOPOPTS && nh6 != IPV6_ROUTING && nh6 != IPV6_DSTOPTS &&
-			    nh6 != IPV6_FRAGMENT && nh6 != IPV6_AH)
+			if (!ipv6_is_ext(p->key.proto))
 				break;
 			if (bpf_probe_read_kernel(ext, sizeof(ext), l4))
 				return true;
-			p->key.proto = ext[0];
-			if (nh6 == IPV6_FRAGMENT) {
-				if (((u16)ext[2] << 8 | ext[3]) & 0xfff8)
-					return true;
-				l4 += 8;
-			} else if (nh6 == IPV6_AH) {
-				l4 += ((u32)ext[1] + 2) * 4;
-			} else {
-				l4 += ((u32)ext[1] + 1) * 8;
-			}
+			step = ipv6_ext_step(p->key.proto, ext);
+			p->key.proto = step.next;
+			l4 += step.len;
+			if (step.later_frag)
+				return true;
 		}
 	} else {
 		return false;
