@@ -2,11 +2,15 @@
 
 Objects own one kernel resource each and close deterministically:
 :class:`BpfObject` (programs + maps of one ELF file), :class:`Program`,
-:class:`Map`, :class:`Link`, :class:`RingBuffer` and :class:`TcHook`.
+:class:`Map`, :class:`Link`, :class:`RingBuffer`, :class:`TcHook`,
+:class:`RawProgram` (loaded from raw instructions) and :class:`RunTimeStats`
+(the kernel's per-program run time, on while open); :func:`prog_test_run` is
+BPF_PROG_TEST_RUN.
 """
 
 from podsight.ebpf._libbpf import LibbpfError
 from podsight.ebpf.objects import BPF_ANY, BPF_EXIST, BPF_NOEXIST, BpfObject, Link, Map, Program
+from podsight.ebpf.progs import RawProgram, RunResult, RunTimeStats, prog_test_run
 from podsight.ebpf.ringbuf import RingBuffer
 from podsight.ebpf.system import preflight
 from podsight.ebpf.tc import TcHook
@@ -20,7 +24,11 @@ __all__ = [
     "Link",
     "Map",
     "Program",
+    "RawProgram",
     "RingBuffer",
+    "RunResult",
+    "RunTimeStats",
     "TcHook",
     "preflight",
+    "prog_test_run",
 ]

@@ -26,7 +26,7 @@ import socket
 import struct
 
 from podsight.ebpf import _libbpf as L
-from podsight.ebpf.objects import Program
+from podsight.ebpf.progs import HasFd
 from podsight.errors import UserError
 
 DIRECTIONS = {"ingress": L.BPF_TC_INGRESS, "egress": L.BPF_TC_EGRESS}
@@ -81,11 +81,14 @@ def filters_on(ifindex: int) -> int:
 class TcHook:
     """A BPF program attached to one interface and direction, with tcx or clsact.
 
+    ``program`` is any loaded program: an object's :class:`Program` or a
+    :class:`~podsight.ebpf.progs.RawProgram`.
+
     ``mode`` is ``auto`` (tcx, else clsact), ``tcx`` or ``clsact``; after
     attaching, :attr:`mode` says which one was used.
     """
 
-    def __init__(self, program: Program, interface: str | int, direction: str,
+    def __init__(self, program: HasFd, interface: str | int, direction: str,
                  priority: int = 1, mode: str = "auto"):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be ingress or egress, not {direction!r}")
