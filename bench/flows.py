@@ -69,7 +69,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -78,7 +77,6 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -96,6 +94,10 @@ from benchlib import (
     run_guarded,
     wait_with_cpu,
 )
+
+from podsight.ebpf import RawProgram, RunTimeStats, TcHook
+from podsight.ebpf.progs import BPF_PROG_TYPE_SCHED_CLS, EMPTY_TC
+from podsight.errors import UserError
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -409,70 +411,29 @@ class NullTc:
     The cost of the tc hook itself, which any tc-based observer pays before
     doing anything: podsight's ratio can be no better than this one. Loaded
     from two raw instructions and attached with tcx links (what podsight uses
-    on this kernel), so the links go with our fds whatever happens.
+    on this kernel) through podsight's own binding, so the links go with our
+    fds whatever happens.
     """
 
-    # struct bpf_insn: code, dst|src regs, off, imm -- r0 = -1; exit
-    INSNS = struct.pack("<BBhiBBhi", 0xB7, 0, 0, -1, 0x95, 0, 0, 0)
-    SCHED_CLS = 3
-    TCX = (46, 47)  # BPF_TCX_INGRESS, BPF_TCX_EGRESS
-
     def __init__(self) -> None:
-        self.fds: list[int] = []
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> NullTc:
-        lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-        lib.bpf_prog_load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
-                                      ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p]
-        lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-        prog = lib.bpf_prog_load(self.SCHED_CLS, b"bench_null_tc", b"GPL", self.INSNS, 2, None)
-        if prog < 0:
-            raise BenchError(f"cannot load the empty tc program: {os.strerror(-prog)}")
-        self.fds.append(prog)
-        ifindex = socket.if_nametoindex(HOST_IF)
-        for attach in self.TCX:
-            link = lib.bpf_link_create(prog, ifindex, attach, None)
-            if link < 0:
-                self.__exit__()
-                raise BenchError(f"cannot attach the empty tc program with tcx: "
-                                 f"{os.strerror(-link)}")
-            self.fds.append(link)
+        try:
+            prog = self._stack.enter_context(
+                RawProgram(BPF_PROG_TYPE_SCHED_CLS, EMPTY_TC, "bench_null_tc"))
+            for direction in ("ingress", "egress"):
+                self._stack.enter_context(TcHook(prog, HOST_IF, direction, mode="tcx"))
+        except (OSError, UserError) as exc:
+            self._stack.close()
+            raise BenchError(f"cannot attach the empty tc program with tcx: {exc}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for fd in reversed(self.fds):
-            os.close(fd)
-        self.fds.clear()
+        self._stack.close()
 
 
 # -- BPF run-time statistics ------------------------------------------------------
-
-
-class BpfStats:
-    """The kernel's per-program run time and count, on while this holds the fd.
-
-    ``BPF_ENABLE_STATS`` (libbpf's ``bpf_enable_stats``) turns them on until
-    the fd is closed, so nothing stays on if we die, unlike the sysctl.
-    """
-
-    def __init__(self) -> None:
-        self.fd = -1
-        try:
-            lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-        except OSError:
-            return
-        fn = lib.bpf_enable_stats
-        fn.argtypes = [ctypes.c_int]
-        fn.restype = ctypes.c_int
-        self.fd = fn(0)  # BPF_STATS_RUN_TIME
-
-    def __enter__(self) -> BpfStats:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 def stats_sysctl_on() -> bool:
@@ -579,10 +540,10 @@ def run_observed(children: Children, argv: list[str], workdir: Path, load: Load,
         runs_before: dict[str, tuple[int, int]] = {}
         with contextlib.ExitStack() as stack:
             if prog_stats:
-                stats = stack.enter_context(BpfStats())
-                if stats.fd < 0:
-                    raise BenchError("could not turn BPF run-time statistics on "
-                                     "(bpf_enable_stats in libbpf.so.1)")
+                try:
+                    stack.enter_context(RunTimeStats())
+                except OSError as exc:
+                    raise BenchError(f"could not turn BPF run-time statistics on: {exc}") from None
                 runs_before = prog_runs(ids)
             cpu_before = cpu_so_far(proc.pid)
             transfer = run_iperf(children, load, direction)
