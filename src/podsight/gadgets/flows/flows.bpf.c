@@ -31,27 +31,33 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define TC_ACT_UNSPEC (-1)
+#define ENOENT 2
 #define EEXIST 17
-#define E2BIG 7
 #define MAX_RULES 8
 #define DNS_QNAME_MAX 128
 #define DIR_INGRESS 0
 #define DIR_EGRESS 1
 #define DIR_UNKNOWN 0xff
 
-/* Counter slots (flows.py COUNTERS). */
+/*
+ * Counter slots (flows.py COUNTERS, same order). Every path that gives up on
+ * a packet, a sample or an answer adds to one of the C_LOST_* slots (or
+ * C_UNPARSED, C_DNS_UNREADABLE); the summary names each of them.
+ */
 enum counter {
 	C_PACKETS = 0,      /* packets (segments) accounted */
 	C_FLOWS = 1,        /* flow entries created */
 	C_OVERFLOW = 2,     /* packets sent through the ring: flow table full */
 	C_LOST_FLOW = 3,    /* packets lost: flow table and ring both full */
 	C_DNS = 4,          /* DNS responses matched to their query */
-	C_LOST_DNS = 5,     /* DNS answers lost: ring full, or query table full */
-	C_LOST_RTT = 6,     /* RTT samples lost: RTT table full */
+	C_LOST_DNS = 5,     /* DNS answers matched but not delivered: ring full */
+	C_LOST_RTT = 6,     /* RTT samples not recorded: RTT table full */
 	C_DROPS = 7,        /* dropped packets attributed to a flow */
 	C_LOST_DROPS = 8,   /* dropped packets not recorded: drop table full */
-	C_UNPARSED = 9,     /* IP packets whose headers could not be read */
-	C_MAX = 10,
+	C_UNPARSED = 9,     /* IP packets not counted: headers unreadable or malformed */
+	C_LOST_DNS_QUERY = 10, /* DNS queries not remembered: query table full */
+	C_DNS_UNREADABLE = 11, /* port-53 messages too short for a DNS header */
+	C_MAX = 12,
 };
 
 /* Addresses are 16 bytes; IPv4 is stored IPv4-mapped (::ffff:a.b.c.d) so one
@@ -383,10 +389,14 @@ static __always_inline u32 tcp_flags(u8 raw)
 	return f;
 }
 
+#define PARSED 1
+#define NOT_IP 0
+#define NOT_LINEAR (-1) /* headers beyond the linear part: pull them in, try again */
+#define MALFORMED (-2)  /* an IP header that cannot be right: counted, not retried */
+
 /*
- * Parse Ethernet/IP/L4 with direct packet access. Returns 1 when the packet is
- * IP and parsed, 0 when it is not IP, -1 when its headers are not in the
- * linear part of the buffer (the caller pulls them in and tries again).
+ * Parse Ethernet/IP/L4 with direct packet access: PARSED, NOT_IP (ARP, LLDP:
+ * not a flow), NOT_LINEAR or MALFORMED.
  */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
@@ -397,16 +407,16 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	u8 proto;
 
 	if ((void *)(eth + 1) > end)
-		return -1;
+		return NOT_LINEAR;
 	if (eth->proto == bpf_htons(ETH_P_IP)) {
 		struct wire_ipv4 *ip = (void *)(eth + 1);
 		u32 ihl;
 
 		if ((void *)(ip + 1) > end)
-			return -1;
+			return NOT_LINEAR;
 		ihl = (ip->ver_ihl & 0x0f) * 4;
 		if (ihl < sizeof(*ip))
-			return 0;
+			return MALFORMED;
 		map_v4(p->key.saddr, ip->saddr);
 		map_v4(p->key.daddr, ip->daddr);
 		p->key.family = 4;
@@ -415,13 +425,13 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->key.proto = proto;
 		/* A later fragment carries no L4 header: count it under port 0. */
 		if (ip->frag_off & bpf_htons(0x1fff))
-			return 1;
+			return PARSED;
 		l4 = (void *)ip + ihl;
 	} else if (eth->proto == bpf_htons(ETH_P_IPV6)) {
 		struct wire_ipv6 *ip6 = (void *)(eth + 1);
 
 		if ((void *)(ip6 + 1) > end)
-			return -1;
+			return NOT_LINEAR;
 		__builtin_memcpy(p->key.saddr, ip6->saddr, 16);
 		__builtin_memcpy(p->key.daddr, ip6->daddr, 16);
 		p->key.family = 6;
@@ -438,18 +448,18 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			if (!ipv6_is_ext(proto))
 				break;
 			if ((void *)(ext + IPV6_EXT_MIN) > end)
-				return -1;
+				return NOT_LINEAR;
 			step = ipv6_ext_step(proto, ext);
 			proto = step.next;
 			l4 = ext + step.len;
 			if (step.later_frag) { /* no L4 header: count it under port 0 */
 				p->key.proto = proto;
-				return 1;
+				return PARSED;
 			}
 		}
 		p->key.proto = proto;
 	} else {
-		return 0;
+		return NOT_IP;
 	}
 
 	if (proto == IPPROTO_TCP) {
@@ -457,7 +467,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		u32 doff;
 
 		if ((void *)(tcp + 1) > end)
-			return -1;
+			return NOT_LINEAR;
 		p->key.sport = bpf_ntohs(tcp->sport);
 		p->key.dport = bpf_ntohs(tcp->dport);
 		p->flags = tcp_flags(tcp->flags);
@@ -468,7 +478,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		struct wire_udp *udp = l4;
 
 		if ((void *)(udp + 1) > end)
-			return -1;
+			return NOT_LINEAR;
 		p->key.sport = bpf_ntohs(udp->sport);
 		p->key.dport = bpf_ntohs(udp->dport);
 		p->payload_off = (u32)(l4 - data) + sizeof(*udp);
@@ -477,7 +487,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		struct wire_ports *ports = l4;
 
 		if ((void *)(ports + 1) > end)
-			return -1;
+			return NOT_LINEAR;
 		p->key.sport = bpf_ntohs(ports->sport);
 		p->key.dport = bpf_ntohs(ports->dport);
 		p->has_ports = 1;
@@ -485,11 +495,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		struct wire_icmp *icmp = l4;
 
 		if ((void *)(icmp + 1) > end)
-			return -1;
+			return NOT_LINEAR;
 		p->icmp_type = icmp->type;
 		p->icmp_code = icmp->code;
 	}
-	return 1;
+	return PARSED;
 }
 
 static __always_inline u32 lpm_mask(void *table, const u8 *addr)
@@ -608,8 +618,10 @@ static __always_inline void account(struct __sk_buff *skb, const struct pkt *p)
 		bytes += (segs - 1) * p->payload_off;
 	count_n(C_PACKETS, segs);
 	table = bpf_map_lookup_elem(&flow_tables, &gen);
-	if (!table)
+	if (!table) { /* both slots are always set: not seen, but not silent either */
+		count_n(C_LOST_FLOW, segs);
 		return;
+	}
 	st = bpf_map_lookup_elem(table, &p->key);
 	if (st) {
 		add(st, p, bytes, segs, now);
@@ -661,11 +673,18 @@ static __always_inline void dns(struct __sk_buff *skb, const struct pkt *p)
 	u64 now, *asked, latency;
 	u32 qoff, n;
 	u16 flags;
+	long err;
 
-	if (p->key.proto == IPPROTO_TCP)
+	if (p->key.proto == IPPROTO_TCP) {
+		/* A segment without payload (SYN, ACK, FIN) carries no DNS message. */
+		if (skb->len <= off)
+			return;
 		off += 2; /* DNS over TCP: a 2-byte length comes first */
-	if (bpf_skb_load_bytes(skb, off, &h, sizeof(h)))
+	}
+	if (bpf_skb_load_bytes(skb, off, &h, sizeof(h))) {
+		count(C_DNS_UNREADABLE); /* shorter than a DNS header: not a message we can read */
 		return;
+	}
 	flags = bpf_ntohs(h.flags);
 	k.id = bpf_ntohs(h.id);
 	k.proto = p->key.proto;
@@ -676,9 +695,12 @@ static __always_inline void dns(struct __sk_buff *skb, const struct pkt *p)
 		__builtin_memcpy(k.client, p->key.saddr, 16);
 		__builtin_memcpy(k.server, p->key.daddr, 16);
 		k.cport = p->key.sport;
-		/* The first sighting counts; the same query on another interface is kept out. */
-		if (bpf_map_update_elem(&dns_inflight, &k, &now, BPF_NOEXIST) == -E2BIG)
-			count(C_LOST_DNS);
+		/* The first sighting counts; the same query on another interface (or
+		 * retransmitted with the same id and port) is already there. Any other
+		 * failure (the table is full) means its answer can never be matched. */
+		err = bpf_map_update_elem(&dns_inflight, &k, &now, BPF_NOEXIST);
+		if (err && err != -EEXIST)
+			count(C_LOST_DNS_QUERY);
 		return;
 	}
 	if (p->key.sport != 53)
@@ -690,9 +712,17 @@ static __always_inline void dns(struct __sk_buff *skb, const struct pkt *p)
 	if (!asked)
 		return; /* seen already on another interface, or asked before we started */
 	latency = now - *asked;
-	if (bpf_map_delete_elem(&dns_inflight, &k))
-		return; /* another CPU matched it first */
+	/* Deleting the query is what claims the answer: of two CPUs matching the
+	 * same answer at once (seen on two interfaces), the one whose delete
+	 * succeeds reports it, the other gets ENOENT and has nothing to add. */
+	err = bpf_map_delete_elem(&dns_inflight, &k);
+	if (err == -ENOENT)
+		return;
 	count(C_DNS);
+	if (err) { /* not claimed (a busy bucket lock): not reported, so counted */
+		count(C_LOST_DNS);
+		return;
+	}
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		count(C_LOST_DNS);
@@ -723,7 +753,7 @@ static __always_inline int observe(struct __sk_buff *skb, u8 direction)
 	struct pkt p = {};
 	int rc = parse(skb, &p);
 
-	if (rc < 0) {
+	if (rc == NOT_LINEAR) {
 		/* Headers beyond the linear buffer: pull them in once, then parse again. */
 		u32 want = skb->len < 128 ? skb->len : 128;
 
@@ -731,13 +761,13 @@ static __always_inline int observe(struct __sk_buff *skb, u8 direction)
 			__builtin_memset(&p, 0, sizeof(p));
 			rc = parse(skb, &p);
 		}
-		if (rc < 0) {
-			count(C_UNPARSED);
-			return TC_ACT_UNSPEC;
-		}
 	}
-	if (rc == 0)
-		return TC_ACT_UNSPEC; /* not IP (ARP, LLDP): not a flow */
+	if (rc == NOT_LINEAR || rc == MALFORMED) {
+		count(C_UNPARSED);
+		return TC_ACT_UNSPEC;
+	}
+	if (rc == NOT_IP)
+		return TC_ACT_UNSPEC;
 	p.key.ifindex = skb->ifindex;
 	p.key.direction = direction;
 	if (!selected(&p))
@@ -785,6 +815,21 @@ static __always_inline void sock_key(const struct sock *sk, struct flow_key *k)
 	k->direction = DIR_UNKNOWN;
 }
 
+/*
+ * One sample into a socket's entry. Not atomic: tcp_probe runs under the
+ * socket's lock, so one socket's samples never race each other.
+ */
+static __always_inline void rtt_add(struct rtt_stats *st, u32 srtt)
+{
+	if (srtt < st->min_us)
+		st->min_us = srtt;
+	if (srtt > st->max_us)
+		st->max_us = srtt;
+	st->last_us = srtt;
+	st->samples++;
+	st->sum_us += srtt;
+}
+
 /* The socket's smoothed RTT each time it processes an incoming segment. */
 SEC("tp_btf/tcp_probe")
 int BPF_PROG(flows_rtt, struct sock *sk, const struct sk_buff *skb)
@@ -794,6 +839,7 @@ int BPF_PROG(flows_rtt, struct sock *sk, const struct sk_buff *skb)
 	struct rtt_stats *st, fresh = {};
 	u32 gen;
 	void *table;
+	long err;
 
 	if (!srtt)
 		return 0;
@@ -803,17 +849,13 @@ int BPF_PROG(flows_rtt, struct sock *sk, const struct sk_buff *skb)
 		return 0;
 	gen = current_gen();
 	table = bpf_map_lookup_elem(&rtt_tables, &gen);
-	if (!table)
+	if (!table) {
+		count(C_LOST_RTT);
 		return 0;
+	}
 	st = bpf_map_lookup_elem(table, &p.key);
 	if (st) {
-		if (srtt < st->min_us)
-			st->min_us = srtt;
-		if (srtt > st->max_us)
-			st->max_us = srtt;
-		st->last_us = srtt;
-		st->samples++;
-		st->sum_us += srtt;
+		rtt_add(st, srtt);
 		return 0;
 	}
 	fresh.min_us = srtt;
@@ -821,8 +863,18 @@ int BPF_PROG(flows_rtt, struct sock *sk, const struct sk_buff *skb)
 	fresh.last_us = srtt;
 	fresh.samples = 1;
 	fresh.sum_us = srtt;
-	if (bpf_map_update_elem(table, &p.key, &fresh, BPF_NOEXIST) == -E2BIG)
-		count(C_LOST_RTT);
+	err = bpf_map_update_elem(table, &p.key, &fresh, BPF_NOEXIST);
+	if (!err)
+		return 0;
+	/* Another CPU inserted this socket's entry first: add the sample to it. */
+	if (err == -EEXIST) {
+		st = bpf_map_lookup_elem(table, &p.key);
+		if (st) {
+			rtt_add(st, srtt);
+			return 0;
+		}
+	}
+	count(C_LOST_RTT); /* the table is full (or the entry vanished): not recorded */
 	return 0;
 }
 
@@ -922,10 +974,12 @@ int BPF_PROG(flows_drops, struct sk_buff *skb, void *location, int reason)
 	if (len == 0 && reason == cfg.purge_reason && cfg.purge_reason)
 		return 0;
 	gen = current_gen();
-	table = bpf_map_lookup_elem(&drop_tables, &gen);
-	if (!table)
-		return 0;
 	count(C_DROPS);
+	table = bpf_map_lookup_elem(&drop_tables, &gen);
+	if (!table) {
+		count(C_LOST_DROPS);
+		return 0;
+	}
 	st = bpf_map_lookup_elem(table, &p.key);
 	if (st) {
 		__sync_fetch_and_add(&st->bytes, len);
@@ -946,6 +1000,7 @@ int BPF_PROG(flows_drops, struct sk_buff *skb, void *location, int reason)
 		fresh.netns = BPF_CORE_READ(skb, sk, __sk_common.skc_net.net, ns.inum);
 	}
 	if (bpf_map_update_elem(table, &p.key, &fresh, BPF_NOEXIST)) {
+		/* Another CPU inserted it first (EEXIST): add to its entry. Else full. */
 		st = bpf_map_lookup_elem(table, &p.key);
 		if (st) {
 			__sync_fetch_and_add(&st->bytes, len);

@@ -89,10 +89,10 @@ EVENT_DTYPE = np.dtype(
 assert EVENT_DTYPE.itemsize == 248
 EV_FLOW, EV_DNS = 1, 2
 
-# Counter slots (enum counter in flows.bpf.c).
+# Counter slots (enum counter in flows.bpf.c, same order).
 COUNTERS = (
     "packets", "flows", "overflow", "lost_flow", "dns", "lost_dns", "lost_rtt", "drops",
-    "lost_drops", "unparsed",
+    "lost_drops", "unparsed", "lost_dns_query", "dns_unreadable",
 )
 
 MAX_RULES = 8
@@ -137,6 +137,12 @@ class FlowsConfig:
     rules: tuple[KernelRule, ...] = ()
     max_flows: int = 65536
     ring_bytes: int = 4 << 20
+    #: Sockets the RTT table holds per interval (with ``rtt``).
+    rtt_entries: int = 16384
+    #: Flows the drop table holds per interval (with ``drops``).
+    drop_entries: int = 16384
+    #: DNS queries waiting for their answer (with ``dns``).
+    dns_entries: int = 8192
     #: enum skb_drop_reason value of QUEUE_PURGE (0: unknown, nothing is skipped).
     purge_reason: int = 0
 
@@ -211,12 +217,11 @@ class Flows:
             for name in ("flows_0", "flows_1"):
                 self._obj.map(name).resize(cfg.max_flows)
             # Tables of features that are off are never written: keep them tiny.
-            for feature, names in (("rtt", ("rtt_0", "rtt_1")), ("drops", ("drops_0", "drops_1"))):
-                if not getattr(cfg, feature):
-                    for name in names:
-                        self._obj.map(name).resize(1)
-            if not cfg.dns:
-                self._obj.map("dns_inflight").resize(1)
+            for name in ("rtt_0", "rtt_1"):
+                self._obj.map(name).resize(cfg.rtt_entries if cfg.rtt else 1)
+            for name in ("drops_0", "drops_1"):
+                self._obj.map(name).resize(cfg.drop_entries if cfg.drops else 1)
+            self._obj.map("dns_inflight").resize(cfg.dns_entries if cfg.dns else 1)
             self._obj.program("flows_rtt").set_autoload(cfg.rtt)
             self._obj.program("flows_drops").set_autoload(cfg.drops)
             self._obj.load()
