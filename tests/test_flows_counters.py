@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from podsight.cli.flows_run import LOSS_CAUSES
-from podsight.gadgets.flows.flows import COUNTERS, EV_DNS, Flows, FlowsConfig, KernelRule
+from podsight.gadgets.flows.flows import COUNTERS, EV_DNS, EV_FLOW, Flows, FlowsConfig, KernelRule
 
 FRONTEND = "shop/frontend"
 BACKEND_IP = "10.244.0.5"
@@ -260,3 +260,37 @@ def test_ip_packets_with_unreadable_or_malformed_headers_are_counted(lab):
         run_in_frontend(lab, BAD_FRAMES, BRIDGE_MAC, n)
         c = flows.counters()
     assert c["unparsed"] == 2 * n, c
+
+
+# One datagram to each of N consecutive ports: N flows of one packet.
+ONE_EACH = r"""
+import socket, sys
+host, first, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for port in range(first, first + n):
+    s.sendto(b"o", (host, port))
+"""
+
+
+def test_flows_that_fit_nowhere_are_counted_and_every_packet_is_somewhere(lab):
+    """A one-slot cache, a one-entry table, a one-page ring: 100 one-packet flows.
+
+    Each packet ends in exactly one place: a cache slot, the table, a ring
+    record, or the lost_flow count; the ring's records are what `overflow`
+    says went through it.
+    """
+    n, first = 100, 47100
+    config = FlowsConfig(cache_slots=1, max_flows=1, ring_bytes=4096,
+                         rules=(to_backend(protocol=UDP, ports=(first, first + n - 1)),))
+    with watching(lab, config) as flows:
+        run_in_frontend(lab, ONE_EACH, BACKEND_IP, first, n)
+        c = flows.counters()
+        h = flows.harvest()
+    ring = h.events[h.events["kind"] == EV_FLOW]
+    in_ring = int(ring["stats"]["packets"].sum())
+    kept = int(h.flow_stats["packets"].sum())
+    assert c["packets"] == n, c
+    assert c["lost_flow"] >= 1, c
+    assert c["overflow"] == in_ring, (c, in_ring)
+    assert kept + in_ring + c["lost_flow"] == n, (kept, in_ring, c)
+    assert 1 <= len(h.flow_keys) <= 3, h.flow_keys  # one table entry, a slot per CPU used

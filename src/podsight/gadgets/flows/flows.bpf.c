@@ -11,14 +11,26 @@
  *                              latency, sent as one ring record per answer
  *
  * Exact eviction. Every table exists twice (generation 0 and 1), reached
- * through an ARRAY_OF_MAPS. User space flips `state.gen`, then waits for
- * every program that might still hold the old table (a map-in-map update
- * waits an RCU grace period), and only then reads and clears the old table:
- * no packet is counted into an entry that is being read and deleted.
+ * through an ARRAY_OF_MAPS. User space advances `state.epoch` (its low bit
+ * is the generation), then waits for every program that might still hold
+ * the old table (a map-in-map update waits an RCU grace period), and only
+ * then reads and clears the old table: no packet is counted into an entry
+ * that is being read and deleted.
  *
- * Nothing is lost silently. A flow that does not fit in the table goes
- * through the `events` ring as a one-packet record; only what fits in
- * neither is lost, and it is counted in `counters` like every other loss.
+ * The per-CPU flow cache. Most packets belong to a flow that sent one a
+ * moment ago on the same CPU, so the tc programs count them first in a
+ * small direct-mapped cache per CPU and generation (`flow_cache`): a slot
+ * holds one flow's key and counts, and a packet of that flow adds to them
+ * with plain stores, no hash, no helper call, no atomic. Only when another
+ * flow takes the slot are its counts added to the shared hash table. User
+ * space reads the old generation's slots with its table (a slot belongs to
+ * the interval whose epoch it carries; older ones are empty), so counts
+ * stay exact across the swap.
+ *
+ * Nothing is lost silently. Counts that do not fit in the table (a packet,
+ * or a cache slot's worth) go through the `events` ring as a record; only
+ * what fits in neither is lost, and it is counted in `counters` like every
+ * other loss.
  */
 #include "../include/podsight_core.h"
 #include "../include/podsight_net.h"
@@ -46,7 +58,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  */
 enum counter {
 	C_PACKETS = 0,      /* packets (segments) accounted */
-	C_FLOWS = 1,        /* flow entries created */
+	C_FLOWS = 1,        /* flows taken into a CPU's cache slot (per CPU and interval) */
 	C_OVERFLOW = 2,     /* packets sent through the ring: flow table full */
 	C_LOST_FLOW = 3,    /* packets lost: flow table and ring both full */
 	C_DNS = 4,          /* DNS responses matched to their query */
@@ -126,7 +138,7 @@ struct dns_key {
 };
 
 enum event_kind {
-	EV_FLOW = 1, /* one packet of a flow that did not fit in the table */
+	EV_FLOW = 1, /* counts of a flow that did not fit in the table */
 	EV_DNS = 2,  /* a DNS response matched to its query */
 };
 
@@ -176,7 +188,7 @@ const volatile struct {
 	u8 rtt;
 	u8 drops;
 	u8 dns;
-	u8 _pad;
+	u8 cache_bits; /* the flow cache has 1 << cache_bits slots per CPU and generation */
 	/* SKB_DROP_REASON_QUEUE_PURGE on this kernel (from BTF, by user space):
 	 * an empty skb (a FIN) purged from a closed socket's queue lost no
 	 * data, and would make every TCP close look like a drop. */
@@ -246,12 +258,14 @@ struct {
 } drop_tables SEC(".maps") = { .values = { &drops_0, &drops_1 } };
 
 /*
- * Written by user space. `gen`: the generation programs write to, flipped
- * each interval. `boot_offset_ns`: CLOCK_BOOTTIME - CLOCK_MONOTONIC, so that
- * the coarse monotonic clock reads as boot time (it changes only on resume).
+ * Written by user space. `epoch`: the interval programs write to, advanced
+ * by each harvest; its low bit is the generation of the tables. The epoch
+ * marks flow-cache slots, so a slot of an interval already harvested reads
+ * as empty. `boot_offset_ns`: CLOCK_BOOTTIME - CLOCK_MONOTONIC, so that the
+ * coarse monotonic clock reads as boot time (it changes only on resume).
  */
 struct state {
-	u32 gen;
+	u32 epoch;
 	u32 _pad;
 	u64 boot_offset_ns;
 };
@@ -262,6 +276,24 @@ struct {
 	__type(key, u32);
 	__type(value, struct state);
 } state SEC(".maps");
+
+/* One flow-cache slot: 48 bytes of key and epoch (six words, compared at
+ * once), then the flow's counts on this CPU in that epoch. Keep in sync
+ * with SLOT_DTYPE. */
+struct flow_slot {
+	struct flow_key key;
+	u32 epoch;
+	struct flow_stats stats;
+};
+_Static_assert(sizeof(struct flow_slot) == 88, "flow_slot layout changed: update SLOT_DTYPE");
+
+/* Slot (generation << cache_bits) + hash; user space sizes it to 2 << cache_bits. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2 << 8);
+	__type(key, u32);
+	__type(value, struct flow_slot);
+} flow_cache SEC(".maps");
 
 /* DNS queries waiting for their response: query time (CLOCK_BOOTTIME). */
 struct {
@@ -307,12 +339,16 @@ static __always_inline u32 current_gen(void)
 {
 	struct state *s = get_state();
 
-	return s ? (s->gen & 1) : 0;
+	return s ? (s->epoch & 1) : 0;
 }
 
-/* A parsed packet: its flow key and what else the flow record keeps. */
+/* A parsed packet: its flow key and what else the flow record keeps. The key
+ * is also six words (the last 4 bytes zero: a slot's epoch goes there). */
 struct pkt {
-	struct flow_key key;
+	union {
+		struct flow_key key;
+		u64 kw[6];
+	};
 	u32 flags;
 	u32 payload_off; /* from the start of the frame; 0 if unknown */
 	u8 dscp;
@@ -320,6 +356,16 @@ struct pkt {
 	u8 icmp_code;
 	u8 has_ports;
 };
+
+/* Four packet bytes in one load. Through a plain address: from a pointer into
+ * a 2-aligned header struct, clang would split it into two 2-byte loads. */
+static __always_inline u32 load32(const void *at)
+{
+	return *(const u32 *)(unsigned long)at;
+}
+
+/* The second half of an IPv4-mapped address, ::ffff:0.0.0.0, as a little-endian word. */
+#define V4_MAPPED_LO 0xffff0000ull
 
 static __always_inline void map_v4(u8 *dst, const u8 *src)
 {
@@ -417,8 +463,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		ihl = (ip->ver_ihl & 0x0f) * 4;
 		if (ihl < sizeof(*ip))
 			return MALFORMED;
-		map_v4(p->key.saddr, ip->saddr);
-		map_v4(p->key.daddr, ip->daddr);
+		/* Whole words, not bytes: ::ffff:a.b.c.d is 0, then ffff0000 | addr << 32
+		 * (little endian). The 4-byte loads are aligned with NET_IP_ALIGN. */
+		p->kw[1] = V4_MAPPED_LO | (u64)load32(ip->saddr) << 32;
+		p->kw[3] = V4_MAPPED_LO | (u64)load32(ip->daddr) << 32;
 		p->key.family = 4;
 		p->dscp = ip->tos >> 2;
 		proto = ip->protocol;
@@ -432,8 +480,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 
 		if ((void *)(ip6 + 1) > end)
 			return NOT_LINEAR;
-		__builtin_memcpy(p->key.saddr, ip6->saddr, 16);
-		__builtin_memcpy(p->key.daddr, ip6->daddr, 16);
+		/* saddr and daddr are 32 consecutive bytes: four 8-byte loads. */
+		p->kw[0] = ((const u64 *)ip6->saddr)[0];
+		p->kw[1] = ((const u64 *)ip6->saddr)[1];
+		p->kw[2] = ((const u64 *)ip6->daddr)[0];
+		p->kw[3] = ((const u64 *)ip6->daddr)[1];
 		p->key.family = 6;
 		p->dscp = (bpf_ntohl(ip6->ver_tc_flow) >> 22) & 0x3f;
 		proto = ip6->nexthdr;
@@ -582,85 +633,131 @@ static __always_inline u64 ring_flags(void)
 	return BPF_RB_NO_WAKEUP;
 }
 
-static __always_inline void add(struct flow_stats *st, const struct pkt *p, u64 bytes, u64 segs,
-				u64 now)
+/*
+ * Add counts to a flow's entry in the shared table (several CPUs may add to
+ * it at once: the sums are atomic). Insert the entry if there is none; a
+ * full table hands the counts to user space through the ring, and what fits
+ * in neither is counted lost. `key` and `in` may point into a cache slot.
+ */
+static __always_inline void to_table(void *table, const struct flow_key *key,
+				    const struct flow_stats *in, u64 now)
 {
-	__sync_fetch_and_add(&st->bytes, bytes);
-	__sync_fetch_and_add(&st->packets, segs);
-	/* `now` is coarse (see account): never earlier than the precise first_ns. */
-	if (now > st->last_ns)
-		st->last_ns = now;
-	/* Two CPUs OR-ing different bits into one flow at once may lose one bit: rare. */
-	if (p->flags & ~st->tcp_flags)
-		st->tcp_flags |= p->flags;
-}
-
-static __always_inline void account(struct __sk_buff *skb, const struct pkt *p)
-{
-	/*
-	 * A packet of a known flow only moves last_ns, read from the coarse clock
-	 * (one kernel tick: 4 ms at HZ=250), which is a memory read; the precise
-	 * clock costs ~23 ns per packet here (a third of the program). A new flow
-	 * takes the precise clock for first_ns.
-	 */
-	struct state *s = get_state();
-	u32 gen = s ? (s->gen & 1) : 0;
-	u64 now = bpf_ktime_get_coarse_ns() + (s ? s->boot_offset_ns : 0);
-	u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
-	u64 bytes = skb->len;
-	struct flow_stats *st, fresh = {};
+	struct flow_stats *st;
 	struct event *ev;
-	void *table;
 	long err;
 
-	/* A GSO super-packet leaves as `segs` frames, each with its own headers. */
-	if (segs > 1 && p->payload_off)
-		bytes += (segs - 1) * p->payload_off;
-	count_n(C_PACKETS, segs);
-	table = bpf_map_lookup_elem(&flow_tables, &gen);
-	if (!table) { /* both slots are always set: not seen, but not silent either */
-		count_n(C_LOST_FLOW, segs);
-		return;
-	}
-	st = bpf_map_lookup_elem(table, &p->key);
-	if (st) {
-		add(st, p, bytes, segs, now);
-		return;
-	}
-	now = bpf_ktime_get_boot_ns();
-	fresh.first_ns = now;
-	fresh.last_ns = now;
-	fresh.bytes = bytes;
-	fresh.packets = segs;
-	fresh.tcp_flags = p->flags;
-	fresh.dscp = p->dscp;
-	fresh.icmp_type = p->icmp_type;
-	fresh.icmp_code = p->icmp_code;
-	err = bpf_map_update_elem(table, &p->key, &fresh, BPF_NOEXIST);
-	if (!err) {
-		count(C_FLOWS);
-		return;
-	}
-	if (err == -EEXIST) { /* another CPU created it just now */
-		st = bpf_map_lookup_elem(table, &p->key);
-		if (st) {
-			add(st, p, bytes, segs, now);
+	st = bpf_map_lookup_elem(table, key);
+	if (!st) {
+		err = bpf_map_update_elem(table, key, in, BPF_NOEXIST);
+		if (!err)
 			return;
-		}
+		if (err == -EEXIST) /* another CPU created it just now */
+			st = bpf_map_lookup_elem(table, key);
 	}
-	/* The table is full: hand the packet to user space through the ring. */
+	if (st) {
+		__sync_fetch_and_add(&st->bytes, in->bytes);
+		__sync_fetch_and_add(&st->packets, in->packets);
+		/* Not atomic: two CPUs racing here may leave a time a few us off, or
+		 * lose one of two flag bits OR-ed at once. Counts stay exact. */
+		if (in->first_ns < st->first_ns)
+			st->first_ns = in->first_ns;
+		if (in->last_ns > st->last_ns)
+			st->last_ns = in->last_ns;
+		if (in->tcp_flags & ~st->tcp_flags)
+			st->tcp_flags |= in->tcp_flags;
+		return;
+	}
+	/* The table is full: hand the counts to user space through the ring. */
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
-		count_n(C_LOST_FLOW, segs);
+		count_n(C_LOST_FLOW, in->packets);
 		return;
 	}
 	__builtin_memset(ev, 0, sizeof(*ev));
 	ev->kind = EV_FLOW;
 	ev->ts_ns = now;
-	ev->key = p->key;
-	ev->stats = fresh;
+	ev->key = *key;
+	ev->stats = *in;
 	bpf_ringbuf_submit(ev, ring_flags());
-	count_n(C_OVERFLOW, segs);
+	count_n(C_OVERFLOW, in->packets);
+}
+
+/* The flow-cache slot of a key: a multiplicative hash of its words (source
+ * and destination enter differently, so a flow's two directions part). */
+static __always_inline u32 cache_slot(const struct pkt *p, u32 gen)
+{
+	u64 h = p->kw[0] ^ p->kw[1] ^ p->kw[4] ^ p->kw[5];
+	u32 bits = cfg.cache_bits;
+
+	h ^= (p->kw[2] ^ p->kw[3]) * 0x9E3779B97F4A7C15ull;
+	h *= 0x9E3779B97F4A7C15ull;
+	return (gen << bits) | (bits ? (u32)(h >> (64 - bits)) : 0);
+}
+
+static __always_inline void account(struct __sk_buff *skb, const struct pkt *p)
+{
+	/*
+	 * A packet of a flow already in its CPU's cache slot only moves last_ns,
+	 * read from the coarse clock (one kernel tick: 4 ms at HZ=250), which is
+	 * a memory read; the precise clock costs ~23 ns per packet here. A flow
+	 * new to the slot takes the precise clock for first_ns.
+	 */
+	struct state *s = get_state();
+	u32 epoch = s ? s->epoch : 0;
+	u32 gen = epoch & 1;
+	u64 now = bpf_ktime_get_coarse_ns() + (s ? s->boot_offset_ns : 0);
+	u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+	u64 bytes = skb->len;
+	/* The key's last word with the epoch in its top half: a slot's sixth word. */
+	u64 tail = (p->kw[5] & 0xffffffff) | (u64)epoch << 32;
+	struct flow_slot *slot;
+	const u64 *w;
+	void *table;
+	u32 idx;
+
+	/* A GSO super-packet leaves as `segs` frames, each with its own headers. */
+	if (segs > 1 && p->payload_off)
+		bytes += (segs - 1) * p->payload_off;
+	count_n(C_PACKETS, segs);
+	idx = cache_slot(p, gen);
+	slot = bpf_map_lookup_elem(&flow_cache, &idx);
+	if (!slot) { /* the index is always in range: not seen, but not silent either */
+		count_n(C_LOST_FLOW, segs);
+		return;
+	}
+	w = (const u64 *)slot;
+	if (!((w[0] ^ p->kw[0]) | (w[1] ^ p->kw[1]) | (w[2] ^ p->kw[2]) | (w[3] ^ p->kw[3]) |
+	      (w[4] ^ p->kw[4]) | (w[5] ^ tail))) {
+		/* This CPU's own slot: tc programs do not nest on one CPU, no atomics. */
+		slot->stats.bytes += bytes;
+		slot->stats.packets += segs;
+		if (now > slot->stats.last_ns)
+			slot->stats.last_ns = now;
+		slot->stats.tcp_flags |= p->flags;
+		return;
+	}
+	/* Another flow (of this interval) has the slot: move its counts to the table. */
+	if (slot->epoch == epoch && slot->stats.packets) {
+		table = bpf_map_lookup_elem(&flow_tables, &gen);
+		if (!table) { /* both slots are always set: not seen, but not silent either */
+			count_n(C_LOST_FLOW, slot->stats.packets);
+		} else {
+			to_table(table, &slot->key, &slot->stats, now);
+		}
+	}
+	now = bpf_ktime_get_boot_ns();
+	count(C_FLOWS);
+	slot->key = p->key;
+	slot->epoch = epoch;
+	slot->stats.first_ns = now;
+	slot->stats.last_ns = now;
+	slot->stats.bytes = bytes;
+	slot->stats.packets = segs;
+	slot->stats.tcp_flags = p->flags;
+	slot->stats.dscp = p->dscp;
+	slot->stats.icmp_type = p->icmp_type;
+	slot->stats.icmp_code = p->icmp_code;
+	slot->stats._pad = 0;
 }
 
 /* DNS over UDP or TCP port 53: queries are remembered, answers matched to them. */

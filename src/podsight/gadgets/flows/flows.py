@@ -1,10 +1,16 @@
 """The flows gadget, kernel side: load flows.bpf.o, attach it, harvest its tables.
 
-Every ``--interval`` user space *harvests*: it flips the generation the
-programs write to, waits until no program can still be writing the old one
-(a map-in-map update waits an RCU grace period), then reads and clears the
-old tables in batches. Counts are exact: nothing is added to an entry while
-it is read and deleted, unlike a plain lookup-and-delete sweep.
+Every ``--interval`` user space *harvests*: it advances the epoch the
+programs write to (its low bit picks one of two generations of tables),
+waits until no program can still be writing the old one (a map-in-map update
+waits an RCU grace period), then reads and clears the old tables in batches.
+Counts are exact: nothing is added to an entry while it is read and deleted,
+unlike a plain lookup-and-delete sweep.
+
+The tc programs count most packets in a per-CPU flow cache before the
+shared table (see flows.bpf.c); a harvest reads the old generation's cache
+slots too and merges them with the table, so a :class:`Harvest` has one row
+per flow key, whatever CPUs the flow's packets were counted on.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Self
 import numpy as np
 
 from podsight.ebpf import BpfObject, RingBuffer
-from podsight.ebpf.system import preflight
+from podsight.ebpf.system import possible_cpus, preflight
 from podsight.ebpf.tc import TcHook
 from podsight.errors import UserError
 
@@ -52,6 +58,10 @@ STATS_DTYPE = np.dtype(
     ]
 )
 assert STATS_DTYPE.itemsize == 40
+
+# struct flow_slot (88 bytes): one per-CPU flow-cache slot.
+SLOT_DTYPE = np.dtype([("key", KEY_DTYPE), ("epoch", "<u4"), ("stats", STATS_DTYPE)])
+assert SLOT_DTYPE.itemsize == 88
 
 # struct rtt_stats (24 bytes).
 RTT_DTYPE = np.dtype(
@@ -143,8 +153,18 @@ class FlowsConfig:
     drop_entries: int = 16384
     #: DNS queries waiting for their answer (with ``dns``).
     dns_entries: int = 8192
+    #: Slots of the flow cache per CPU and generation (a power of two): flows
+    #: counted on a CPU without touching the shared table.
+    cache_slots: int = 256
     #: enum skb_drop_reason value of QUEUE_PURGE (0: unknown, nothing is skipped).
     purge_reason: int = 0
+
+    @property
+    def cache_bits(self) -> int:
+        slots = self.cache_slots
+        if slots < 1 or slots & (slots - 1) or slots > 1 << 16:
+            raise ValueError(f"cache_slots must be a power of two up to 65536, not {slots}")
+        return slots.bit_length() - 1
 
     def rodata(self) -> bytes:
         if len(self.rules) > MAX_RULES:
@@ -152,9 +172,9 @@ class FlowsConfig:
         rules = b"".join(r.pack() for r in self.rules)
         rules += bytes(24 * (MAX_RULES - len(self.rules)))
         return struct.pack(
-            "<IIBBBBBxH", len(self.rules), self.ring_bytes // 4,
+            "<IIBBBBBBH", len(self.rules), self.ring_bytes // 4,
             int(any(r.cidrs for r in self.rules)), int(any(r.peers for r in self.rules)),
-            int(self.rtt), int(self.drops), int(self.dns), self.purge_reason,
+            int(self.rtt), int(self.drops), int(self.dns), self.cache_bits, self.purge_reason,
         ) + rules
 
 
@@ -186,6 +206,28 @@ def lpm_entries(rules: tuple[KernelRule, ...], attr: str) -> dict[bytes, int]:
         key = struct.pack("<I", net.prefixlen) + net.network_address.packed
         out[key] = out.get(key, 0) | mask
     return out
+
+
+def merge_flows(keys: np.ndarray, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One row per flow key: several CPUs' cache slots and the table entry, added up.
+
+    Bytes and packets are summed, first_ns is the earliest, last_ns the
+    latest, TCP flags are OR-ed, and DSCP and ICMP type/code are those of
+    the earliest row (the flow's first packet), as the table keeps them.
+    """
+    flat = np.ascontiguousarray(keys).view(np.dtype((np.void, KEY_DTYPE.itemsize)))
+    _, group = np.unique(flat, return_inverse=True)
+    group = group.reshape(-1)
+    order = np.lexsort((stats["first_ns"], group))  # by key, then earliest first
+    group = group[order]
+    st = stats[order]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    out = st[starts].copy()  # the earliest row of each key: first_ns, dscp, icmp
+    out["last_ns"] = np.maximum.reduceat(st["last_ns"], starts)
+    out["bytes"] = np.add.reduceat(st["bytes"], starts)
+    out["packets"] = np.add.reduceat(st["packets"], starts)
+    out["tcp_flags"] = np.bitwise_or.reduceat(st["tcp_flags"], starts)
+    return keys[order[starts]], out
 
 
 @dataclass
@@ -222,6 +264,7 @@ class Flows:
             for name in ("drops_0", "drops_1"):
                 self._obj.map(name).resize(cfg.drop_entries if cfg.drops else 1)
             self._obj.map("dns_inflight").resize(cfg.dns_entries if cfg.dns else 1)
+            self._obj.map("flow_cache").resize(2 * cfg.cache_slots)
             self._obj.program("flows_rtt").set_autoload(cfg.rtt)
             self._obj.program("flows_drops").set_autoload(cfg.drops)
             self._obj.load()
@@ -229,7 +272,7 @@ class Flows:
                 table = self._obj.map(name)
                 for key, mask in lpm_entries(cfg.rules, attr).items():
                     table.update(key, struct.pack("<I", mask))
-            self._gen = 0
+            self._epoch = 0
             self._write_state()
             self._ring = RingBuffer(self._obj.map("events"), EVENT_DTYPE)
             if cfg.rtt:
@@ -271,23 +314,40 @@ class Flows:
         return self._ring.drain()
 
     def _write_state(self) -> None:
-        """The generation to write to, and the boot-time offset of the coarse clock."""
+        """The epoch to write to, and the boot-time offset of the coarse clock."""
         # Zero until the machine has been suspended; never negative by read order.
         mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         offset = max(0, time.clock_gettime_ns(time.CLOCK_BOOTTIME) - mono)
-        self._obj.map("state").update(b"\0\0\0\0", struct.pack("<IIQ", self._gen, 0, offset))
+        self._obj.map("state").update(b"\0\0\0\0", struct.pack("<IIQ", self._epoch, 0, offset))
+
+    def _cache_rows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, stats) the flow cache holds for ``epoch``: every CPU's slots of its generation.
+
+        Not cleared: the next epoch of this generation reads them as empty.
+        """
+        slots = self.config.cache_slots
+        per_cpu = np.dtype([("cpu", SLOT_DTYPE, (possible_cpus(),))])
+        _, values = self._obj.map("flow_cache").lookup_batch(np.dtype("<u4"), per_cpu)
+        gen = epoch & 1
+        rows = values["cpu"][gen * slots:(gen + 1) * slots].reshape(-1)
+        rows = rows[(rows["epoch"] == epoch) & (rows["stats"]["packets"] > 0)]
+        return rows["key"], rows["stats"]
 
     def harvest(self) -> Harvest:
-        """Flip generations, wait for the old one to go quiet, read and clear it."""
+        """Advance the epoch, wait for the old generation to go quiet, read and clear it."""
         obj = self._obj
-        old = self._gen
-        self._gen ^= 1
+        epoch = self._epoch
+        old = epoch & 1
+        self._epoch = (epoch + 1) & 0xFFFFFFFF
         self._write_state()
         # Writing an ARRAY_OF_MAPS slot returns only after an RCU grace period: every
         # program that read the old generation has finished by then.
         slot = struct.pack("<I", old)
         obj.map("flow_tables").update(slot, struct.pack("<I", obj.map(f"flows_{old}").fd))
         fk, fs = obj.map(f"flows_{old}").lookup_batch(KEY_DTYPE, STATS_DTYPE, delete=True)
+        ck, cs = self._cache_rows(epoch)
+        if len(ck):
+            fk, fs = merge_flows(np.concatenate([fk, ck]), np.concatenate([fs, cs]))
         empty_k = np.zeros(0, KEY_DTYPE)
         rk, rs = empty_k, np.zeros(0, RTT_DTYPE)
         dk, ds = empty_k, np.zeros(0, DROP_DTYPE)
