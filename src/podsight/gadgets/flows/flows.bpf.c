@@ -442,15 +442,21 @@ static __always_inline u32 tcp_flags(u8 raw)
 
 /*
  * Parse Ethernet/IP/L4 with direct packet access: PARSED, NOT_IP (ARP, LLDP:
- * not a flow), NOT_LINEAR or MALFORMED.
+ * not a flow), NOT_LINEAR or MALFORMED. On PARSED every field of *p is set
+ * (no zeroing first), the key as whole words: the tc programs run once per
+ * wire packet, and what they build here is what the flow cache compares.
+ * Only the interface and direction are left for the caller to add.
  */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct wire_eth *eth = data;
+	u64 a0 = 0, a1, a2 = 0, a3;
+	u32 flags = 0, payload_off = 0;
+	u16 sport = 0, dport = 0;
+	u8 proto, family, dscp, icmp_type = 0, icmp_code = 0, has_ports = 0;
 	void *l4;
-	u8 proto;
 
 	if ((void *)(eth + 1) > end)
 		return NOT_LINEAR;
@@ -463,30 +469,29 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		ihl = (ip->ver_ihl & 0x0f) * 4;
 		if (ihl < sizeof(*ip))
 			return MALFORMED;
-		/* Whole words, not bytes: ::ffff:a.b.c.d is 0, then ffff0000 | addr << 32
-		 * (little endian). The 4-byte loads are aligned with NET_IP_ALIGN. */
-		p->kw[1] = V4_MAPPED_LO | (u64)load32(ip->saddr) << 32;
-		p->kw[3] = V4_MAPPED_LO | (u64)load32(ip->daddr) << 32;
-		p->key.family = 4;
-		p->dscp = ip->tos >> 2;
+		/* ::ffff:a.b.c.d as two little-endian words: 0, then ffff0000 | addr << 32.
+		 * One 4-byte load per address, aligned with NET_IP_ALIGN. */
+		a1 = V4_MAPPED_LO | (u64)load32(ip->saddr) << 32;
+		a3 = V4_MAPPED_LO | (u64)load32(ip->daddr) << 32;
+		family = 4;
+		dscp = ip->tos >> 2;
 		proto = ip->protocol;
-		p->key.proto = proto;
+		l4 = (void *)ip + ihl;
 		/* A later fragment carries no L4 header: count it under port 0. */
 		if (ip->frag_off & bpf_htons(0x1fff))
-			return PARSED;
-		l4 = (void *)ip + ihl;
+			goto done;
 	} else if (eth->proto == bpf_htons(ETH_P_IPV6)) {
 		struct wire_ipv6 *ip6 = (void *)(eth + 1);
 
 		if ((void *)(ip6 + 1) > end)
 			return NOT_LINEAR;
 		/* saddr and daddr are 32 consecutive bytes: four 8-byte loads. */
-		p->kw[0] = ((const u64 *)ip6->saddr)[0];
-		p->kw[1] = ((const u64 *)ip6->saddr)[1];
-		p->kw[2] = ((const u64 *)ip6->daddr)[0];
-		p->kw[3] = ((const u64 *)ip6->daddr)[1];
-		p->key.family = 6;
-		p->dscp = (bpf_ntohl(ip6->ver_tc_flow) >> 22) & 0x3f;
+		a0 = ((const u64 *)ip6->saddr)[0];
+		a1 = ((const u64 *)ip6->saddr)[1];
+		a2 = ((const u64 *)ip6->daddr)[0];
+		a3 = ((const u64 *)ip6->daddr)[1];
+		family = 6;
+		dscp = (bpf_ntohl(ip6->ver_tc_flow) >> 22) & 0x3f;
 		proto = ip6->nexthdr;
 		l4 = ip6 + 1;
 		/* Walk extension headers (MLD reports come behind hop-by-hop, for
@@ -503,53 +508,63 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			step = ipv6_ext_step(proto, ext);
 			proto = step.next;
 			l4 = ext + step.len;
-			if (step.later_frag) { /* no L4 header: count it under port 0 */
-				p->key.proto = proto;
-				return PARSED;
-			}
+			if (step.later_frag) /* no L4 header: count it under port 0 */
+				goto done;
 		}
-		p->key.proto = proto;
 	} else {
 		return NOT_IP;
 	}
 
 	if (proto == IPPROTO_TCP) {
 		struct wire_tcp *tcp = l4;
-		u32 doff;
 
 		if ((void *)(tcp + 1) > end)
 			return NOT_LINEAR;
-		p->key.sport = bpf_ntohs(tcp->sport);
-		p->key.dport = bpf_ntohs(tcp->dport);
-		p->flags = tcp_flags(tcp->flags);
-		doff = (tcp->doff_res >> 4) * 4;
-		p->payload_off = (u32)(l4 - data) + doff;
-		p->has_ports = 1;
+		sport = bpf_ntohs(tcp->sport);
+		dport = bpf_ntohs(tcp->dport);
+		flags = tcp_flags(tcp->flags);
+		payload_off = (u32)(l4 - data) + (tcp->doff_res >> 4) * 4;
+		has_ports = 1;
 	} else if (proto == IPPROTO_UDP) {
 		struct wire_udp *udp = l4;
 
 		if ((void *)(udp + 1) > end)
 			return NOT_LINEAR;
-		p->key.sport = bpf_ntohs(udp->sport);
-		p->key.dport = bpf_ntohs(udp->dport);
-		p->payload_off = (u32)(l4 - data) + sizeof(*udp);
-		p->has_ports = 1;
+		sport = bpf_ntohs(udp->sport);
+		dport = bpf_ntohs(udp->dport);
+		payload_off = (u32)(l4 - data) + sizeof(*udp);
+		has_ports = 1;
 	} else if (proto == IPPROTO_SCTP) {
 		struct wire_ports *ports = l4;
 
 		if ((void *)(ports + 1) > end)
 			return NOT_LINEAR;
-		p->key.sport = bpf_ntohs(ports->sport);
-		p->key.dport = bpf_ntohs(ports->dport);
-		p->has_ports = 1;
+		sport = bpf_ntohs(ports->sport);
+		dport = bpf_ntohs(ports->dport);
+		has_ports = 1;
 	} else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
 		struct wire_icmp *icmp = l4;
 
 		if ((void *)(icmp + 1) > end)
 			return NOT_LINEAR;
-		p->icmp_type = icmp->type;
-		p->icmp_code = icmp->code;
+		icmp_type = icmp->type;
+		icmp_code = icmp->code;
 	}
+done:
+	/* struct flow_key as words: addresses; sport, dport, (ifindex); proto,
+	 * family, (direction), and zeroes where a cache slot keeps its epoch. */
+	p->kw[0] = a0;
+	p->kw[1] = a1;
+	p->kw[2] = a2;
+	p->kw[3] = a3;
+	p->kw[4] = (u64)sport | (u64)dport << 16;
+	p->kw[5] = (u64)proto | (u64)family << 8;
+	p->flags = flags;
+	p->payload_off = payload_off;
+	p->dscp = dscp;
+	p->icmp_type = icmp_type;
+	p->icmp_code = icmp_code;
+	p->has_ports = has_ports;
 	return PARSED;
 }
 
@@ -847,17 +862,15 @@ static __always_inline void dns(struct __sk_buff *skb, const struct pkt *p)
 
 static __always_inline int observe(struct __sk_buff *skb, u8 direction)
 {
-	struct pkt p = {};
+	struct pkt p;
 	int rc = parse(skb, &p);
 
 	if (rc == NOT_LINEAR) {
 		/* Headers beyond the linear buffer: pull them in once, then parse again. */
 		u32 want = skb->len < 128 ? skb->len : 128;
 
-		if (bpf_skb_pull_data(skb, want) == 0) {
-			__builtin_memset(&p, 0, sizeof(p));
+		if (bpf_skb_pull_data(skb, want) == 0)
 			rc = parse(skb, &p);
-		}
 	}
 	if (rc == NOT_LINEAR || rc == MALFORMED) {
 		count(C_UNPARSED);
@@ -865,8 +878,8 @@ static __always_inline int observe(struct __sk_buff *skb, u8 direction)
 	}
 	if (rc == NOT_IP)
 		return TC_ACT_UNSPEC;
-	p.key.ifindex = skb->ifindex;
-	p.key.direction = direction;
+	p.kw[4] |= (u64)skb->ifindex << 32;
+	p.kw[5] |= (u64)direction << 16;
 	if (!selected(&p))
 		return TC_ACT_UNSPEC;
 	account(skb, &p);
