@@ -22,7 +22,7 @@ from typing import Self
 
 import numpy as np
 
-from podsight.ebpf import BpfObject, RingBuffer
+from podsight.ebpf import BpfObject, Program, RingBuffer
 from podsight.ebpf.system import possible_cpus, preflight
 from podsight.ebpf.tc import TcHook
 from podsight.errors import UserError
@@ -302,6 +302,11 @@ class Flows:
     @property
     def interfaces(self) -> set[int]:
         return {ifindex for ifindex, _ in self._hooks}
+
+    def program(self, name: str) -> Program:
+        """One of the loaded programs (``flows_ingress``, ...), e.g. to time it with
+        :func:`podsight.ebpf.prog_test_run` (bench/flows_prog.py)."""
+        return self._obj.program(name)
 
     # -- reading ----------------------------------------------------------------
 
