@@ -9,7 +9,6 @@ back with bpftool (an independent reader).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from podsight.ebpf.system import preflight
 TC_ACT_UNSPEC = -1
 FRAME = bytes(12) + b"\x08\x00" + bytes(46)  # an Ethernet frame; the program reads nothing
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading programs needs root")
+pytestmark = pytest.mark.root  # loading programs needs root
 
 
 def prog_id(fd: int) -> int:
@@ -35,8 +34,7 @@ def prog_id(fd: int) -> int:
 
 
 def bpftool_prog(ident: int) -> dict[str, object]:
-    if shutil.which("bpftool") is None:
-        pytest.skip("needs bpftool (make setup-test)")
+    assert shutil.which("bpftool"), "needs bpftool: run 'make setup-test'"
     out = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(ident)],
                          capture_output=True, text=True, check=True).stdout
     info: dict[str, object] = json.loads(out)
