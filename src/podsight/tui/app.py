@@ -87,7 +87,7 @@ class LiveApp(App[None]):
     CSS = """
     #title { height: 1; background: $primary-background; }
     #table { height: 1fr; }
-    #detail { height: 14; border-top: solid $primary; display: none; }
+    #detail { height: 45%; border-top: solid $primary; display: none; }
     #detail.shown { display: block; }
     #filters { height: 1; color: $warning; }
     #filter { height: 1; border: none; padding: 0 1; }

@@ -331,9 +331,23 @@ def clip(text: str, width: int) -> str:
 # -- the detail pane ------------------------------------------------------------------------
 
 def detail_lines(r: Any, layout: Layout) -> list[str]:
-    """Every field of the record, both ends in full, and its bytes if it carries any."""
+    """Both ends in full (who, in which pod, workload, node and container), then every
+    field of the record, then its bytes (hex and decoded headers) if it carries any."""
     schema = layout.schema
     out = []
+    for target, addr, port in layout.ends:
+        e = endpoint_of(r, target, addr)
+        out.append(f"{target}: {e.notation}:{getattr(r, port, '')}  ({e.kind})")
+        for label, value in (("address", e.addr), ("namespace", e.namespace),
+                             ("name", e.name), ("workload", workload_text(e)
+                                                if e.workload_kind else ""),
+                             ("node", e.node), ("container", e.container),
+                             ("labels", ",".join(f"{k}={v}" for k, v in
+                                                 sorted(e.labels.items())))):
+            if value:
+                out.append(f"  {label:<10} {value}")
+    if out:
+        out.append("")
     width = max((len(f.name) for f in schema.fields), default=8)
     for f in schema.fields:
         if f.ends is not None:
@@ -344,18 +358,6 @@ def detail_lines(r: Any, layout: Layout) -> list[str]:
             continue
         if text:
             out.append(f"{f.name:<{width}}  {text}")
-    for target, addr, port in layout.ends:
-        e = endpoint_of(r, target, addr)
-        out.append("")
-        out.append(f"{target}: {e.notation}:{getattr(r, port, '')}  ({e.kind})")
-        for label, value in (("address", e.addr), ("namespace", e.namespace),
-                             ("name", e.name), ("workload", workload_text(e)
-                                                if e.workload_kind else ""),
-                             ("node", e.node), ("container", e.container),
-                             ("labels", ",".join(f"{k}={v}" for k, v in
-                                                 sorted(e.labels.items())))):
-            if value:
-                out.append(f"  {label:<10} {value}")
     data = payload_of(r, schema)
     if data:
         from podsight.tui.packet import decode_headers, hexdump
