@@ -34,7 +34,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.drivers.linux_driver import LinuxDriver
 from textual.message import Message
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import Input, Static
 
 from podsight.errors import UserError
 from podsight.outputs.live import LiveFeed, Row
@@ -44,7 +44,6 @@ from podsight.tui.model import (
     Filter,
     Layout,
     RateKey,
-    clip,
     detail_lines,
     fit,
     parse_filter,
@@ -53,6 +52,7 @@ from podsight.tui.model import (
     si,
     sort_key,
 )
+from podsight.tui.table import LiteTable
 
 REFRESH = 0.5  # seconds between redraws from the feed
 ROWS = 50  # rows shown at first
@@ -148,8 +148,7 @@ class LiveApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="title")
-        table: DataTable[Any] = DataTable(id="table", cursor_type="cell", zebra_stripes=True)
-        yield table
+        yield LiteTable(id="table")
         with VerticalScroll(id="detail"):
             yield Static("", id="detail-text")
         yield Static("", id="filters")
@@ -307,24 +306,13 @@ class LiveApp(App[None]):
         return hit != f.negate
 
     def _fill_table(self) -> None:
-        table = self.query_one("#table", DataTable)
-        width = max(self.size.width - 2, 20)
+        table = self.query_one("#table", LiteTable)
+        width = max(self.size.width - 1, 20)
         widths, fits = fit(self.headers, self.cells, width)
         right = [c.right for c in self.columns] if self.columns else \
             [i >= len(self.rate_key.headers) if self.rate_key else False
              for i in range(len(self.headers))]
-        cursor = table.cursor_coordinate
-        table.clear(columns=True)
-        for i in range(fits):
-            header = Text(self.headers[i], justify="right" if right[i] else "left")
-            table.add_column(header, width=widths[i], key=str(i))
-        table.add_rows(
-            [Text(clip(cells[i], widths[i]), justify="right") if right[i]
-             else clip(cells[i], widths[i]) for i in range(fits)]
-            for cells in self.cells)
-        if self.cells:
-            table.move_cursor(row=min(cursor.row, len(self.cells) - 1),
-                              column=min(cursor.column, max(fits - 1, 0)), animate=False)
+        table.set_rows(self.headers[:fits], self.cells, widths[:fits], right[:fits])
         self.hidden_columns = len(self.headers) - fits
 
     def redraw_status(self) -> None:
@@ -387,8 +375,7 @@ class LiveApp(App[None]):
 
     def _show_detail(self) -> None:
         text = self.query_one("#detail-text", Static)
-        table = self.query_one("#table", DataTable)
-        row = table.cursor_coordinate.row
+        row = self.query_one("#table", LiteTable).cursor_row
         if self.rate_mode:
             if 0 <= row < len(self.cells):
                 lines = [f"{h}: {c}" for h, c in zip(self.headers, self.cells[row],
@@ -506,9 +493,9 @@ class LiveApp(App[None]):
             self.filter_gen += 1
             self.redraw()
 
-    @on(DataTable.CellSelected)
-    def _cell_selected(self, event: DataTable.CellSelected) -> None:
-        row, col = event.coordinate.row, event.coordinate.column
+    @on(LiteTable.CellSelected)
+    def _cell_selected(self, event: LiteTable.CellSelected) -> None:
+        row, col = event.row, event.column
         if not (0 <= row < len(self.cells)) or col >= len(self.headers):
             return
         if self.rate_mode:
@@ -518,15 +505,15 @@ class LiveApp(App[None]):
             value = self._cell(c, self.shown_rows[row].record)
             self.add_filter(f"{c.name}:{value}", exact=True)
 
-    @on(DataTable.HeaderSelected)
-    def _header_selected(self, event: DataTable.HeaderSelected) -> None:
-        if self.sort_col == event.column_index:
+    @on(LiteTable.HeaderSelected)
+    def _header_selected(self, event: LiteTable.HeaderSelected) -> None:
+        if self.sort_col == event.column:
             self.sort_reverse = not self.sort_reverse
         else:
-            self.sort_col, self.sort_reverse = event.column_index, False
+            self.sort_col, self.sort_reverse = event.column, False
         self.redraw()
 
-    @on(DataTable.CellHighlighted)
+    @on(LiteTable.CellHighlighted)
     def _highlighted(self) -> None:
         if self.detail_shown:
             self._show_detail()
