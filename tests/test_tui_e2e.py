@@ -146,3 +146,46 @@ def test_trace_tcpconnect_tui_shows_connects_with_details_and_sigterm_ends_it(la
     assert err.splitlines()[-2].startswith("podsight: ") and " events, " in err, err
     records = check_files(json_path, db, "tcpconnect")
     assert any(r["sport"] == client["sport"] and r["result"] == "ok" for r in records)
+
+
+STORM = r"""
+import socket, sys
+n = int(sys.argv[1])
+for _ in range(n):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", 9))
+    except OSError:
+        pass
+    s.close()
+print(n, flush=True)
+"""
+
+
+def test_the_screen_samples_a_storm_and_the_json_file_has_every_connect(lab, tmp_path):
+    """Thousands of connects a second: the screen decodes a sample, the file gets them all."""
+    import subprocess
+    import sys
+
+    json_path = tmp_path / "storm.json"
+    term = Terminal(["trace", "tcpconnect", "--tui", "--dport", "9", "--json", str(json_path)],
+                    tmp_path)
+    total = 40_000
+    try:
+        term.wait(lambda s: "podsight tcpconnect" in s and "RESULT" in s, "the view")
+        done = subprocess.run([sys.executable, "-c", STORM, str(total)], capture_output=True,
+                              text=True, timeout=300, check=True)
+        assert int(done.stdout) == total
+        term.wait(lambda s: f"{total} written" in s, "every connect written")
+        screen = term.screen()
+        print(next(line for line in screen.splitlines() if " written" in line))
+        assert "screen samples 1 in" in screen
+        latency(term, ["C-t"], lambda s: "EVENTS/S" in s, "rate mode during a storm")
+        term.keys("C-c")
+        assert term.wait_exit() == 0, term.stderr()
+    finally:
+        term.close()
+    lines = json_path.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == total and all(r["dport"] == 9 for r in records)
+    assert f"podsight: {total} events, 0 lost" in term.stderr(), term.stderr()
