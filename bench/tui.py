@@ -175,18 +175,18 @@ def key_probe(term: Tmux) -> Callable[[float], list[float]]:
     def probe(seconds: float) -> list[float]:
         out = []
         end = time.monotonic() + seconds
-        toggle = ("Right", "view: all", "Left", "view: standard")
         i = 0
         while time.monotonic() < end:
-            key, want = toggle[i % 4], toggle[i % 4 + 1]
+            # Right leaves the standard view (for the next one the gadget has), Left returns.
+            key, back = ("Right", False) if i % 2 == 0 else ("Left", True)
             at = time.monotonic()
             term.tmux("send-keys", "-t", "0", key)
-            while want not in term.screen():
+            while ("view: standard" in term.screen()) != back:
                 if time.monotonic() - at > 10:
                     raise BenchError(f"{key} was not answered within 10 s")
                 time.sleep(0.002)
             out.append((time.monotonic() - at) * 1000)
-            i += 2
+            i += 1
             time.sleep(0.5)
         return out
     return probe
@@ -236,7 +236,8 @@ def run_json(kind: str, children: Children, args: argparse.Namespace, work: Path
     out, err = work / "out.json", work / "err.txt"
     out.unlink(missing_ok=True)
     with out.open("w") as o, err.open("w") as e:
-        proc = children.start([*podsight_argv(), *gadget_args(kind), "--no-tui", "-o", "json"],
+        plain = ["--no-tui"] if kind == "flows" else []  # tcpconnect is plain unless --tui
+        proc = children.start([*podsight_argv(), *gadget_args(kind), *plain, "-o", "json"],
                               stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=env())
     ready = "capturing flows" if kind == "flows" else "tracing"
     wait_file(err, ready)
