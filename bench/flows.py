@@ -69,7 +69,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -78,7 +77,6 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -96,6 +94,10 @@ from benchlib import (
     run_guarded,
     wait_with_cpu,
 )
+
+from podsight.ebpf import RawProgram, RunTimeStats, TcHook
+from podsight.ebpf.progs import BPF_PROG_TYPE_SCHED_CLS, EMPTY_TC
+from podsight.errors import UserError
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -409,70 +411,32 @@ class NullTc:
     The cost of the tc hook itself, which any tc-based observer pays before
     doing anything: podsight's ratio can be no better than this one. Loaded
     from two raw instructions and attached with tcx links (what podsight uses
-    on this kernel), so the links go with our fds whatever happens.
+    on this kernel) through podsight's own binding, so the links go with our
+    fds whatever happens.
     """
 
-    # struct bpf_insn: code, dst|src regs, off, imm -- r0 = -1; exit
-    INSNS = struct.pack("<BBhiBBhi", 0xB7, 0, 0, -1, 0x95, 0, 0, 0)
-    SCHED_CLS = 3
-    TCX = (46, 47)  # BPF_TCX_INGRESS, BPF_TCX_EGRESS
-
     def __init__(self) -> None:
-        self.fds: list[int] = []
+        self._stack = contextlib.ExitStack()
+        self.prog_id = 0
 
     def __enter__(self) -> NullTc:
-        lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-        lib.bpf_prog_load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
-                                      ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p]
-        lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-        prog = lib.bpf_prog_load(self.SCHED_CLS, b"bench_null_tc", b"GPL", self.INSNS, 2, None)
-        if prog < 0:
-            raise BenchError(f"cannot load the empty tc program: {os.strerror(-prog)}")
-        self.fds.append(prog)
-        ifindex = socket.if_nametoindex(HOST_IF)
-        for attach in self.TCX:
-            link = lib.bpf_link_create(prog, ifindex, attach, None)
-            if link < 0:
-                self.__exit__()
-                raise BenchError(f"cannot attach the empty tc program with tcx: "
-                                 f"{os.strerror(-link)}")
-            self.fds.append(link)
+        try:
+            prog = self._stack.enter_context(
+                RawProgram(BPF_PROG_TYPE_SCHED_CLS, EMPTY_TC, "bench_null_tc"))
+            info = Path(f"/proc/self/fdinfo/{prog.fd}").read_text()
+            self.prog_id = int(info.split("prog_id:", 1)[1].split()[0])
+            for direction in ("ingress", "egress"):
+                self._stack.enter_context(TcHook(prog, HOST_IF, direction, mode="tcx"))
+        except (OSError, UserError) as exc:
+            self._stack.close()
+            raise BenchError(f"cannot attach the empty tc program with tcx: {exc}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for fd in reversed(self.fds):
-            os.close(fd)
-        self.fds.clear()
+        self._stack.close()
 
 
 # -- BPF run-time statistics ------------------------------------------------------
-
-
-class BpfStats:
-    """The kernel's per-program run time and count, on while this holds the fd.
-
-    ``BPF_ENABLE_STATS`` (libbpf's ``bpf_enable_stats``) turns them on until
-    the fd is closed, so nothing stays on if we die, unlike the sysctl.
-    """
-
-    def __init__(self) -> None:
-        self.fd = -1
-        try:
-            lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-        except OSError:
-            return
-        fn = lib.bpf_enable_stats
-        fn.argtypes = [ctypes.c_int]
-        fn.restype = ctypes.c_int
-        self.fd = fn(0)  # BPF_STATS_RUN_TIME
-
-    def __enter__(self) -> BpfStats:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 def stats_sysctl_on() -> bool:
@@ -579,10 +543,10 @@ def run_observed(children: Children, argv: list[str], workdir: Path, load: Load,
         runs_before: dict[str, tuple[int, int]] = {}
         with contextlib.ExitStack() as stack:
             if prog_stats:
-                stats = stack.enter_context(BpfStats())
-                if stats.fd < 0:
-                    raise BenchError("could not turn BPF run-time statistics on "
-                                     "(bpf_enable_stats in libbpf.so.1)")
+                try:
+                    stack.enter_context(RunTimeStats())
+                except OSError as exc:
+                    raise BenchError(f"could not turn BPF run-time statistics on: {exc}") from None
                 runs_before = prog_runs(ids)
             cpu_before = cpu_so_far(proc.pid)
             transfer = run_iperf(children, load, direction)
@@ -613,6 +577,27 @@ def run_observed(children: Children, argv: list[str], workdir: Path, load: Load,
     finally:
         out.unlink(missing_ok=True)
         err.unlink(missing_ok=True)
+
+
+def run_null_stats(children: Children, load: Load, direction: str,
+                   ) -> tuple[Transfer, dict[str, tuple[int, int]]]:
+    """One transfer beside the empty tc program with run-time statistics on: its cost per run.
+
+    The statistics add their own clock reads to every run of every program;
+    podsight's ns/run minus this one is what its programs cost beyond the
+    hook and the measurement itself.
+    """
+    with NullTc() as null:
+        try:
+            stats = RunTimeStats()
+        except OSError as exc:
+            raise BenchError(f"could not turn BPF run-time statistics on: {exc}") from None
+        with stats:
+            before = prog_runs({null.prog_id})
+            transfer = run_iperf(children, load, direction)
+            after = prog_runs({null.prog_id})
+    return transfer, {name: (cnt - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1])
+                      for name, (cnt, ns) in after.items()}
 
 
 def others_s(t: Transfer, o: Observed | None) -> float:
@@ -674,7 +659,9 @@ class Cell:
     target: float
     configs: dict[str, Config]
     offloads: dict[str, str] = field(default_factory=dict)
-    stats: tuple[Transfer, Observed] | None = None
+    #: config -> (transfer, program -> (runs, run time ns), packets podsight counted)
+    stats: dict[str, tuple[Transfer, dict[str, tuple[int, int]], int]] = field(
+        default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -753,13 +740,17 @@ def run(args: argparse.Namespace, children: Children) -> tuple[list[Cell], int]:
             if args.prog_stats:
                 for cell in cells:
                     veth.set_offloads(cell.mode == "gso-on")
-                    t, o = run_observed(children, argvs["podsight"], workdir, load,
-                                        cell.direction, prog_stats=True)
-                    cell.stats = (t, o)
-                    print(f"prog stats {cell.name:<19} {t.gbps:6.2f} Gbit/s, "
-                          + ", ".join(f"{n} {cnt} runs {ns / max(cnt, 1):.0f} ns/run"
-                                      for n, (cnt, ns) in sorted(o.progs.items())),
-                          file=sys.stderr, flush=True)
+                    t, progs = run_null_stats(children, load, cell.direction)
+                    cell.stats["tc-null"] = (t, progs, 0)
+                    for name, argv in argvs.items():
+                        t, o = run_observed(children, argv, workdir, load, cell.direction,
+                                            prog_stats=True)
+                        cell.stats[name] = (t, o.progs, o.packets)
+                    for name, (t, progs, _) in cell.stats.items():
+                        print(f"prog stats {cell.name:<19} {name:<9} {t.gbps:6.2f} Gbit/s, "
+                              + ", ".join(f"{n} {cnt} runs {ns / max(cnt, 1):.0f} ns/run"
+                                          for n, (cnt, ns) in sorted(progs.items())),
+                              file=sys.stderr, flush=True)
     finally:
         children.kill_all()
         veth.close()
@@ -850,36 +841,47 @@ counts once); bytes/iperf3: the data stream's bytes in podsight's records over t
 iperf3 moved (whole frames: {1 + WIRE_HEADERS / 1448:.4f} for full 1448-byte segments; '!' if the
 payload does not match); cpu %: podsight's CPU from ready to exit, % of one CPU over the
 transfer; noise %: the most CPU anything else used during one of the cell's transfers.""")
-    stats = [c for c in cells if c.stats is not None]
+    stats = [c for c in cells if c.stats]
     if stats:
-        print("\ntc program cost: one more podsight run per cell with BPF run-time statistics "
-              "on (they add\ntwo clock reads per run); packets: podsight's packet counter, "
-              "wire packets both ways\n(a GSO super-packet counts its segments); share of a "
-              "CPU: program run time over the transfer\n")
-        head = (f"{'direction':<11}{'mode':<8}{'program':<15}{'runs':>11}{'ns/run':>8}"
-                f"{'packets':>11}{'ns/packet':>10}{'Gb/s':>7}{'share of a CPU':>16}")
+        print("\ntc program cost: one more run per cell and configuration with BPF run-time "
+              "statistics on\n(they add two clock reads per run: upper bounds); packets: "
+              "podsight's packet counter, wire\npackets both ways (a GSO super-packet counts "
+              "its segments); over tc-null: ns per packet beyond\nthe empty program's "
+              "ns/run (the hook and the statistics themselves); share of a CPU: program\n"
+              "run time over the transfer\n")
+        head = (f"{'direction':<11}{'mode':<8}{'config':<11}{'program':<15}{'runs':>11}"
+                f"{'ns/run':>8}{'packets':>11}{'ns/packet':>10}{'over tc-null':>13}{'Gb/s':>7}"
+                f"{'share of a CPU':>16}")
         print(head)
         print("-" * len(head))
         for cell in stats:
-            assert cell.stats is not None
-            t, o = cell.stats
-            cell_stats: dict[str, Any] = {"gbps": t.gbps, "packets_counted": o.packets,
-                                          "programs": {}}
-            for name, (cnt, ns) in sorted(o.progs.items()):
-                if not cnt:
+            entry: dict[str, Any] = {}
+            null_runs = sum(cnt for cnt, _ in cell.stats["tc-null"][1].values())
+            null_ns = sum(ns for _, ns in cell.stats["tc-null"][1].values())
+            null_per_run = null_ns / max(null_runs, 1)
+            for config, (t, progs, packets) in cell.stats.items():
+                programs: dict[str, Any] = {}
+                for name, (cnt, ns) in sorted(progs.items()):
+                    if not cnt:
+                        continue
+                    print(f"{cell.direction:<11}{cell.mode:<8}{config:<11}{name:<15}{cnt:>11,}"
+                          f"{ns / cnt:>8.1f}{'':>11}{'':>10}{'':>13}{t.gbps:>7.2f}"
+                          f"{100 * ns / 1e9 / t.seconds:>15.1f}%")
+                    programs[name] = {"runs": cnt, "run_time_ns": ns, "ns_per_run": ns / cnt}
+                runs = sum(cnt for cnt, _ in progs.values())
+                total_ns = sum(ns for _, ns in progs.values())
+                entry[config] = {"gbps": t.gbps, "programs": programs, "run_time_ns": total_ns}
+                if config == "tc-null":
                     continue
-                print(f"{cell.direction:<11}{cell.mode:<8}{name:<15}{cnt:>11,}"
-                      f"{ns / cnt:>8.0f}{'':>11}{'':>10}{t.gbps:>7.2f}"
-                      f"{100 * ns / 1e9 / t.seconds:>15.1f}%")
-                cell_stats["programs"][name] = {"runs": cnt, "run_time_ns": ns,
-                                                "ns_per_run": ns / cnt}
-            total_ns = sum(ns for _, ns in o.progs.values())
-            print(f"{cell.direction:<11}{cell.mode:<8}{'both':<15}"
-                  f"{sum(c for c, _ in o.progs.values()):>11,}{'':>8}{o.packets:>11,}"
-                  f"{total_ns / max(o.packets, 1):>10.1f}{t.gbps:>7.2f}"
-                  f"{100 * total_ns / 1e9 / t.seconds:>15.1f}%")
-            cell_stats.update(run_time_ns=total_ns, ns_per_segment=total_ns / max(o.packets, 1))
-            results["cells"][cells.index(cell)]["prog_stats"] = cell_stats
+                over = (total_ns - null_per_run * runs) / max(packets, 1)
+                print(f"{cell.direction:<11}{cell.mode:<8}{config:<11}{'both':<15}{runs:>11,}"
+                      f"{total_ns / max(runs, 1):>8.1f}{packets:>11,}"
+                      f"{total_ns / max(packets, 1):>10.1f}{over:>13.1f}{t.gbps:>7.2f}"
+                      f"{100 * total_ns / 1e9 / t.seconds:>15.1f}%")
+                entry[config].update(packets_counted=packets,
+                                     ns_per_segment=total_ns / max(packets, 1),
+                                     ns_per_segment_over_null=over)
+            results["cells"][cells.index(cell)]["prog_stats"] = entry
     print()
     for cell in cells:
         print(f"offloads {cell.name}: " + "; ".join(f"{k}: {v}" for k, v in cell.offloads.items()))

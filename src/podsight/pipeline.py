@@ -162,12 +162,16 @@ class RunContext:
 
 @dataclass
 class OutputOptions:
-    """Which outputs a run writes (from ``-o``, ``--sqlite``, ``--no-tui``)."""
+    """Which outputs a run writes (from ``-o``, ``--sqlite``, ``--json``, ``--no-tui``)."""
 
     mode: str = "columns"  # columns | json | none (only the sinks)
     columns: str | None = None
     extra_columns: tuple[str, ...] = ()
     sqlite: str | None = None
+    #: ``--json FILE``: JSON lines to this new file, beside whatever stdout shows.
+    json_file: str | None = None
+    #: The live view (``podsight.tui``) shows the records: the run writes to
+    #: :attr:`Run.feed`, and stderr lines wait until the view is closed.
     live: bool = False
     max_time: float | None = None
     max_bytes: int | None = None
@@ -336,8 +340,16 @@ class Run(Generic[R]):
         self._outputs: list[Output[R]] = []
         self._sizes: list[Callable[[], int]] = []
         self._template: Any = None
-        self._live: Any = None
         self._sqlite: Any = None
+        self._files: list[tuple[str, Callable[[], int]]] = []
+        self._json_file: TextIO | None = None
+        #: The live view's feed (``options.live``); the view runs this run in a thread.
+        self.feed: Any = None
+        if options.live:
+            from podsight.outputs.live import LiveFeed
+
+            self.feed = LiveFeed(f"podsight {ctx.spec.name}", ctx.spec.noun)
+            self.err = self.feed.log  # the terminal is the view's until it closes
         self._reader_gone = False
         self._running = False
         self._admission: Admission[R] | None = None
@@ -371,29 +383,35 @@ class Run(Generic[R]):
             self._sqlite = SqliteOutput(opts.sqlite, self.ctx.spec.name, schema, meta)
             self._outputs.append(self._sqlite)
             self._sizes.append(lambda: int(self._sqlite.bytes))
+            self._files.append((opts.sqlite, self._sizes[-1]))
         self._outputs.extend(opts.sinks)
-        if opts.mode == "none":
-            return
-        if opts.mode == "json":
-            json = JsonLines(schema, self.out)
+
+        def json_lines(stream: TextIO) -> JsonLines[R]:
+            json = JsonLines(schema, stream)
             self._outputs.append(json)
             self._sizes.append(lambda: json.bytes)
             spec = gadget.templates(lambda raw: self._admit_raw(raw, admission))
             # A template decides filters once per identity: only if no filter reads a
             # value that changes from event to event of one identity.
             varying = {slot.attr for slot in spec.slots} if spec is not None else set()
-            if spec is not None and not varying & {getattr(p, "attr", "")
-                                                   for p in self.predicates}:
+            if self._template is None and spec is not None and not varying & {
+                    getattr(p, "attr", "") for p in self.predicates}:
                 self._template = (TemplateJson(JsonEncoder(schema), spec,
                                                _TemplateIdentity(gadget, admission)), json)
+            return json
+
+        if opts.json_file:
+            self._json_file = open(opts.json_file, "x", encoding="utf-8")  # noqa: SIM115
+            json_lines(self._json_file)
+            self._files.append((opts.json_file, self._sizes[-1]))
+        if opts.mode == "none":
+            return
+        if opts.mode == "json":
+            json_lines(self.out)
         else:
             fields = self._columns(gadget)
-            if opts.live:
-                from podsight.outputs.live import LiveOutput
-
-                self._live = LiveOutput(schema, fields, self.out,
-                                        f"podsight {self.ctx.spec.name}")
-                self._outputs.append(self._live)
+            if self.feed is not None:
+                self.feed.open(schema, fields, self._files)
             else:
                 table = TableWriter(fields, self.out)
                 table.header()
@@ -433,16 +451,23 @@ class Run(Generic[R]):
             return
         records = list(batch.records)
         lines: list[str] | None = None
-        if batch.raw is not None and len(batch.raw):
+        raw = batch.raw
+        unseen: np.ndarray | None = None  # raw records only the live view will look at
+        if raw is not None and len(raw):
             if self._template is not None and len(self._outputs) == 1:
-                lines = self._template[0].lines(batch.raw)
+                lines = self._template[0].lines(raw)
+                unseen = raw
+            elif self.feed is not None and not self._outputs and self._admits_all():
+                unseen = raw  # the view alone, and it would keep every one: it samples
             else:
-                records += gadget.decode(batch.raw)
+                records += gadget.decode(raw)
         kept = admission(records) if records else []
         try:
             if lines is not None:
                 self._template[1].write_lines(lines)
                 self.result.records += len(lines)
+            elif unseen is not None:
+                self.result.records += len(unseen)
             if kept:
                 for output in self._outputs:
                     output.write(kept)
@@ -456,14 +481,25 @@ class Run(Generic[R]):
             self._fail(RunFailure(f"writing output: {exc.strerror or exc}"), len(batch))
         except PodsightError as exc:
             self._fail(exc, len(batch))
+        feed = self.feed
+        if feed is not None:
+            if kept:
+                feed.write(kept)
+            if unseen is not None:
+                feed.offer(unseen, lambda sample: admission(gadget.decode(sample)))
+
+    def _admits_all(self) -> bool:
+        """Does admission keep every record as it is (no pod flags, no user-space filter)?"""
+        return not self.predicates and not self.ctx.selector.selects_pods
+
+    def _live_tally(self) -> Tally:
+        assert self.gadget is not None
+        return self.gadget.tally(time.monotonic() - self._started)
 
     def _fail(self, exc: PodsightError, count: int) -> None:
         self.result.failure = exc
         self.result.unwritten += count
         self.stop.set()
-
-    def _status(self) -> str:
-        return f"{self.result.records} {self.ctx.spec.noun}  (Ctrl-C to stop)"
 
     def _over_budget(self) -> bool:
         limit = self.options.max_bytes
@@ -512,8 +548,8 @@ class Run(Generic[R]):
             gadget.wait(stop.remaining(0.05))
             self._write(gadget.collect(final=False), admission)
             self._tell()
-            if self._live is not None:
-                self._live.draw(self._status())
+            if self.feed is not None:
+                self.feed.tick(self.result.records, self._live_tally)
             if ctx.resolver.refresh() and self._template is not None:
                 self._template[0].clear()
             gadget.follow(self.selection())
@@ -541,12 +577,13 @@ class Run(Generic[R]):
                 self._write(Batch(records=gadget.pending()), admission)
                 result.pending = result.records - before
             result.tally = gadget.tally(result.elapsed)
-            if self._live is not None:
-                self._live.draw(self._status())
-                self._live.close()
             if self._sqlite is not None:
                 self._close_sqlite()
         finally:
+            if self._json_file is not None:
+                self._json_file.close()
+            if self.feed is not None:
+                self.feed.finish(result.records, result.tally if self._running else None)
             gadget.close()
 
     def _close_sqlite(self) -> None:

@@ -61,6 +61,18 @@ class Field(Generic[R]):
       line; a field with ``json=None`` never appears in JSON (table only).
     - ``sql``: its SQLite columns (none, one, or several for a structured value).
     - ``default``: shown in the default table columns.
+
+    What the live view (``podsight.tui``) reads, all optional, so that it needs no
+    code per gadget:
+
+    - ``group``: the view the column belongs to beyond the standard one
+      (``drops``, ``dns``, ``rtt``, ``tls``: cycled with left/right), or the
+      identity column set it is part of (``pod``, ``node``: page up/down).
+    - ``total``: the column adds up (bytes, packets): its number, summed per key
+      in the view's rate mode.
+    - ``ends``: the field is one end of the record, as ``(target, address attribute,
+      port attribute)`` (set by :func:`endpoint`): the view derives the IP and port,
+      pod, workload and node columns from it.
     """
 
     name: str
@@ -72,6 +84,9 @@ class Field(Generic[R]):
     right: bool = False
     default: bool = True
     doc: str = ""
+    group: str = ""
+    total: Callable[[R], int] | None = None
+    ends: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,9 @@ class Schema(Generic[R]):
     order: Callable[[R], int] | None = None
     #: The default table columns, in this order (None: fields with ``default`` set).
     defaults: tuple[str, ...] | None = None
+    #: The record's raw bytes (a packet, link layer first), for the live view's detail
+    #: pane (hex and decoded headers); None when records carry none.
+    payload: Callable[[R], bytes | None] | None = None
     by_name: dict[str, Field[R]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -142,9 +160,12 @@ class Schema(Generic[R]):
 # -- field builders ---------------------------------------------------------------------
 
 def number(name: str, header: str, width: int, get: Callable[[Any], int | None], doc: str,
-           *, default: bool = False, sql: bool = True, text: Callable[[Any], str] | None = None
-           ) -> Field[Any]:
-    """An integer: right-aligned in tables, a JSON number, an INTEGER column."""
+           *, default: bool = False, sql: bool = True, text: Callable[[Any], str] | None = None,
+           total: bool = False) -> Field[Any]:
+    """An integer: right-aligned in tables, a JSON number, an INTEGER column.
+
+    ``total``: the number adds up across records (bytes, packets): the live view's
+    rate mode sums it per key."""
     def as_json(r: Any) -> str | None:
         v = get(r)
         return None if v is None else str(v)
@@ -153,9 +174,12 @@ def number(name: str, header: str, width: int, get: Callable[[Any], int | None],
         v = get(r)
         return "" if v is None else str(v)
 
+    def as_total(r: Any) -> int:
+        return get(r) or 0
+
     return Field(name, header, width, text or as_text, as_json,
                  (Column(name, "INTEGER", doc, get),) if sql else (), right=True,
-                 default=default, doc=doc)
+                 default=default, doc=doc, total=as_total if total else None)
 
 
 def string(name: str, header: str, width: int, get: Callable[[Any], str | None], doc: str,
@@ -174,9 +198,10 @@ def string(name: str, header: str, width: int, get: Callable[[Any], str | None],
 
 
 def table_only(name: str, header: str, width: int, text: Callable[[Any], str], doc: str,
-               *, default: bool = True, right: bool = False) -> Field[Any]:
+               *, default: bool = True, right: bool = False, group: str = "") -> Field[Any]:
     """A column for people (formatted units, joined names); JSON and SQL carry the raw field."""
-    return Field(name, header, width, text, None, (), right=right, default=default, doc=doc)
+    return Field(name, header, width, text, None, (), right=right, default=default, doc=doc,
+                 group=group)
 
 
 # -- endpoints ----------------------------------------------------------------------------
@@ -238,7 +263,8 @@ def endpoint(target: str, header: str, addr_attr: str, port_attr: str, who: str,
                attr("container")),
     )
     return Field(target, header, 30, text, as_json, sql,
-                 doc=f"{who}: address, port and identity")
+                 doc=f"{who}: address, port and identity", group="pod",
+                 ends=(target, addr_attr, port_attr))
 
 
 def k8s_fields(target: str) -> list[Field[Any]]:
@@ -255,11 +281,11 @@ def k8s_fields(target: str) -> list[Field[Any]]:
 
     return [
         table_only("k8s.node", "K8S.NODE", 12, attr("node"), "node of the traced pod",
-                   default=False),
+                   default=False, group="node"),
         table_only("k8s.namespace", "K8S.NAMESPACE", 14, attr("namespace"),
-                   "namespace of the traced pod", default=False),
+                   "namespace of the traced pod", default=False, group="pod"),
         table_only("k8s.podname", "K8S.PODNAME", 16, pod_name, "the traced pod",
-                   default=False),
+                   default=False, group="pod"),
         table_only("k8s.containername", "K8S.CONTAINERNAME", 18, attr("container"),
-                   "container of the traced process", default=False),
+                   "container of the traced process", default=False, group="pod"),
     ]

@@ -75,9 +75,16 @@ def _add_output_flags(p: argparse.ArgumentParser, spec: GadgetSpec) -> None:
     g.add_argument("-o", "--output", default="columns", help=OUTPUT_HELP)
     if spec.live:
         g.add_argument("--no-tui", action="store_true",
-                       help="plain lines instead of the live table, even on a terminal")
+                       help="plain lines instead of the live view, even on a terminal")
+    else:
+        g.add_argument("--tui", action="store_true",
+                       help="the live view (a table to sort, filter and aggregate; needs a "
+                            "terminal) instead of plain lines")
     g.add_argument("--sqlite", metavar="FILE", help="also write every record to this new "
                    "SQLite file (written one transaction per batch: valid at every moment)")
+    g.add_argument("--json", dest="json_file", metavar="FILE",
+                   help="also write every record to this new file as JSON lines (beside the "
+                        "live view, say)")
     g.add_argument("--max-time", "--timeout", dest="max_time",
                    type=lambda v: A.seconds(v), metavar="SECONDS", help="stop after this long")
     g.add_argument("--max-bytes", type=lambda v: A.size(v), metavar="SIZE",
@@ -124,6 +131,30 @@ def _warn(text: str) -> None:
     sys.stderr.flush()
 
 
+def _terminal() -> bool:
+    """Can the live view run: a terminal to draw on (stdout) and keys to read (stdin)?"""
+    return sys.stdout.isatty() and sys.stdin.isatty()
+
+
+def _check_new_file(flag: str, path: str) -> None:
+    """An output file must be new, in a directory that exists and that we may write."""
+    if not path.strip():
+        raise UserError(f"{flag} needs a file name (it was empty)")
+    if os.path.lexists(path):
+        raise UserError(f"{path} exists: remove it or choose another file")
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.stat(parent)
+    except FileNotFoundError:
+        raise UserError(f"cannot create {path}: no such directory {parent}") from None
+    except OSError as exc:
+        raise UserError(f"cannot create {path}: {exc.strerror}") from None
+    if not os.path.isdir(parent):
+        raise UserError(f"cannot create {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create {path}: permission denied")
+
+
 def _selector_words(ns: argparse.Namespace) -> str:
     words = []
     for flag, attr in (("-n", "namespace"), ("-p", "podname"), ("-l", "selector"),
@@ -144,22 +175,18 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
         columns = columns.strip()
         if not columns.replace(",", "").strip():
             raise UserError("-o columns= needs at least one column name")
-    if ns.sqlite is not None:
-        if not ns.sqlite.strip():
-            raise UserError("--sqlite needs a file name (it was empty)")
-        if os.path.lexists(ns.sqlite):
-            raise UserError(f"{ns.sqlite} exists: remove it or choose another file")
-        parent = os.path.dirname(os.path.abspath(ns.sqlite))
-        try:
-            os.stat(parent)
-        except FileNotFoundError:
-            raise UserError(f"cannot create {ns.sqlite}: no such directory {parent}") from None
-        except OSError as exc:
-            raise UserError(f"cannot create {ns.sqlite}: {exc.strerror}") from None
-        if not os.path.isdir(parent):
-            raise UserError(f"cannot create {ns.sqlite}: {parent} is not a directory")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise UserError(f"cannot create {ns.sqlite}: permission denied")
+    for flag, path in (("--sqlite", ns.sqlite), ("--json", ns.json_file)):
+        if path is not None:
+            _check_new_file(flag, path)
+    if ns.sqlite is not None and ns.sqlite == ns.json_file:
+        raise UserError("--sqlite and --json name the same file")
+    tui = getattr(ns, "tui", False)
+    if tui and mode == "json":
+        raise UserError("--tui shows the records on the terminal: with it, --json FILE "
+                        "writes JSON lines (-o json is for stdout)")
+    if tui and not _terminal():
+        raise UserError("--tui needs a terminal on stdin and stdout (use -o json or "
+                        "--json FILE otherwise)")
     rules = []
     if "rules" in spec.flag_groups:
         from podsight.cli.rules import parse_rules
@@ -174,9 +201,9 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
     filters = predicates(spec, values)
     module, _, attr = spec.factory.partition(":")
     options = OutputOptions(
-        mode=mode, columns=columns, sqlite=ns.sqlite,
-        live=mode == "columns" and spec.live and not getattr(ns, "no_tui", False)
-        and sys.stdout.isatty(),
+        mode=mode, columns=columns, sqlite=ns.sqlite, json_file=ns.json_file,
+        live=tui or (mode == "columns" and spec.live and not getattr(ns, "no_tui", False)
+                     and _terminal()),
         max_time=ns.max_time, max_bytes=ns.max_bytes, command=" ".join(sys.argv),
     )
     result = RunResult()
@@ -197,7 +224,18 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
         except Stopped:
             sys.stderr.write(summary_line(spec, result) + "\n")
             return 0
-        result = Run(ctx, factory, options, netns, filters).execute()
+        run_ = Run(ctx, factory, options, netns, filters)
+        if options.live:
+            from podsight.tui import run_live
+
+            err = run_.err
+
+            def warn(text: str) -> None:
+                err.write(f"podsight: warning: {text}\n")
+            ctx.warn = warn
+            result = run_live(run_)
+        else:
+            result = run_.execute()
     if result.failure is not None:
         raise result.failure
     return 0

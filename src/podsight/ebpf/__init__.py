@@ -2,7 +2,10 @@
 
 Objects own one kernel resource each and close deterministically:
 :class:`BpfObject` (programs + maps of one ELF file), :class:`Program`,
-:class:`Map`, :class:`Link`, :class:`RingBuffer` and :class:`TcHook`.
+:class:`Map`, :class:`Link`, :class:`RingBuffer`, :class:`TcHook`,
+:class:`RawProgram` (loaded from raw instructions) and :class:`RunTimeStats`
+(the kernel's per-program run time, on while open); :func:`prog_test_run` is
+BPF_PROG_TEST_RUN.
 Every error they raise is a :class:`BpfError` (see :mod:`podsight.ebpf.errors`)
 or a :class:`~podsight.errors.UserError`, printed by the CLI as one line.
 """
@@ -28,6 +31,7 @@ from podsight.ebpf.objects import (
     ProgramInfo,
     RunStats,
 )
+from podsight.ebpf.progs import RawProgram, RunResult, RunTimeStats, prog_test_run
 from podsight.ebpf.ringbuf import RingBuffer
 from podsight.ebpf.system import preflight
 from podsight.ebpf.tc import TcHook
@@ -49,8 +53,12 @@ __all__ = [
     "PermissionDenied",
     "Program",
     "ProgramInfo",
+    "RawProgram",
     "RingBuffer",
+    "RunResult",
     "RunStats",
+    "RunTimeStats",
     "TcHook",
     "preflight",
+    "prog_test_run",
 ]

@@ -118,6 +118,28 @@ class BpfProgInfo(ctypes.Structure):
     ]
 
 
+class BpfTestRunOpts(ctypes.Structure):
+    """struct bpf_test_run_opts (bpf.h, libbpf 1.1): BPF_PROG_TEST_RUN's in and out."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("data_in", c_void_p),
+        ("data_out", c_void_p),
+        ("data_size_in", c_uint32),
+        ("data_size_out", c_uint32),
+        ("ctx_in", c_void_p),
+        ("ctx_out", c_void_p),
+        ("ctx_size_in", c_uint32),
+        ("ctx_size_out", c_uint32),
+        ("retval", c_uint32),
+        ("repeat", c_int),
+        ("duration", c_uint32),
+        ("flags", c_uint32),
+        ("cpu", c_uint32),
+        ("batch_size", c_uint32),
+    ]
+
+
 class BpfMapBatchOpts(ctypes.Structure):
     """struct bpf_map_batch_opts (bpf.h): sz, elem_flags, flags."""
 
@@ -176,6 +198,9 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_tc_hook_destroy": (c_int, [ctypes.POINTER(BpfTcHook)]),
     "bpf_tc_attach": (c_int, [ctypes.POINTER(BpfTcHook), ctypes.POINTER(BpfTcOpts)]),
     "bpf_tc_detach": (c_int, [ctypes.POINTER(BpfTcHook), ctypes.POINTER(BpfTcOpts)]),
+    "bpf_prog_load": (c_int, [c_int, c_char_p, c_char_p, c_void_p, c_size_t, c_void_p]),
+    "bpf_prog_test_run_opts": (c_int, [c_int, ctypes.POINTER(BpfTestRunOpts)]),
+    "bpf_enable_stats": (c_int, [c_int]),
 }
 
 
@@ -221,13 +246,18 @@ def _install_print(so: ctypes.CDLL) -> None:
     vsnprintf = libc.vsnprintf
     vsnprintf.restype = c_int
     vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
-    buf = ctypes.create_string_buffer(4096)
+    # libbpf prints a failed load's whole verifier log in one call, and a
+    # va_list cannot be formatted twice: 1 MiB holds the logs of our
+    # programs; anything longer is cut at the end and says so.
+    buf = ctypes.create_string_buffer(1 << 20)
 
     def on_print(level: int, fmt: bytes | None, args: int | None) -> int:
         if fmt is None:
             return 0
-        vsnprintf(buf, len(buf), fmt, args)
+        need = vsnprintf(buf, len(buf), fmt, args)
         line = buf.value.decode(errors="replace").rstrip()
+        if need >= len(buf):
+            line += f" [... {need - len(buf) + 1} more bytes of libbpf output cut]"
         log.lines.append(line)
         del log.lines[:-200]
         if log.verbose:

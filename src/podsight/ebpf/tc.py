@@ -27,7 +27,7 @@ import struct
 
 from podsight.ebpf import _libbpf as L
 from podsight.ebpf.errors import BpfError, InterfaceGone, InvalidArgument, NotSupported
-from podsight.ebpf.objects import Program
+from podsight.ebpf.progs import HasFd
 
 DIRECTIONS = {"ingress": L.BPF_TC_INGRESS, "egress": L.BPF_TC_EGRESS}
 #: enum bpf_attach_type (linux/bpf.h): BPF_TCX_INGRESS, BPF_TCX_EGRESS.
@@ -89,6 +89,9 @@ def _ifname(ifindex: int) -> str | None:
 class TcHook:
     """A BPF program attached to one interface and direction, with tcx or clsact.
 
+    ``program`` is any loaded program: an object's :class:`Program` or a
+    :class:`~podsight.ebpf.progs.RawProgram`.
+
     ``mode`` is ``auto`` (tcx, else clsact), ``tcx`` or ``clsact``; after
     attaching, :attr:`mode` says which one was used.
 
@@ -99,7 +102,7 @@ class TcHook:
     direction.
     """
 
-    def __init__(self, program: Program, interface: str | int, direction: str,
+    def __init__(self, program: HasFd, interface: str | int, direction: str,
                  priority: int = 1, mode: str = "auto"):
         if direction not in DIRECTIONS:
             raise InvalidArgument(f"direction must be ingress or egress, not {direction!r}")

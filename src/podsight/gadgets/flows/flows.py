@@ -1,10 +1,16 @@
 """The flows gadget, kernel side: load flows.bpf.o, attach it, harvest its tables.
 
-Every ``--interval`` user space *harvests*: it flips the generation the
-programs write to, waits until no program can still be writing the old one
-(a map-in-map update waits an RCU grace period), then reads and clears the
-old tables in batches. Counts are exact: nothing is added to an entry while
-it is read and deleted, unlike a plain lookup-and-delete sweep.
+Every ``--interval`` user space *harvests*: it advances the epoch the
+programs write to (its low bit picks one of two generations of tables),
+waits until no program can still be writing the old one (a map-in-map update
+waits an RCU grace period), then reads and clears the old tables in batches.
+Counts are exact: nothing is added to an entry while it is read and deleted,
+unlike a plain lookup-and-delete sweep.
+
+The tc programs count most packets in a per-CPU flow cache before the
+shared table (see flows.bpf.c); a harvest reads the old generation's cache
+slots too and merges them with the table, so a :class:`Harvest` has one row
+per flow key, whatever CPUs the flow's packets were counted on.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ from typing import Self
 
 import numpy as np
 
-from podsight.ebpf import BpfObject, RingBuffer
-from podsight.ebpf.system import preflight
+from podsight.ebpf import BpfObject, Program, RingBuffer
+from podsight.ebpf.system import possible_cpus, preflight
 from podsight.ebpf.tc import TcHook
 from podsight.errors import UserError
 from podsight.net.rules import Rule, lpm_entries
@@ -53,6 +59,10 @@ STATS_DTYPE = np.dtype(
     ]
 )
 assert STATS_DTYPE.itemsize == 40
+
+# struct flow_slot (88 bytes): one per-CPU flow-cache slot.
+SLOT_DTYPE = np.dtype([("key", KEY_DTYPE), ("epoch", "<u4"), ("stats", STATS_DTYPE)])
+assert SLOT_DTYPE.itemsize == 88
 
 # struct rtt_stats (24 bytes).
 RTT_DTYPE = np.dtype(
@@ -90,10 +100,10 @@ EVENT_DTYPE = np.dtype(
 assert EVENT_DTYPE.itemsize == 248
 EV_FLOW, EV_DNS = 1, 2
 
-# Counter slots (enum counter in flows.bpf.c).
+# Counter slots (enum counter in flows.bpf.c, same order).
 COUNTERS = (
     "packets", "flows", "overflow", "lost_flow", "dns", "lost_dns", "lost_rtt", "drops",
-    "lost_drops", "unparsed",
+    "lost_drops", "unparsed", "lost_dns_query", "dns_unreadable",
 )
 
 MAX_RULES = 8
@@ -113,13 +123,14 @@ RULE_DTYPE = np.dtype(
 CFG_DTYPE = np.dtype(
     [
         ("nrules", "<u4"), ("wakeup_bytes", "<u4"), ("any_cidr", "u1"), ("any_peer", "u1"),
-        ("rtt", "u1"), ("drops", "u1"), ("dns", "u1"), ("_pad", "u1"), ("purge_reason", "<u2"),
+        ("rtt", "u1"), ("drops", "u1"), ("dns", "u1"), ("cache_bits", "u1"),
+        ("purge_reason", "<u2"),
         ("rules", RULE_DTYPE, (MAX_RULES,)),
     ]
 )
 
 # struct state (16 bytes), written by Flows._write_state().
-STATE_DTYPE = np.dtype([("gen", "<u4"), ("_pad", "<u4"), ("boot_offset_ns", "<u8")])
+STATE_DTYPE = np.dtype([("epoch", "<u4"), ("_pad", "<u4"), ("boot_offset_ns", "<u8")])
 
 # struct lpm_key (20 bytes): the prefix length then the address, as lpm_entries() packs it.
 LPM_KEY_DTYPE = np.dtype([("prefixlen", "<u4"), ("addr", "V16")])
@@ -135,6 +146,7 @@ LAYOUTS = (
     ("flows.bpf.o", "struct rule", RULE_DTYPE),
     ("flows.bpf.o", "struct state", STATE_DTYPE),
     ("flows.bpf.o", "struct lpm_key", LPM_KEY_DTYPE),
+    ("flows.bpf.o", "struct flow_slot", SLOT_DTYPE),
     ("flows.bpf.o", "cfg", CFG_DTYPE),
 )
 
@@ -149,8 +161,24 @@ class FlowsConfig:
     rules: tuple[Rule, ...] = ()
     max_flows: int = 65536
     ring_bytes: int = 4 << 20
+    #: Sockets the RTT table holds per interval (with ``rtt``).
+    rtt_entries: int = 16384
+    #: Flows the drop table holds per interval (with ``drops``).
+    drop_entries: int = 16384
+    #: DNS queries waiting for their answer (with ``dns``).
+    dns_entries: int = 8192
+    #: Slots of the flow cache per CPU and generation (a power of two): flows
+    #: counted on a CPU without touching the shared table.
+    cache_slots: int = 256
     #: enum skb_drop_reason value of QUEUE_PURGE (0: unknown, nothing is skipped).
     purge_reason: int = 0
+
+    @property
+    def cache_bits(self) -> int:
+        slots = self.cache_slots
+        if slots < 1 or slots & (slots - 1) or slots > 1 << 16:
+            raise ValueError(f"cache_slots must be a power of two up to 65536, not {slots}")
+        return slots.bit_length() - 1
 
     def rodata(self) -> bytes:
         """The ``cfg`` global of flows.bpf.c, byte for byte (CFG_DTYPE, BTF-checked).
@@ -166,6 +194,7 @@ class FlowsConfig:
         cfg["any_cidr"] = any(r.cidrs for r in self.rules)
         cfg["any_peer"] = any(r.peers for r in self.rules)
         cfg["rtt"], cfg["drops"], cfg["dns"] = self.rtt, self.drops, self.dns
+        cfg["cache_bits"] = self.cache_bits
         cfg["purge_reason"] = self.purge_reason
         for i, r in enumerate(self.rules):
             row = cfg["rules"][0, i]
@@ -182,6 +211,28 @@ class FlowsConfig:
             row["has_icmp_code"] = r.icmp_code is not None
             row["icmp_code"] = r.icmp_code or 0
         return cfg.tobytes()
+
+
+def merge_flows(keys: np.ndarray, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One row per flow key: several CPUs' cache slots and the table entry, added up.
+
+    Bytes and packets are summed, first_ns is the earliest, last_ns the
+    latest, TCP flags are OR-ed, and DSCP and ICMP type/code are those of
+    the earliest row (the flow's first packet), as the table keeps them.
+    """
+    flat = np.ascontiguousarray(keys).view(np.dtype((np.void, KEY_DTYPE.itemsize)))
+    _, group = np.unique(flat, return_inverse=True)
+    group = group.reshape(-1)
+    order = np.lexsort((stats["first_ns"], group))  # by key, then earliest first
+    group = group[order]
+    st = stats[order]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    out = st[starts].copy()  # the earliest row of each key: first_ns, dscp, icmp
+    out["last_ns"] = np.maximum.reduceat(st["last_ns"], starts)
+    out["bytes"] = np.add.reduceat(st["bytes"], starts)
+    out["packets"] = np.add.reduceat(st["packets"], starts)
+    out["tcp_flags"] = np.bitwise_or.reduceat(st["tcp_flags"], starts)
+    return keys[order[starts]], out
 
 
 @dataclass
@@ -213,12 +264,12 @@ class Flows:
             for name in ("flows_0", "flows_1"):
                 self._obj.map(name).resize(cfg.max_flows)
             # Tables of features that are off are never written: keep them tiny.
-            for feature, names in (("rtt", ("rtt_0", "rtt_1")), ("drops", ("drops_0", "drops_1"))):
-                if not getattr(cfg, feature):
-                    for name in names:
-                        self._obj.map(name).resize(1)
-            if not cfg.dns:
-                self._obj.map("dns_inflight").resize(1)
+            for name in ("rtt_0", "rtt_1"):
+                self._obj.map(name).resize(cfg.rtt_entries if cfg.rtt else 1)
+            for name in ("drops_0", "drops_1"):
+                self._obj.map(name).resize(cfg.drop_entries if cfg.drops else 1)
+            self._obj.map("dns_inflight").resize(cfg.dns_entries if cfg.dns else 1)
+            self._obj.map("flow_cache").resize(2 * cfg.cache_slots)
             # CIDR tries hold every prefix of every rule, however many the user gave.
             self._lpm = {name: lpm_entries(cfg.rules, attr)
                          for attr, name in (("cidrs", "cidr_rules"), ("peers", "peer_rules"))}
@@ -231,7 +282,7 @@ class Flows:
                 table = self._obj.map(name)
                 for key, mask in entries.items():
                     table.update(key, struct.pack("<I", mask))
-            self._gen = 0
+            self._epoch = 0
             self._write_state()
             self._ring = RingBuffer(self._obj.map("events"), EVENT_DTYPE)
             if cfg.rtt:
@@ -270,6 +321,11 @@ class Flows:
         for link in self._obj.links:
             link.close()
 
+    def program(self, name: str) -> Program:
+        """One of the loaded programs (``flows_ingress``, ...), e.g. to time it with
+        :func:`podsight.ebpf.prog_test_run` (bench/flows_prog.py)."""
+        return self._obj.program(name)
+
     # -- reading ----------------------------------------------------------------
 
     def wait(self, timeout: float) -> None:
@@ -281,26 +337,43 @@ class Flows:
         return self._ring.drain()
 
     def _write_state(self) -> None:
-        """The generation to write to, and the boot-time offset of the coarse clock."""
+        """The epoch to write to, and the boot-time offset of the coarse clock."""
         # Zero until the machine has been suspended; never negative by read order.
         mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         offset = max(0, time.clock_gettime_ns(time.CLOCK_BOOTTIME) - mono)
         state = np.zeros(1, STATE_DTYPE)
-        state["gen"] = self._gen
+        state["epoch"] = self._epoch
         state["boot_offset_ns"] = offset
         self._obj.map("state").update(b"\0\0\0\0", state.tobytes())
 
+    def _cache_rows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, stats) the flow cache holds for ``epoch``: every CPU's slots of its generation.
+
+        Not cleared: the next epoch of this generation reads them as empty.
+        """
+        slots = self.config.cache_slots
+        per_cpu = np.dtype([("cpu", SLOT_DTYPE, (possible_cpus(),))])
+        _, values = self._obj.map("flow_cache").lookup_batch(np.dtype("<u4"), per_cpu)
+        gen = epoch & 1
+        rows = values["cpu"][gen * slots:(gen + 1) * slots].reshape(-1)
+        rows = rows[(rows["epoch"] == epoch) & (rows["stats"]["packets"] > 0)]
+        return rows["key"], rows["stats"]
+
     def harvest(self) -> Harvest:
-        """Flip generations, wait for the old one to go quiet, read and clear it."""
+        """Advance the epoch, wait for the old generation to go quiet, read and clear it."""
         obj = self._obj
-        old = self._gen
-        self._gen ^= 1
+        epoch = self._epoch
+        old = epoch & 1
+        self._epoch = (epoch + 1) & 0xFFFFFFFF
         self._write_state()
         # Writing an ARRAY_OF_MAPS slot returns only after an RCU grace period: every
         # program that read the old generation has finished by then.
         slot = struct.pack("<I", old)
         obj.map("flow_tables").update(slot, struct.pack("<I", obj.map(f"flows_{old}").fd))
         fk, fs = obj.map(f"flows_{old}").lookup_batch(KEY_DTYPE, STATS_DTYPE, delete=True)
+        ck, cs = self._cache_rows(epoch)
+        if len(ck):
+            fk, fs = merge_flows(np.concatenate([fk, ck]), np.concatenate([fs, cs]))
         empty_k = np.zeros(0, KEY_DTYPE)
         rk, rs = empty_k, np.zeros(0, RTT_DTYPE)
         dk, ds = empty_k, np.zeros(0, DROP_DTYPE)

@@ -26,7 +26,10 @@ from podsight.pipeline import Batch, Loss, RunContext, Selection, Tally
 LOSS_CAUSES = {
     "lost_flow": "packets not counted: flow table and ring buffer full "
                  "(a larger --max-flows or a shorter --interval helps)",
-    "lost_dns": "DNS answers lost: ring buffer or query table full",
+    "unparsed": "IP packets not counted: headers unreadable or malformed",
+    "lost_dns": "DNS answers lost: ring buffer full",
+    "lost_dns_query": "DNS queries not tracked, their answers unmatched: query table full",
+    "dns_unreadable": "port-53 messages not parsed: shorter than a DNS header",
     "lost_rtt": "RTT samples lost: RTT table full",
     "lost_drops": "dropped packets not attributed: drop table full",
 }

@@ -115,7 +115,8 @@ def schema(clock: Clock) -> Schema[FlowRecord]:
                 lambda r: r.rtt.avg_us if r.rtt else None),
          Column("rtt_max_us", "INTEGER", "smoothed RTT, maximum (µs)",
                 lambda r: r.rtt.max_us if r.rtt else None)),
-        right=True, default=False, doc="smoothed RTT of the sending socket (--rtt)")
+        right=True, default=False, doc="smoothed RTT of the sending socket (--rtt)",
+        group="rtt")
     drops: Field[FlowRecord] = Field(
         "drops", "DROPS", 22, lambda r: f"{r.drops.packets} {r.drops.reason}" if r.drops else "",
         _drops_json,
@@ -125,7 +126,8 @@ def schema(clock: Clock) -> Schema[FlowRecord]:
                 lambda r: r.drops.bytes if r.drops else None),
          Column("drop_reason", "TEXT", "latest drop reason (enum skb_drop_reason)",
                 lambda r: r.drops.reason if r.drops else None)),
-        default=False, doc="packets the kernel dropped, with its reason (--drops)")
+        default=False, doc="packets the kernel dropped, with its reason (--drops)",
+        group="drops", total=lambda r: r.drops.packets if r.drops else 0)
     dns: Field[FlowRecord] = Field(
         "dns", "DNS", 40, _dns_text, _dns_json,
         (Column("dns_id", "INTEGER", "DNS transaction id (latest answer)", _dns_attr("id")),
@@ -135,7 +137,7 @@ def schema(clock: Clock) -> Schema[FlowRecord]:
                 _dns_attr("rcode")),
          Column("dns_latency_ns", "INTEGER", "query to response (ns)",
                 _dns_attr("latency_ns"))),
-        default=False, doc="DNS answers matched to their query (--dns)")
+        default=False, doc="DNS answers matched to their query (--dns)", group="dns")
     return Schema(
         fields=[
             table_only("time", "TIME", 8,
@@ -153,9 +155,9 @@ def schema(clock: Clock) -> Schema[FlowRecord]:
             endpoint("dst", "DST", "daddr", "dport", "destination", has_port=_has_port),
             number("bytes", "BYTES", 9, lambda r: r.bytes,
                    "bytes on the wire, Ethernet header included",
-                   text=lambda r: human_bytes(r.bytes)),
+                   text=lambda r: human_bytes(r.bytes), total=True),
             number("packets", "PKTS", 6, lambda r: r.packets,
-                   "packets on the wire (a GSO packet counts its segments)"),
+                   "packets on the wire (a GSO packet counts its segments)", total=True),
             table_only("flags", "FLAGS", 12, lambda r: ",".join(flag_names(r.tcp_flags & 0xFF)),
                        "TCP header flags seen"),
             Field("tcp_flags", "TCP_FLAGS", 20, lambda r: ",".join(flag_names(r.tcp_flags)),
