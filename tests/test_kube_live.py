@@ -187,7 +187,8 @@ def test_host_network_pod_by_node(cache: KubeCache, core: Any, namespace: str) -
     make_pod(core, ns, "proxy", ip=node_ip, node=node, host_network=True)
     eventually(lambda: cache.pods_on_node(node, host_network=True), what="hostNetwork pod")
     assert cache.pod_by_ip(node_ip) is None
-    assert cache.node_by_ip(node_ip).name == node  # type: ignore[union-attr]
+    # Nodes and pods are two watches: the node's event may come after the pod's.
+    assert eventually(lambda: cache.node_by_ip(node_ip), what="node by InternalIP").name == node
 
 
 class Sampler:

@@ -6,6 +6,9 @@
 2. ``flows --enable-all``: shop/frontend resolves a Service name and a name
    that does not exist through the cluster DNS, then calls the web Service;
    the flows show bytes, packets, TCP flags, RTT and the DNS answers.
+3. the seed scenario of Inspektor Gadget's tcpconnect guide, with NetworkPolicies
+   (:mod:`podsight.demoseed`): trace mypod, advise its policy, check it, enforce it
+   in the lab, and see the one connection it blocks, in the trace and in the check.
 
 A lab that was already up is left up (the demo did not build it). A gadget
 that does not say it is running within 30 s is stopped and named, with what
@@ -183,6 +186,19 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def _seed(lab: Lab, ready_timeout: float) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from podsight import demoseed
+
+    with tempfile.TemporaryDirectory(prefix="podsight-demo-") as workdir:
+        seed = demoseed.replay(lab, Path(workdir), say, sys.stdout, ready_timeout)
+    assert seed.check_after is not None
+    if seed.check_after.returncode != 1:
+        raise DemoFailed("policy check on the second trace did not flag the blocked fetch")
+
+
 def run(plan: Callable[[Lab], list[Act]] = acts, ready_timeout: float = READY_TIMEOUT) -> int:
     if os.geteuid() != 0:
         raise UserError("the demo builds network namespaces: run it as root (sudo make demo)")
@@ -198,6 +214,8 @@ def run(plan: Callable[[Lab], list[Act]] = acts, ready_timeout: float = READY_TI
                 "svc": WEB_SERVICE_IP}  # fmt: skip
         for act in plan(lab):
             gadget(lab, act, fill, ready_timeout)
+        if plan is acts:
+            _seed(lab, ready_timeout)
     finally:
         if not was_up:
             say("tearing the lab down")

@@ -59,6 +59,10 @@ def register(groups: Any) -> None:
     commands.required = True
 
     p = commands.add_parser("up", help="build the lab (a no-op if it is already up)")
+    p.add_argument("--topology", metavar="FILE",
+                   help="build the lab's pods from a kind: List of Namespace and Pod objects "
+                        "(kubectl get namespaces,pods -A -o yaml): labels, podIP, and a server "
+                        "on every container port over TCP and UDP")
     p.set_defaults(func=_one_line(_up))
 
     p = commands.add_parser("down", help="remove everything the lab made")
@@ -91,6 +95,10 @@ def register(groups: Any) -> None:
     p.add_argument("duration", metavar="DURATION", type=_duration, help="e.g. 50ms, 1s")
     p.set_defaults(func=_one_line(_delay))
     p._negative_number_matcher = _NEGATIVE_VALUE
+
+    from podsight.cli.labpolicy import register as register_policy
+
+    register_policy(commands, _one_line)
 
 
 def _one_line(handler: Handler) -> Handler:
@@ -129,10 +137,19 @@ def _lab(pod: str | None = None) -> Lab:
 
 
 def _up(args: argparse.Namespace) -> int:
+    topology = None
+    if args.topology is not None:
+        from podsight.lab.topologyfile import load
+
+        topology = load(args.topology)  # bad input is exit 2, before anything needs root
+        if topology.skipped:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(topology.skipped.items()))
+            sys.stderr.write(f"note: {args.topology}: skipped {kinds} (a lab topology is "
+                             "Namespaces and Pods)\n")
     lab = _lab()
-    if lab.is_up():
+    if lab.is_up() and lab.built_from(topology):
         sys.stderr.write("lab was already up: nothing to do\n")
-    lab.up()
+    lab.up(topology)
     reason = lab.dns_off_reason
     if reason:
         sys.stderr.write(f"note: the lab runs without cluster DNS: {reason}\n")

@@ -8,6 +8,7 @@ see what broke, so both must describe the machine as it is now.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,15 +35,18 @@ class HostStatus:
         return self.state == "Running"
 
 
-def status(files: LabFiles, ext: ExternalHost) -> list[HostStatus]:
+def status(files: LabFiles, ext: ExternalHost,
+           pods: Sequence[LabPod] = PODS) -> list[HostStatus]:
     """One row per pod, then one for the external host."""
     root_links = system.links()
     state = files.read_state() or {}
     rows: list[HostStatus] = []
-    for pod in PODS:
+    for pod in pods:
         issues = _host_issues(pod.netns, pod.veth, root_links)
         if pod.http_port and not issues and not servers.serving(state, pod.ref):
             issues.append(f"http :{pod.http_port} not serving")
+        if pod.ports and not issues and not servers.serving(state, pod.ref):
+            issues.append("ports not serving")
         if pod.dns_port and not issues and not dnsserver.running(files, state):
             issues.append(f"dns :{pod.dns_port} not serving")
         word = _state_word(issues, pod.netns, pod.veth, root_links)
@@ -56,7 +60,8 @@ def status(files: LabFiles, ext: ExternalHost) -> list[HostStatus]:
     return rows
 
 
-def problems(files: LabFiles, ext: ExternalHost, dnsmasq_installed: bool) -> list[str]:
+def problems(files: LabFiles, ext: ExternalHost, dnsmasq_installed: bool,
+             pods: Sequence[LabPod] = PODS) -> list[str]:
     """What is missing or broken, in words; empty when the lab is up."""
     found: list[str] = []
     state = files.read_state()
@@ -68,7 +73,7 @@ def problems(files: LabFiles, ext: ExternalHost, dnsmasq_installed: bool) -> lis
     bridge = root_links.get(BRIDGE)
     if bridge is None or "UP" not in bridge.get("flags", []):
         found.append(f"bridge {BRIDGE} missing or down")
-    for pod in PODS:
+    for pod in pods:
         found += _host_issues(pod.netns, pod.veth, root_links)
         if (root_links.get(pod.veth) or {}).get("master", BRIDGE) != BRIDGE:
             found.append(f"{pod.veth} not on {BRIDGE}")
@@ -76,7 +81,7 @@ def problems(files: LabFiles, ext: ExternalHost, dnsmasq_installed: bool) -> lis
     if not nft.table_exists():
         found.append(f"nft table {NFT_FAMILY} {NFT_TABLE} missing")
     if state is not None:
-        for key in servers.expected_servers():
+        for key in servers.expected_servers(pods):
             if not servers.serving(state, key):
                 found.append(f"web server of {key} not running")
         found += dnsserver.problems(files, state, dnsmasq_installed)

@@ -1,4 +1,4 @@
-"""The lab's inventory: the pods and Services it runs, shaped like the Kubernetes API.
+"""The lab's inventory: its namespaces, pods and Services, shaped like the Kubernetes API.
 
 Identity code reads this file exactly as it would read ``kubectl get pods,svc
 -A -o json``, so the lab exercises the same code path as a real cluster. The
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +37,9 @@ def _container_ports(pod: LabPod) -> list[dict[str, Any]]:
     if pod.dns_port:  # named as in the kube-dns/CoreDNS manifests
         ports.append({"name": "dns", "containerPort": pod.dns_port, "protocol": "UDP"})
         ports.append({"name": "dns-tcp", "containerPort": pod.dns_port, "protocol": "TCP"})
+    for name, number, protocol in pod.ports:  # a --topology pod's, as its file gave them
+        ports.append({**({"name": name} if name else {}), "containerPort": number,
+                      "protocol": protocol})
     return ports
 
 
@@ -118,16 +122,38 @@ def service_object(service: LabService, node: str, created: str) -> dict[str, An
     }
 
 
+def namespace_object(name: str, labels: Mapping[str, str], node: str,
+                     created: str) -> dict[str, Any]:
+    """A Namespace with its labels (and ``kubernetes.io/metadata.name``, as the API sets it),
+    so that ``policy check --objects`` and the policy enforcer read namespace selectors."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "uid": _uid("Namespace", node, "", name),
+            "creationTimestamp": created,
+            "labels": {**labels, "kubernetes.io/metadata.name": name},
+        },
+    }
+
+
 def build(
     pods: tuple[LabPod, ...] | list[LabPod],
     services: tuple[LabService, ...] | list[LabService],
     node: str,
     not_ready: dict[str, str] | None = None,
+    namespaces: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """A ``v1 List`` of every Pod, then every Service; ``not_ready`` maps pod refs to why."""
+    """A ``v1 List`` of every Namespace, Pod, then Service; ``not_ready`` maps pod refs to
+    why; ``namespaces`` gives namespace labels (the pods' namespaces are listed anyway)."""
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     reasons = not_ready or {}
-    items = [pod_object(p, node, created, reasons.get(p.ref)) for p in pods]
+    labels = dict(namespaces or {})
+    for p in pods:
+        labels.setdefault(p.namespace, {})
+    items = [namespace_object(n, labels[n], node, created) for n in sorted(labels)]
+    items += [pod_object(p, node, created, reasons.get(p.ref)) for p in pods]
     items += [service_object(s, node, created) for s in services]
     return {"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}
 

@@ -27,7 +27,7 @@ import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podsight.errors import UserError
 from podsight.lab import build, dns, dnsserver, health, inventory, nft, servers, system, teardown
@@ -45,6 +45,12 @@ from podsight.lab.topology import (
     LabPod,
     LabService,
 )
+
+if TYPE_CHECKING:
+    from podsight.lab.topologyfile import Topology
+
+#: Why a lab built from a file runs without the default lab's Services and DNS.
+TOPOLOGY_DNS_OFF = "a --topology lab has no Services and no cluster DNS"
 
 
 class Lab:
@@ -66,7 +72,17 @@ class Lab:
 
     @property
     def pods(self) -> list[LabPod]:
-        return list(PODS)
+        """The running lab's pods: those of its ``--topology`` file, else the default ones."""
+        topology = self.topology
+        return list(topology.pods) if topology is not None else list(PODS)
+
+    @property
+    def topology(self) -> Topology | None:
+        """The file the running lab was built from (``lab up --topology``), else None."""
+        from podsight.lab.topologyfile import Topology
+
+        data = (self.files.read_state() or {}).get("topology")
+        return Topology.from_state(data) if isinstance(data, dict) else None
 
     @property
     def services(self) -> list[LabService]:
@@ -120,12 +136,13 @@ class Lab:
 
     def pod(self, ref: str) -> LabPod:
         """Find a pod by ``name`` or ``namespace/name``, as a person would type it."""
+        pods = self.pods
         if "/" in ref:
-            matches = [p for p in PODS if p.ref == ref]
+            matches = [p for p in pods if p.ref == ref]
         else:
-            matches = [p for p in PODS if p.name == ref]
+            matches = [p for p in pods if p.name == ref]
         if not matches:
-            known = ", ".join(p.ref for p in PODS)
+            known = ", ".join(p.ref for p in pods)
             raise UserError(f"unknown lab pod {ref!r} (lab pods: {known})")
         if len(matches) > 1:
             refs = ", ".join(p.ref for p in matches)
@@ -170,22 +187,25 @@ class Lab:
 
     # ---------------------------------------------------------- up and down
 
-    def up(self) -> None:
-        """Build the lab; a no-op if it is already up and healthy.
+    def up(self, topology: Topology | None = None) -> None:
+        """Build the lab (the default one, or ``topology``'s pods); a no-op if that lab is
+        already up and healthy.
 
-        A lab found half-built (a crash, a deleted namespace, a dead server) is
-        torn down and rebuilt: rebuilding takes half a second, and repairing
-        piecemeal would need a second, subtler code path that is rarely run.
+        A lab found half-built (a crash, a deleted namespace, a dead server), or built from
+        another topology, is torn down and rebuilt: rebuilding takes half a second, and
+        repairing piecemeal would need a second, subtler code path that is rarely run.
         """
         self._preflight()
         with self.files.locked():
-            if not self.problems():
+            if not self.problems() and self.built_from(topology):
                 return
             if teardown.anything_present(self.files):
                 teardown.teardown(self.files, self.files.read_state())
             state = new_state(self.node_name)
+            if topology is not None:
+                state["topology"] = topology.to_state()
             try:
-                self._build(state)
+                self._build(state, topology)
             except BaseException:
                 teardown.teardown(self.files, state)
                 raise
@@ -197,17 +217,29 @@ class Lab:
         with self.files.locked():
             teardown.teardown(self.files, self.files.read_state())
 
+    def built_from(self, topology: Topology | None) -> bool:
+        """Is the lab on record the one ``up(topology)`` builds (same file content)?"""
+        def pods_of(data: Any) -> Any:  # where the file was read from does not matter
+            return {k: v for k, v in data.items() if k != "source"} if data else None
+
+        wanted = topology.to_state() if topology is not None else None
+        return bool(pods_of((self.files.read_state() or {}).get("topology")) == pods_of(wanted))
+
     def is_up(self) -> bool:
         """True if every part of the lab is in place and every server runs."""
         return not self.problems()
 
     def status(self) -> list[HostStatus]:
         """One row per pod, then one for the external host."""
-        return health.status(self.files, self.external)
+        return health.status(self.files, self.external, self.pods)
 
     def problems(self) -> list[str]:
         """What is missing or broken, in words; empty when the lab is up."""
-        return health.problems(self.files, self.external, self.dnsmasq is not None)
+        topology = self.topology
+        # A --topology lab runs without DNS by design: dnsmasq being installed is no reason
+        # to rebuild it.
+        installed = self.dnsmasq is not None and topology is None
+        return health.problems(self.files, self.external, installed, self.pods)
 
     # ------------------------------------------------------------ internals
 
@@ -216,11 +248,14 @@ class Lab:
         for tool in ("ip", "nft", "sysctl", "openssl", "setsid"):
             system.require_tool(tool)
 
-    def _build(self, state: State) -> None:
+    def _build(self, state: State, topology: Topology | None = None) -> None:
         files, ext = self.files, self.external
         build.check_route_conflicts(ext)
+        pods = list(topology.pods) if topology is not None else list(PODS)
         services = list(SERVICES) if nft.enable_bridge_netfilter(files, state) else []
         dns_off = dnsserver.off_reason(self.dnsmasq)
+        if topology is not None:
+            services, dns_off = [], TOPOLOGY_DNS_OFF
         if dns_off:
             services = [s for s in services if s.ref != DNS_SERVICE]
             state["dns"] = {"off": dns_off}
@@ -228,16 +263,19 @@ class Lab:
         # The guard goes in first: forwarding is never on without it.
         nft.install(services)
         build.build_bridge(files, state)
-        for pod in PODS:
+        for pod in pods:
             build.build_pod(pod)
         build.build_external(ext, files, state)
         build.make_certificate(ext, files)
-        servers.start_servers(ext, files, state)
-        if self.dnsmasq:
+        servers.start_servers(ext, files, state, pods)
+        if self.dnsmasq and topology is None:
             dnsserver.start(self.dnsmasq, files, state, services)
         files.save_state(state)
-        not_ready = {DNS_POD: f"cluster DNS is off: {dns_off}"} if dns_off else None
+        not_ready = {DNS_POD: f"cluster DNS is off: {dns_off}"} \
+            if dns_off and topology is None else None
+        namespaces = topology.namespaces if topology is not None else None
         system.atomic_write(
             files.inventory,
-            inventory.dumps(inventory.build(PODS, services, self.node_name, not_ready)),
+            inventory.dumps(inventory.build(pods, services, self.node_name, not_ready,
+                                            namespaces)),
         )

@@ -17,6 +17,9 @@ from podsight.lab.topology import NAME_PREFIX, NFT_FAMILY, NFT_TABLE, PODS, LabP
 
 #: br_netfilter's switch: bridged IPv4 traffic passes the IP hooks (and conntrack).
 BRIDGE_NF_SYSCTL = "net.bridge.bridge-nf-call-iptables"
+#: The table of the NetworkPolicies applied to the lab (:mod:`podsight.lab.enforce`): its
+#: own, so that applying a set replaces it whole without touching the guard.
+POLICY_TABLE = "podsight-lab-policy"
 
 
 def ruleset(services: Sequence[LabService]) -> str:
@@ -73,15 +76,15 @@ def install(services: Sequence[LabService]) -> None:
     system.run(["nft", "-f", "-"], input=ruleset(services))
 
 
-def table_exists() -> bool:
-    proc = system.run(["nft", "list", "table", NFT_FAMILY, NFT_TABLE], check=False)
+def table_exists(table: str = NFT_TABLE) -> bool:
+    proc = system.run(["nft", "list", "table", NFT_FAMILY, table], check=False)
     return proc.returncode == 0
 
 
-def delete_table() -> None:
+def delete_table(table: str = NFT_TABLE) -> None:
     """Remove the table if it is there; a no-op otherwise."""
-    if table_exists():
-        system.run(["nft", "delete", "table", NFT_FAMILY, NFT_TABLE], check=False)
+    if table_exists(table):
+        system.run(["nft", "delete", "table", NFT_FAMILY, table], check=False)
 
 
 def enable_bridge_netfilter(files: LabFiles, state: State) -> bool:

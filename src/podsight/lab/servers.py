@@ -14,42 +14,48 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from podsight.lab import system
 from podsight.lab.errors import LabError
 from podsight.lab.state import LabFiles, State
-from podsight.lab.topology import PODS, ExternalHost
+from podsight.lab.topology import PODS, ExternalHost, LabPod
 
 WEBSERVER_MODULE = "podsight.lab.webserver"
+PORTSERVER_MODULE = "podsight.lab.portserver"
 #: Modules the lab runs inside its namespaces, as ``python -m``.
-HELPER_MODULES = (WEBSERVER_MODULE, "podsight.lab.delayline")
+HELPER_MODULES = (WEBSERVER_MODULE, PORTSERVER_MODULE, "podsight.lab.delayline",
+                  "podsight.lab.prober")
+#: In the command line of every server the lab records (web and port servers alike).
+SERVER_MARKER = "podsight.lab."
 EXTERNAL_KEY = "external"  # key of the external host's server in state["pids"]
 
 
-def expected_servers() -> list[str]:
-    """The keys of ``state["pids"]`` a healthy lab has: the external host and HTTP pods."""
-    return [EXTERNAL_KEY] + [p.ref for p in PODS if p.http_port]
+def expected_servers(pods: Sequence[LabPod] = PODS) -> list[str]:
+    """The keys of ``state["pids"]`` a healthy lab has: the external host, and every pod
+    with an HTTP server or (a ``--topology`` pod) container ports."""
+    return [EXTERNAL_KEY] + [p.ref for p in pods if p.http_port or p.ports]
 
 
 def serving(state: State, key: str) -> bool:
-    """True if the web server recorded under ``key`` is still running."""
+    """True if the server recorded under ``key`` is still running."""
     pid = (state.get("pids") or {}).get(key)
-    return isinstance(pid, int) and system.process_alive(pid, WEBSERVER_MODULE)
+    return isinstance(pid, int) and system.process_alive(pid, SERVER_MARKER)
 
 
 def recorded_pids(state: State) -> set[int]:
-    """The pids of the web servers in ``state`` that still run (a stale pid is not ours)."""
+    """The pids of the servers in ``state`` that still run (a stale pid is not ours)."""
     return {
         pid
         for pid in (state.get("pids") or {}).values()
-        if isinstance(pid, int) and system.process_alive(pid, WEBSERVER_MODULE)
+        if isinstance(pid, int) and system.process_alive(pid, SERVER_MARKER)
     }
 
 
-def start_servers(ext: ExternalHost, files: LabFiles, state: State) -> None:
-    """Start the external site and every pod's HTTP server; return once all listen."""
+def start_servers(ext: ExternalHost, files: LabFiles, state: State,
+                  pods: Sequence[LabPod] = PODS) -> None:
+    """Start the external site and every pod's server; return once all listen."""
     pending = [
         _spawn(
             files,
@@ -64,10 +70,14 @@ def start_servers(ext: ExternalHost, files: LabFiles, state: State) -> None:
             ],
         )
     ]  # fmt: skip
-    for pod in PODS:
+    for pod in pods:
         if pod.http_port:
             args = ["--name", pod.ref, "--http", str(pod.http_port)]
             pending.append(_spawn(files, pod.ref, pod.netns, args))
+        elif pod.ports:
+            numbers = ",".join(str(n) for n in sorted({port for _, port, _ in pod.ports}))
+            args = ["--name", pod.ref, "--ports", numbers]
+            pending.append(_spawn(files, pod.ref, pod.netns, args, PORTSERVER_MODULE))
     try:
         for key, fd, log in pending:
             state["pids"][key] = _await_ready(key, fd, log)
@@ -78,8 +88,9 @@ def start_servers(ext: ExternalHost, files: LabFiles, state: State) -> None:
                 os.close(fd)
 
 
-def _spawn(files: LabFiles, key: str, netns: str, args: list[str]) -> tuple[str, int, Path]:
-    """Start a web server detached (``setsid -f``) and return a pipe it reports on.
+def _spawn(files: LabFiles, key: str, netns: str, args: list[str],
+           module: str = WEBSERVER_MODULE) -> tuple[str, int, Path]:
+    """Start a server detached (``setsid -f``) and return a pipe it reports on.
 
     Detached, the server is nobody's child: no zombie in a long test
     session, and it survives the ``podsight lab up`` that started it.
@@ -90,7 +101,7 @@ def _spawn(files: LabFiles, key: str, netns: str, args: list[str]) -> tuple[str,
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 ["setsid", "-f", "ip", "netns", "exec", netns,
-                 system.python(), "-m", WEBSERVER_MODULE, *args,
+                 system.python(), "-m", module, *args,
                  "--ready-fd", str(write_fd)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,

@@ -62,6 +62,11 @@ class LabFiles:
         return self.state_dir / "external-key.pem"
 
     @property
+    def policies(self) -> Path:
+        """The NetworkPolicies applied to the lab (``lab policy apply``), as a v1 List."""
+        return self.state_dir / "policies.json"
+
+    @property
     def dns_conf(self) -> Path:
         return self.state_dir / "dnsmasq.conf"
 

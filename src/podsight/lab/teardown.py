@@ -33,6 +33,7 @@ def anything_present(files: LabFiles) -> bool:
         lab_netns()
         or lab_links()
         or nft.table_exists()
+        or nft.table_exists(nft.POLICY_TABLE)
         or files.state.exists()
         or files.inventory.exists()
     )
@@ -45,6 +46,7 @@ def teardown(files: LabFiles, state: State | None) -> None:
     with contextlib.suppress(FileNotFoundError):
         files.inventory.unlink()
     stop_processes(files, state)
+    nft.delete_table(nft.POLICY_TABLE)
     nft.delete_table()
     # Deleting one end of a veth deletes its peer, in whichever netns it is.
     for name in lab_links():
@@ -53,7 +55,7 @@ def teardown(files: LabFiles, state: State | None) -> None:
         system.run(["ip", "netns", "del", name], check=False)
     restore_sysctls(state)
     dnsserver.remove_resolv_confs()
-    for path in (files.state, files.cert, files.key, *files.dns_files):
+    for path in (files.state, files.cert, files.key, files.policies, *files.dns_files):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     for log in files.server_logs():

@@ -76,6 +76,9 @@ class LabPod:
     http_port: int | None = None
     #: The pod serves the cluster DNS on this port (UDP and TCP).
     dns_port: int | None = None
+    #: Container ports of a pod from ``lab up --topology`` (name, number, protocol): the
+    #: pod answers on each number over TCP and UDP (:mod:`podsight.lab.portserver`).
+    ports: tuple[tuple[str, int, str], ...] = ()
 
     @property
     def ref(self) -> str:

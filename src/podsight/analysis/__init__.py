@@ -1,0 +1,1 @@
+"""Analyses over what podsight records: NetworkPolicy advice and checks (:mod:`.policy`)."""

@@ -1,0 +1,311 @@
+"""The loop of ``policy check``, on one CPU or on several.
+
+:func:`judge` runs connections through the checker (and, with ``--diff``,
+the baseline) into a report, counting. :func:`judge_parallel` splits the
+``--from`` files (JSON lines by byte range, trace tcpconnect SQLite files by
+row id), forks one worker per part (at most ``jobs`` at a time, each
+inheriting the loaded policies and objects), and writes the parts' reports
+in input order, so the output is the one-CPU output byte for byte. A part
+that fails stops the check where the one-CPU run would have stopped: the
+parts before it are written, then its error. Inputs that cannot be split
+(stdin, flow records, which are merged across the whole input) are judged
+on one CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, TextIO
+
+from podsight.analysis.policy.checker import ALLOWED, Checker, Verdict
+from podsight.analysis.policy.records import Chunk, Connection, NeedsWholeInput, Reader
+from podsight.errors import RunFailure
+
+#: How often (records, minus one) a long check looks whether Ctrl-C was pressed.
+STOP_MASK = 4095
+#: Below this much input a check stays on one CPU unless --jobs says otherwise.
+PARALLEL_BYTES = 32 << 20
+#: The most CPUs a check uses unless --jobs says otherwise (each holds its own caches).
+MAX_AUTO_JOBS = 4
+
+
+@dataclass
+class Tally:
+    """What a check counted: connections, denied, changed verdicts, the records read."""
+
+    connections: int = 0
+    denied: int = 0
+    changed: int = 0
+    rows: int = 0  # table rows written
+    records: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Tally) -> None:
+        self.connections += other.connections
+        self.denied += other.denied
+        self.changed += other.changed
+        self.rows += other.rows
+        self.records += other.records
+        for proto, n in other.skipped.items():
+            self.skipped[proto] = self.skipped.get(proto, 0) + n
+
+
+def judge(conns: Iterable[Connection], checker: Checker, before: Checker | None,
+          report: Any, every: bool, stop: Callable[[], bool]) -> Tally:
+    """Judge every connection into ``report``; ``every``: write the allowed ones too."""
+    tally = Tally()
+    denied = changed = n = 0
+    check, decide, write = checker.check, checker.decision, report.write
+    try:
+        for n, conn in enumerate(conns, 1):  # n is counted after the loop too
+            if not n & STOP_MASK and stop():
+                raise KeyboardInterrupt
+            if not every:
+                decision, src, dst = decide(conn)
+                if decision.verdict == ALLOWED:
+                    continue
+                denied += 1
+                write(conn, src, dst, Verdict(decision, src, dst, conn.dport, conn.proto))
+                continue
+            verdict = check(conn)
+            if verdict.decision.verdict != ALLOWED:
+                denied += 1
+            if before is not None:
+                old = before.check(conn)
+                if old.verdict != verdict.verdict:
+                    changed += 1
+                    report.write_diff(conn, verdict.src, verdict.dst, old, verdict)
+            else:
+                write(conn, verdict.src, verdict.dst, verdict)
+    finally:
+        tally.connections, tally.denied, tally.changed = n, denied, changed
+        tally.rows = getattr(report, "rows", 0)
+    return tally
+
+
+def plan(paths: list[str], jobs: int | None) -> list[Chunk] | None:
+    """The parts to judge in parallel, or None to judge on one CPU. ``jobs`` None: as many
+    CPUs as there are (up to :data:`MAX_AUTO_JOBS`) for inputs of
+    :data:`PARALLEL_BYTES` or more; a number: that many, whatever the size."""
+    from podsight.analysis.policy.records import split
+
+    want = jobs if jobs is not None else min(os.cpu_count() or 1, MAX_AUTO_JOBS)
+    if want < 2 or "-" in paths:
+        return None
+    if jobs is None:
+        try:
+            if sum(os.path.getsize(p) for p in paths) < PARALLEL_BYTES:
+                return None
+        except OSError:
+            return None  # the one-CPU reader says what is wrong with it
+    chunks: list[Chunk] = []
+    for path in paths:
+        parts = split(path, want)
+        if parts is None:
+            return None
+        chunks += parts
+    return chunks
+
+
+@dataclass
+class _Worker:
+    pid: int
+    index: int
+    pipe: int
+    data: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class Part:
+    """What a worker did with one part: ``payload`` (its task's result, also when reading
+    stopped early), ``error`` (what stopped it, raised where one CPU would raise it), and
+    the records it read."""
+
+    payload: Any = None
+    error: BaseException | None = None
+    records: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def run_parts(chunks: list[Chunk], jobs: int, reader: Reader,
+              task: Callable[[int, Iterable[Connection]], Any], stop: Callable[[], bool]
+              ) -> list[Part] | None:
+    """``task(index, connections)`` for every part in forked workers, ``jobs`` at a time;
+    the parts in input order. None when a part cannot be read alone (flow records)."""
+    parts: list[Part | None] = [None] * len(chunks)
+    running: dict[int, _Worker] = {}
+    todo = list(range(len(chunks)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                i = todo.pop(0)
+                worker = _fork(i, chunks[i], reader, task, stop)
+                running[worker.pipe] = worker
+            if stop():
+                raise KeyboardInterrupt
+            ready, _, _ = select.select(list(running), [], [], 0.2)
+            for fd in ready:
+                worker = running[fd]
+                data = os.read(fd, 1 << 20)
+                if data:
+                    worker.data += data
+                    continue
+                del running[fd]
+                os.close(fd)
+                _, status = os.waitpid(worker.pid, 0)
+                part = _result(worker, status)
+                if part is None:
+                    return None
+                parts[worker.index] = part
+        return [p for p in parts if p is not None]
+    finally:
+        for worker in running.values():  # Ctrl-C, or an error here: no worker outlives us
+            try:
+                os.kill(worker.pid, signal.SIGKILL)
+                os.waitpid(worker.pid, 0)
+            except ChildProcessError:
+                pass
+            os.close(worker.pipe)
+
+
+def judge_parallel(chunks: list[Chunk], jobs: int, reader: Reader,
+                   make_report: Callable[[TextIO], Any], work: Callable[[Iterable[Connection],
+                                                                        Any], Tally],
+                   out: TextIO, header: Callable[[], str], stop: Callable[[], bool]
+                   ) -> Tally | None:
+    """Judge ``chunks`` in forked workers; their reports to ``out`` in order, after
+    ``header()`` when they wrote anything. None when a part cannot be judged alone (then
+    nothing was written: judge the whole on one CPU)."""
+    with ExitStack() as files:
+        outputs = [files.enter_context(tempfile.TemporaryFile()) for _ in chunks]
+
+        def task(index: int, conns: Iterable[Connection]) -> Tally:
+            text = open(outputs[index].fileno(), "w", encoding="utf-8",  # noqa: SIM115
+                        closefd=False, buffering=1 << 16)
+            try:
+                return work(conns, make_report(text))
+            finally:
+                text.flush()
+
+        parts = run_parts(chunks, jobs, reader, task, stop)
+        if parts is None:
+            return None
+        total = Tally()
+        for part in parts:
+            if part.error is None:
+                total.add(part.payload)
+                total.records += part.records
+                for proto, n in part.skipped.items():
+                    total.skipped[proto] = total.skipped.get(proto, 0) + n
+        # The header goes before the first row of the parts written (up to the first that
+        # failed, whose rows before its error are written too).
+        last = next((i for i, p in enumerate(parts) if p.error is not None), len(parts) - 1)
+        if any(outputs[i].seek(0, os.SEEK_END) for i in range(last + 1)):
+            out.write(header())
+        out.flush()
+        for i, part in enumerate(parts):
+            _copy(outputs[i], out)
+            if part.error is not None:
+                out.flush()
+                raise part.error
+        out.flush()
+        return total
+
+
+def _fork(index: int, chunk: Chunk, reader: Reader,
+          task: Callable[[int, Iterable[Connection]], Any], stop: Callable[[], bool]
+          ) -> _Worker:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        return _Worker(pid, index, read_end)
+    # the worker: never returns
+    os.close(read_end)
+    code = 0
+    try:
+        mine = Reader([], server_port=reader.server_port)
+        conns = _Guarded(mine.chunk(chunk))
+        part = Part()
+        result: tuple[str, Any]
+        try:
+            part.payload = task(index, conns)
+            part.error = conns.error
+        except NeedsWholeInput:
+            part = None  # type: ignore[assignment]
+        except KeyboardInterrupt:
+            part.error = KeyboardInterrupt()
+        except Exception as exc:  # the parent raises it where one CPU would have
+            part.error = exc
+        if part is not None:
+            part.records, part.skipped = mine.stats.records, dict(mine.stats.skipped)
+        result = ("ok", part) if part is not None else ("whole", None)
+        try:
+            payload = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            assert part is not None
+            payload = pickle.dumps(("ok", Part(error=RunFailure(str(part.error)))))
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(write_end, view):]
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+class _Guarded:
+    """A part's connections; a reading error ends them and is kept (the task's result so
+    far still counts, as it would on one CPU), except one that needs the whole input."""
+
+    def __init__(self, conns: Iterable[Connection]) -> None:
+        self.conns = conns
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[Connection]:
+        try:
+            yield from self.conns
+        except NeedsWholeInput:
+            raise
+        except Exception as exc:
+            self.error = exc
+
+
+def _result(worker: _Worker, status: int) -> Part | None:
+    try:
+        kind, part = pickle.loads(bytes(worker.data))
+    except Exception:
+        code = os.waitstatus_to_exitcode(status)
+        return Part(error=RunFailure(f"a policy check worker ended with status {code}"))
+    if kind == "whole":
+        return None
+    assert isinstance(part, Part)
+    return part
+
+
+def _copy(f: BinaryIO, out: TextIO) -> None:
+    f.seek(0)
+    out.flush()
+    shutil.copyfileobj(f, out.buffer if hasattr(out, "buffer") else _Text(out), 1 << 20)
+
+
+class _Text:
+    """A text stream as a binary one (tests write to StringIO)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def write(self, data: bytes) -> int:
+        return self.out.write(data.decode("utf-8"))
+
