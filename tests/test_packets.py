@@ -28,7 +28,7 @@ pytestmark = pytest.mark.root
 MYPOD, WEB, FRONTEND, BACKEND = "10.244.0.2", "10.244.0.3", "10.244.0.4", "10.244.0.5"
 EXTERNAL = "203.0.113.10"
 ETH, IPV4, UDP = 14, 20, 8
-IG_FRONTEND = "k8s.namespace=shop;k8s.podName=frontend;k8s.containerName="
+IG_FRONTEND = ";k8s.namespace=shop;k8s.podName=frontend;k8s.containerName="
 
 
 def test_pods_packets_names_direction_nanoseconds_and_address_names(lab, tmp_path):
@@ -46,8 +46,8 @@ def test_pods_packets_names_direction_nanoseconds_and_address_names(lab, tmp_pat
     by_iface = {name: [r for r in rows if r[0] == name] for name in {r[0] for r in rows}}
     assert set(by_iface) == {"p/shop/frontend", "p/shop/backend"}
     front, back = by_iface["p/shop/frontend"], by_iface["p/shop/backend"]
-    assert all(r[1].startswith("k8s.node=") and r[1].endswith(IG_FRONTEND) for r in front)
-    assert all(r[1].endswith("k8s.namespace=shop;k8s.podName=backend;k8s.containerName=")
+    assert all(r[1].startswith("k8s.node=") and IG_FRONTEND in r[1] for r in front)
+    assert all(";k8s.namespace=shop;k8s.podName=backend;k8s.containerName=" in r[1]
                for r in back)
     # Direction as each pod sees it: frontend sent them, backend received them.
     assert {r[2] for r in front} == {"0x00000002"} and {r[2] for r in back} == {"0x00000001"}
@@ -97,26 +97,29 @@ TRAFFIC_FILTERS = {
     "udp port 7301": {"udp7301"},
     "icmp": {"ping"},
     "tcp port 8080 and host 10.244.0.3": {"tcp"},
-    "not tcp and not icmp and not arp and not icmp6": {"udp7301", "udp7302"},
+    "udp and not port 53": {"udp7301", "udp7302"},
     "--protocol udp --port 7302": {"udp7302"},
-    "--peer-ip 10.244.0.3": {"tcp", "ping"},
+    # libpcap's "host" also takes ARP for that address (when the ARP cache asks)
+    "--peer-ip 10.244.0.3": {"udp7301", "tcp", "ping", "arp?"},
 }
 
 
 def _kind(row: list[str]) -> str:
-    proto, dport, sport = row
-    if "icmp" in proto:
+    proto, udp_dport, tcp_dport, tcp_sport = row
+    if "icmp" in proto.lower():
         return "ping"
-    if dport in ("7301", "7302"):
-        return f"udp{dport}"
-    if "8080" in (dport, sport):
+    if proto == "ARP":
+        return "arp?"
+    if udp_dport in ("7301", "7302"):
+        return f"udp{udp_dport}"
+    if "8080" in (tcp_dport, tcp_sport):
         return "tcp"
     return f"other:{row}"
 
 
 def test_each_filter_keeps_what_it_should_and_excludes_the_rest(lab, tmp_path):
-    """Six captures side by side over one traffic mix: UDP to two ports, a TCP exchange with
-    web, pings to web (mypod's eth0 sees all of it)."""
+    """Six captures side by side over one traffic mix: UDP to web and to backend, a TCP
+    exchange with web, pings to web (mypod's eth0 sees all of it)."""
     runs = {}
     for i, spec in enumerate(TRAFFIC_FILTERS):
         words = spec.split() if spec.startswith("--") else [spec]
@@ -126,7 +129,7 @@ def test_each_filter_keeps_what_it_should_and_excludes_the_rest(lab, tmp_path):
         for run, _ in runs.values():
             run.start()
         send_udp(lab, "mypod", WEB, 7301, 3, 10)
-        send_udp(lab, "mypod", WEB, 7302, 4, 10)
+        send_udp(lab, "mypod", BACKEND, 7302, 4, 10)
         assert connect(lab, "mypod", WEB, 8080)["errno"] == 0
         lab.exec("mypod", ["ping", "-c", "2", "-i", "0.2", WEB], check=True,
                  capture_output=True, timeout=30)
@@ -134,9 +137,11 @@ def test_each_filter_keeps_what_it_should_and_excludes_the_rest(lab, tmp_path):
         results = {spec: run.stop() for spec, (run, _) in runs.items()}
     for spec, (_, path) in runs.items():
         assert results[spec].returncode == 0, results[spec].stderr
-        rows = fields(path, "_ws.col.Protocol", "udp.dstport", "tcp.dstport")
-        kinds = {_kind([r[0].lower(), r[1] or r[2], r[2]]) for r in rows}
-        assert kinds == TRAFFIC_FILTERS[spec], (spec, rows)
+        rows = fields(path, "_ws.col.Protocol", "udp.dstport", "tcp.dstport", "tcp.srcport")
+        kinds = {_kind(r) for r in rows}
+        want = TRAFFIC_FILTERS[spec]
+        assert kinds - {"arp?"} == want - {"arp?"}, (spec, rows)
+        assert "arp?" not in kinds or "arp?" in want, (spec, rows)
     assert len(fields(runs["udp port 7301"][1], "frame.number")) == 3
 
 
@@ -165,18 +170,24 @@ def test_filter_converter_matches_libpcap_on_real_and_cut_packets(lab, tmp_path)
                    "tcp and (ip[2:2] - ((ip[0]&0xf)<<2) - ((tcp[12]&0xf0)>>2)) != 0",
                    "udp port 7401 or (tcp and ip6)", "vlan", "ether broadcast",
                    "len >= 60 and len <= 80", "icmp6 and ip6[40] == 128"]
-    checked = 0
+    from podsight.ebpf.errors import BpfError
+
+    checked = refused = 0
     for expression in expressions:
         cbpf = F.compile_filter(expression)
         with RawProgram(BPF_PROG_TYPE_SCHED_CLS, F.test_program(cbpf), "packets_test") as prog:
             for packet in cases:
-                if len(packet) < 14:
-                    continue
                 want = F.libpcap_matches(cbpf, packet)
-                got = prog_test_run(prog, packet).retval
+                try:
+                    got = prog_test_run(prog, packet).retval
+                except BpfError:
+                    # The kernel builds no skb from some cut packets (an IP header shorter
+                    # than its own length field says): no packet tc could ever see.
+                    refused += 1
+                    continue
                 assert bool(got) == want, (expression, packet.hex())
                 checked += 1
-    assert checked > 1000
+    assert checked > 500 and refused < checked
 
 
 def _frames_of(path: Path) -> list[bytes]:
@@ -206,8 +217,9 @@ def test_tls_keys_go_into_the_file_and_tshark_decrypts_with_nothing_else(lab, tm
     kinds = [kind for kind, _ in blocks(out)]
     assert 0x0A in kinds  # a Decryption Secrets Block
     assert kinds.index(0x0A) < max(i for i, k in enumerate(kinds) if k == 6)
-    lines = fields(out, "http.request.line", display="http.request")
-    assert any("GET /tls-check HTTP/1.1" in r[0] for r in lines), lines
+    requests = fields(out, "http.request.method", "http.request.uri", "http.request.version",
+                      display="http.request")
+    assert requests == [["GET", "/tls-check", "HTTP/1.1"]]
 
 
 def test_comments_name_both_ends(lab, tmp_path):
@@ -331,13 +343,16 @@ def test_pods_going_away_end_their_interfaces_and_new_pods_are_added(lab, tmp_pa
 
 
 def test_host_interfaces(lab, tmp_path):
+    """frontend's host-side veth: what the pod sends arrives there (inbound, as the host's
+    interface sees it)."""
     out = tmp_path / "host.pcapng"
-    with PacketsRun("--interfaces", "psl0", "-w", str(out), "udp port 7209") as run:
+    with PacketsRun("--interfaces", "pslh4", "-w", str(out), "udp port 7209") as run:
         send_udp(lab, "frontend", BACKEND, 7209, 3, 10)
     assert run.stop().returncode == 0
-    rows = fields(out, "frame.interface_name", "frame.interface_description")
-    assert len(rows) == 3 and rows[0][0].endswith("/psl0")
-    assert "interface=psl0" in rows[0][1]
+    rows = fields(out, "frame.interface_name", "frame.interface_description",
+                  "frame.packet_flags_direction")
+    assert len(rows) == 3 and rows[0][0].endswith("/pslh4")
+    assert "interface=pslh4" in rows[0][1] and rows[0][2] == "0x00000001"
 
 
 def test_ctrl_c_at_random_moments_leaves_valid_files(lab, tmp_path):
@@ -351,9 +366,15 @@ def test_ctrl_c_at_random_moments_leaves_valid_files(lab, tmp_path):
             proc = subprocess.Popen([*PODSIGHT, "packets", "-n", "shop", "-s", "200" if i % 2
                                      else "262144", "-w", str(out), "udp port 7210"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(rng.uniform(0.0, 1.5))
+            delay = [0.0, 0.02][i] if i < 2 else rng.uniform(0.0, 2.0)
+            time.sleep(delay)
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=30)
+            if proc.returncode < 0:
+                # Before the interpreter reached podsight's first line (as test_signals.py
+                # allows): only in the first moments, and nothing was created.
+                assert delay < EARLY and not out.exists(), (delay, err)
+                continue
             assert proc.returncode == 0, err
             assert b"Traceback" not in err
             if out.exists():
@@ -364,6 +385,8 @@ def test_ctrl_c_at_random_moments_leaves_valid_files(lab, tmp_path):
         flood.kill()
         flood.wait()
 
+
+EARLY = 0.1  # a signal this soon may beat the interpreter to podsight's handler
 
 FLOOD = r"""
 import socket, sys, time
