@@ -125,7 +125,7 @@ def test_output_writes_frames_names_keys_and_statistics(tmp_path):
                        notation_of=lambda a: "p/shop/" + names.get(a, a).split(".")[0])
     ifaces = _interfaces(2)
     frame = udp_frame("10.244.0.4", "10.244.0.5", 40000, 53, b"q" * 20)
-    frames, released = _frames([(0, frame, pcapng.OUTBOUND), (1, frame, pcapng.INBOUND)])
+    frames, _ = _frames([(0, frame, pcapng.OUTBOUND), (1, frame, pcapng.INBOUND)])
     assert out.write_frames(frames, ifaces) == 2
     ifaces[1].closed = True
     assert out.write_frames(_frames([])[0], ifaces) == 0
