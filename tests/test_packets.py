@@ -396,3 +396,64 @@ while True:
         s.sendto(b"f" * 64, (sys.argv[1], int(sys.argv[2])))
     time.sleep(0.002)
 """
+
+
+def test_a_key_log_inside_a_pod_is_read_through_its_processes_root(lab, tmp_path):
+    """The key log lives on a tmpfs only the pod's process sees (its own mount namespace):
+    podsight finds it through /proc/PID/root of a process in the pod's network namespace."""
+    assert not Path("/mnt/podsight-keys.log").exists()
+    out = tmp_path / "inpod.pcapng"
+    script = ("mount -t tmpfs podsight-test /mnt && "
+              "SSLKEYLOGFILE=/mnt/podsight-keys.log curl -sk --http1.1 -o /dev/null "
+              f"https://{EXTERNAL}/in-pod && touch /mnt/done && sleep 30")
+    with PacketsRun("-p", "mypod", "-w", str(out), "--tls-keylog", "/mnt/podsight-keys.log",
+                    "tcp port 443") as run:
+        proc = lab.popen("mypod", ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                   script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            while not Path(f"/proc/{proc.pid}/root/mnt/done").exists():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+                time.sleep(0.05)
+            time.sleep(0.5)  # a few batches: the key log is read with each
+            result = run.stop()
+        finally:
+            proc.kill()
+            proc.wait()
+    assert result.returncode == 0, result.stderr
+    requests = fields(out, "http.request.uri", display="http.request")
+    assert requests == [["/in-pod"]]
+
+
+def test_max_packets_and_max_bytes_stop_the_capture_with_a_valid_file(lab, tmp_path):
+    out = tmp_path / "max.pcapng"
+    with PacketsRun("-p", "frontend", "--max-packets", "5", "-w", str(out),
+                    "udp port 7211") as run:
+        send_udp(lab, "frontend", BACKEND, 7211, 20, 10)
+        result = run.wait(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "stopped: --max-packets reached" in result.stderr
+    assert len(fields(out, "frame.number")) == 5
+    out2 = tmp_path / "maxbytes.pcapng"
+    with PacketsRun("-p", "frontend", "--max-bytes", "4K", "-w", str(out2),
+                    "udp port 7212") as run:
+        send_udp(lab, "frontend", BACKEND, 7212, 200, 100)
+        result = run.wait(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "stopped: --max-bytes reached" in result.stderr
+    assert 4096 <= out2.stat().st_size < 200 * 200
+    assert statistics(out2).keys() == {0}
+
+
+def test_the_live_status_line_counts_per_interface(lab, tmp_path):
+    out = tmp_path / "status.pcapng"
+    with PacketsRun("-n", "shop", "-w", str(out), "udp port 7213") as run:
+        send_udp(lab, "frontend", BACKEND, 7213, 7, 10)
+        deadline = time.monotonic() + 30
+        while "14 packets" not in run.peek_stderr():
+            assert time.monotonic() < deadline, run.peek_stderr()
+            time.sleep(0.2)
+    result = run.stop()
+    line = next(x for x in result.stderr.splitlines() if x.startswith("podsight: 14 packets"))
+    assert "0 dropped by the kernel" in line
+    assert "p/shop/frontend 7" in line and "p/shop/backend 7" in line

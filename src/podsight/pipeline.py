@@ -634,7 +634,7 @@ class Run(Generic[R]):
 
     def _show_status(self, final: bool = False) -> None:
         """The gadget's live line on stderr: rewritten in place on a terminal, else a line
-        every 10 s."""
+        every 5 s."""
         status = getattr(self.gadget, "status", None)
         if not self.options.status_line or status is None:
             return
@@ -647,7 +647,7 @@ class Run(Generic[R]):
             return
         if now < self._next_status:
             return
-        self._next_status = now + (1.0 if tty else 10.0)
+        self._next_status = now + (1.0 if tty else 5.0)
         line = f"podsight: {status()}"
         self.err.write(f"\r{line}\x1b[K" if tty else line + "\n")
         self.err.flush()
