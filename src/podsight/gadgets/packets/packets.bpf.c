@@ -133,6 +133,29 @@ struct {
 	__type(value, struct stream_pos);
 } positions SEC(".maps");
 
+/*
+ * Wake the reader when the data waiting crosses a mark (a quarter, a half and
+ * three quarters of cfg.wakeup_bytes * 4), not for every record past it: a forced
+ * wakeup queues irq_work, about a microsecond, and a reader that is a little
+ * behind would otherwise pay it on every packet. `avail` includes this record;
+ * a band of WAKE_BAND records after each mark (not one exact record) covers
+ * producers on other CPUs reserving between this one's reserve and its query.
+ * The reader also wakes on its own every 50 ms.
+ */
+#define WAKE_BAND 16
+
+static __always_inline u64 wake_flags(u64 avail, u64 rec)
+{
+	u64 mark = cfg.wakeup_bytes, band = rec * WAKE_BAND;
+	if (!mark)
+		return BPF_RB_NO_WAKEUP;
+	for (int i = 1; i <= 3; i++) {
+		if (avail >= mark * i && avail < mark * i + band)
+			return BPF_RB_FORCE_WAKEUP;
+	}
+	return BPF_RB_NO_WAKEUP;
+}
+
 /* The interface id and direction the entry program left, and its counters. */
 static __always_inline struct ifstats *begin(u32 *ifid, u32 *flags)
 {
@@ -206,9 +229,8 @@ int capture_slot(struct __sk_buff *skb)
 	o[3] = total;
 	st->written++;
 	st->bytes += n;
-	u64 wake = bpf_ringbuf_query(&ring, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes ?
-		BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-	bpf_ringbuf_submit(rec, wake);
+	bpf_ringbuf_submit(rec, wake_flags(bpf_ringbuf_query(&ring, BPF_RB_AVAIL_DATA),
+					    cfg.slot + 8));
 	return TC_ACT_UNSPEC;
 }
 
@@ -283,9 +305,11 @@ int capture_stream(struct __sk_buff *skb)
 	ie->cpu = cpu;
 	st->written++;
 	st->bytes += n;
-	u64 wake = (pos + need - cons > total / 2 ||
-		    bpf_ringbuf_query(&pkt_index, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes) ?
-		BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	/* This CPU's stream crossing half full (exact: one producer per stream), or the
+	 * index ring crossing a mark. */
+	u64 wake = (pos + need - cons > total / 2 && pos - cons <= total / 2) ?
+		BPF_RB_FORCE_WAKEUP :
+		wake_flags(bpf_ringbuf_query(&pkt_index, BPF_RB_AVAIL_DATA), 24);
 	bpf_ringbuf_submit(ie, wake);
 	return TC_ACT_UNSPEC;
 }
