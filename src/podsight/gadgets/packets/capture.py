@@ -101,10 +101,10 @@ class Capture:
         cfg["snaplen"] = self.snaplen
         page = mmap.PAGESIZE
         if self.stream:
-            per_cpu = (buffer_bytes or 16 << 20) // STREAM_ELEM
+            per_cpu = (buffer_bytes or 32 << 20) // STREAM_ELEM
             self.elems = max(1, min(64, per_cpu))
             cfg["elems_per_cpu"] = self.elems
-            cfg["wakeup_bytes"] = (1 << 20) // 4
+            cfg["wakeup_bytes"] = obj.map("pkt_index").max_entries // 4
             obj.map("streams").resize(self.ncpu * self.elems)
             obj.map("positions").resize(self.ncpu)
             obj.map("ring").resize(page)

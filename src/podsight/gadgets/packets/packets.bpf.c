@@ -114,7 +114,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 2 << 20);
 } pkt_index SEC(".maps");
 
 struct {
@@ -305,9 +305,9 @@ int capture_stream(struct __sk_buff *skb)
 	ie->cpu = cpu;
 	st->written++;
 	st->bytes += n;
-	/* This CPU's stream crossing half full (exact: one producer per stream), or the
-	 * index ring crossing a mark. */
-	u64 wake = (pos + need - cons > total / 2 && pos - cons <= total / 2) ?
+	/* This CPU's stream crossing a quarter full (exact: one producer per stream), or
+	 * the index ring crossing a mark. */
+	u64 wake = (pos + need - cons > total / 4 && pos - cons <= total / 4) ?
 		BPF_RB_FORCE_WAKEUP :
 		wake_flags(bpf_ringbuf_query(&pkt_index, BPF_RB_AVAIL_DATA), 24);
 	bpf_ringbuf_submit(ie, wake);
