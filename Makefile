@@ -8,12 +8,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PODSIGHT := $(VENV)/bin/podsight
 
-# Run time: libbpf, iproute2, nftables/iptables for the lab, curl+openssl for the demo.
-RUNTIME_DEBS := libbpf1 iproute2 nftables iptables curl openssl procps dnsmasq-base
+# Run time: libbpf, libpcap (compiles packets filter expressions), iproute2, nftables/iptables for the lab, curl+openssl for the demo.
+RUNTIME_DEBS := libbpf1 libpcap0.8 iproute2 nftables iptables curl openssl procps dnsmasq-base
 # Tests and benchmarks use real tools as oracles and load generators.
 # bpftool: the leak check after every test session lists BPF links with it.
 # tmux: the live view's end-to-end tests drive the real command in it (send-keys, capture-pane).
-TEST_DEBS := tshark bpftrace bpftool iperf3 ethtool sqlite3 iputils-ping gcc libc6-dev tmux \
+TEST_DEBS := tshark tcpdump bpftrace bpftool iperf3 ethtool sqlite3 iputils-ping gcc libc6-dev tmux \
 	containerd runc busybox-static podman golang-github-containerd-containerd-dev
 # Rebuilding the eBPF objects (make bpf) needs a compiler and libbpf headers.
 BPF_DEBS := clang llvm libbpf-dev linux-libc-dev

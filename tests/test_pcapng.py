@@ -86,3 +86,91 @@ def test_capinfos_sees_the_interfaces_and_their_statistics(capture):
     stats = subprocess.run(["tshark", "-r", str(capture), "-q", "-z", "io,stat,0"],
                            capture_output=True, text=True, check=True)
     assert stats.returncode == 0
+
+
+# -- PcapngOutput: frames as the kernel leaves them, to files tshark reads -------------------
+
+def _frames(packets: list[tuple[int, bytes, int]]):  # type: ignore[no-untyped-def]
+    """EPBs (interface, frame, flags) laid out in one buffer, as a capture gadget hands them."""
+    import numpy as np
+
+    from podsight.pipeline import Frames
+
+    blocks_ = [pcapng.enhanced_packet(i, 1_700_000_000_000_000_000 + n, data, len(data), flags)
+               for n, (i, data, flags) in enumerate(packets)]
+    buf = np.frombuffer(b"".join(blocks_), dtype=np.uint8).copy()
+    lengths = np.array([len(b) for b in blocks_], dtype=np.int64)
+    offsets = (np.cumsum(lengths) - lengths).astype(np.int64)
+    released = []
+    return Frames(buf, offsets, lengths, lambda: released.append(1)), released
+
+
+def _interfaces(n: int):  # type: ignore[no-untyped-def]
+    from podsight.pipeline import CaptureInterface
+
+    return [CaptureInterface(id=i, name=f"p/shop/pod{i}", description=f"k8s.node=vm;"
+                             f"k8s.namespace=shop;k8s.podName=pod{i};k8s.containerName=app",
+                             snaplen=262144, filter="udp", received=10 + i, dropped=i)
+            for i in range(n)]
+
+
+def test_output_writes_frames_names_keys_and_statistics(tmp_path):
+    from podsight.outputs.pcapng import KeyLog, PcapngOutput
+
+    keys = tmp_path / "keys.log"
+    keys.write_bytes(b"CLIENT_RANDOM " + b"a" * 64 + b" " + b"b" * 96 + b"\npartial")
+    names = {"10.244.0.4": "frontend.shop", "10.244.0.5": "backend.shop"}
+    out = PcapngOutput(str(tmp_path / "o.pcapng"), keylog=KeyLog(str(keys)),
+                       name_of=names.get, comments=True,
+                       notation_of=lambda a: "p/shop/" + names.get(a, a).split(".")[0])
+    ifaces = _interfaces(2)
+    frame = udp_frame("10.244.0.4", "10.244.0.5", 40000, 53, b"q" * 20)
+    frames, _ = _frames([(0, frame, pcapng.OUTBOUND), (1, frame, pcapng.INBOUND)])
+    assert out.write_frames(frames, ifaces) == 2
+    ifaces[1].closed = True
+    assert out.write_frames(_frames([])[0], ifaces) == 0
+    out.close(ifaces)
+    path = tmp_path / "o.pcapng"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    rows = tshark(path, "-N", "n", "-T", "fields", "-e", "frame.interface_name", "-e",
+                  "ip.src_host", "-e", "frame.comment").splitlines()
+    assert rows == ["p/shop/pod0\tfrontend.shop\tp/shop/frontend:40000 -> p/shop/backend:53",
+                    "p/shop/pod1\tfrontend.shop\tp/shop/frontend:40000 -> p/shop/backend:53"]
+    data = path.read_bytes()
+    assert data.count(b"a" * 64) == 1 and b"partial" not in data  # whole key lines only
+    out2 = subprocess.run(["capinfos", "-M", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    assert "Number of interfaces in file: 2" in out2
+
+
+def test_output_rotates_and_keeps_the_last_files(tmp_path):
+    from podsight.outputs.pcapng import PcapngOutput
+
+    out = PcapngOutput(str(tmp_path / "r.pcapng"), ring=2, ring_size=4096)
+    ifaces = _interfaces(1)
+    frame = udp_frame("10.244.0.4", "10.244.0.5", 40000, 53, b"q" * 300)
+    for _ in range(10):
+        frames, _ = _frames([(0, frame, 0)] * 5)
+        assert out.write_frames(frames, ifaces) == 5
+    out.close(ifaces)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2 and files[-1].startswith("r.") and files[-1].endswith(".pcapng")
+    total = 0
+    for name in files:
+        lines = tshark(tmp_path / name, "-T", "fields", "-e", "frame.len").splitlines()
+        assert lines and set(lines) == {str(len(frame))}
+        total += len(lines)
+        assert (tmp_path / name).stat().st_size <= 4096 + 512
+    assert total < 50
+
+
+def test_output_stops_at_max_packets(tmp_path):
+    from podsight.outputs.pcapng import PcapngOutput
+
+    out = PcapngOutput(str(tmp_path / "m.pcapng"), max_packets=3)
+    frame = udp_frame("10.244.0.4", "10.244.0.5", 40000, 53, b"q")
+    frames, _ = _frames([(0, frame, 0)] * 5)
+    assert out.write_frames(frames, _interfaces(1)) == 3
+    assert out.full == "--max-packets reached"
+    out.close(_interfaces(1))
+    assert len(tshark(tmp_path / "m.pcapng").splitlines()) == 3

@@ -19,6 +19,13 @@ knows nothing about any one gadget:
 
 An output that fails (a full disk) ends the run the same way, with its
 error after the summary; files written so far stay valid.
+
+Two additions for capture gadgets, neither knowing any gadget: a batch may
+carry :class:`Frames` (packets as blocks of a capture file, already built by
+the kernel) that go to *frame outputs* (a pcapng file, a ring of them, a
+pipe), with the gadget's :class:`CaptureInterface` list; and a run may have
+:class:`Trigger` s, other gadgets run beside it whose first matching record
+stops the run a delay later (``--until-failed-connect``).
 """
 
 from __future__ import annotations
@@ -60,9 +67,89 @@ class Batch(Generic[R]):
 
     records: list[R] = field(default_factory=list)
     raw: np.ndarray | None = None
+    frames: Frames | None = None
 
     def __len__(self) -> int:
-        return len(self.records) + (len(self.raw) if self.raw is not None else 0)
+        return (len(self.records) + (len(self.raw) if self.raw is not None else 0)
+                + (len(self.frames) if self.frames is not None else 0))
+
+
+@dataclass
+class Frames:
+    """Captured packets as ready-made blocks of a capture file, where the kernel wrote them.
+
+    Block ``i`` is ``data[offsets[i] : offsets[i] + lengths[i]]`` (pcapng Enhanced
+    Packet Blocks: the gadget's kernel program built them). The memory is the
+    gadget's (a mapped ring buffer): valid until :attr:`release` is called, which
+    the pipeline does once every output has written them. Outputs write them
+    with ``writev`` straight from there, so no per-packet Python work is done.
+    """
+
+    data: np.ndarray  # uint8
+    offsets: np.ndarray  # int64
+    lengths: np.ndarray  # int64
+    release: Callable[[], None] = field(default=lambda: None)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.lengths.sum()) if len(self.lengths) else 0
+
+    def iovecs(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """(n, 2) uint64 array of (address, length) of blocks ``start:stop``, for writev."""
+        import numpy as np
+
+        offsets, lengths = self.offsets[start:stop], self.lengths[start:stop]
+        iov = np.empty((len(offsets), 2), dtype=np.uint64)
+        iov[:, 0] = self.data.ctypes.data + offsets.astype(np.uint64)
+        iov[:, 1] = lengths
+        return iov
+
+    def block(self, i: int) -> bytes:
+        off = int(self.offsets[i])
+        return self.data[off: off + int(self.lengths[i])].tobytes()
+
+
+@dataclass
+class CaptureInterface:
+    """One interface a capture gadget observes, as a capture file describes it.
+
+    ``id`` is its number in the file (the gadget's kernel program writes it in
+    every block). The gadget updates the counters and sets ``closed`` when the
+    interface goes away; frame outputs write its description when it appears
+    and its statistics when it closes (and at the end, and on every rotation).
+    """
+
+    id: int
+    name: str
+    description: str
+    snaplen: int
+    filter: str = ""
+    linktype: int = 1  # LINKTYPE_ETHERNET
+    start_ns: int = 0  # wall clock, ns
+    end_ns: int = 0
+    closed: bool = False
+    received: int = 0  # packets the kernel saw that passed the filter
+    dropped: int = 0  # of those, packets it could not hand over
+    written: int = 0
+    bytes: int = 0
+
+
+class FrameOutput(Protocol):
+    """Where :class:`Frames` go: a pcapng file, a ring of files, a pipe."""
+
+    bytes: int
+    #: Why it takes no more (``--max-packets reached``), else "".
+    full: str
+
+    def write_frames(self, frames: Frames, interfaces: Sequence[CaptureInterface]) -> int:
+        """Write ``frames`` (describing new interfaces and closing gone ones first);
+        return how many were written (fewer once :attr:`full`)."""
+
+    def close(self, interfaces: Sequence[CaptureInterface]) -> None:
+        """The end: statistics of every interface, then close the file(s)."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +266,11 @@ class OutputOptions:
     #: Extra outputs given by a caller that consumes records itself (``advise`` collects
     #: a live run's connects): each gets every record, named and filtered.
     sinks: tuple[Any, ...] = ()
+    #: Frame outputs (``-w FILE``), opened after the gadget started: each factory gets
+    #: the run's context and returns a :class:`FrameOutput`.
+    frame_outputs: tuple[Callable[[RunContext], FrameOutput], ...] = ()
+    #: Print the gadget's ``status()`` line on stderr while running (capture gadgets).
+    status_line: bool = False
 
 
 R_contra = TypeVar("R_contra", contravariant=True)
@@ -280,6 +372,47 @@ class _TemplateIdentity(Generic[R]):
         return self._admission.since(records[0]) if records else 0
 
 
+# -- triggers -----------------------------------------------------------------------------------
+
+@dataclass
+class Trigger:
+    """Another gadget, run beside the main one, whose first record that ``fires`` stops the
+    run ``delay`` seconds later (``--until-failed-connect``: a capture that ends with the
+    failure inside it). Its records are named and selected like the main gadget's (the pod
+    flags apply); nothing of it is written."""
+
+    flag: str
+    ctx: RunContext
+    factory: Callable[[RunContext], Gadget[Any]]
+    fires: Callable[[Any], bool]
+    delay: float
+    describe: Callable[[Any], str] = str
+
+
+class _Armed:
+    """A started trigger."""
+
+    def __init__(self, trigger: Trigger, gadget: Gadget[Any], admission: Admission[Any]) -> None:
+        self.trigger = trigger
+        self.gadget = gadget
+        self.admission = admission
+        self.fired: str = ""
+
+    def poll(self) -> str:
+        """The first firing record's description, once (then "")."""
+        if self.fired:
+            return ""
+        batch = self.gadget.collect(final=False)
+        records = list(batch.records)
+        if batch.raw is not None and len(batch.raw):
+            records += self.gadget.decode(batch.raw)
+        for r in self.admission(records) if records else ():
+            if self.trigger.fires(r):
+                self.fired = self.trigger.describe(r)
+                return self.fired
+        return ""
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 @dataclass
@@ -326,7 +459,7 @@ class Run(Generic[R]):
                  options: OutputOptions, netns: frozenset[int],
                  predicates: Sequence[Callable[[R], bool]], *,
                  stop: StopFlag = STOP, out: TextIO | None = None,
-                 err: TextIO | None = None) -> None:
+                 err: TextIO | None = None, triggers: Sequence[Trigger] = ()) -> None:
         self.ctx = ctx
         self.factory = factory
         self.options = options
@@ -354,6 +487,12 @@ class Run(Generic[R]):
         self._running = False
         self._admission: Admission[R] | None = None
         self._started = 0.0
+        self.triggers = list(triggers)
+        self._armed: list[_Armed] = []
+        self._trigger_stop = ""
+        self._frame_outputs: list[FrameOutput] = []
+        self._next_status = 0.0
+        self._status_shown = False
 
     # -- selection ---------------------------------------------------------------------
 
@@ -385,6 +524,10 @@ class Run(Generic[R]):
             self._sizes.append(lambda: int(self._sqlite.bytes))
             self._files.append((opts.sqlite, self._sizes[-1]))
         self._outputs.extend(opts.sinks)
+        for factory in opts.frame_outputs:
+            frame_output = factory(self.ctx)
+            self._frame_outputs.append(frame_output)
+            self._sizes.append(lambda o=frame_output: int(o.bytes))  # type: ignore[misc]
 
         def json_lines(stream: TextIO) -> JsonLines[R]:
             json = JsonLines(schema, stream)
@@ -448,7 +591,11 @@ class Run(Generic[R]):
         assert gadget is not None
         if self.result.failure is not None or self._reader_gone:
             self.result.unwritten += len(batch)
+            if batch.frames is not None:
+                batch.frames.release()
             return
+        if batch.frames is not None:
+            self._write_frames(batch.frames)
         records = list(batch.records)
         lines: list[str] | None = None
         raw = batch.raw
@@ -496,6 +643,87 @@ class Run(Generic[R]):
         assert self.gadget is not None
         return self.gadget.tally(time.monotonic() - self._started)
 
+    def _capture_interfaces(self) -> Sequence[CaptureInterface]:
+        return getattr(self.gadget, "capture_interfaces", ())
+
+    def _write_frames(self, frames: Frames) -> None:
+        """Frames to every frame output, then back to the gadget; a full output stops."""
+        interfaces = self._capture_interfaces()
+        try:
+            written = len(frames)
+            for output in self._frame_outputs:
+                written = min(written, output.write_frames(frames, interfaces))
+                if output.full and not self.result.stopped_by:
+                    self.result.stopped_by = output.full
+                    self.stop.set()
+            if self._frame_outputs:
+                self.result.records += written
+                self.result.unwritten += len(frames) - written
+        except BrokenPipeError:
+            self._reader_gone = True
+            self.result.stopped_by = "the reader of the output went away"
+            self.result.unwritten += len(frames)
+            self.stop.set()
+        except OSError as exc:
+            self._fail(RunFailure(f"writing output: {exc.strerror or exc}"), len(frames))
+        except PodsightError as exc:
+            self._fail(exc, len(frames))
+        finally:
+            frames.release()
+
+    def _show_status(self, final: bool = False) -> None:
+        """The gadget's live line on stderr: rewritten in place on a terminal, else a line
+        every 5 s."""
+        status = getattr(self.gadget, "status", None)
+        if not self.options.status_line or status is None:
+            return
+        tty = self.err.isatty()
+        now = time.monotonic()
+        if final:
+            if self._status_shown and tty:
+                self.err.write("\r\x1b[K")
+                self.err.flush()
+            return
+        if now < self._next_status:
+            return
+        self._next_status = now + (1.0 if tty else 5.0)
+        line = f"podsight: {status()}"
+        self.err.write(f"\r{line}\x1b[K" if tty else line + "\n")
+        self.err.flush()
+        self._status_shown = True
+
+    def _start_triggers(self, selection: Selection) -> None:
+        for trigger in self.triggers:
+            gadget = trigger.factory(trigger.ctx)
+            self.stop.check()
+            try:
+                gadget.start(selection)
+            except BaseException:
+                gadget.close()
+                raise
+            admission = Admission(gadget.schema, trigger.ctx.resolver, trigger.ctx.selector,
+                                  self.netns, (), getattr(gadget, "preselected", None))
+            self._armed.append(_Armed(trigger, gadget, admission))
+
+    def _poll_triggers(self, selection: Selection) -> None:
+        for armed in self._armed:
+            armed.gadget.follow(selection)
+            what = armed.poll()
+            if what:
+                delay = armed.trigger.delay
+                self._trigger_stop = f"{armed.trigger.flag}: {what}"
+                self.err.write(f"podsight: {what}; stopping in {delay:g}s\n")
+                self.err.flush()
+                self.stop.stop_within(delay)
+
+    def _close_triggers(self) -> None:
+        for armed in self._armed:
+            try:
+                armed.gadget.detach()
+            finally:
+                armed.gadget.close()
+        self._armed = []
+
     def _fail(self, exc: PodsightError, count: int) -> None:
         self.result.failure = exc
         self.result.unwritten += count
@@ -535,6 +763,8 @@ class Run(Generic[R]):
         what = gadget.start(self.selection())
         self._running = True
         stop.check()
+        self._start_triggers(self.selection())
+        stop.check()
         admission = Admission(gadget.schema, ctx.resolver, ctx.selector, self.netns,
                               self.predicates, getattr(gadget, "preselected", None))
         self._admission = admission
@@ -550,13 +780,19 @@ class Run(Generic[R]):
             self._tell()
             if self.feed is not None:
                 self.feed.tick(self.result.records, self._live_tally)
+            self._show_status()
             if ctx.resolver.refresh() and self._template is not None:
                 self._template[0].clear()
-            gadget.follow(self.selection())
+            selection = self.selection()
+            gadget.follow(selection)
+            if self._armed:
+                self._poll_triggers(selection)
             if self._over_budget():
                 self.result.stopped_by = "--max-bytes reached"
                 break
-        if stop.timed_out:
+        if self._trigger_stop and stop.signal is None and not self.result.stopped_by:
+            self.result.stopped_by = self._trigger_stop
+        elif stop.timed_out and not self.result.stopped_by:
             self.result.stopped_by = "--max-time reached"
 
     def _finish(self, stack: ExitStack) -> None:
@@ -567,24 +803,41 @@ class Run(Generic[R]):
         if gadget is None:
             return
         try:
+            self._close_triggers()
             if not self._running:
                 return  # it never started: nothing was captured, nothing to count
             gadget.detach()
             admission = self._admission
-            if admission is not None and self._outputs:
+            if admission is not None and (self._outputs or self._frame_outputs):
                 self._write(gadget.collect(final=True), admission)
                 before = result.records
                 self._write(Batch(records=gadget.pending()), admission)
                 result.pending = result.records - before
             result.tally = gadget.tally(result.elapsed)
+            self._show_status(final=True)
+            self._close_frame_outputs()
             if self._sqlite is not None:
                 self._close_sqlite()
         finally:
+            self._close_frame_outputs()
             if self._json_file is not None:
                 self._json_file.close()
             if self.feed is not None:
                 self.feed.finish(result.records, result.tally if self._running else None)
             gadget.close()
+
+    def _close_frame_outputs(self) -> None:
+        """Statistics and the end of every capture file (once; a failure is the run's)."""
+        outputs, self._frame_outputs = self._frame_outputs, []
+        for output in outputs:
+            try:
+                output.close(self._capture_interfaces())
+            except OSError as exc:
+                if self.result.failure is None:
+                    self.result.failure = RunFailure(f"writing output: {exc.strerror or exc}")
+            except PodsightError as exc:
+                if self.result.failure is None:
+                    self.result.failure = exc
 
     def _close_sqlite(self) -> None:
         result = self.result

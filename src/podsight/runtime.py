@@ -56,6 +56,12 @@ class StopFlag:
     def set(self) -> None:
         self._set = True
 
+    def stop_within(self, seconds: float) -> None:
+        """Stop at the latest ``seconds`` from now (an earlier deadline stays)."""
+        at = time.monotonic() + seconds
+        if self._deadline is None or at < self._deadline:
+            self._deadline = at
+
     def remaining(self, default: float) -> float:
         """How long the next wait may last: ``default``, or less if the deadline is near."""
         if self._set:

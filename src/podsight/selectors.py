@@ -8,6 +8,7 @@ Kubernetes syntax: ``k=v``, ``k==v``, ``k!=v``, ``k in (a,b)``, ``k notin (a,b)`
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ _EXISTS_RE = re.compile(rf"^\s*(!?)\s*({_KEY})\s*$")
 
 @dataclass(frozen=True)
 class NameList:
-    """``a,b,!c``: included names (empty = any) and excluded names."""
+    """``a,b,!c``: included names (empty = any) and excluded names; a name with ``*``,
+    ``?`` or ``[`` is a shell pattern (``checkout-*``)."""
 
     include: frozenset[str] = frozenset()
     exclude: frozenset[str] = frozenset()
@@ -53,10 +55,22 @@ class NameList:
     def active(self) -> bool:
         return bool(self.include or self.exclude)
 
+    @property
+    def exact(self) -> frozenset[str]:
+        """Included names that are not patterns."""
+        return frozenset(n for n in self.include if not _is_pattern(n))
+
     def __call__(self, name: str) -> bool:
-        if self.include and name not in self.include:
+        if self.include and name not in self.include and not any(
+                _is_pattern(p) and fnmatch.fnmatchcase(name, p) for p in self.include):
             return False
-        return name not in self.exclude
+        return name not in self.exclude and not any(
+            _is_pattern(p) and fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+
+def _is_pattern(name: str) -> bool:
+    """``checkout-*``, ``web-?``, ``db-[0-9]``: a shell pattern, matched with fnmatch."""
+    return any(c in name for c in "*?[")
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ class Param:
 
     ``dest`` is the key of the parsed value (default: the long flag with
     dashes as underscores); ``default`` is the value when the flag is absent.
+    A name without a leading dash (``("expression",)``) is a positional
+    argument of any number of words, handed over as a list.
     ``filter``: the record attribute a user-space filter built from this flag
     tests (``NAMES``: the attribute is one of the names; ``CIDRS``: the
     address attribute is in one of the networks); None for a flag the gadget
@@ -96,6 +98,27 @@ class Param:
 
 
 @dataclass(frozen=True)
+class TriggerSpec:
+    """What a gadget offers other gadgets as a stop trigger (``--until-failed-connect``).
+
+    Any gadget with the ``"triggers"`` flag group gets ``flag [DELAY]``: this
+    gadget then runs beside it with ``values`` over its parameters' defaults,
+    and the run stops ``DELAY`` (default ``delay``) seconds after the first
+    record of a selected pod whose attribute ``attr`` is one of ``matches``.
+    """
+
+    flag: str
+    help: str
+    attr: str
+    matches: tuple[str, ...]
+    delay: float = 2.0
+    values: Mapping[str, Any] = field(default_factory=dict)
+    #: How the firing record is told (``{result} connect {src} -> {dst}``), from its
+    #: attributes; endpoints print in the usual notation.
+    describe: str = ""
+
+
+@dataclass(frozen=True)
 class GadgetSpec:
     """A gadget as the CLI and the pipeline see it before it is imported.
 
@@ -104,7 +127,10 @@ class GadgetSpec:
       takes the :class:`podsight.pipeline.RunContext` and returns the gadget.
     - ``flag_groups``: shared flag sets the gadget takes beyond its own
       ``params``: ``"rules"`` (netobserv-style filter rules joined with ``or``),
-      ``"interfaces"`` (``--interfaces``/``--exclude-interfaces``).
+      ``"interfaces"`` (``--interfaces``/``--exclude-interfaces``), ``"capture"``
+      (the gadget returns :class:`podsight.pipeline.Frames`: ``-w FILE|-``,
+      ``--ring``, ``--ring-size``, ``--force``, ``--max-packets``, ``--comments``,
+      ``--tls-keylog``), ``"triggers"`` (every other gadget's :class:`TriggerSpec`).
       Every gadget takes the identity, output and limit flags.
     - ``live``: the live table is the default output on a terminal.
     - ``interval``: the gadget reports in intervals (``--interval``), with
@@ -124,3 +150,8 @@ class GadgetSpec:
     #: The gadget reports records still open at the end ("2 pending" in the summary).
     reports_pending: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: ``-p NAME`` (an exact name, not a pattern) that names no known pod is bad input
+    #: (exit 2) instead of a warning that waits for the pod.
+    strict_pods: bool = False
+    #: Stop triggers this gadget offers to the others (see :class:`TriggerSpec`).
+    triggers: tuple[TriggerSpec, ...] = ()

@@ -42,11 +42,16 @@ def register(groups: Any, spec: GadgetSpec, parents: dict[tuple[str, ...], Any])
     _add_output_flags(p, spec)
     if "interfaces" in spec.flag_groups:
         g = p.add_argument_group("interfaces")
-        g.add_argument("--interfaces", type=A.names, metavar="NAME[,NAME]",
+        g.add_argument("--interfaces", "--interface", "-i", dest="interfaces",
+                       type=A.names, metavar="NAME[,NAME]",
                        help="observe these host interfaces (names or patterns like veth*; "
                             "followed as they come and go)")
         g.add_argument("--exclude-interfaces", type=A.names, metavar="NAME[,NAME]",
                        help="never observe these interfaces (names or patterns)")
+    if "capture" in spec.flag_groups:
+        _add_capture_flags(p)
+    if "triggers" in spec.flag_groups:
+        _add_trigger_flags(p, spec)
     if "rules" in spec.flag_groups:
         from podsight.cli.rules import add_filter_flags
 
@@ -56,8 +61,177 @@ def register(groups: Any, spec: GadgetSpec, parents: dict[tuple[str, ...], Any])
     p.set_defaults(func=partial(run, spec))
 
 
+def _add_capture_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("capture file (pcapng)")
+    g.add_argument("-w", "--write", metavar="FILE", required=True,
+                   help="write pcapng to FILE (created with mode 0600), or '-' for stdout "
+                        "(| wireshark -k -i -)")
+    g.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    g.add_argument("--ring-size", type=lambda v: A.size(v, lo=4096), metavar="SIZE",
+                   help="start a new file (FILE.00001.pcapng, ...) when one reaches SIZE")
+    g.add_argument("--ring", type=lambda v: A.integer(v, 1, 1_000_000), metavar="N",
+                   help="with --ring-size: keep only the last N files")
+    g.add_argument("--max-packets", type=lambda v: A.integer(v, 1, 1 << 62),
+                   metavar="N", help="stop after N packets")
+    g.add_argument("--comments", action="store_true",
+                   help="a comment on every packet naming both ends (p/ns/pod:port -> "
+                        "s/ns/svc:port); grows the file and costs user-space time")
+    g.add_argument("--tls-keylog", metavar="FILE",
+                   help="TLS key log (SSLKEYLOGFILE) to put in the file, followed as it "
+                        "grows: a path on the host, or inside a selected pod")
+
+
+def _add_trigger_flags(p: argparse.ArgumentParser, spec: GadgetSpec) -> None:
+    from podsight.gadgets import specs
+
+    g = p.add_argument_group("stop triggers")
+    for other in specs():
+        if other.name == spec.name:
+            continue
+        for trig in other.triggers:
+            g.add_argument(trig.flag, nargs="?", const=trig.delay, default=None,
+                           type=lambda v: A.seconds(v, lo=0) if v not in ("0", "0s") else 0.0,
+                           metavar="DELAY", help=trig.help)
+
+
+def _capture_output(ns: argparse.Namespace) -> Callable[[Any], Any]:
+    """``-w`` and friends, checked now (bad input before anything is loaded), as a factory
+    the pipeline calls once the gadget has started."""
+    target = ns.write
+    if not target or not target.strip():
+        raise UserError("-w needs a file name, or - for stdout")
+    if ns.ring is not None and ns.ring_size is None:
+        raise UserError("--ring N needs --ring-size SIZE (when to start the next file)")
+    if target == "-":
+        if ns.ring_size is not None:
+            raise UserError("--ring-size needs a file: -w - streams one pcapng to stdout")
+        if sys.stdout.isatty():
+            raise UserError("-w -: stdout is a terminal; pipe it (| wireshark -k -i -) or "
+                            "give a file")
+    else:
+        first = target
+        if ns.ring_size is not None:
+            root, ext = os.path.splitext(target)
+            first = f"{root}.00000{ext or '.pcapng'}"
+        _check_new_file(first, "-w", force=ns.force)
+    if ns.tls_keylog is not None and not ns.tls_keylog.strip():
+        raise UserError("--tls-keylog needs a file name")
+
+    def factory(ctx: Any) -> Any:
+        from podsight.outputs.pcapng import KeyLog, PcapngOutput
+
+        resolver = ctx.resolver
+        def name_of(addr: str) -> str | None:
+            """pod.namespace, service.namespace or the node's name (none for raw)."""
+            ep = resolver.endpoint(addr)
+            if not ep.name or ep.kind not in ("pod", "service", "node"):
+                return None
+            return str(ep.name) if ep.kind == "node" else f"{ep.name}.{ep.namespace}"
+
+        def notation_of(addr: str) -> str:
+            return str(resolver.endpoint(addr).notation)
+
+        keylog = None
+        if ns.tls_keylog:
+            selector = ctx.selector
+            netns = frozenset(netns_flag(ns))
+
+            def selected() -> set[int]:
+                return set(netns) | (resolver.selected_netns(selector)
+                                     if selector.selects_pods else set())
+
+            keylog = KeyLog(ns.tls_keylog, selected)
+        return PcapngOutput(target, application=f"podsight {ctx.spec.name}", force=ns.force,
+                            ring=ns.ring, ring_size=ns.ring_size, max_packets=ns.max_packets,
+                            comments=ns.comments, keylog=keylog, name_of=name_of,
+                            notation_of=notation_of)
+
+    return factory
+
+
+def _check_new_file(path: str, flag: str, *, force: bool = False) -> None:
+    """A file the run will create: its directory exists and is writable, and it does not
+    exist unless ``force``."""
+    if os.path.lexists(path) and not force:
+        raise UserError(f"{path} exists: remove it, choose another file or add --force")
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.stat(parent)
+    except FileNotFoundError:
+        raise UserError(f"cannot create {path}: no such directory {parent}") from None
+    except OSError as exc:
+        raise UserError(f"cannot create {path}: {exc.strerror}") from None
+    if not os.path.isdir(parent):
+        raise UserError(f"cannot create {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create {path}: permission denied")
+    if os.path.isdir(path):
+        raise UserError(f"cannot create {path}: it is a directory")
+    # Permissions are not the whole story (root, read-only or special file systems): try.
+    existed = os.path.lexists(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | (0 if existed else os.O_CREAT | os.O_EXCL), 0o600)
+    except OSError as exc:
+        raise UserError(f"cannot create {path}: {exc.strerror}") from None
+    os.close(fd)
+    if not existed:
+        os.unlink(path)
+
+
+def _triggers(spec: GadgetSpec, ns: argparse.Namespace, resolver: Any, selector: Any,
+              clock: Any) -> list[Any]:
+    """The stop triggers asked for (``--until-failed-connect``), each a gadget to run beside."""
+    if "triggers" not in spec.flag_groups:
+        return []
+    from podsight.gadgets import specs
+    from podsight.pipeline import RunContext, Trigger
+
+    out = []
+    for other in specs():
+        for trig in other.triggers:
+            delay = getattr(ns, trig.flag.lstrip("-").replace("-", "_"), None)
+            if delay is None or other.name == spec.name:
+                continue
+            values = {p.key: p.default for p in other.params}
+            values.update(trig.values)
+            module, _, attr = other.factory.partition(":")
+            factory = getattr(importlib.import_module(module), attr)
+            ctx = RunContext(spec=other, values=values, resolver=resolver, selector=selector,
+                             clock=clock, warn=_warn)
+            out.append(Trigger(flag=trig.flag, ctx=ctx, factory=factory,
+                               fires=FieldIn(trig.attr, frozenset(trig.matches)),
+                               delay=float(delay), describe=_describer(trig.describe)))
+    return out
+
+
+def _describer(template: str) -> Callable[[Any], str]:
+    def describe(record: Any) -> str:
+        if not template:
+            return str(record)
+        fields = {}
+        for name in ("src", "dst"):
+            ep = getattr(record, name, None)
+            port = getattr(record, {"src": "sport", "dst": "dport"}[name], 0)
+            fields[name] = f"{ep.notation}:{port}" if ep is not None else "?"
+        return template.format_map(_Attrs(record, fields))
+    return describe
+
+
+class _Attrs(dict):  # type: ignore[type-arg]
+    def __init__(self, record: Any, fields: dict[str, str]) -> None:
+        super().__init__(fields)
+        self.record = record
+
+    def __missing__(self, key: str) -> Any:
+        return getattr(self.record, key, "?")
+
+
 def _add_param(p: argparse.ArgumentParser, param: Param) -> None:
     kind = param.kind
+    if not param.flags[0].startswith("-"):
+        p.add_argument(param.flags[0], nargs="*", default=[], metavar=param.metavar,
+                       help=param.help)
+        return
     if kind.name == "flag":
         p.add_argument(*param.flags, dest=param.key, action="store_true", help=param.help)
     elif kind.name == "choice":
@@ -136,25 +310,6 @@ def _terminal() -> bool:
     return sys.stdout.isatty() and sys.stdin.isatty()
 
 
-def _check_new_file(flag: str, path: str) -> None:
-    """An output file must be new, in a directory that exists and that we may write."""
-    if not path.strip():
-        raise UserError(f"{flag} needs a file name (it was empty)")
-    if os.path.lexists(path):
-        raise UserError(f"{path} exists: remove it or choose another file")
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        os.stat(parent)
-    except FileNotFoundError:
-        raise UserError(f"cannot create {path}: no such directory {parent}") from None
-    except OSError as exc:
-        raise UserError(f"cannot create {path}: {exc.strerror}") from None
-    if not os.path.isdir(parent):
-        raise UserError(f"cannot create {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot create {path}: permission denied")
-
-
 def _selector_words(ns: argparse.Namespace) -> str:
     words = []
     for flag, attr in (("-n", "namespace"), ("-p", "podname"), ("-l", "selector"),
@@ -177,7 +332,11 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
             raise UserError("-o columns= needs at least one column name")
     for flag, path in (("--sqlite", ns.sqlite), ("--json", ns.json_file)):
         if path is not None:
-            _check_new_file(flag, path)
+            if not path.strip():
+                raise UserError(f"{flag} needs a file name (it was empty)")
+            if os.path.lexists(path):
+                raise UserError(f"{path} exists: remove it or choose another file")
+            _check_new_file(path, flag)
     if ns.sqlite is not None and ns.sqlite == ns.json_file:
         raise UserError("--sqlite and --json name the same file")
     tui = getattr(ns, "tui", False)
@@ -187,6 +346,10 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
     if tui and not _terminal():
         raise UserError("--tui needs a terminal on stdin and stdout (use -o json or "
                         "--json FILE otherwise)")
+    frame_outputs: tuple[Callable[[Any], Any], ...] = ()
+    if "capture" in spec.flag_groups:
+        frame_outputs = (_capture_output(ns),)
+        mode = "none"
     rules = []
     if "rules" in spec.flag_groups:
         from podsight.cli.rules import parse_rules
@@ -205,6 +368,7 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
         live=tui or (mode == "columns" and spec.live and not getattr(ns, "no_tui", False)
                      and _terminal()),
         max_time=ns.max_time, max_bytes=ns.max_bytes, command=" ".join(sys.argv),
+        frame_outputs=frame_outputs, status_line=bool(frame_outputs),
     )
     result = RunResult()
     with ExitStack() as stack:
@@ -212,6 +376,12 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
             from podsight.cli.identity import build_resolver
 
             resolver = build_resolver(ns, stack)
+            if spec.strict_pods and selector.pods.exact:
+                known = {p.name for p in resolver.pods()}
+                missing = sorted(selector.pods.exact - known)
+                if missing and not (selector.pods.include - selector.pods.exact):
+                    raise UserError(f"no pod named {', '.join(missing)} (-p takes pod names "
+                                    "or patterns like 'web-*')")
             if selector.selects_pods and not any(
                     selector.matches(p.namespace, p.name, p.labels, p.node or resolver.node_name,
                                      p.containers) for p in resolver.pods()):
@@ -220,11 +390,12 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
             factory = getattr(importlib.import_module(module), attr)
             ctx = RunContext(spec=spec, values=values, resolver=resolver, selector=selector,
                              clock=Clock(), rules=rules, warn=_warn)
+            triggers = _triggers(spec, ns, resolver, selector, ctx.clock)
             STOP.check()
         except Stopped:
             sys.stderr.write(summary_line(spec, result) + "\n")
             return 0
-        run_ = Run(ctx, factory, options, netns, filters)
+        run_ = Run(ctx, factory, options, netns, filters, triggers=triggers)
         if options.live:
             from podsight.tui import run_live
 

@@ -120,6 +120,43 @@ class RingBuffer:
         self.drained += len(events)
         return events
 
+    def peek(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Committed records *in place*, for a reader that writes them out without a copy.
+
+        Returns the ring's data (a uint8 view: the pages are mapped twice, so a
+        record that wraps is contiguous), the offsets of the kept records'
+        bodies in it, and the position to pass to :meth:`advance` once they are
+        written. Until then the kernel cannot reuse their space.
+        """
+        empty = np.zeros(0, dtype=np.int64)
+        if self._cons is None:
+            return self._empty_data(), empty, 0
+        cons = int(self._cons.value)
+        avail = int(self._prod[0]) - cons
+        n = avail // self.record_size
+        if n <= 0:
+            return self._data, empty, cons
+        start = cons & self._mask
+        framed = self._data[start : start + n * self.record_size].view(self._framed)
+        hdr = framed["hdr"]
+        busy = (hdr & BUSY_BIT) != 0
+        if busy.any():
+            n = int(np.argmax(busy))
+            hdr = hdr[:n]
+        offsets = start + HEADER_SIZE + np.arange(n, dtype=np.int64) * self.record_size
+        keep = (hdr & DISCARD_BIT) == 0
+        return self._data, offsets if keep.all() else offsets[keep], cons + n * self.record_size
+
+    def advance(self, position: int) -> None:
+        """Give the space up to ``position`` (from :meth:`peek`) back to the kernel."""
+        if self._cons is not None and position > int(self._cons.value):
+            self._cons.value = position  # one 8-byte store
+            self.drained += 1
+
+    @staticmethod
+    def _empty_data() -> np.ndarray:
+        return np.zeros(0, dtype=np.uint8)
+
     def close(self) -> None:
         if self._cons is None:
             return

@@ -174,6 +174,25 @@ class TcHook:
         return L.error(func, err, op)
 
     @property
+    def alive(self) -> bool:
+        """Is the program still attached to its interface?
+
+        A tcx link whose interface went away (a pod's namespace was deleted, and
+        its eth0 with it) stays open but points at ifindex 0: the capture of that
+        interface is over. A clsact filter goes with its interface.
+        """
+        if not self._attached:
+            return False
+        if self._link_fd >= 0:
+            info = ctypes.create_string_buffer(64)
+            size = ctypes.c_uint32(64)
+            if L.lib().bpf_obj_get_info_by_fd(self._link_fd, info, ctypes.byref(size)) < 0:
+                return False
+            # struct bpf_link_info: type, id, prog_id, (pad), then tcx {ifindex, attach_type}
+            return bool(struct.unpack_from("<I", info.raw, 16)[0] != 0)
+        return _ifname(int(self._hook.ifindex)) is not None
+
+    @property
     def handle(self) -> int:
         """The clsact filter's handle (0 for a tcx link)."""
         return int(self._opts.handle)

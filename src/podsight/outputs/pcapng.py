@@ -16,10 +16,15 @@ ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 SHB, IDB, EPB, NRB, ISB, DSB = 0x0A0D0D0A, 0x00000001, 0x00000006, 0x00000004, 0x00000005, 0x0A
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
@@ -172,3 +177,420 @@ class PcapngWriter:
         self._pending = []
         write_fd(self.fd, data)
         self.bytes += len(data)
+
+
+# -- the capture file output -------------------------------------------------------------------
+
+EPB_HEADER = 28
+
+
+class KeyLog:
+    """A TLS key log (SSLKEYLOGFILE format) followed as the application appends to it.
+
+    ``path`` is read on the host if it exists there; otherwise it is taken as a
+    path inside a selected pod and read through ``/proc/PID/root`` of a process
+    in that pod's network namespace (``netns()`` lists them), so a key log a
+    container writes needs no copying out. Only whole lines are taken.
+    """
+
+    def __init__(self, path: str, netns: Callable[[], Iterable[int]] = tuple) -> None:
+        self.path = path
+        self.netns = netns
+        self.keys = b""
+        self._offset = 0
+        self._source: str | None = None
+
+    def _locate(self) -> str | None:
+        if os.path.exists(self.path):
+            return self.path
+        from podsight.net.netns import pids_in_netns
+
+        for inode in self.netns():
+            for pid in pids_in_netns(inode):
+                candidate = f"/proc/{pid}/root/{self.path.lstrip('/')}"
+                if os.path.exists(candidate):
+                    return candidate
+        return None
+
+    def read_new(self) -> bytes:
+        """Key log lines added since the last call."""
+        if self._source is None:
+            self._source = self._locate()
+            if self._source is None:
+                return b""
+        try:
+            with open(self._source, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            self._source = None  # its process went away; look again next time
+            return b""
+        end = data.rfind(b"\n") + 1
+        new = data[:end]
+        self._offset += end
+        self.keys += new
+        return new
+
+
+@dataclass
+class _File:
+    fd: int
+    path: str
+    bytes: int = 0
+    declared: int = 0  # interfaces described so far (ids 0..declared-1)
+    stats_written: set[int] = field(default_factory=set)
+    names: set[str] = field(default_factory=set)
+
+
+class PcapngOutput:
+    """Frames to one pcapng file, a ring of files, or stdout.
+
+    Every file is complete on its own: a Section Header Block, a description
+    of every interface (ids are the kernel's, so a rotated file describes the
+    interfaces that closed before it too), the names and TLS keys seen so
+    far, then the packets. Name Resolution Blocks and Decryption Secrets
+    Blocks are written before the packets they apply to (tshark reads them in
+    order); an interface's statistics block is written once per file, when
+    it closes or when the file ends. Files are created with mode 0600: they
+    hold payloads. Writes are whole blocks, so a file cut at any moment
+    (Ctrl-C, a kill, a full disk) ends on a block boundary.
+    """
+
+    def __init__(self, target: str, *, application: str = "podsight", force: bool = False,
+                 ring: int | None = None, ring_size: int | None = None,
+                 max_packets: int | None = None, comments: bool = False,
+                 keylog: KeyLog | None = None,
+                 name_of: Callable[[str], str | None] = lambda addr: None,
+                 notation_of: Callable[[str], str] = lambda addr: addr) -> None:
+        self.target = target
+        self.application = application
+        self.force = force
+        self.ring = ring
+        self.ring_size = ring_size
+        self.max_packets = max_packets
+        self.comments = comments
+        self.keylog = keylog
+        self.name_of = name_of
+        self.notation_of = notation_of
+        self.bytes = 0
+        self.packets = 0
+        self.full = ""
+        self.files: list[str] = []
+        self._seq = 0
+        self._names: dict[str, str] = {}  # address -> name, every one named so far
+        self._unnamed: set[bytes] = set()  # packed addresses that have no name
+        self._file: _File | None = None
+        self._interfaces: Sequence[Any] = ()
+        self._open_next()
+
+    # -- files ---------------------------------------------------------------------------
+
+    def _path(self, seq: int) -> str:
+        if self.ring_size is None:
+            return self.target
+        root, ext = os.path.splitext(self.target)
+        return f"{root}.{seq:05d}{ext or '.pcapng'}"
+
+    def _open_next(self) -> None:
+        if self.target == "-":
+            fd = 1
+            path = "-"
+        else:
+            path = self._path(self._seq)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+            flags |= os.O_TRUNC if self.force else os.O_EXCL
+            fd = os.open(path, flags, 0o600)
+            os.fchmod(fd, 0o600)  # an existing file overwritten with --force keeps no wider mode
+        self._seq += 1
+        self._file = _File(fd, path)
+        self.files.append(path)
+        if self.ring is not None:
+            while len(self.files) > self.ring:
+                old = self.files.pop(0)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(old)
+        head = [section_header(self.application, os_name=os.uname().sysname)]
+        head += self._describe(self._interfaces)
+        if self._names:
+            head.append(name_resolution([(a, [n]) for a, n in self._names.items()]))
+            self._file.names.update(self._names)
+        if self.keylog is not None and self.keylog.keys:
+            head.append(decryption_secrets(self.keylog.keys))
+        self._put(b"".join(head))
+
+    def _close_file(self, interfaces: Sequence[Any]) -> None:
+        f = self._file
+        if f is None:
+            return
+        self._file = None
+        try:
+            self._put_to(f, b"".join(self._statistics(f, interfaces, everyone=True)))
+        finally:
+            if f.fd != 1:
+                os.close(f.fd)
+
+    def _put(self, data: bytes) -> None:
+        assert self._file is not None
+        self._put_to(self._file, data)
+
+    def _put_to(self, f: _File, data: bytes) -> None:
+        if not data:
+            return
+        from podsight.outputs.stream import write_fd
+
+        write_fd(f.fd, data)
+        f.bytes += len(data)
+        self.bytes += len(data)
+
+    # -- blocks ---------------------------------------------------------------------------
+
+    def _describe(self, interfaces: Sequence[Any]) -> list[bytes]:
+        f = self._file
+        assert f is not None
+        out = []
+        for iface in interfaces[f.declared:]:
+            out.append(interface_description(iface.name, iface.description, iface.snaplen,
+                                             iface.filter, iface.linktype))
+        f.declared = max(f.declared, len(interfaces))
+        return out
+
+    def _statistics(self, f: _File, interfaces: Sequence[Any], everyone: bool) -> list[bytes]:
+        out = []
+        now = time.time_ns()
+        for iface in interfaces[: f.declared]:
+            if iface.id in f.stats_written or not (everyone or iface.closed):
+                continue
+            f.stats_written.add(iface.id)
+            out.append(interface_statistics(iface.id, iface.end_ns or now, iface.received,
+                                            iface.dropped, iface.start_ns,
+                                            iface.end_ns or now, iface.received))
+        return out
+
+    def _new_names(self, frames: Any, interfaces: Sequence[Any]) -> bytes:
+        """An NRB for the addresses in ``frames`` that have a name and none in this file."""
+        f = self._file
+        assert f is not None
+        fresh: list[tuple[str, Sequence[str]]] = []
+        for packed in packet_addresses(frames, [i.linktype for i in interfaces]):
+            if packed in self._unnamed:
+                continue
+            import ipaddress
+
+            addr = str(ipaddress.ip_address(packed))
+            if addr in f.names:
+                continue
+            name = self._names.get(addr) or self.name_of(addr)
+            if not name:
+                self._unnamed.add(packed)
+                continue
+            self._names[addr] = name
+            f.names.add(addr)
+            fresh.append((addr, [name]))
+        return name_resolution(fresh) if fresh else b""
+
+    # -- FrameOutput -----------------------------------------------------------------------
+
+    def write_frames(self, frames: Any, interfaces: Sequence[Any]) -> int:
+        self._interfaces = interfaces
+        if self._file is None:
+            return 0
+        head = self._describe(interfaces)
+        if self.keylog is not None:
+            keys = self.keylog.read_new()
+            if keys:
+                head.append(decryption_secrets(keys))
+        n = len(frames)
+        if self.max_packets is not None:
+            n = min(n, self.max_packets - self.packets)
+        if n < len(frames):
+            frames = _Slice(frames, 0, n)
+        if n:
+            head.append(self._new_names(frames, interfaces))
+        self._put(b"".join(head))
+        start = 0
+        while start < n:
+            stop = n
+            if self.ring_size is not None:
+                room = self.ring_size - self._file.bytes
+                ends = np.cumsum(frames.lengths[start:n])
+                stop = start + max(1, int(np.searchsorted(ends, room, side="right")))
+            self._write_packets(frames, start, stop)
+            start = stop
+            if self.ring_size is not None and self._file.bytes >= self.ring_size:
+                self._close_file(interfaces)
+                self._open_next()
+        # Interfaces that went away: their statistics after their last packets.
+        self._put(b"".join(self._statistics(self._file, interfaces, everyone=False)))
+        self.packets += n
+        if self.max_packets is not None and self.packets >= self.max_packets:
+            self.full = "--max-packets reached"
+        return n
+
+    def _write_packets(self, frames: Any, start: int, stop: int) -> None:
+        f = self._file
+        assert f is not None
+        if self.comments:
+            self._put(b"".join(self._commented(frames.block(i)) for i in range(start, stop)))
+            return
+        from podsight.outputs.stream import writev_all
+
+        n = writev_all(f.fd, frames.iovecs(start, stop))
+        f.bytes += n
+        self.bytes += n
+
+    def _commented(self, epb: bytes) -> bytes:
+        """The block with a comment naming both ends (``p/ns/pod:port -> s/ns/svc:port``)."""
+        caplen = struct.unpack_from("<I", epb, 20)[0]
+        ends = packet_ends(epb[EPB_HEADER: EPB_HEADER + caplen])
+        if ends is None:
+            return epb
+        (src, sport), (dst, dport) = ends
+        text = (f"{self.notation_of(src)}:{sport} -> {self.notation_of(dst)}:{dport}").encode()
+        body = epb[8:-8] + option(OPT_COMMENT, text) + struct.pack("<HH", OPT_END, 0)
+        total = len(body) + 12
+        return struct.pack("<II", EPB, total) + body + struct.pack("<I", total)
+
+    def close(self, interfaces: Sequence[Any]) -> None:
+        self._interfaces = interfaces
+        if self._file is not None:
+            self._put(b"".join(self._describe(interfaces)))
+        self._close_file(interfaces)
+
+
+class _Slice:
+    """The first blocks of a :class:`podsight.pipeline.Frames` (``--max-packets``)."""
+
+    def __init__(self, frames: Any, start: int, stop: int) -> None:
+        self.data = frames.data
+        self.offsets = frames.offsets[start:stop]
+        self.lengths = frames.lengths[start:stop]
+        self._frames = frames
+        self._start = start
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def iovecs(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = len(self) if stop is None else stop
+        return self._frames.iovecs(self._start + start, self._start + stop)  # type: ignore[no-any-return]
+
+    def block(self, i: int) -> bytes:
+        return self._frames.block(self._start + i)  # type: ignore[no-any-return]
+
+
+def packet_addresses(frames: Any, linktypes: Sequence[int]) -> list[bytes]:
+    """The distinct IPv4 and IPv6 addresses (packed) in the packets of EPBs ``frames``.
+
+    Vectorized over the batch, a few numpy gathers whatever its size: the
+    capture length, EtherType (or IP version, on raw-IP interfaces) and the
+    address bytes are read where the blocks lie, in 16-bit words (blocks
+    start 4-aligned and every field read is 2-aligned), each (source,
+    destination) pair folded into integers, and only the distinct ones (a
+    handful per batch) become bytes. The interface id is read only when
+    interfaces differ in link type.
+    """
+    if not len(frames):
+        return []
+    data = frames.data
+    offs = frames.offsets.astype(np.int64)
+    fast = _evenly_spaced(frames, linktypes)
+    if fast is not None:
+        return fast
+    half = data[: (len(data) // 2) * 2].view(np.uint16)
+    words = data[: (len(data) // 4) * 4].view(np.uint32)
+    caplen = words[(offs + 20) // 4].astype(np.int64)
+    kinds = set(linktypes) or {LINKTYPE_ETHERNET}
+    if len(kinds) == 1:
+        ether = np.full(len(offs), LINKTYPE_ETHERNET in kinds)
+    else:
+        lts = np.asarray(linktypes, dtype=np.int64)
+        ifid = words[(offs + 8) // 4].astype(np.int64)
+        ether = lts[np.minimum(ifid, len(lts) - 1)] == LINKTYPE_ETHERNET
+    start = offs + EPB_HEADER
+    l2 = np.where(ether, 14, 0)
+    l3 = start + l2
+    version = np.where(caplen >= l2 + 20, data[l3] >> 4, 0)
+    if ether.any():
+        ethertype = half[(start + 12) // 2]  # big-endian on the wire: 0x0008 is IPv4
+        version = np.where(ether & (ethertype != 0x0008) & (ethertype != 0xDD86), 0, version)
+    out: list[bytes] = []
+    v4 = version == 4
+    if v4.any():
+        pair = _gather_words(half, (l3[v4] + 12) // 2, 4)  # source, destination
+        for key in np.unique(pair).tolist():
+            raw = key.to_bytes(8, "big")
+            out += [raw[:4], raw[4:]]
+    v6 = (version == 6) & (caplen >= l2 + 40)
+    if v6.any():
+        at = (l3[v6] + 8) // 2
+        quarters = [_gather_words(half, at + 4 * k, 4) for k in range(4)]
+        mixed = quarters[0]
+        for q in quarters[1:]:
+            mixed = mixed * np.uint64(0x9E3779B97F4A7C15) ^ q
+        _, first = np.unique(mixed, return_index=True)
+        for i in first.tolist():
+            raw = b"".join(int(q[i]).to_bytes(8, "big") for q in quarters)
+            out += [raw[:16], raw[16:]]
+    return sorted(set(out))
+
+
+def _evenly_spaced(frames: Any, linktypes: Sequence[int]) -> list[bytes] | None:
+    """The common case, faster: Ethernet only, blocks at a fixed stride (a ring of fixed-size
+    records), IPv4 or not IP: the fields are columns of one strided view, read without index
+    arrays. None when the batch is not like that (then the general path runs)."""
+    offs = frames.offsets
+    n = len(offs)
+    if set(linktypes) != {LINKTYPE_ETHERNET} or n < 2:
+        return None
+    stride = int(offs[1] - offs[0])
+    first = int(offs[0])
+    if stride < 64 or int(offs[-1]) != first + stride * (n - 1):
+        return None
+    if first + stride * n > len(frames.data):
+        return None
+    rows = frames.data[first: first + stride * n].reshape(n, stride)
+    caplen = rows[:, 20:24].copy().view("<u4").ravel()
+    ethertype = rows[:, 40:42].copy().view(">u2").ravel()
+    v4 = (ethertype == 0x0800) & (caplen >= 34)
+    if (ethertype == 0x86DD).any():
+        return None
+    out: list[bytes] = []
+    if v4.any():
+        pairs = rows[v4, 54:62].copy().view(">u8").ravel()
+        for key in np.unique(pairs).tolist():
+            raw = int(key).to_bytes(8, "big")
+            out += [raw[:4], raw[4:]]
+    return sorted(set(out))
+
+
+def _gather_words(half: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
+    """``n`` (<= 4) 16-bit words from index ``at`` on, as one big-endian uint64 each."""
+    value: np.ndarray = half[at].byteswap().astype(np.uint64)
+    for k in range(1, n):
+        value = (value << np.uint64(16)) | half[at + k].byteswap()
+    return value
+
+
+def packet_ends(frame: bytes) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """((src, sport), (dst, dport)) of an Ethernet frame carrying IP (ports 0 for non-TCP/UDP)."""
+    import ipaddress
+
+    if len(frame) < 14:
+        return None
+    ethertype = struct.unpack_from("!H", frame, 12)[0]
+    ip = frame[14:]
+    if ethertype == 0x0800 and len(ip) >= 20:
+        ihl = (ip[0] & 0xF) * 4
+        proto = ip[9]
+        src, dst = ipaddress.ip_address(ip[12:16]), ipaddress.ip_address(ip[16:20])
+        l4 = ip[ihl:]
+    elif ethertype == 0x86DD and len(ip) >= 40:
+        proto = ip[6]
+        src, dst = ipaddress.ip_address(ip[8:24]), ipaddress.ip_address(ip[24:40])
+        l4 = ip[40:]
+    else:
+        return None
+    sport = dport = 0
+    if proto in (6, 17, 132) and len(l4) >= 4:
+        sport, dport = struct.unpack_from("!HH", l4)
+    return (str(src), sport), (str(dst), dport)

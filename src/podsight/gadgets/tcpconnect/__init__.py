@@ -1,7 +1,18 @@
 """tcpconnect: every active TCP connect with its outcome and latency (``podsight trace
 tcpconnect``). This module only declares the gadget; its code is imported to run it."""
 
-from podsight.spec import CIDRS, FLAG, NAMES, PID, PORT, GadgetSpec, Param, duration, power_of_two
+from podsight.spec import (
+    CIDRS,
+    FLAG,
+    NAMES,
+    PID,
+    PORT,
+    GadgetSpec,
+    Param,
+    TriggerSpec,
+    duration,
+    power_of_two,
+)
 
 SPEC = GadgetSpec(
     name="tcpconnect",
@@ -30,4 +41,14 @@ SPEC = GadgetSpec(
     ),
     noun="events",
     reports_pending=True,
+    triggers=(
+        TriggerSpec(
+            flag="--until-failed-connect",
+            help="also trace TCP connects, and stop DELAY (default 2s) after the first one "
+                 "from a selected pod that is refused, times out or is unreachable",
+            attr="result", matches=("refused", "timeout", "unreachable"), delay=2.0,
+            values={"failed_only": True},
+            describe="{result} connect {src} -> {dst}",
+        ),
+    ),
 )

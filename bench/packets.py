@@ -1,0 +1,242 @@
+"""`podsight packets -w` beside `tcpdump -w` on the same veth load, in one run.
+
+usage (root, from the repository root; takes the shared test lock itself):
+
+    .venv/bin/python bench/packets.py [--seconds 3] [--rounds 2] [--json FILE]
+
+Two namespaces joined by a veth (psk-c/eth0 10.254.7.1 <-> psk-s/eth0
+10.254.7.2, TSO/GSO/GRO off, so every wire packet is one skb), an iperf3
+TCP stream from psk-c to psk-s. In each round, in turn: no capture, then
+tcpdump and podsight on psk-s's eth0 with snaplen 96, whole packets, and a
+filter that rejects everything (``udp port 9``). Reported per config:
+packets/s captured, kernel drops, CPU seconds per million packets (the
+capturer's own CPU time while iperf3 ran, from /proc/PID/task/*/schedstat,
+divided by the packets that crossed the interface), and iperf3's throughput
+relative to the run without capture and to tcpdump's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import fcntl
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib import BenchError, Children, run_guarded, wait_with_cpu
+
+CLIENT_NS, SERVER_NS = "psk-c", "psk-s"
+CLIENT_ADDR, SERVER_ADDR = "10.254.7.1", "10.254.7.2"
+PODSIGHT = [sys.executable, "-m", "podsight.cli.main"]
+LOCK = Path(os.environ.get("PODSIGHT_TEST_LOCK", "/run/podsight-tests.lock"))
+
+
+def sh(*argv: str) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise BenchError(f"{' '.join(argv)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def teardown() -> None:
+    for ns in (CLIENT_NS, SERVER_NS):
+        subprocess.run(["ip", "netns", "pids", ns], capture_output=True, check=False)
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
+                              check=False).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def setup() -> None:
+    teardown()
+    atexit.register(teardown)
+    if " 10.254.7." in sh("ip", "-o", "-4", "addr", "show"):
+        raise BenchError("10.254.7.0/30 is in use on this host")
+    sh("ip", "netns", "add", CLIENT_NS)
+    sh("ip", "netns", "add", SERVER_NS)
+    sh("ip", "-n", CLIENT_NS, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
+       "netns", SERVER_NS)
+    for ns, addr in ((CLIENT_NS, CLIENT_ADDR), (SERVER_NS, SERVER_ADDR)):
+        sh("ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off",
+           "gro", "off")
+
+
+def iface_packets() -> int:
+    out = json.loads(sh("ip", "-n", SERVER_NS, "-s", "-j", "link", "show", "eth0"))
+    stats = out[0]["stats64"]
+    return int(stats["rx"]["packets"]) + int(stats["tx"]["packets"])
+
+
+def task_cpu_ns(pid: int) -> int:
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+    return total
+
+
+def capturer(kind: str, snaplen: int, expr: str, out: Path) -> list[str]:
+    if kind == "tcpdump":
+        return ["ip", "netns", "exec", SERVER_NS, "tcpdump", "-i", "eth0", "-s", str(snaplen),
+                "-w", str(out), *([expr] if expr else [])]
+    return [*PODSIGHT, "packets", "--netns", SERVER_NS, "-s", str(snaplen or 262144),
+            "-w", str(out), *([expr] if expr else [])]
+
+
+def wait_ready(proc: subprocess.Popen[bytes], err: Path, words: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if words in err.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise BenchError(f"capturer exited: {err.read_text(errors='replace').strip()}")
+        time.sleep(0.05)
+    raise BenchError(f"capturer not ready: {err.read_text(errors='replace').strip()}")
+
+
+def one(children: Children, label: str, kind: str | None, snaplen: int, expr: str,
+        seconds: float, port: int, work: Path) -> dict[str, Any]:
+    out = work / f"{label}.pcap"
+    err = work / f"{label}.err"
+    proc = None
+    if kind is not None:
+        with err.open("wb") as ferr:
+            proc = children.start(capturer(kind, snaplen, expr, out), stdout=subprocess.DEVNULL,
+                                  stderr=ferr, stdin=subprocess.DEVNULL)
+        wait_ready(proc, err, "listening on" if kind == "tcpdump" else "capturing packets")
+    cpu0 = task_cpu_ns(proc.pid) if proc else 0
+    pk0 = iface_packets()
+    t0 = time.monotonic()
+    client = subprocess.run(["ip", "netns", "exec", CLIENT_NS, "iperf3", "-c", SERVER_ADDR,
+                             "-p", str(port), "-t", str(seconds), "-J"],
+                            capture_output=True, text=True, check=False)
+    elapsed = time.monotonic() - t0
+    packets = iface_packets() - pk0
+    cpu = (task_cpu_ns(proc.pid) - cpu0) / 1e9 if proc else 0.0
+    if client.returncode:
+        raise BenchError(f"iperf3 failed: {client.stdout[-300:]} {client.stderr[-300:]}")
+    gbps = json.loads(client.stdout)["end"]["sum_sent"]["bits_per_second"] / 1e9
+    row: dict[str, Any] = {"label": label, "gbps": round(gbps, 3), "iface_packets": packets,
+                           "pps": round(packets / elapsed)}
+    if proc is not None:
+        time.sleep(0.3)  # what the capturer still has in flight
+        os.killpg(proc.pid, signal.SIGINT)
+        total_cpu = wait_with_cpu(proc, 60)
+        text = err.read_text(errors="replace")
+        if kind == "tcpdump":
+            captured = int(re.search(r"(\d+) packets? captured", text)[1])  # type: ignore[index]
+            drops = int(re.search(r"(\d+) packets? dropped by kernel", text)[1])  # type: ignore[index]
+        else:
+            m = re.search(r"podsight: (\d+) packets captured, (\d+) received by filter.*?, "
+                          r"(\d+) lost", text)
+            if m is None:
+                raise BenchError(f"no summary from podsight: {text.strip()[-400:]}")
+            captured, drops = int(m[1]), int(m[3])
+        tshark = subprocess.run(["capinfos", "-c", "-M", str(out)], capture_output=True,
+                                text=True, check=False)
+        in_file = re.search(r"Number of packets:\s+(\d+)", tshark.stdout)
+        row.update(captured=captured, kernel_drops=drops, cpu_s=round(cpu, 3),
+                   total_cpu_s=round(total_cpu or 0.0, 3),
+                   cpu_s_per_mpkt=round(cpu / max(packets, 1) * 1e6, 3),
+                   captured_pps=round(captured / elapsed),
+                   file_packets=int(in_file[1]) if in_file else -1,
+                   file_bytes=out.stat().st_size if out.exists() else 0)
+    with contextlib.suppress(FileNotFoundError):
+        out.unlink()
+    return row
+
+
+CONFIGS = [
+    ("none", None, 0, ""),
+    ("tcpdump -s 96", "tcpdump", 96, ""),
+    ("podsight -s 96", "podsight", 96, ""),
+    ("tcpdump -s 0", "tcpdump", 0, ""),
+    ("podsight full", "podsight", 0, ""),
+    ("tcpdump reject-all", "tcpdump", 96, "udp port 9"),
+    ("podsight reject-all", "podsight", 96, "udp port 9"),
+]
+
+
+def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
+    for tool in ("tcpdump", "iperf3", "ethtool", "capinfos"):
+        if subprocess.run(["which", tool], capture_output=True, check=False).returncode:
+            raise BenchError(f"{tool} is missing (make setup-test)")
+    with LOCK.open("w") as lock:
+        print("bench: waiting for the shared test lock", file=sys.stderr)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        setup()
+        port = 5301
+        server = children.start(["ip", "netns", "exec", SERVER_NS, "iperf3", "-s", "-p",
+                                 str(port)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        rows: list[dict[str, Any]] = []
+        with tempfile.TemporaryDirectory(prefix="podsight-bench-") as tmp:
+            for rnd in range(args.rounds):
+                for label, kind, snap, expr in CONFIGS:
+                    row = one(children, label, kind, snap, expr, args.seconds, port, Path(tmp))
+                    row["round"] = rnd
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr)
+        server.kill()
+        teardown()
+    table = summarize(rows)
+    return {"rows": rows, "table": table}
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def med(label: str, key: str) -> float:
+        vals = [r[key] for r in rows if r["label"] == label and key in r]
+        return statistics.median(vals) if vals else float("nan")
+
+    base = med("none", "gbps")
+    out = []
+    print(f"{'config':22} {'captured/s':>11} {'drops':>7} {'CPU s/Mpkt':>11} "
+          f"{'iperf3 Gbit/s':>14} {'vs none':>8} {'vs tcpdump':>11}")
+    for label, kind, _, _ in CONFIGS:
+        gbps = med(label, "gbps")
+        peer = label.replace("podsight", "tcpdump").replace("full", "-s 0")
+        ref = med(peer, "gbps") if kind == "podsight" else float("nan")
+        drops = sum(r.get("kernel_drops", 0) for r in rows if r["label"] == label)
+        entry = {"config": label, "captured_pps": med(label, "captured_pps"),
+                 "kernel_drops": drops, "cpu_s_per_mpkt": med(label, "cpu_s_per_mpkt"),
+                 "gbps": gbps, "vs_none": gbps / base, "vs_tcpdump": gbps / ref}
+        out.append(entry)
+        cap = "-" if kind is None else f"{entry['captured_pps']:,.0f}"
+        print(f"{label:22} {cap:>11} {drops if kind else '-':>7} "
+              f"{entry['cpu_s_per_mpkt'] if kind else '-':>11} {gbps:>14.2f} "
+              f"{entry['vs_none']:>8.2f} "
+              f"{'' if kind != 'podsight' else format(entry['vs_tcpdump'], '.2f'):>11}")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("packets bench: run as root", file=sys.stderr)
+        return 1
+    return run_guarded("packets bench", lambda children: work(args, children), args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

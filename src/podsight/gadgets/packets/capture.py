@@ -1,0 +1,265 @@
+"""The packets gadget, kernel side: load packets.bpf.o, attach per interface, hand over blocks.
+
+One :class:`Capture` owns the object and every attachment. Each captured
+interface gets an id (its pcapng interface number) and two entry programs
+(ingress, egress) built from the filter (see :mod:`.filter`), attached with
+tcx on the interface, inside the pod's network namespace when the interface
+is a pod's ``eth0``. The capture program the entry programs tail-call writes
+ready Enhanced Packet Blocks (see packets.bpf.c), and :meth:`Capture.frames`
+returns them where they lie, as a :class:`~podsight.pipeline.Frames`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from podsight.ebpf import BpfObject, RingBuffer
+from podsight.ebpf.progs import BPF_PROG_TYPE_SCHED_CLS, RawProgram
+from podsight.ebpf.system import possible_cpus
+from podsight.ebpf.tc import TcHook
+from podsight.gadgets.packets.filter import CBpf, entry_program
+from podsight.net.netns import call_in_netns
+from podsight.pipeline import Frames
+
+#: snaplen up to this: fixed-size ring records (capture_slot); above: per-CPU streams.
+SLOT_MAX_SNAP = 256
+SLOT_MAX = 2048
+EPB_OVERHEAD = 28 + 16
+STREAM_ELEM = 4 << 20
+MAX_SNAP = 65536
+MAX_IFACES = 1024
+
+# The `cfg` global of packets.bpf.c (.rodata).
+CFG_DTYPE = np.dtype([("snaplen", "<u4"), ("slot", "<u4"), ("wakeup_bytes", "<u4"),
+                      ("elems_per_cpu", "<u4")])
+# struct ifstats: per interface, per CPU.
+IFSTATS_DTYPE = np.dtype([("matched", "<u8"), ("written", "<u8"), ("bytes", "<u8"),
+                          ("lost_ring", "<u8"), ("lost_other", "<u8")])
+# struct index_entry: one capture_stream block.
+INDEX_DTYPE = np.dtype([("pos", "<u8"), ("len", "<u4"), ("cpu", "<u4")])
+# struct stream_pos: one per CPU.
+POS_DTYPE = np.dtype([("prod", "<u8"), ("cons", "<u8")])
+
+LAYOUTS = (
+    ("packets.bpf.o", "cfg", CFG_DTYPE),
+    ("packets.bpf.o", "struct ifstats", IFSTATS_DTYPE),
+    ("packets.bpf.o", "struct index_entry", INDEX_DTYPE),
+    ("packets.bpf.o", "struct stream_pos", POS_DTYPE),
+)
+
+
+def slot_size(snaplen: int) -> int:
+    """The ring record of capture_slot: a whole EPB of ``snaplen`` bytes, 8-aligned."""
+    return (EPB_OVERHEAD + ((snaplen + 3) & ~3) + 7) & ~7
+
+
+@dataclass
+class Attachment:
+    """One interface's two entry programs and their tc links."""
+
+    programs: list[RawProgram]
+    hooks: list[TcHook]
+    netns: int | None
+
+    @property
+    def alive(self) -> bool:
+        return all(h.alive for h in self.hooks)
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.close()
+        for prog in self.programs:
+            prog.close()
+        self.hooks, self.programs = [], []
+
+
+class Capture:
+    """The loaded capture object and its attachments."""
+
+    def __init__(self, snaplen: int, buffer_bytes: int | None = None) -> None:
+        self.snaplen = min(snaplen, MAX_SNAP)
+        self.stream = self.snaplen > SLOT_MAX_SNAP
+        self.ncpu = possible_cpus()
+        self.attachments: dict[int, Attachment] = {}
+        self._pending_release: Callable[[], None] | None = None
+        obj = BpfObject.from_package("podsight.gadgets.packets", "packets.bpf.o")
+        self.obj = obj
+        try:
+            self._load(buffer_bytes)
+        except BaseException:
+            obj.close()
+            raise
+
+    def _load(self, buffer_bytes: int | None) -> None:
+        obj = self.obj
+        cfg = np.zeros(1, CFG_DTYPE)
+        cfg["snaplen"] = self.snaplen
+        page = mmap.PAGESIZE
+        if self.stream:
+            per_cpu = (buffer_bytes or 32 << 20) // STREAM_ELEM
+            self.elems = max(1, min(64, per_cpu))
+            cfg["elems_per_cpu"] = self.elems
+            cfg["wakeup_bytes"] = obj.map("pkt_index").max_entries // 4
+            obj.map("streams").resize(self.ncpu * self.elems)
+            obj.map("positions").resize(self.ncpu)
+            obj.map("ring").resize(page)
+            obj.program("capture_slot").set_autoload(False)
+        else:
+            self.slot = slot_size(self.snaplen)
+            ring = _pow2(max(buffer_bytes or 8 << 20, page))
+            cfg["slot"] = self.slot
+            cfg["wakeup_bytes"] = ring // 4
+            obj.map("ring").resize(ring)
+            obj.map("pkt_index").resize(page)
+            obj.program("capture_stream").set_autoload(False)
+        obj.map(".rodata").set_initial_value(cfg.tobytes())
+        obj.load()
+        program = obj.program("capture_stream" if self.stream else "capture_slot")
+        obj.map("jump").update((0).to_bytes(4, "little"), program.fd.to_bytes(4, "little"))
+        # EPB timestamps: ktime (CLOCK_MONOTONIC) plus this offset is the wall clock.
+        offset = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(
+            time.CLOCK_MONOTONIC)
+        obj.map(".bss").update((0).to_bytes(4, "little"), offset.to_bytes(8, "little"))
+        self.jump_fd = obj.map("jump").fd
+        self.meta_fd = obj.map("meta").fd
+        self._ifstats = obj.map("ifstats")
+        if self.stream:
+            self.ring = RingBuffer(obj.map("pkt_index"), INDEX_DTYPE)
+            size = self.ncpu * self.elems * STREAM_ELEM
+            self._streams_mm = mmap.mmap(obj.map("streams").fd, size, mmap.MAP_SHARED,
+                                         mmap.PROT_READ, 0, 0)
+            self._streams = np.frombuffer(self._streams_mm, dtype=np.uint8)
+            psize = max(page, (self.ncpu * POS_DTYPE.itemsize + page - 1) // page * page)
+            self._pos_mm = mmap.mmap(obj.map("positions").fd, psize, mmap.MAP_SHARED,
+                                     mmap.PROT_READ | mmap.PROT_WRITE, 0, 0)
+            import ctypes
+
+            self._cons = [ctypes.c_uint64.from_buffer(self._pos_mm, c * 16 + 8)
+                          for c in range(self.ncpu)]
+        else:
+            self.ring = RingBuffer(obj.map("ring"), np.dtype((np.void, self.slot)))
+
+    # -- interfaces ------------------------------------------------------------------------
+
+    def attach(self, iface_id: int, ifindex: int, netns: int | None,
+               filters: dict[str, list[CBpf] | None]) -> Attachment:
+        """Capture interface ``ifindex`` (of namespace ``netns``, None: ours) as ``iface_id``.
+
+        ``filters``: the classic BPF per direction (None: every packet).
+        Errors: :class:`~podsight.ebpf.errors.InterfaceGone` when it went away meanwhile.
+        """
+        if not 0 <= iface_id < MAX_IFACES:
+            raise ValueError(f"at most {MAX_IFACES} interfaces per capture")
+        att = Attachment([], [], netns)
+        try:
+            for bit, direction in ((0, "ingress"), (1, "egress")):
+                code = entry_program(filters[direction], direction, self.jump_fd, self.meta_fd,
+                                     (iface_id << 1) | bit)
+                prog = RawProgram(BPF_PROG_TYPE_SCHED_CLS, code,
+                                  f"packets_{direction[:2]}")
+                att.programs.append(prog)
+
+                def hook(prog: RawProgram = prog, direction: str = direction) -> TcHook:
+                    return TcHook(prog, ifindex, direction)
+
+                att.hooks.append(hook() if netns is None else call_in_netns(netns, hook))
+        except BaseException:
+            att.close()
+            raise
+        self.attachments[iface_id] = att
+        return att
+
+    def detach(self, iface_id: int) -> None:
+        att = self.attachments.pop(iface_id, None)
+        if att is not None:
+            att.close()
+
+    def detach_all(self) -> None:
+        for iface_id in list(self.attachments):
+            self.detach(iface_id)
+
+    # -- blocks ------------------------------------------------------------------------
+
+    def wait(self, timeout: float) -> None:
+        self.ring.wait(timeout)
+
+    def frames(self) -> Frames:
+        """The blocks written since the last call, in place; release them once written."""
+        self.release()
+        if self.stream:
+            return self._stream_frames()
+        data, offsets, end = self.ring.peek()
+        if not len(offsets):
+            self.ring.advance(end)
+            return Frames(data, offsets, offsets)
+        words = data[: (len(data) // 4) * 4].view(np.uint32)
+        lengths = words[(offsets + 4) // 4].astype(np.int64)
+        ring = self.ring
+        self._pending_release = lambda: ring.advance(end)
+        return Frames(data, offsets, lengths, self.release)
+
+    def _stream_frames(self) -> Frames:
+        index = self.ring.drain()
+        if not len(index):
+            empty = np.zeros(0, dtype=np.int64)
+            return Frames(self._streams, empty, empty)
+        cpu = index["cpu"].astype(np.int64)
+        pos = index["pos"].astype(np.int64)
+        lengths = index["len"].astype(np.int64)
+        offsets = ((cpu * self.elems + (pos // STREAM_ELEM) % self.elems) * STREAM_ELEM
+                   + pos % STREAM_ELEM)
+        ends = pos + lengths
+        marks = {int(c): int(ends[cpu == c].max()) for c in np.unique(cpu)}
+        cons = self._cons
+
+        def release() -> None:
+            for c, end in marks.items():
+                if c < len(cons):
+                    cons[c].value = end
+
+        self._pending_release = release
+        return Frames(self._streams, offsets, lengths, self.release)
+
+    def release(self) -> None:
+        """Give the space of the last frames back to the kernel (idempotent)."""
+        done, self._pending_release = self._pending_release, None
+        if done is not None:
+            done()
+
+    # -- counters ----------------------------------------------------------------------
+
+    def counts(self, ids: Sequence[int]) -> dict[int, np.void]:
+        """Per interface id: its counters summed over CPUs (IFSTATS_DTYPE)."""
+        out: dict[int, np.void] = {}
+        for i in ids:
+            raw = self._ifstats.lookup(i.to_bytes(4, "little"))
+            if raw is None:
+                continue
+            per_cpu = np.frombuffer(raw, dtype=IFSTATS_DTYPE, count=self.ncpu)
+            total = np.zeros(1, IFSTATS_DTYPE)
+            for name in IFSTATS_DTYPE.names or ():
+                total[name] = per_cpu[name].sum()
+            out[i] = total[0]
+        return out
+
+    def close(self) -> None:
+        self.detach_all()
+        self.release()
+        ring = getattr(self, "ring", None)
+        if ring is not None:
+            ring.close()
+        if self.stream and hasattr(self, "_cons"):
+            self._cons = []
+            del self._streams
+            self._streams_mm.close()
+            self._pos_mm.close()
+        self.obj.close()
+
+
+def _pow2(n: int) -> int:
+    return 1 << (max(n, 1) - 1).bit_length()
