@@ -56,6 +56,7 @@ OUR_PROGRAMS = {
     "on_getpgid", "count_packets", "no_such_hook",  # tests/bpf/testprog.bpf.c
     "printk_on_getpgid", "nests", "never_nests",  # tests/bpf/recursion.bpf.c
     "flows_rtt", "flows_drops",  # flows (its tc programs are filters, not links)
+    "tcplife_state", "tcplife_open", "tcplife_seed",  # tcplife
 }
 TC_PROGRAMS = ("flows_ingress", "flows_egress", "count_packets")
 

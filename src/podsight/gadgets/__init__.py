@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 REGISTRY = (
     "podsight.gadgets.tcpconnect",
     "podsight.gadgets.flows",
+    "podsight.gadgets.tcplife",
 )
 
 
