@@ -33,7 +33,7 @@ from podsight.errors import PodsightError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from podsight.cli import gadget, lab
+    from podsight.cli import gadget, lab, serve
     from podsight.gadgets import specs
 
     parser = OneLineParser(
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     for spec in specs():
         gadget.register(groups, spec, parents)
     lab.register(groups)
+    serve.register(groups)
     return parser
 
 

@@ -30,4 +30,5 @@ SPEC = GadgetSpec(
     ),
     noun="events",
     reports_pending=True,
+    extra={"graph": "podsight.gadgets.tcpconnect.graph:observe"},
 )

@@ -1,0 +1,1 @@
+"""Analyses over the records of one or more gadgets: the traffic graph."""
