@@ -10,7 +10,8 @@ Routes:
 - ``/api/graph.json``: the same graph as plain JSON (Grafana's Infinity datasource);
 - ``/``: the service-map page, and ``/static/...`` what it loads (vendored: no CDN).
 
-With a token every request needs ``Authorization: Bearer <token>`` (401 otherwise).
+With a token every request for data needs ``Authorization: Bearer <token>`` (401
+otherwise); the page and its scripts, which hold no data, do not.
 """
 
 from __future__ import annotations
@@ -85,7 +86,10 @@ class GraphServer:
 
             def do_GET(self) -> None:
                 outer.requests += 1
-                if outer.token is not None and not outer.authorized(
+                # The page and its scripts hold no data: only the data needs the token.
+                static = self.path.split("?")[0] in ("/", "/index.html") or \
+                    self.path.startswith("/static/")
+                if outer.token is not None and not static and not outer.authorized(
                         self.headers.get("Authorization", "")):
                     self.send(401, b'{"error":"a bearer token is required"}\n',
                               "application/json", {"WWW-Authenticate": "Bearer"})
@@ -138,7 +142,7 @@ class GraphServer:
         if route in ("/api/graph/data", "/api/graph.json"):
             q = parse_query(parts.query)
             return 200, _json(G.data(self.graph.snapshot(), q)), "application/json"
-        if route == "/":
+        if route in ("/", "/index.html"):
             return 200, _static("index.html"), "text/html; charset=utf-8"
         if route.startswith("/static/") and route[8:] in STATIC:
             return 200, _static(route[8:]), STATIC[route[8:]]
