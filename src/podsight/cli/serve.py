@@ -234,11 +234,12 @@ def run(ns: argparse.Namespace) -> int:
     STOP.set_deadline(ns.max_time)
     try:
         server.start()
+        # One at a time: two threads opening and loading objects through libbpf at once
+        # were seen to hang in it (its print callback re-enters Python).
         for feed in feeds:
             feed.thread.start()
-        while not STOP.is_set() and not all(f.started.is_set() or f.done.is_set()
-                                            for f in feeds):
-            time.sleep(0.02)
+            while not STOP.is_set() and not (feed.started.is_set() or feed.done.is_set()):
+                time.sleep(0.02)
         if not STOP.is_set():
             where = f"http://{'[' + host + ']' if ':' in host else host}:{server.address[1]}/"
             sys.stderr.write(f"podsight: serving the traffic graph at {where} "
