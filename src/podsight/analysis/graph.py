@@ -163,13 +163,10 @@ class Graph:
     # -- naming ------------------------------------------------------------------------
 
     def node(self, ep: Endpoint) -> Node:
-        """The graph node of an endpoint: workload, pod, Service, Node or external peer."""
+        """The graph node of an endpoint: workload, pod, Service, Node or external peer
+        (by address here; named by TLS or network when read, see :meth:`snapshot`)."""
         if ep.kind == "raw":
-            tls = self._tls.get(ep.addr)
-            if tls is not None and tls.sni:
-                return Node(f"x/{tls.sni}", tls.sni, "", "external")
-            return Node(f"x/{self._external(ep.addr)}", self._external(ep.addr), "",
-                        "external")
+            return Node(f"x/{ep.addr}", ep.addr, "", "external")
         key = (ep.kind, ep.namespace, ep.name, ep.workload_kind, ep.workload_name)
         node = self._nodes.get(key)
         if node is None:
@@ -184,6 +181,14 @@ class Graph:
                 node = Node(f"n/{ep.name}", ep.name, "", "node")
             self._nodes[key] = node
         return node
+
+    def _named(self, node: Node) -> Node:
+        """An external peer as shown: its TLS server name, else its address or network."""
+        if node.kind != "external":
+            return node
+        tls = self._tls.get(node.title)
+        name = tls.sni if tls is not None and tls.sni else self._external(node.title)
+        return Node(f"x/{name}", name, "", "external")
 
     def _external(self, addr: str) -> str:
         bits = self.aggregate_cidr6 if ":" in addr else self.aggregate_cidr
@@ -276,16 +281,40 @@ class Graph:
     # -- reading -------------------------------------------------------------------------
 
     def snapshot(self) -> list[Edge]:
-        """A copy of every edge, consistent at one moment."""
+        """A copy of every edge, consistent at one moment, with external peers named (TLS
+        name, else address or --aggregate-cidr network) and edges to one name merged."""
         with self.lock:
-            out = []
+            out: dict[tuple[str, str, int], Edge] = {}
             for e in self.edges.values():
-                copy = Edge(e.source, e.target, e.port, e.opened, e.closed, e.active,
-                            e.persistent, e.short, e.bytes_sent, e.bytes_received,
-                            e.duration_sum, e.duration_max, list(e.buckets), dict(e.failures),
-                            e.first_ns, e.last_ns)
-                out.append(copy)
-            return out
+                src, dst = self._named(e.source), self._named(e.target)
+                key = (src.id, dst.id, e.port)
+                m = out.get(key)
+                if m is None:
+                    out[key] = Edge(src, dst, e.port, e.opened, e.closed, e.active,
+                                    e.persistent, e.short, e.bytes_sent, e.bytes_received,
+                                    e.duration_sum, e.duration_max, list(e.buckets),
+                                    dict(e.failures), e.first_ns, e.last_ns)
+                    continue
+                m.opened += e.opened
+                m.closed += e.closed
+                m.active += e.active
+                m.persistent += e.persistent
+                m.short += e.short
+                m.bytes_sent += e.bytes_sent
+                m.bytes_received += e.bytes_received
+                m.duration_sum += e.duration_sum
+                m.duration_max = max(m.duration_max, e.duration_max)
+                m.buckets = [a + b for a, b in zip(m.buckets, e.buckets, strict=True)]
+                for result, n in e.failures.items():
+                    m.failures[result] = m.failures.get(result, 0) + n
+                if e.first_ns:
+                    m.seen(e.first_ns)
+                m.last_ns = max(m.last_ns, e.last_ns)
+            return list(out.values())
+
+    def tls_of(self, addr: str) -> TlsHello | None:
+        with self.lock:
+            return self._tls.get(addr)
 
 
 # -- queries (the Node Graph API's parameters, as k8spacket takes them) -----------------------

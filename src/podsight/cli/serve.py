@@ -57,6 +57,9 @@ def add_graph_flags(p: argparse.ArgumentParser) -> None:
                    help="group external IPv4 peers without a TLS name by their /N network")
     g.add_argument("--aggregate-cidr6", type=lambda v: A.integer(v, 0, 128), metavar="N",
                    help="the same for IPv6 peers")
+    g.add_argument("--tls", action="store_true",
+                   help="name external peers by the TLS server name their clients asked for "
+                        "(runs the flows gadget with --tls on the selected pods' interfaces)")
     g.add_argument("--open-every", type=lambda v: A.duration_ns(v, 10**8, 3600 * 10**9),
                    default=5 * 10**9, metavar="DURATION",
                    help="how often connections still open are read (default 5s)")
@@ -97,10 +100,13 @@ def read_token(path: str | None) -> str | None:
 
 # -- the runs that feed the graph -----------------------------------------------------------
 
-def graph_specs() -> list[GadgetSpec]:
+def graph_specs(ns: argparse.Namespace | None = None) -> list[GadgetSpec]:
+    """Gadgets that feed the graph: those with an adapter, and of them those that ask for a
+    flag (``extra["graph_flag"]``) only when it is given."""
     from podsight.gadgets import specs
 
-    return [s for s in specs() if "graph" in s.extra]
+    return [s for s in specs() if "graph" in s.extra and (
+        "graph_flag" not in s.extra or getattr(ns, s.extra["graph_flag"], False))]
 
 
 def _load(ref: str) -> Callable[..., Any]:
@@ -149,6 +155,9 @@ class Feed:
         self.graph = graph
         self.values = {p.key: p.default for p in spec.params}
         self.values.update({k: v for k, v in overrides.items() if k in self.values})
+        self.values.update(spec.extra.get("graph_values", {}))
+        if spec.interval is not None:
+            self.values.setdefault("interval", spec.interval)
         self.sink = _Sink(graph, _load(spec.extra["graph"]))
         self.started = threading.Event()
         self.done = threading.Event()
@@ -225,7 +234,7 @@ def run(ns: argparse.Namespace) -> int:
     graph = Graph(persistent_ns=ns.persistent, aggregate_cidr=ns.aggregate_cidr,
                   aggregate_cidr6=ns.aggregate_cidr6, boot_offset_ns=Clock().offset_ns)
     overrides = {"open_every": ns.open_every}
-    feeds = [Feed(spec, ns, graph, overrides) for spec in graph_specs()]
+    feeds = [Feed(spec, ns, graph, overrides) for spec in graph_specs(ns)]
     collector = GraphCollector(graph, lambda: {f.spec.name: f.stats() for f in feeds})
     try:
         server = GraphServer(host, port, graph, collector, token)
