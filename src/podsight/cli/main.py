@@ -33,7 +33,7 @@ from podsight.errors import PodsightError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from podsight.cli import gadget, lab, serve
+    from podsight.cli import gadget, graph, lab, serve
     from podsight.gadgets import specs
 
     parser = OneLineParser(
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         gadget.register(groups, spec, parents)
     lab.register(groups)
     serve.register(groups)
+    graph.register(groups)
     return parser
 
 

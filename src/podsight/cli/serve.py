@@ -218,11 +218,60 @@ def _warn(text: str) -> None:
     sys.stderr.flush()
 
 
-def run(ns: argparse.Namespace) -> int:
+def _graph(ns: argparse.Namespace) -> Any:
     from podsight.analysis.graph import Graph
+    from podsight.timefmt import Clock
+
+    return Graph(persistent_ns=ns.persistent, aggregate_cidr=ns.aggregate_cidr,
+                 aggregate_cidr6=ns.aggregate_cidr6, boot_offset_ns=Clock().offset_ns)
+
+
+def feed(ns: argparse.Namespace, graph: Any, *, ready: Callable[[list[Feed]], None] =
+         lambda feeds: None, collector: Callable[[list[Feed]], None] = lambda feeds: None
+         ) -> None:
+    """Run every gadget that feeds the graph until a stop (Ctrl-C, SIGTERM, --max-time),
+    calling ``ready`` once all are attached; raises the first gadget's error."""
+    pod_selector(ns)
+    netns_flag(ns)
+    overrides = {"open_every": ns.open_every}
+    feeds = [Feed(spec, ns, graph, overrides) for spec in graph_specs(ns)]
+    collector(feeds)
+    STOP.set_deadline(ns.max_time)
+    try:
+        # One at a time: two threads opening and loading objects through libbpf at once
+        # were seen to hang in it (its print callback re-enters Python).
+        for f in feeds:
+            f.thread.start()
+            while not STOP.is_set() and not (f.started.is_set() or f.done.is_set()):
+                time.sleep(0.02)
+        if not STOP.is_set():
+            ready(feeds)
+        last_sweep = time.monotonic()
+        while not STOP.is_set() and not all(f.done.is_set() for f in feeds):
+            STOP.sleep(0.2)
+            if time.monotonic() - last_sweep > 30:
+                graph.forget_stale(time.time_ns())
+                last_sweep = time.monotonic()
+    finally:
+        STOP.set()
+        for f in feeds:
+            if f.thread.is_alive():
+                f.thread.join()
+    for f in feeds:
+        if f.error is not None:
+            raise f.error
+
+
+def trace_into(ns: argparse.Namespace, graph: Any) -> Any:
+    """``podsight graph`` without ``--from``: trace for --max-time into ``graph``."""
+    graph.offset_ns = _graph(ns).offset_ns
+    feed(ns, graph)
+    return graph
+
+
+def run(ns: argparse.Namespace) -> int:
     from podsight.outputs.http import GraphServer
     from podsight.outputs.prometheus import GraphCollector
-    from podsight.timefmt import Clock
 
     host, port = parse_listen(ns.listen)
     token = read_token(ns.token_file)
@@ -231,44 +280,26 @@ def run(ns: argparse.Namespace) -> int:
                         "(a bearer token every request must carry)")
     pod_selector(ns)
     netns_flag(ns)
-    graph = Graph(persistent_ns=ns.persistent, aggregate_cidr=ns.aggregate_cidr,
-                  aggregate_cidr6=ns.aggregate_cidr6, boot_offset_ns=Clock().offset_ns)
-    overrides = {"open_every": ns.open_every}
-    feeds = [Feed(spec, ns, graph, overrides) for spec in graph_specs(ns)]
+    graph = _graph(ns)
+    feeds: list[Feed] = []
     collector = GraphCollector(graph, lambda: {f.spec.name: f.stats() for f in feeds})
     try:
         server = GraphServer(host, port, graph, collector, token)
     except OSError as exc:
         raise UserError(f"cannot listen on {ns.listen}: {exc.strerror}") from None
-    STOP.set_deadline(ns.max_time)
+
+    def ready(started: list[Feed]) -> None:
+        where = f"http://{'[' + host + ']' if ':' in host else host}:{server.address[1]}/"
+        sys.stderr.write(f"podsight: serving the traffic graph at {where} "
+                         f"({', '.join(f.spec.name for f in started)}; Ctrl-C to stop)\n")
+        sys.stderr.flush()
+
     try:
         server.start()
-        # One at a time: two threads opening and loading objects through libbpf at once
-        # were seen to hang in it (its print callback re-enters Python).
-        for feed in feeds:
-            feed.thread.start()
-            while not STOP.is_set() and not (feed.started.is_set() or feed.done.is_set()):
-                time.sleep(0.02)
-        if not STOP.is_set():
-            where = f"http://{'[' + host + ']' if ':' in host else host}:{server.address[1]}/"
-            sys.stderr.write(f"podsight: serving the traffic graph at {where} "
-                             f"({', '.join(f.spec.name for f in feeds)}; Ctrl-C to stop)\n")
-            sys.stderr.flush()
-        last_sweep = time.monotonic()
-        while not STOP.is_set() and not all(f.done.is_set() for f in feeds):
-            STOP.sleep(0.2)
-            if time.monotonic() - last_sweep > 30:
-                graph.forget_stale(time.time_ns())
-                last_sweep = time.monotonic()
-        STOP.set()
-        for feed in feeds:
-            feed.thread.join()
+        feed(ns, graph, ready=ready, collector=feeds.extend)
     finally:
         server.close()
-    for feed in feeds:
-        if feed.error is not None:
-            raise feed.error
     return 0
 
 
-__all__ = ["register", "run"]
+__all__ = ["feed", "register", "run", "trace_into"]

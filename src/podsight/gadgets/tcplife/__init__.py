@@ -28,5 +28,6 @@ SPEC = GadgetSpec(
     ),
     noun="connections",
     reports_pending=True,
-    extra={"graph": "podsight.gadgets.tcplife.graph:observe"},
+    extra={"graph": "podsight.gadgets.tcplife.graph:observe",
+           "graph_recorded": "podsight.gadgets.tcplife.graph:observe_recorded"},
 )
