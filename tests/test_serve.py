@@ -3,8 +3,11 @@ Prometheus scraping it as the oracle of /metrics."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from conns import Held, Server, exchange
@@ -140,3 +143,42 @@ def test_sigterm_stops_with_summaries(lab):
         s.stop()
     assert s.returncode == 0, s.err
     assert len(re.findall(r"podsight: \d+ (connections|events), 0 lost", s.err)) == 2
+
+
+def _connstorm(tmp_path) -> str:
+    """bench/connstorm, built here (gcc)."""
+    src = Path(__file__).resolve().parent.parent / "bench" / "connstorm.c"
+    exe = tmp_path / "connstorm"
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(src)], check=True)
+    return str(exe)
+
+
+def _rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    m = re.search(r"VmRSS:\s+(\d+)", status)
+    assert m
+    return int(m[1])
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_200k_short_connections(tmp_path):
+    storm = _connstorm(tmp_path)
+    with Serve() as s:
+        assert s.proc is not None
+        made, port, rss_at = 0, free_port(), {}
+        while made < 200_000:
+            out = subprocess.run([storm, "-t", "2", "-d", "2", "-p", str(port)],
+                                 capture_output=True, text=True, check=True)
+            made += int(json.loads(out.stdout)["connects"])
+            if "first" not in rss_at and made >= 50_000:
+                rss_at["first"] = (made, _rss_kib(s.proc.pid))
+        deadline = time.monotonic() + 120
+        got = 0
+        while time.monotonic() < deadline and got < made:
+            got = sum(e["detail__connections"] for e in s.json("/api/graph.json")["edges"]
+                      if e["detail__port"] == port)
+            time.sleep(0.2)
+        assert got == made
+        rss_at["end"] = (made, _rss_kib(s.proc.pid))
+    first, end = rss_at["first"][1], rss_at["end"][1]
+    assert end <= first * 1.10, rss_at
