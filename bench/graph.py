@@ -153,9 +153,69 @@ def api_latency(children: Children, workloads: int = 1000, per: int = 3) -> dict
             "median_ms": statistics.median(times), "p95_ms": times[94]}
 
 
+HOLDER = r"""
+import socket, sys
+n = int(sys.argv[1])
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4096)
+keep = []
+for _ in range(n):
+    c = socket.create_connection(srv.getsockname()); a, _ = srv.accept()
+    c.sendall(b"x" * 100); a.recv(100)
+    keep += [c, a]
+print(srv.getsockname()[1], flush=True)
+sys.stdin.read()
+"""
+
+
+def open_read(children: Children, n: int = 5000, rounds: int = 20) -> dict[str, Any]:
+    """Reading every open connection: the sk_storage iterator (what tcplife does, one walk
+    for every network namespace) against sock_diag (``ss -tinH``, which must run in each
+    namespace) and a TCP iterator, both for this namespace only."""
+    from podsight.ebpf.iters import read_iter
+    from podsight.gadgets.tcplife.tcplife import TcpLife
+
+    holder = children.start([sys.executable, "-c", HOLDER, str(n)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    assert holder.stdout is not None and holder.stdin is not None
+    holder.stdout.readline()  # the connections are open (before tcplife: found by its seed)
+    out: dict[str, Any] = {"connections": n}
+    with TcpLife() as life:
+        times, found = [], 0
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            found = len(life.open_connections())
+            times.append(time.perf_counter() - t0)
+        out["sk_storage_iter_ms"] = statistics.median(times) * 1000
+        out["sk_storage_iter_records"] = found
+        seed = life._obj.program("tcplife_seed").attach_iter()
+        try:
+            times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                read_iter(seed)
+                times.append(time.perf_counter() - t0)
+        finally:
+            seed.close()
+        out["tcp_iter_per_netns_ms"] = statistics.median(times) * 1000
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        done = subprocess.run(["ss", "-tinH", "state", "established"], capture_output=True,
+                              check=True)
+        times.append(time.perf_counter() - t0)
+    out["sock_diag_ss_per_netns_ms"] = statistics.median(times) * 1000
+    out["sock_diag_lines"] = done.stdout.count(b"\n")
+    holder.stdin.close()
+    holder.wait(timeout=60)
+    return out
+
+
 def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
     if args.api_only:
         return {"api": api_latency(children)}
+    if args.open_only:
+        sys.path.insert(0, str(ROOT / "src"))
+        return {"open_read": open_read(children)}
     if os.geteuid() != 0:
         raise BenchError("run as root (podsight serve loads kernel programs)")
     build_connstorm()
@@ -196,10 +256,19 @@ def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
                   "lost": served.lost()}
     served.stop()
     out["api"] = api_latency(children)
+    out["open_read"] = open_read(children)
     return out
 
 
 def report(r: dict[str, Any]) -> None:
+    if "open_read" in r:
+        o = r["open_read"]
+        print(f"reading {o['connections']:,} open connections ({o['sk_storage_iter_records']:,} "
+              f"records): sk_storage iterator {o['sk_storage_iter_ms']:.1f} ms for every "
+              f"namespace at once; per namespace, TCP iterator {o['tcp_iter_per_netns_ms']:.1f}"
+              f" ms, sock_diag (ss -tin) {o['sock_diag_ss_per_netns_ms']:.1f} ms")
+    if "api" not in r:
+        return
     api = r["api"]
     print(f"/api/graph/data with {api['nodes']} nodes and {api['edges']} edges: median "
           f"{api['median_ms']:.1f} ms, p95 {api['p95_ms']:.1f} ms (target < 50 ms)")
@@ -226,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--api-only", action="store_true", help="only the /api/graph/data figure "
                    "(no root, no kernel)")
+    p.add_argument("--open-only", action="store_true",
+                   help="only the open-connection read: iterators against sock_diag")
     args = p.parse_args(argv)
     results: dict[str, Any] = {}
 
