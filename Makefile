@@ -14,7 +14,7 @@ RUNTIME_DEBS := libbpf1 iproute2 nftables iptables curl openssl procps dnsmasq-b
 # bpftool: the leak check after every test session lists BPF links with it.
 TEST_DEBS := tshark bpftrace bpftool iperf3 ethtool sqlite3 iputils-ping gcc libc6-dev \
 	containerd runc busybox-static podman golang-github-containerd-containerd-dev \
-	prometheus
+	prometheus chromium
 # Rebuilding the eBPF objects (make bpf) needs a compiler and libbpf headers.
 BPF_DEBS := clang llvm libbpf-dev linux-libc-dev
 
