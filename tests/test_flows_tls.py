@@ -3,14 +3,13 @@ and `podsight flows --tls` and `podsight serve --tls` against curl in the lab.""
 
 from __future__ import annotations
 
-import json
 import ssl
 import subprocess
 import time
 
 import pytest
+from flowsrun import FlowsRun
 from servehelp import Serve
-from tracing import Trace
 
 from podsight.gadgets.flows.tls import parse
 from podsight.lab import EXTERNAL_WEB
@@ -86,14 +85,13 @@ def _curl(lab, *args: str) -> None:
 @pytest.mark.root
 def test_flows_tls_fields_for_curl_tls13_and_tls12(lab, tmp_path):
     db = tmp_path / "flows.db"
-    with Trace("-p", "mypod", "--tls", "--interval", "0.2", "--sqlite", str(db),
-               gadget="flows", output="json") as t:
+    with FlowsRun("-p", "mypod", "--tls", "--interval", "0.2", "--sqlite", str(db)) as t:
         _curl(lab)
         _curl(lab, "--tls-max", "1.2", "--http1.1")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and t.peek().count('"cipher"') < 2:
             time.sleep(0.1)
-    flows = [json.loads(x) for x in t.result.stdout.splitlines() if x.startswith("{")]
+    flows = t.stop().records
     tls = [f["tls"] for f in flows if "tls" in f and f["dport"] == 443]
     modern = [x for x in tls if x.get("version") == "TLS 1.3"]
     legacy = [x for x in tls if x.get("version") == "TLS 1.2"]

@@ -314,7 +314,7 @@ struct {
 
 /* The first bytes of a TCP segment that starts a TLS ClientHello or ServerHello (--tls):
  * user space parses SNI, versions, ALPN and the cipher suite from them. */
-#define TLS_MAX 1024
+#define TLS_MAX 1024 /* at most TLS_MAX - 1 bytes are copied (see tls()) */
 struct tls_event {
 	u64 ts_ns;
 	struct flow_key key;
@@ -891,7 +891,7 @@ static __always_inline void tls(struct __sk_buff *skb, const struct pkt *p)
 	u32 off = p->payload_off;
 	struct tls_event *ev;
 	u8 head[6];
-	u32 n;
+	u64 n; /* 64 bits: the bounds checks and the load use one register, unextended */
 
 	if (skb->len < off + sizeof(head) || bpf_skb_load_bytes(skb, off, head, sizeof(head)))
 		return;
@@ -902,9 +902,12 @@ static __always_inline void tls(struct __sk_buff *skb, const struct pkt *p)
 		count(C_LOST_TLS);
 		return;
 	}
-	n = skb->len - off;
-	if (n > TLS_MAX)
-		n = TLS_MAX;
+	n = (u64)(skb->len - off);
+	if (n > TLS_MAX - 1)
+		n = TLS_MAX - 1;
+	/* Bound the register the load uses, in the program itself: clang would otherwise
+	 * recompute n from skb->len there, and the verifier would see no bound on it. */
+	asm volatile("%[n] &= 1023" : [n] "+r"(n));
 	ev->ts_ns = bpf_ktime_get_boot_ns();
 	ev->key = p->key;
 	ev->_pad = 0;
