@@ -30,5 +30,7 @@ SPEC = GadgetSpec(
     ),
     noun="events",
     reports_pending=True,
-    extra={"graph": "podsight.gadgets.tcpconnect.graph:observe"},
+    # serve needs only the failures: the kernel keeps the successes to itself.
+    extra={"graph": "podsight.gadgets.tcpconnect.graph:observe",
+           "graph_values": {"failed_only": True}},
 )

@@ -2,7 +2,7 @@
 (``podsight trace tcplife``). This module only declares the gadget; its code is imported
 to run it."""
 
-from podsight.spec import GadgetSpec, Param, choice, duration, power_of_two
+from podsight.spec import FLAG, GadgetSpec, Param, choice, duration, power_of_two
 
 SPEC = GadgetSpec(
     name="tcplife",
@@ -23,11 +23,16 @@ SPEC = GadgetSpec(
               "DURATION"),
         Param(("--role",), "only the client or the server side of connections",
               choice("any", "client", "server"), "any"),
+        Param(("--loopback-once",), "report a loopback connection once, from its client "
+              "side (both sides are on this host)", FLAG, False),
         Param(("--ring-size",), "ring buffer size (power of two, 4K to 1G; default 4M)",
               power_of_two(4096, 1 << 30), 4 << 20, "BYTES"),
     ),
     noun="connections",
     reports_pending=True,
+    # serve: the graph counts a loopback connection from its client anyway; a larger ring
+    # rides out storms while the graph is read.
     extra={"graph": "podsight.gadgets.tcplife.graph:observe",
-           "graph_recorded": "podsight.gadgets.tcplife.graph:observe_recorded"},
+           "graph_recorded": "podsight.gadgets.tcplife.graph:observe_recorded",
+           "graph_values": {"loopback_once": True, "ring_size": 32 << 20}},
 )

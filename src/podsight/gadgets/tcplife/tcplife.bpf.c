@@ -95,7 +95,8 @@ enum counter {
 	C_UNTRACKED = 4,     /* closed without stored state (open before, in a netns not seen) */
 	C_SEEDED = 5,        /* connections open before start, found by iter/tcp */
 	C_SNAPSHOT = 6,      /* open-connection records written by the iterator */
-	C_MAX = 7,
+	C_LOOPBACK_SERVER = 7, /* loopback server sides not reported (cfg.loopback_once) */
+	C_MAX = 8,
 };
 
 /* Per socket, from its first state change we see until it closes. */
@@ -145,7 +146,8 @@ _Static_assert(sizeof(struct conn) == 128, "conn layout changed: update CONN_DTY
 const volatile struct {
 	u32 wakeup_bytes; /* force a wakeup when this much is waiting */
 	u8 filter_netns;
-	u8 _pad[3];
+	u8 loopback_once; /* report a loopback connection from its client side only */
+	u8 _pad[2];
 } cfg = {};
 
 struct {
@@ -230,6 +232,20 @@ static __always_inline int fin_queued(const struct sock *sk)
 	if (bpf_probe_read_kernel(&flags, sizeof(flags), (const void *)skb + off))
 		return 0;
 	return flags & TCPHDR_FIN;
+}
+
+/* A loopback connection's server side, which --loopback-once leaves out: its client
+ * side, on this host too, reports the same connection. */
+static __always_inline int loopback_server(const struct conn *c)
+{
+	if (!cfg.loopback_once || c->role != ROLE_SERVER)
+		return 0;
+	if (c->family == AF_INET)
+		return c->daddr[0] == 127;
+	/* ::1 or ::ffff:127.x.y.z */
+	if (c->daddr[15] == 1 && !c->daddr[0] && !c->daddr[10] && !c->daddr[12])
+		return 1;
+	return c->daddr[10] == 0xff && c->daddr[11] == 0xff && c->daddr[12] == 127;
 }
 
 /* The record for one socket and its state, read now. */
@@ -334,6 +350,10 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 	c.cookie = bpf_get_socket_cookie(sk);
 	fill(&c, sk, s, s->peer_fin || fin_queued(sk));
 	bpf_sk_storage_delete(&states, sk);
+	if (loopback_server(&c)) {
+		count(C_LOOPBACK_SERVER);
+		return 0;
+	}
 	if (cfg.wakeup_bytes && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes)
 		flags = BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_output(&events, &c, sizeof(c), flags))
@@ -402,6 +422,8 @@ int tcplife_open(struct bpf_iter__bpf_sk_storage_map___life *ctx)
 	c.cookie = bpf_get_socket_cookie(sk);
 	fill(&c, sk, s, s->peer_fin);
 	c.flags |= F_OPEN;
+	if (loopback_server(&c))
+		return 0;
 	bpf_seq_write(seq, &c, sizeof(c));
 	count(C_SNAPSHOT);
 	return 0;

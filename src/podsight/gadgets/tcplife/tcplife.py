@@ -74,7 +74,8 @@ STATE_DTYPE = np.dtype(
 assert STATE_DTYPE.itemsize == 56
 
 # The `cfg` global (.rodata) of tcplife.bpf.c.
-CFG_DTYPE = np.dtype([("wakeup_bytes", "<u4"), ("filter_netns", "u1"), ("_pad", "V3")])
+CFG_DTYPE = np.dtype([("wakeup_bytes", "<u4"), ("filter_netns", "u1"),
+                      ("loopback_once", "u1"), ("_pad", "V2")])
 
 LAYOUTS = (
     ("tcplife.bpf.o", "struct conn", CONN_DTYPE),
@@ -88,7 +89,7 @@ F_START_SEEN = 2
 
 # Counter slots (enum counter in tcplife.bpf.c).
 COUNTERS = ("opened", "closed", "lost_ringbuf", "lost_storage", "untracked", "seeded",
-            "snapshot")
+            "snapshot", "loopback_server")
 
 LOSS_CAUSES = {
     "lost_ringbuf": "ring buffer full (a larger --ring-size helps)",
@@ -148,11 +149,13 @@ class TcpLifeConfig:
     filter_netns: bool = False
     ring_bytes: int = 4 << 20
     netns_entries: int = 4096
+    loopback_once: bool = False
 
     def rodata(self) -> bytes:
         cfg = np.zeros(1, CFG_DTYPE)
         cfg["wakeup_bytes"] = self.ring_bytes // 4
         cfg["filter_netns"] = 1 if self.filter_netns or self.netns else 0
+        cfg["loopback_once"] = self.loopback_once
         return cfg.tobytes()
 
 
@@ -265,7 +268,8 @@ class TcpLifeGadget:
         v = ctx.values
         self.clock = ctx.clock
         self.schema = schema(ctx.clock)
-        self.config = TcpLifeConfig(ring_bytes=v.get("ring_size", 4 << 20))
+        self.config = TcpLifeConfig(ring_bytes=v.get("ring_size", 4 << 20),
+                                    loopback_once=bool(v.get("loopback_once")))
         self.role: str = v.get("role", "any")
         every = v.get("open_every", 0) or 0
         self.open_every = every / 1e9 if every else 0.0
