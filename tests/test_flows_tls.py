@@ -102,7 +102,7 @@ def test_flows_tls_fields_for_curl_tls13_and_tls12(lab, tmp_path):
     assert legacy[0]["alpn"] == ["http/1.1"] and "ECDHE" in legacy[0]["cipher"]
     rows = subprocess.run(["sqlite3", str(db), "select distinct tls_sni, tls_version from "
                            "flows where tls_sni is not null order by tls_version"],
-                          capture_output=True, text=True, check=True).stdout.split()
+                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert rows == ["shop.example.test|TLS 1.2", "shop.example.test|TLS 1.3"]
 
 
