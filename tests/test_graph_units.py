@@ -133,3 +133,27 @@ def test_the_dashboard_asks_for_metrics_that_exist():
         for name in re.findall(r"podsight_[a-z_]+", expr):
             family = name.removesuffix("_total").removesuffix("_bucket")
             assert any(f"# TYPE {n} " in text for n in (name, family)), name
+
+
+def test_flow_bytes_drops_and_dns_join_the_edges_connections_made():
+    from podsight.analysis.graph import DnsResponse, Drop, FlowBytes
+
+    g = Graph()
+    g.add([conn(1, CLIENT, WEB, "client", sent=5),
+           # both directions of the flow land on the client -> server edge
+           FlowBytes(CLIENT, WEB, 40000, 8080, 300, 3, S),
+           FlowBytes(WEB, CLIENT, 8080, 40000, 700, 2, S),
+           Drop(CLIENT, WEB, 40000, 8080, "NETFILTER_DROP", 4, S),
+           # no connection seen: the lower port is the server's
+           FlowBytes(CLIENT, OUTSIDE, 53124, 53, 90, 1, S),
+           DnsResponse(CLIENT, "NOERROR", S), DnsResponse(CLIENT, "NXDOMAIN", S)])
+    by_port = {e.port: e for e in g.snapshot()}
+    assert set(by_port) == {8080, 53}
+    assert by_port[8080].flow_bytes == 1000 and by_port[8080].drops == {"NETFILTER_DROP": 4}
+    assert by_port[53].target.id == "x/203.0.113.10" and by_port[53].flow_bytes == 90
+    text = exposition(registry(GraphCollector(g, dict))).decode()
+    assert re.search(r'podsight_drops_total\{[^}]*reason="NETFILTER_DROP"[^}]*\} 4.0', text)
+    assert re.search(r'podsight_flow_bytes_total\{[^}]*port="8080"[^}]*\} 1000.0', text)
+    assert re.search(r'podsight_dns_responses_total\{[^}]*rcode="NXDOMAIN"[^}]*\} 1.0', text)
+    edge = next(e for e in data(g.snapshot(), Query())["edges"] if e["detail__port"] == 8080)
+    assert edge["detail__dropped"] == 4

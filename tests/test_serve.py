@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -182,3 +183,31 @@ def test_memory_stays_flat_over_200k_short_connections(tmp_path):
         rss_at["end"] = (made, _rss_kib(s.proc.pid))
     first, end = rss_at["first"][1], rss_at["end"][1]
     assert end <= first * 1.10, rss_at
+
+
+def test_flows_add_drops_and_dns_answers(lab):
+    """serve --flows: drops with the kernel's reason and DNS answers per client."""
+    from flowsrun import send_udp
+
+    if lab.nameserver is None:
+        pytest.skip(f"the lab has no cluster DNS: {lab.dns_off_reason}")
+    web = lab.pod("web")
+    with Serve("-n", "default", "--flows") as s:
+        send_udp(lab, "mypod", web.ipv4, 47999, 5, 100, sport=50123)  # no socket there
+        out = lab.exec("mypod", [sys.executable, "-m", "podsight.lab.dnsquery", "10.96.0.53",
+                                 "nosuch.default.svc.cluster.local"],
+                       capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        drops = 'podsight_drops_total{.*peer_workload="web",port="47999",reason="NO_SOCKET"'
+        dns = 'podsight_dns_responses_total{.*rcode="NXDOMAIN".*workload="mypod"'
+        deadline = time.monotonic() + 30
+        text = ""
+        while time.monotonic() < deadline:
+            text = s.get("/metrics")[1].decode()
+            if re.search(drops + r".*\} 5\.0", text) and re.search(dns + r".*\} 1\.0", text):
+                break
+            time.sleep(0.2)
+        assert re.search(drops + r".*\} 5\.0", text), text
+        assert re.search(dns + r".*\} 1\.0", text), text
+        edge = s.wait_edge("p/default/mypod->p/default/web:47999", dropped=5)
+        assert edge["detail__connections"] == 0

@@ -81,7 +81,42 @@ class TlsHello:
     ts_ns: int
 
 
-Observation = Connection | ConnectFailure | TlsHello
+@dataclass(frozen=True, slots=True)
+class FlowBytes:
+    """Bytes and packets on the wire of one flow direction (headers included)."""
+
+    src: Endpoint
+    dst: Endpoint
+    sport: int
+    dport: int
+    bytes: int
+    packets: int
+    ts_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Packets of a flow the kernel dropped, with its reason."""
+
+    src: Endpoint
+    dst: Endpoint
+    sport: int
+    dport: int
+    reason: str
+    packets: int
+    ts_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class DnsResponse:
+    """A DNS answer to a client."""
+
+    client: Endpoint
+    rcode: str
+    ts_ns: int
+
+
+Observation = Connection | ConnectFailure | TlsHello | FlowBytes | Drop | DnsResponse
 
 
 # -- nodes ------------------------------------------------------------------------------------
@@ -118,6 +153,8 @@ class Edge:
     failures: dict[str, int] = field(default_factory=dict)
     first_ns: int = 0  # wall-clock ns
     last_ns: int = 0
+    flow_bytes: int = 0  # on the wire, both directions, headers included (flows)
+    drops: dict[str, int] = field(default_factory=dict)  # reason -> packets
 
     @property
     def id(self) -> str:
@@ -159,6 +196,7 @@ class Graph:
         self._nodes: dict[Any, Node] = {}
         self.lock = threading.Lock()
         self.observations = 0
+        self.dns: dict[Node, dict[str, int]] = {}  # client node -> rcode -> answers
 
     # -- naming ------------------------------------------------------------------------
 
@@ -218,8 +256,29 @@ class Graph:
                     edge = self._edge(self.node(o.src), self.node(o.dst), o.port)
                     edge.failures[o.result] = edge.failures.get(o.result, 0) + 1
                     edge.seen(o.ts_ns + self.offset_ns)
-                else:
+                elif isinstance(o, TlsHello):
                     self._tls[o.server_addr] = o
+                elif isinstance(o, FlowBytes):
+                    edge = self._oriented(o.src, o.dst, o.sport, o.dport)
+                    edge.flow_bytes += o.bytes
+                    edge.seen(o.ts_ns + self.offset_ns)
+                elif isinstance(o, Drop):
+                    edge = self._oriented(o.src, o.dst, o.sport, o.dport)
+                    edge.drops[o.reason] = edge.drops.get(o.reason, 0) + o.packets
+                    edge.seen(o.ts_ns + self.offset_ns)
+                else:
+                    counts = self.dns.setdefault(self.node(o.client), {})
+                    counts[o.rcode] = counts.get(o.rcode, 0) + 1
+
+    def _oriented(self, src: Endpoint, dst: Endpoint, sport: int, dport: int) -> Edge:
+        """The edge a packet belongs to, client to server: the edge connections made, in
+        either direction, else the lower port taken as the server's."""
+        a, b = self.node(src), self.node(dst)
+        if (a.id, b.id, dport) in self.edges:
+            return self.edges[(a.id, b.id, dport)]
+        if (b.id, a.id, sport) in self.edges:
+            return self.edges[(b.id, a.id, sport)]
+        return self._edge(a, b, dport) if dport <= sport else self._edge(b, a, sport)
 
     def _connection(self, c: Connection) -> None:
         if c.role == "server":
@@ -293,8 +352,12 @@ class Graph:
                     out[key] = Edge(src, dst, e.port, e.opened, e.closed, e.active,
                                     e.persistent, e.short, e.bytes_sent, e.bytes_received,
                                     e.duration_sum, e.duration_max, list(e.buckets),
-                                    dict(e.failures), e.first_ns, e.last_ns)
+                                    dict(e.failures), e.first_ns, e.last_ns, e.flow_bytes,
+                                    dict(e.drops))
                     continue
+                m.flow_bytes += e.flow_bytes
+                for reason, n in e.drops.items():
+                    m.drops[reason] = m.drops.get(reason, 0) + n
                 m.opened += e.opened
                 m.closed += e.closed
                 m.active += e.active
@@ -311,6 +374,10 @@ class Graph:
                     m.seen(e.first_ns)
                 m.last_ns = max(m.last_ns, e.last_ns)
             return list(out.values())
+
+    def dns_snapshot(self) -> dict[Node, dict[str, int]]:
+        with self.lock:
+            return {n: dict(c) for n, c in self.dns.items()}
 
     def tls_of(self, addr: str) -> TlsHello | None:
         with self.lock:
@@ -378,6 +445,7 @@ EDGE_FIELDS = [
     {"field_name": "detail__active", "type": "number", "displayName": "Open now"},
     {"field_name": "detail__persistent", "type": "number", "displayName": "Persistent"},
     {"field_name": "detail__failed", "type": "number", "displayName": "Failed connects"},
+    {"field_name": "detail__dropped", "type": "number", "displayName": "Dropped packets"},
     {"field_name": "detail__bytes_sent", "type": "number", "displayName": "Bytes sent"},
     {"field_name": "detail__bytes_received", "type": "number",
      "displayName": "Bytes received"},
@@ -471,7 +539,8 @@ def data(edges: Sequence[Edge], q: Query) -> dict[str, list[dict[str, Any]]]:
             "mainStat": main, "secondaryStat": secondary,
             "detail__port": e.port, "detail__connections": e.opened,
             "detail__active": e.active, "detail__persistent": e.persistent,
-            "detail__failed": e.failed, "detail__bytes_sent": e.bytes_sent,
+            "detail__failed": e.failed, "detail__dropped": sum(e.drops.values()),
+            "detail__bytes_sent": e.bytes_sent,
             "detail__bytes_received": e.bytes_received,
             "detail__duration_avg": round(e.duration_sum / e.closed, 6) if e.closed else 0,
             "detail__duration_max": round(e.duration_max, 6),

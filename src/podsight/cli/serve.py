@@ -60,6 +60,9 @@ def add_graph_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tls", action="store_true",
                    help="name external peers by the TLS server name their clients asked for "
                         "(runs the flows gadget with --tls on the selected pods' interfaces)")
+    g.add_argument("--flows", action="store_true",
+                   help="also bytes on the wire, drops with their reason and DNS answers "
+                        "per edge (runs the flows gadget with --drops --dns)")
     g.add_argument("--open-every", type=lambda v: A.duration_ns(v, 10**8, 3600 * 10**9),
                    default=5 * 10**9, metavar="DURATION",
                    help="how often connections still open are read (default 5s)")
@@ -106,7 +109,8 @@ def graph_specs(ns: argparse.Namespace | None = None) -> list[GadgetSpec]:
     from podsight.gadgets import specs
 
     return [s for s in specs() if "graph" in s.extra and (
-        "graph_flag" not in s.extra or getattr(ns, s.extra["graph_flag"], False))]
+        "graph_flags" not in s.extra or any(getattr(ns, flag, False)
+                                            for flag in s.extra["graph_flags"]))]
 
 
 def _load(ref: str) -> Callable[..., Any]:
@@ -156,6 +160,9 @@ class Feed:
         self.values = {p.key: p.default for p in spec.params}
         self.values.update({k: v for k, v in overrides.items() if k in self.values})
         self.values.update(spec.extra.get("graph_values", {}))
+        for flag, values in spec.extra.get("graph_flags", {}).items():
+            if getattr(ns, flag, False):
+                self.values.update(values)
         if spec.interval is not None:
             self.values.setdefault("interval", spec.interval)
         self.sink = _Sink(graph, _load(spec.extra["graph"]))

@@ -84,7 +84,26 @@ class GraphCollector:
                 buckets.append((_le(le), cumulative))
             buckets.append(("+Inf", e.closed))
             duration.add_metric(labels, buckets, e.duration_sum)
-        yield from (opened, active, persistent, sent, failures, duration)
+        flow = CounterMetricFamily("podsight_flow_bytes",
+                                   "bytes on the wire (headers included) of the flows of "
+                                   "each edge, both directions (serve --flows)",
+                                   labels=LABELS)
+        drops = CounterMetricFamily("podsight_drops",
+                                    "packets the kernel dropped, per edge and drop reason "
+                                    "(serve --flows)", labels=[*LABELS, "reason"])
+        for e in edges:
+            if e.flow_bytes:
+                flow.add_metric(_labels(e), e.flow_bytes)
+            for reason, n in sorted(e.drops.items()):
+                drops.add_metric([*_labels(e), reason], n)
+        dns = CounterMetricFamily("podsight_dns_responses",
+                                  "DNS answers to each client, per response code "
+                                  "(serve --flows)",
+                                  labels=["namespace", "workload", "kind", "rcode"])
+        for node, counts in sorted(self.graph.dns_snapshot().items(), key=lambda x: x[0].id):
+            for rcode, n in sorted(counts.items()):
+                dns.add_metric([node.namespace, node.title, node.kind, rcode], n)
+        yield from (opened, active, persistent, sent, failures, duration, flow, drops, dns)
         yield from self._self_metrics(len(edges))
         self.scrapes += 1
         self.last_scrape_seconds = time.perf_counter() - started

@@ -33,7 +33,8 @@ SPEC = GadgetSpec(
     live=True,
     interval=1.0,
     noun="flow records",
-    # In `podsight serve` only with its --tls: TLS names for external peers.
-    extra={"graph": "podsight.gadgets.flows.graph:observe", "graph_flag": "tls",
-           "graph_values": {"tls": True}},
+    # In `podsight serve` only with its --tls (TLS names for external peers) or --flows
+    # (bytes on the wire, drops, DNS), with the values each turns on.
+    extra={"graph": "podsight.gadgets.flows.graph:observe",
+           "graph_flags": {"tls": {"tls": True}, "flows": {"drops": True, "dns": True}}},
 )

@@ -1,17 +1,29 @@
 """flows' records as traffic-graph observations: the TLS names of connections, so that
-external peers are named by the server name their clients asked for (``--tls``)."""
+external peers are named by the server name their clients asked for (``--tls``), and
+bytes on the wire, drops with their reason and DNS answers (``serve --flows``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from podsight.analysis.graph import TlsHello
+from podsight.analysis.graph import DnsResponse, Drop, FlowBytes, Observation, TlsHello
 from podsight.gadgets.flows.records import FlowRecord
+from podsight.identity.endpoint import Endpoint
 
 
-def observe(records: Sequence[FlowRecord]) -> list[TlsHello]:
-    out = []
+def observe(records: Sequence[FlowRecord]) -> list[Observation]:
+    out: list[Observation] = []
     for r in records:
+        src, dst = r.src or Endpoint.raw(r.saddr), r.dst or Endpoint.raw(r.daddr)
+        if r.bytes:
+            out.append(FlowBytes(src, dst, r.sport, r.dport, r.bytes, r.packets, r.last_ns))
+        if r.drops is not None and r.drops.packets:
+            out.append(Drop(src, dst, r.sport, r.dport, r.drops.reason, r.drops.packets,
+                            r.last_ns))
+        # An answer is joined to one direction of its flow: the client is the end that
+        # is not port 53.
+        client = src if r.dport == 53 else dst
+        out.extend(DnsResponse(client, answer.rcode, answer.ts_ns) for answer in r.dns)
         t = r.tls
         if t is None or not t.sni:
             continue

@@ -55,7 +55,7 @@
       var bytes = e.detail__bytes_sent + e.detail__bytes_received;
       elements.push({ data: { id: e.id, source: e.source, target: e.target,
         label: ":" + e.detail__port + " " + e.mainStat,
-        color: e.detail__failed > 0 ? "#d33" : "#999",
+        color: e.detail__failed > 0 || e.detail__dropped > 0 ? "#d33" : "#999",
         width: 1 + Math.min(8, Math.log10(1 + bytes)) } });
     });
     var next = elements.map(function (el) { return el.data.id; }).sort().join("|");
@@ -72,7 +72,9 @@
     graph.nodes.forEach(function (n) { item(nodes, n.title + " (" + n.subTitle + ")"); });
     graph.edges.forEach(function (e) {
       item(edges, e.source + " \u2192 " + e.target + ":" + e.detail__port + " " +
-           e.mainStat + ", " + e.secondaryStat, e.detail__failed > 0);
+           e.mainStat + ", " + e.secondaryStat +
+           (e.detail__dropped > 0 ? ", " + e.detail__dropped + " dropped" : ""),
+           e.detail__failed > 0 || e.detail__dropped > 0);
     });
     document.getElementById("status").textContent = graph.nodes.length + " nodes, " +
       graph.edges.length + " edges, " + new Date().toLocaleTimeString();
