@@ -146,7 +146,10 @@ def test_flow_bytes_drops_and_dns_join_the_edges_connections_made():
            Drop(CLIENT, WEB, 40000, 8080, "NETFILTER_DROP", 4, S),
            # no connection seen: the lower port is the server's
            FlowBytes(CLIENT, OUTSIDE, 53124, 53, 90, 1, S),
-           DnsResponse(CLIENT, "NOERROR", S), DnsResponse(CLIENT, "NXDOMAIN", S)])
+           DnsResponse(CLIENT, "NOERROR", S), DnsResponse(CLIENT, "NXDOMAIN", S),
+           # one answer seen before and after a Service's DNAT: counted once
+           DnsResponse(CLIENT, "NXDOMAIN", S, ("10.0.0.2", 5353, 7)),
+           DnsResponse(CLIENT, "NXDOMAIN", S, ("10.0.0.2", 5353, 7))])
     by_port = {e.port: e for e in g.snapshot()}
     assert set(by_port) == {8080, 53}
     assert by_port[8080].flow_bytes == 1000 and by_port[8080].drops == {"NETFILTER_DROP": 4}
@@ -154,6 +157,6 @@ def test_flow_bytes_drops_and_dns_join_the_edges_connections_made():
     text = exposition(registry(GraphCollector(g, dict))).decode()
     assert re.search(r'podsight_drops_total\{[^}]*reason="NETFILTER_DROP"[^}]*\} 4.0', text)
     assert re.search(r'podsight_flow_bytes_total\{[^}]*port="8080"[^}]*\} 1000.0', text)
-    assert re.search(r'podsight_dns_responses_total\{[^}]*rcode="NXDOMAIN"[^}]*\} 1.0', text)
+    assert re.search(r'podsight_dns_responses_total\{[^}]*rcode="NXDOMAIN"[^}]*\} 2.0', text)
     edge = next(e for e in data(g.snapshot(), Query())["edges"] if e["detail__port"] == 8080)
     assert edge["detail__dropped"] == 4

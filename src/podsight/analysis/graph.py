@@ -109,11 +109,13 @@ class Drop:
 
 @dataclass(frozen=True, slots=True)
 class DnsResponse:
-    """A DNS answer to a client."""
+    """A DNS answer to a client; ``key`` (client address and port, DNS id) counts an answer
+    seen twice (before and after a Service's DNAT) once."""
 
     client: Endpoint
     rcode: str
     ts_ns: int
+    key: tuple[Any, ...] = ()
 
 
 Observation = Connection | ConnectFailure | TlsHello | FlowBytes | Drop | DnsResponse
@@ -197,6 +199,7 @@ class Graph:
         self.lock = threading.Lock()
         self.observations = 0
         self.dns: dict[Node, dict[str, int]] = {}  # client node -> rcode -> answers
+        self._dns_seen: dict[tuple[Any, ...], None] = {}  # recent answers, oldest first
 
     # -- naming ------------------------------------------------------------------------
 
@@ -267,6 +270,12 @@ class Graph:
                     edge.drops[o.reason] = edge.drops.get(o.reason, 0) + o.packets
                     edge.seen(o.ts_ns + self.offset_ns)
                 else:
+                    if o.key:
+                        if o.key in self._dns_seen:
+                            continue
+                        if len(self._dns_seen) >= 65536:
+                            self._dns_seen.pop(next(iter(self._dns_seen)))
+                        self._dns_seen[o.key] = None
                     counts = self.dns.setdefault(self.node(o.client), {})
                     counts[o.rcode] = counts.get(o.rcode, 0) + 1
 
