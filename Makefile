@@ -14,7 +14,8 @@ RUNTIME_DEBS := libbpf1 libpcap0.8 iproute2 nftables iptables curl openssl procp
 # bpftool: the leak check after every test session lists BPF links with it.
 # tmux: the live view's end-to-end tests drive the real command in it (send-keys, capture-pane).
 TEST_DEBS := tshark tcpdump bpftrace bpftool iperf3 ethtool sqlite3 iputils-ping gcc libc6-dev tmux \
-	containerd runc busybox-static podman golang-github-containerd-containerd-dev
+	containerd runc busybox-static podman golang-github-containerd-containerd-dev \
+	prometheus chromium
 # Rebuilding the eBPF objects (make bpf) needs a compiler and libbpf headers.
 BPF_DEBS := clang llvm libbpf-dev linux-libc-dev
 

@@ -57,6 +57,7 @@ OUR_PROGRAMS = {
     "printk_on_getpgid", "nests", "never_nests",  # tests/bpf/recursion.bpf.c
     "flows_rtt", "flows_drops",  # flows (its tc programs are filters, not links)
     "packets_in", "packets_eg",  # packets: the per-interface entry programs (tcx links)
+    "tcplife_state", "tcplife_open", "tcplife_seed",  # tcplife
 }
 TC_PROGRAMS = ("flows_ingress", "flows_egress", "count_packets")
 

@@ -36,7 +36,7 @@ UDP, TCP = 17, 6
 NOSOCK_PORTS = (47021, 47022)  # nothing listens there in shop/backend: NO_SOCKET drops
 SOURCE = Path(__file__).resolve().parents[1] / "src/podsight/gadgets/flows/flows.bpf.c"
 #: Counters that count work done, not losses.
-NOT_LOSSES = {"packets", "flows", "overflow", "dns", "drops"}
+NOT_LOSSES = {"packets", "flows", "overflow", "dns", "drops", "tls"}
 
 
 # -- no lab needed -------------------------------------------------------------------------

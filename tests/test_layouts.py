@@ -228,16 +228,17 @@ def test_nested_structs_and_arrays_are_checked_inside():
     """flows' cfg nests struct rule[8]: a wrong field inside a rule is found by its path."""
     from podsight.gadgets.flows import flows
 
+    at = flows.CFG_DTYPE.fields["rules"][1]
     swapped = with_changes(flows.RULE_DTYPE, sport_lo=("<u2", 6), sport_hi=("<u2", 4))
-    bad_cfg = with_changes(flows.CFG_DTYPE, rules=((swapped, (flows.MAX_RULES,)), 16))
+    bad_cfg = with_changes(flows.CFG_DTYPE, rules=((swapped, (flows.MAX_RULES,)), at))
     assert check_dtype(GADGETS / "flows/flows.bpf.o", "cfg", bad_cfg) == [
         "rules[].sport_lo: offset 6 in the dtype, 4 in C",
         "rules[].sport_hi: offset 4 in the dtype, 6 in C",
     ]
-    few = with_changes(flows.CFG_DTYPE, rules=((flows.RULE_DTYPE, (4,)), 16))
+    few = with_changes(flows.CFG_DTYPE, rules=((flows.RULE_DTYPE, (4,)), at))
     assert check_dtype(GADGETS / "flows/flows.bpf.o", "cfg", few) == [
         "rules: 96 bytes in the dtype, 192 in C (struct rule[8])"]
-    as_bytes = with_changes(flows.CFG_DTYPE, rules=("V192", 16))  # opaque bytes: size only
+    as_bytes = with_changes(flows.CFG_DTYPE, rules=("V192", at))  # opaque bytes: size only
     assert check_dtype(GADGETS / "flows/flows.bpf.o", "cfg", as_bytes) == []
 
 

@@ -33,7 +33,7 @@ from podsight.errors import PodsightError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from podsight.cli import gadget, lab, policy
+    from podsight.cli import gadget, graph, lab, policy, serve
     from podsight.gadgets import specs
 
     parser = OneLineParser(
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.register(groups)
     policy.register_advise(groups)
     policy.register_check(groups)
+    serve.register(groups)
+    graph.register(groups)
     return parser
 
 

@@ -140,6 +140,17 @@ class BpfTestRunOpts(ctypes.Structure):
     ]
 
 
+class BpfIterAttachOpts(ctypes.Structure):
+    """struct bpf_iter_attach_opts (libbpf.h): sz, link_info, link_info_len."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("link_info", c_void_p),
+        ("link_info_len", c_uint32),
+        ("_pad", c_uint32),
+    ]
+
+
 class BpfMapBatchOpts(ctypes.Structure):
     """struct bpf_map_batch_opts (bpf.h): sz, elem_flags, flags."""
 
@@ -163,6 +174,9 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__set_autoload": (c_int, [c_void_p, ctypes.c_bool]),
     "bpf_program__attach": (c_void_p, [c_void_p]),
     "bpf_link__destroy": (c_int, [c_void_p]),
+    "bpf_link__fd": (c_int, [c_void_p]),
+    "bpf_program__attach_iter": (c_void_p, [c_void_p, ctypes.POINTER(BpfIterAttachOpts)]),
+    "bpf_iter_create": (c_int, [c_int]),
     "bpf_map__name": (c_char_p, [c_void_p]),
     "bpf_map__fd": (c_int, [c_void_p]),
     "bpf_map__max_entries": (c_uint32, [c_void_p]),

@@ -59,6 +59,12 @@ class Link:
     def closed(self) -> bool:
         return self._ptr is None
 
+    @property
+    def fd(self) -> int:
+        if self._ptr is None:
+            raise Closed(f"link {self.description} is closed")
+        return int(L.lib().bpf_link__fd(self._ptr))
+
     def close(self) -> None:
         if self._ptr is not None:
             L.lib().bpf_link__destroy(self._ptr)
@@ -159,6 +165,31 @@ class Program:
                     f"cannot {op}: {os.strerror(err)}: this kernel lacks that hook"
                     f"{L.log.hint()}", errno=err)
             raise L.error("bpf_program__attach", err, op, L.log.hint(prefix=""))
+        link = Link(ptr, self.section)
+        self._owner._links.append(link)
+        return link
+
+    def attach_iter(self, map: Map | None = None) -> Link:
+        """Attach an iterator program (``iter/...``); ``map`` for map iterators
+        (``iter/bpf_sk_storage_map``, ``iter/bpf_map_elem``). Read it with
+        :func:`podsight.ebpf.iters.read_iter`."""
+        self.fd  # noqa: B018 -- a program that is not loaded: say so, not "EINVAL"
+        L.log.take()
+        opts = None
+        info = ctypes.c_uint32(map.fd if map is not None else 0)
+        if map is not None:
+            opts = L.BpfIterAttachOpts(sz=ctypes.sizeof(L.BpfIterAttachOpts),
+                                       link_info=ctypes.addressof(info),
+                                       link_info_len=ctypes.sizeof(info))
+        ptr = L.lib().bpf_program__attach_iter(self._live(),
+                                               ctypes.byref(opts) if opts is not None else None)
+        if not ptr:
+            err = L.errno()
+            op = f"attach {self.name} of {self._owner.name} as {self.section}"
+            if err in (errno_mod.EINVAL, errno_mod.ENOENT, *L.NOT_SUPPORTED_ERRNOS):
+                raise NotSupported(f"cannot {op}: {os.strerror(err)}: this kernel lacks that "
+                                   f"iterator{L.log.hint()}", errno=err)
+            raise L.error("bpf_program__attach_iter", err, op, L.log.hint(prefix=""))
         link = Link(ptr, self.section)
         self._owner._links.append(link)
         return link

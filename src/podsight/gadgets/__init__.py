@@ -13,6 +13,7 @@ REGISTRY = (
     "podsight.gadgets.tcpconnect",
     "podsight.gadgets.flows",
     "podsight.gadgets.packets",
+    "podsight.gadgets.tcplife",
 )
 
 

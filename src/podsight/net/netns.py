@@ -85,6 +85,21 @@ def netns_path(inode: int) -> str | None:
     return None
 
 
+def every_netns() -> dict[int, str]:
+    """inode -> a path that opens it, for every network namespace on the host that a bind
+    mount or a live process holds (the host's included)."""
+    out: dict[int, str] = {}
+    for name, inode in sorted(named_netns().items()):
+        out.setdefault(inode, str(NETNS_DIR / name))
+    for proc in Path("/proc").glob("[0-9]*"):
+        path = proc / "ns" / "net"
+        try:
+            out.setdefault(os.stat(path).st_ino, str(path))
+        except OSError:
+            continue
+    return out
+
+
 def run_in_netns(inode: int, fn: Callable[[], T], default: T) -> T:
     """``fn()`` run inside network namespace ``inode``; ``default`` if it cannot be entered.
 
@@ -97,7 +112,18 @@ def run_in_netns(inode: int, fn: Callable[[], T], default: T) -> T:
     path = netns_path(inode)
     if path is None:
         return default
+    try:
+        return run_in_netns_path(path, fn, default)
+    except Exception:
+        return default
+
+
+def run_in_netns_path(path: str, fn: Callable[[], T], default: T) -> T:
+    """``fn()`` run inside the network namespace that ``path`` opens (in a short-lived
+    thread, see :func:`run_in_netns`); ``default`` if it cannot be entered. An exception
+    of ``fn`` is raised here."""
     result = [default]
+    error: list[BaseException] = []
 
     def enter() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -108,12 +134,16 @@ def run_in_netns(inode: int, fn: Callable[[], T], default: T) -> T:
         try:
             if libc.setns(fd, CLONE_NEWNET) == 0:
                 result[0] = fn()
+        except BaseException as exc:
+            error.append(exc)
         finally:
             os.close(fd)
 
     worker = threading.Thread(target=enter, name="podsight-netns", daemon=True)
     worker.start()
     worker.join()
+    if error:
+        raise error[0]
     return result[0]
 
 

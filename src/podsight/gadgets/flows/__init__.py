@@ -20,7 +20,9 @@ SPEC = GadgetSpec(
               "(skb:kfree_skb)", FLAG, False),
         Param(("--dns",), "DNS id, name, type, response code and latency (UDP and TCP "
               "port 53)", FLAG, False),
-        Param(("--enable-all",), "--rtt --drops --dns", FLAG, False),
+        Param(("--tls",), "TLS server name, offered versions and ALPN (ClientHello), chosen "
+              "version and cipher suite (ServerHello) of TCP flows", FLAG, False),
+        Param(("--enable-all",), "--rtt --drops --dns --tls", FLAG, False),
         Param(("--drops-only",), "only flows with dropped packets (turns on --drops)",
               FLAG, False),
         Param(("--max-flows",), "flow table size per interval (default 65536); flows beyond "
@@ -31,4 +33,8 @@ SPEC = GadgetSpec(
     live=True,
     interval=1.0,
     noun="flow records",
+    # In `podsight serve` only with its --tls (TLS names for external peers) or --flows
+    # (bytes on the wire, drops, DNS), with the values each turns on.
+    extra={"graph": "podsight.gadgets.flows.graph:observe",
+           "graph_flags": {"tls": {"tls": True}, "flows": {"drops": True, "dns": True}}},
 )

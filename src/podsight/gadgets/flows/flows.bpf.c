@@ -69,7 +69,9 @@ enum counter {
 	C_UNPARSED = 9,     /* IP packets not counted: headers unreadable or malformed */
 	C_LOST_DNS_QUERY = 10, /* DNS queries not remembered: query table full */
 	C_DNS_UNREADABLE = 11, /* port-53 messages too short for a DNS header */
-	C_MAX = 12,
+	C_TLS = 12,         /* TLS ClientHello/ServerHello segments copied to tls_events */
+	C_LOST_TLS = 13,    /* TLS hellos not delivered: tls_events full */
+	C_MAX = 14,
 };
 
 /* Addresses are 16 bytes; IPv4 is stored IPv4-mapped (::ffff:a.b.c.d) so one
@@ -193,6 +195,8 @@ const volatile struct {
 	 * an empty skb (a FIN) purged from a closed socket's queue lost no
 	 * data, and would make every TCP close look like a drop. */
 	u16 purge_reason;
+	u8 tls;        /* copy TLS ClientHello/ServerHello segments to tls_events */
+	u8 _pad[3];
 	struct rule rules[MAX_RULES];
 } cfg = {};
 
@@ -307,6 +311,23 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
+
+/* The first bytes of a TCP segment that starts a TLS ClientHello or ServerHello (--tls):
+ * user space parses SNI, versions, ALPN and the cipher suite from them. */
+#define TLS_MAX 1024 /* at most TLS_MAX - 1 bytes are copied (see tls()) */
+struct tls_event {
+	u64 ts_ns;
+	struct flow_key key;
+	u16 len;
+	u16 _pad;
+	u8 data[TLS_MAX];
+};
+_Static_assert(sizeof(struct tls_event) == 1080, "tls_event changed: update TLS_DTYPE");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} tls_events SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -860,6 +881,43 @@ static __always_inline void dns(struct __sk_buff *skb, const struct pkt *p)
 	bpf_ringbuf_submit(ev, ring_flags());
 }
 
+/*
+ * A TCP segment whose payload starts a TLS handshake record (0x16 0x03 x) holding a
+ * ClientHello (1) or a ServerHello (2): its first TLS_MAX bytes go to tls_events. One
+ * 6-byte read per TCP segment with payload decides; hellos are once per connection.
+ */
+static __always_inline void tls(struct __sk_buff *skb, const struct pkt *p)
+{
+	u32 off = p->payload_off;
+	struct tls_event *ev;
+	u8 head[6];
+	u64 n; /* 64 bits: the bounds checks and the load use one register, unextended */
+
+	if (skb->len < off + sizeof(head) || bpf_skb_load_bytes(skb, off, head, sizeof(head)))
+		return;
+	if (head[0] != 0x16 || head[1] != 0x03 || (head[5] != 1 && head[5] != 2))
+		return;
+	ev = bpf_ringbuf_reserve(&tls_events, sizeof(*ev), 0);
+	if (!ev) {
+		count(C_LOST_TLS);
+		return;
+	}
+	n = (u64)(skb->len - off);
+	if (n > TLS_MAX - 1)
+		n = TLS_MAX - 1;
+	/* Bound the register the load uses, in the program itself: clang would otherwise
+	 * recompute n from skb->len there, and the verifier would see no bound on it. */
+	asm volatile("%[n] &= 1023" : [n] "+r"(n));
+	ev->ts_ns = bpf_ktime_get_boot_ns();
+	ev->key = p->key;
+	ev->_pad = 0;
+	ev->len = 0;
+	if (n >= sizeof(head) && !bpf_skb_load_bytes(skb, off, ev->data, n))
+		ev->len = n;
+	count(C_TLS);
+	bpf_ringbuf_submit(ev, 0);
+}
+
 /* A parsed packet: its interface and direction into the key, then count it. */
 static __always_inline int count_packet(struct __sk_buff *skb, struct pkt *p, u8 direction)
 {
@@ -871,6 +929,8 @@ static __always_inline int count_packet(struct __sk_buff *skb, struct pkt *p, u8
 	if (cfg.dns && p->payload_off && (p->key.sport == 53 || p->key.dport == 53) &&
 	    (p->key.proto == IPPROTO_UDP || p->key.proto == IPPROTO_TCP))
 		dns(skb, p);
+	if (cfg.tls && p->payload_off && p->key.proto == IPPROTO_TCP)
+		tls(skb, p);
 	/* Unspecified: the packet goes on to any other filter, untouched in verdict. */
 	return TC_ACT_UNSPEC;
 }

@@ -103,7 +103,7 @@ EV_FLOW, EV_DNS = 1, 2
 # Counter slots (enum counter in flows.bpf.c, same order).
 COUNTERS = (
     "packets", "flows", "overflow", "lost_flow", "dns", "lost_dns", "lost_rtt", "drops",
-    "lost_drops", "unparsed", "lost_dns_query", "dns_unreadable",
+    "lost_drops", "unparsed", "lost_dns_query", "dns_unreadable", "tls", "lost_tls",
 )
 
 MAX_RULES = 8
@@ -119,15 +119,23 @@ RULE_DTYPE = np.dtype(
     ]
 )
 
-# The `cfg` global (.rodata, 208 bytes): FlowsConfig.rodata() fills it.
+# The `cfg` global (.rodata, 212 bytes): FlowsConfig.rodata() fills it.
 CFG_DTYPE = np.dtype(
     [
         ("nrules", "<u4"), ("wakeup_bytes", "<u4"), ("any_cidr", "u1"), ("any_peer", "u1"),
         ("rtt", "u1"), ("drops", "u1"), ("dns", "u1"), ("cache_bits", "u1"),
-        ("purge_reason", "<u2"),
+        ("purge_reason", "<u2"), ("tls", "u1"), ("_pad", "V3"),
         ("rules", RULE_DTYPE, (MAX_RULES,)),
     ]
 )
+
+# struct tls_event (1080 bytes): the first bytes of a TLS ClientHello/ServerHello segment.
+TLS_MAX = 1024
+TLS_DTYPE = np.dtype(
+    [("ts_ns", "<u8"), ("key", KEY_DTYPE), ("len", "<u2"), ("_pad", "<u2"),
+     ("data", f"V{TLS_MAX}")]
+)
+assert TLS_DTYPE.itemsize == 1080
 
 # struct state (16 bytes), written by Flows._write_state().
 STATE_DTYPE = np.dtype([("epoch", "<u4"), ("_pad", "<u4"), ("boot_offset_ns", "<u8")])
@@ -147,6 +155,7 @@ LAYOUTS = (
     ("flows.bpf.o", "struct state", STATE_DTYPE),
     ("flows.bpf.o", "struct lpm_key", LPM_KEY_DTYPE),
     ("flows.bpf.o", "struct flow_slot", SLOT_DTYPE),
+    ("flows.bpf.o", "struct tls_event", TLS_DTYPE),
     ("flows.bpf.o", "cfg", CFG_DTYPE),
 )
 
@@ -158,6 +167,8 @@ class FlowsConfig:
     rtt: bool = False
     drops: bool = False
     dns: bool = False
+    #: Copy TLS ClientHello/ServerHello segments to the tls_events ring (--tls).
+    tls: bool = False
     rules: tuple[Rule, ...] = ()
     max_flows: int = 65536
     ring_bytes: int = 4 << 20
@@ -196,6 +207,7 @@ class FlowsConfig:
         cfg["rtt"], cfg["drops"], cfg["dns"] = self.rtt, self.drops, self.dns
         cfg["cache_bits"] = self.cache_bits
         cfg["purge_reason"] = self.purge_reason
+        cfg["tls"] = self.tls
         for i, r in enumerate(self.rules):
             row = cfg["rules"][0, i]
             row["port_lo"], row["port_hi"] = r.port
@@ -261,6 +273,7 @@ class Flows:
             cfg = self.config
             self._obj.map(".rodata").set_initial_value(cfg.rodata())
             self._obj.map("events").resize(cfg.ring_bytes)
+            self._obj.map("tls_events").resize(1 << 20 if cfg.tls else 4096)
             for name in ("flows_0", "flows_1"):
                 self._obj.map(name).resize(cfg.max_flows)
             # Tables of features that are off are never written: keep them tiny.
@@ -285,6 +298,8 @@ class Flows:
             self._epoch = 0
             self._write_state()
             self._ring = RingBuffer(self._obj.map("events"), EVENT_DTYPE)
+            self._tls_ring = RingBuffer(self._obj.map("tls_events"), TLS_DTYPE) \
+                if cfg.tls else None
             if cfg.rtt:
                 self._obj.program("flows_rtt").attach()
             if cfg.drops:
@@ -335,6 +350,12 @@ class Flows:
     def drain(self) -> np.ndarray:
         """Ring records waiting now (EVENT_DTYPE): overflowed packets and DNS answers."""
         return self._ring.drain()
+
+    def drain_tls(self) -> np.ndarray:
+        """TLS hello segments waiting now (TLS_DTYPE); empty without ``tls``."""
+        if self._tls_ring is None:
+            return np.zeros(0, TLS_DTYPE)
+        return self._tls_ring.drain()
 
     def _write_state(self) -> None:
         """The epoch to write to, and the boot-time offset of the coarse clock."""
@@ -397,9 +418,10 @@ class Flows:
         for hook in self._hooks.values():
             hook.close()
         self._hooks.clear()
-        ring = getattr(self, "_ring", None)
-        if ring is not None:
-            ring.close()
+        for name in ("_ring", "_tls_ring"):
+            ring = getattr(self, name, None)
+            if ring is not None:
+                ring.close()
         self._obj.close()
 
     def __enter__(self) -> Self:

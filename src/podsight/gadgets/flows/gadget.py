@@ -17,8 +17,10 @@ import numpy as np
 
 from podsight.errors import PodsightError, UserError
 from podsight.gadgets.flows.flows import Flows, FlowsConfig, Harvest
-from podsight.gadgets.flows.records import Assembler, FlowRecord
+from podsight.gadgets.flows.records import Assembler, FlowRecord, Tls
 from podsight.gadgets.flows.schema import schema
+from podsight.gadgets.flows.tls import parse
+from podsight.net.addresses import address
 from podsight.net.interfaces import PodInterfaces, choose, host_interfaces
 from podsight.outputs.json import TemplateSpec
 from podsight.pipeline import Batch, Loss, RunContext, Selection, Tally
@@ -32,7 +34,11 @@ LOSS_CAUSES = {
     "dns_unreadable": "port-53 messages not parsed: shorter than a DNS header",
     "lost_rtt": "RTT samples lost: RTT table full",
     "lost_drops": "dropped packets not attributed: drop table full",
+    "lost_tls": "TLS hellos not parsed: TLS ring buffer full",
 }
+
+#: Connections whose TLS hellos are remembered, for the flows of later intervals.
+TLS_REMEMBERED = 65536
 
 
 class FlowsGadget:
@@ -44,6 +50,9 @@ class FlowsGadget:
         self.drops = bool(v["drops"] or v["enable_all"] or v["drops_only"])
         self.rtt = bool(v["rtt"] or v["enable_all"])
         self.dns = bool(v["dns"] or v["enable_all"])
+        self.tls = bool(v.get("tls") or v["enable_all"])
+        self._tls: dict[tuple[str, int, str, int], Tls] = {}
+        self._tls_pending: list[np.ndarray] = []
         self.drops_only = bool(v["drops_only"])
         self.interval: float = v["interval"]
         if self.interval < 0.05:
@@ -52,7 +61,7 @@ class FlowsGadget:
         self.exclude: list[str] | None = v.get("exclude_interfaces")
         self.schema = schema(ctx.clock)
         self.extra_columns = tuple(n for n, on in (("rtt", self.rtt), ("drops", self.drops),
-                                                   ("dns", self.dns)) if on)
+                                                   ("dns", self.dns), ("tls", self.tls)) if on)
         self.max_flows: int = v["max_flows"]
         self._flows: Flows | None = None
         self._assembler: Assembler | None = None
@@ -85,7 +94,8 @@ class FlowsGadget:
             reasons = drop_reasons()
             purge = next((v for v, name in reasons.items() if name == "QUEUE_PURGE"), 0)
         self._flows = Flows(FlowsConfig(
-            rtt=self.rtt, drops=self.drops, dns=self.dns, rules=tuple(self.ctx.rules),
+            rtt=self.rtt, drops=self.drops, dns=self.dns, tls=self.tls,
+            rules=tuple(self.ctx.rules),
             max_flows=self.max_flows, purge_reason=purge if 0 < purge < 0x10000 else 0,
         ))
         self._assembler = Assembler(reasons)
@@ -162,6 +172,8 @@ class FlowsGadget:
     def collect(self, *, final: bool) -> Batch[FlowRecord]:
         flows = self.flows
         now = time.monotonic()
+        if self.tls:
+            self._tls_pending.append(flows.drain_tls())
         if not final and now < self._next_harvest:
             self._pending.append(flows.drain())  # keep the ring from filling between harvests
             return Batch()
@@ -174,9 +186,43 @@ class FlowsGadget:
             self._pending = []
         assert self._assembler is not None
         records = self._assembler.assemble(harvest, final=final)
+        if self.tls:
+            self._join_tls(records)
         if self.drops_only:
             records = [r for r in records if r.drops is not None]
         return Batch(records=records)
+
+    def _join_tls(self, records: list[FlowRecord]) -> None:
+        """Parse the TLS hellos seen, remember them per connection (client addr and port,
+        server addr and port), and give them to the TCP flows of those connections."""
+        hellos = np.concatenate(self._tls_pending) if self._tls_pending else None
+        self._tls_pending = []
+        if hellos is not None:
+            for ev in hellos:
+                hello = parse(bytes(ev["data"])[:int(ev["len"])])
+                if hello is None:
+                    continue
+                k = ev["key"]
+                src, dst = address(bytes(k["saddr"])), address(bytes(k["daddr"]))
+                sport, dport = int(k["sport"]), int(k["dport"])
+                conn = (src, sport, dst, dport) if hello.kind == "client" else \
+                    (dst, dport, src, sport)
+                t = self._tls.get(conn)
+                if t is None:
+                    if len(self._tls) >= TLS_REMEMBERED:
+                        self._tls.pop(next(iter(self._tls)))
+                    t = self._tls[conn] = Tls(server=conn[2], port=conn[3])
+                if hello.kind == "client":
+                    t.sni, t.offered, t.alpn = hello.sni, hello.versions, hello.alpn
+                else:
+                    t.version = hello.versions[0] if hello.versions else ""
+                    t.cipher = hello.cipher
+        if not self._tls:
+            return
+        for r in records:
+            if r.proto == 6:
+                r.tls = self._tls.get((r.saddr, r.sport, r.daddr, r.dport)) or \
+                    self._tls.get((r.daddr, r.dport, r.saddr, r.sport))
 
     def preselected(self, r: FlowRecord) -> bool:
         """A flow seen on an observed interface is selected by the attachment itself."""

@@ -44,6 +44,20 @@ class Drops:
 
 
 @dataclass(slots=True)
+class Tls:
+    """TLS of the connection this flow belongs to (--tls): the ClientHello's server name,
+    offered versions and ALPN, the ServerHello's chosen version and cipher suite."""
+
+    sni: str = ""
+    offered: tuple[str, ...] = ()
+    alpn: tuple[str, ...] = ()
+    version: str = ""
+    cipher: str = ""
+    server: str = ""  # the server's address and port (the end the hello named)
+    port: int = 0
+
+
+@dataclass(slots=True)
 class FlowRecord:
     """One flow over one interval, counted once however many interfaces saw it."""
 
@@ -65,6 +79,7 @@ class FlowRecord:
     rtt: Rtt | None = None
     drops: Drops | None = None
     dns: list[DnsAnswer] = field(default_factory=list)
+    tls: Tls | None = None
     src: Endpoint | None = None
     dst: Endpoint | None = None
 

@@ -88,6 +88,43 @@ def _dns_attr(attr: str) -> Callable[[FlowRecord], object]:
     return get
 
 
+def _tls_attr(attr: str) -> Callable[[FlowRecord], object]:
+    def get(r: FlowRecord) -> object:
+        if r.tls is None:
+            return None
+        value = getattr(r.tls, attr)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        return value or None
+    return get
+
+
+def _tls_json(r: FlowRecord) -> str | None:
+    t = r.tls
+    if t is None:
+        return None
+    members: dict[str, object] = {}
+    if t.sni:
+        members["sni"] = t.sni
+    if t.offered:
+        members["offered"] = list(t.offered)
+    if t.alpn:
+        members["alpn"] = list(t.alpn)
+    if t.version:
+        members["version"] = t.version
+    if t.cipher:
+        members["cipher"] = t.cipher
+    return _obj(members)
+
+
+def _tls_text(r: FlowRecord) -> str:
+    t = r.tls
+    if t is None:
+        return ""
+    return " ".join(x for x in (t.sni, t.version or (t.offered[0] if t.offered else ""),
+                                ",".join(t.alpn)) if x)
+
+
 def schema(clock: Clock) -> Schema[FlowRecord]:
     """Every field of a flow record, in JSON key order."""
     icmp: Field[FlowRecord] = Field(
@@ -138,6 +175,19 @@ def schema(clock: Clock) -> Schema[FlowRecord]:
          Column("dns_latency_ns", "INTEGER", "query to response (ns)",
                 _dns_attr("latency_ns"))),
         default=False, doc="DNS answers matched to their query (--dns)", group="dns")
+    tls: Field[FlowRecord] = Field(
+        "tls", "TLS", 30, _tls_text, _tls_json,
+        (Column("tls_sni", "TEXT", "TLS server name (ClientHello SNI)", _tls_attr("sni")),
+         Column("tls_offered", "TEXT", "TLS versions the client offered, comma separated",
+                _tls_attr("offered")),
+         Column("tls_alpn", "TEXT", "ALPN protocols the client offered, comma separated",
+                _tls_attr("alpn")),
+         Column("tls_version", "TEXT", "TLS version the server chose (ServerHello)",
+                _tls_attr("version")),
+         Column("tls_cipher", "TEXT", "cipher suite the server chose (ServerHello)",
+                _tls_attr("cipher"))),
+        default=False, doc="TLS server name, versions, ALPN and cipher suite (--tls)",
+        group="tls")
     return Schema(
         fields=[
             table_only("time", "TIME", 8,
@@ -172,6 +222,7 @@ def schema(clock: Clock) -> Schema[FlowRecord]:
             rtt,
             drops,
             dns,
+            tls,
         ],
         defaults=("time", "src", "dst", "proto", "bytes", "packets", "flags", "interfaces"),
         sides=Sides(time="first_ns", remote=(("src", "saddr"), ("dst", "daddr")),

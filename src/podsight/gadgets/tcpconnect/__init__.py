@@ -51,4 +51,7 @@ SPEC = GadgetSpec(
             describe="{result} connect {src} -> {dst}",
         ),
     ),
+    # serve needs only the failures: the kernel keeps the successes to itself.
+    extra={"graph": "podsight.gadgets.tcpconnect.graph:observe",
+           "graph_values": {"failed_only": True}},
 )

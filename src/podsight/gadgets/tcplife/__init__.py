@@ -1,0 +1,38 @@
+"""tcplife: every TCP connection with its bytes, segments and duration, both sides
+(``podsight trace tcplife``). This module only declares the gadget; its code is imported
+to run it."""
+
+from podsight.spec import FLAG, GadgetSpec, Param, choice, duration, power_of_two
+
+SPEC = GadgetSpec(
+    name="tcplife",
+    command=("trace", "tcplife"),
+    help="every TCP connection when it closes: both sides, bytes, segments, duration",
+    description=(
+        "Report every TCP connection (IPv4 and IPv6) when it closes, from the side of each "
+        "local socket (client and server): bytes sent and acknowledged, bytes received, "
+        "segments, retransmits, smoothed RTT and how long it lived, read from the socket "
+        "through BTF. Connections still open are reported with state 'open' every "
+        "--open-every and at the end, read with a BPF iterator; connections open before "
+        "podsight started are found too (their start is when podsight first saw them)."
+    ),
+    factory="podsight.gadgets.tcplife.tcplife:TcpLifeGadget",
+    params=(
+        Param(("--open-every",), "also report connections still open, every this often "
+              "(e.g. 10s; default: only at the end)", duration(0, 86400 * 10**9), 0,
+              "DURATION"),
+        Param(("--role",), "only the client or the server side of connections",
+              choice("any", "client", "server"), "any"),
+        Param(("--loopback-once",), "report a loopback connection once, from its client "
+              "side (both sides are on this host)", FLAG, False),
+        Param(("--ring-size",), "ring buffer size (power of two, 4K to 1G; default 4M)",
+              power_of_two(4096, 1 << 30), 4 << 20, "BYTES"),
+    ),
+    noun="connections",
+    reports_pending=True,
+    # serve: the graph counts a loopback connection from its client anyway; a larger ring
+    # rides out storms while the graph is read.
+    extra={"graph": "podsight.gadgets.tcplife.graph:observe",
+           "graph_recorded": "podsight.gadgets.tcplife.graph:observe_recorded",
+           "graph_values": {"loopback_once": True, "ring_size": 32 << 20}},
+)

@@ -1,0 +1,491 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * tcplife: one record per TCP connection, both sides, IPv4 and IPv6, built on
+ * a tracepoint and BPF iterators only (no kprobes, no fentry).
+ *
+ *   tp_btf/inet_sock_set_state  CLOSE -> SYN_SENT        remember the connecting
+ *                                                        process (pid, comm, cgroup)
+ *                               SYN_SENT -> ESTABLISHED  start, role client
+ *                               SYN_RECV -> ESTABLISHED  start, role server
+ *                               any -> CLOSE             one record: bytes_acked,
+ *                                                        bytes_received, segments,
+ *                                                        retransmits, srtt, read
+ *                                                        from the tcp_sock (BTF)
+ *   iter/bpf_sk_storage_map     every connection still open: the same record,
+ *                               flagged OPEN (user space reads it periodically;
+ *                               one read covers every network namespace)
+ *   iter/tcp                    at start, per network namespace: connections
+ *                               that were open before podsight started get their
+ *                               state too (role from the listening sockets)
+ *
+ * What is remembered per socket lives in socket-local storage (sk_storage), so
+ * it goes away with the socket and needs no table size.
+ *
+ * Nothing is lost silently: a record that does not fit in the ring buffer and a
+ * connection closed without known state are counted in `counters`.
+ */
+#include "../include/podsight_core.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+/* Flavors (___life): matched to the kernel's types by name without the suffix, so that
+ * the shared header stays as it is. */
+struct tcp_sock___life {
+	u64 bytes_acked;
+	u64 bytes_received;
+	u32 write_seq;
+	u32 snd_una;
+	u32 segs_in;
+	u32 segs_out;
+	u32 total_retrans;
+	u32 srtt_us;
+};
+struct sock___life {
+	u16 sk_protocol;
+	struct sk_buff_head sk_receive_queue;
+};
+struct tcp_skb_cb___life {
+	u32 seq;
+	u32 end_seq;
+	u16 tcp_flags; /* u8 before 6.2; only its low byte is read (little-endian) */
+};
+struct seq_file;
+struct bpf_iter_meta___life {
+	struct seq_file *seq;
+};
+struct bpf_iter__tcp___life {
+	struct bpf_iter_meta___life *meta;
+	struct sock_common *sk_common;
+};
+struct bpf_iter__bpf_sk_storage_map___life {
+	struct bpf_iter_meta___life *meta;
+	void *map;
+	struct sock *sk;
+	void *value;
+};
+#pragma clang attribute pop
+
+#define IPPROTO_TCP 6
+#define TCP_FIN_WAIT1 4
+#define TCP_FIN_WAIT2 5
+#define TCP_TIME_WAIT 6
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
+#define TCP_LISTEN 10
+#define TCP_CLOSING 11
+#define TCPHDR_FIN 0x01
+
+enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
+
+/* flags of struct conn */
+#define F_OPEN 1         /* still open: read by the iterator, not closed */
+#define F_START_SEEN 2   /* started while podsight ran (else: open before; start = seen at) */
+
+/* Counter slots (tcplife.py COUNTERS). */
+enum counter {
+	C_OPENED = 0,        /* connections established while tracing */
+	C_CLOSED = 1,        /* records of closed connections written to the ring buffer */
+	C_LOST_RINGBUF = 2,  /* records dropped: ring buffer full */
+	C_LOST_STORAGE = 3,  /* connections whose state could not be stored (no memory) */
+	C_UNTRACKED = 4,     /* closed without stored state (open before, in a netns not seen) */
+	C_SEEDED = 5,        /* connections open before start, found by iter/tcp */
+	C_SNAPSHOT = 6,      /* open-connection records written by the iterator */
+	C_LOOPBACK_SERVER = 7, /* loopback server sides not reported (cfg.loopback_once) */
+	C_MAX = 8,
+};
+
+/* Per socket, from its first state change we see until it closes. */
+struct state {
+	u64 start_ns;  /* ESTABLISHED (CLOCK_BOOTTIME), or when first seen if open before */
+	u64 cgroup_id; /* of the connecting process (client), 0 if not known */
+	u32 pid;
+	u32 netns;
+	u32 fin_seq;   /* sequence number of our FIN, when fin_sent */
+	u8 role;
+	u8 established;
+	u8 flags;
+	u8 fin_sent;   /* we sent a FIN (FIN_WAIT1 or LAST_ACK) */
+	u8 peer_fin;   /* the peer's FIN was received (CLOSE_WAIT or CLOSING) */
+	u8 syn_acked;  /* bytes_acked counts our SYN (client side): 1 */
+	u8 _pad[2];
+	char comm[16];
+	u32 _tail;
+};
+
+/* The record user space decodes in bulk (CONN_DTYPE), from the ring buffer and the
+ * iterator alike. */
+struct conn {
+	u64 ts_ns;     /* when closed, or when read (open) */
+	u64 start_ns;
+	u64 cookie;    /* the socket's cookie: one connection across reads */
+	u64 cgroup_id;
+	u64 bytes_acked;    /* payload sent by this side and acknowledged by the peer */
+	u64 bytes_received; /* payload received by this side */
+	u8 saddr[16];
+	u8 daddr[16];
+	u32 pid;
+	u32 netns;
+	u32 segs_in;
+	u32 segs_out;
+	u32 total_retrans;
+	u32 srtt_us;   /* smoothed RTT in us << 3 */
+	u16 family;
+	u16 sport;
+	u16 dport;
+	u8 role;
+	u8 flags;
+	char comm[16];
+};
+_Static_assert(sizeof(struct conn) == 128, "conn layout changed: update CONN_DTYPE");
+
+const volatile struct {
+	u32 wakeup_bytes; /* force a wakeup when this much is waiting */
+	u8 filter_netns;
+	u8 loopback_once; /* report a loopback connection from its client side only */
+	u8 _pad[2];
+} cfg = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct state);
+} states SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, C_MAX);
+	__type(key, u32);
+	__type(value, u64);
+} counters SEC(".maps");
+
+/* netns inodes to trace, when cfg.filter_netns is set; key 0 means "every netns". */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, u32);
+	__type(value, u8);
+} netns_filter SEC(".maps");
+
+/* Listening ports of one network namespace, filled by iter/tcp (listeners come before
+ * established sockets in its walk) to tell the server side of connections open before. */
+struct listener {
+	u32 netns;
+	u16 port;
+	u16 _pad;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct listener);
+	__type(value, u8);
+} listeners SEC(".maps");
+
+static __always_inline void count(u32 slot)
+{
+	u64 *v = bpf_map_lookup_elem(&counters, &slot);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int wanted(u32 netns)
+{
+	u32 any = 0;
+
+	return !cfg.filter_netns || bpf_map_lookup_elem(&netns_filter, &netns) ||
+	       bpf_map_lookup_elem(&netns_filter, &any);
+}
+
+static __always_inline u32 netns_of(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/*
+ * Did the peer's FIN reach this socket although no state change said so? A FIN that
+ * arrives in FIN_WAIT2 moves the socket straight to CLOSE (a timewait socket takes
+ * over); it is then the last segment queued for reading, with its flag in the cb.
+ */
+static __always_inline int fin_queued(const struct sock *sk)
+{
+	const struct sock___life *s = (const void *)sk;
+	const void *head = __builtin_preserve_access_index(&s->sk_receive_queue);
+	struct sk_buff *skb = BPF_CORE_READ(s, sk_receive_queue.prev);
+	u8 flags = 0;
+	u32 off;
+
+	if (!skb || (const void *)skb == head)
+		return 0;
+	off = bpf_core_field_offset(struct sk_buff, cb) +
+	      bpf_core_field_offset(struct tcp_skb_cb___life, tcp_flags);
+	if (bpf_probe_read_kernel(&flags, sizeof(flags), (const void *)skb + off))
+		return 0;
+	return flags & TCPHDR_FIN;
+}
+
+/* A loopback connection's server side, which --loopback-once leaves out: its client
+ * side, on this host too, reports the same connection. */
+static __always_inline int loopback_server(const struct conn *c)
+{
+	if (!cfg.loopback_once || c->role != ROLE_SERVER)
+		return 0;
+	if (c->family == AF_INET)
+		return c->daddr[0] == 127;
+	/* ::1 or ::ffff:127.x.y.z */
+	if (c->daddr[15] == 1 && !c->daddr[0] && !c->daddr[10] && !c->daddr[12])
+		return 1;
+	return c->daddr[10] == 0xff && c->daddr[11] == 0xff && c->daddr[12] == 127;
+}
+
+/* The record for one socket and its state, read now. */
+static __always_inline void fill(struct conn *c, const struct sock *sk, const struct state *s,
+				 int peer_fin)
+{
+	const struct tcp_sock___life *tp = (const void *)sk;
+	u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	c->start_ns = s->start_ns;
+	c->cgroup_id = s->cgroup_id;
+	c->pid = s->pid;
+	c->netns = s->netns;
+	c->role = s->role;
+	c->flags = s->flags & F_START_SEEN;
+	__builtin_memcpy(c->comm, s->comm, sizeof(c->comm));
+	c->family = family;
+	if (family == AF_INET) {
+		BPF_CORE_READ_INTO((u32 *)c->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((u32 *)c->daddr, sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO((struct in6_addr *)c->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO((struct in6_addr *)c->daddr, sk, __sk_common.skc_v6_daddr);
+	}
+	c->sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+	c->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	/* The kernel's counters advance with sequence numbers, and SYN and FIN take one
+	 * each: take them out so that the record says payload bytes. */
+	c->bytes_acked = BPF_CORE_READ(tp, bytes_acked) - s->syn_acked;
+	if (s->fin_sent && (s32)(BPF_CORE_READ(tp, snd_una) - s->fin_seq) > 0)
+		c->bytes_acked -= 1;
+	c->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	if (peer_fin && c->bytes_received)
+		c->bytes_received -= 1;
+	c->segs_in = BPF_CORE_READ(tp, segs_in);
+	c->segs_out = BPF_CORE_READ(tp, segs_out);
+	c->total_retrans = BPF_CORE_READ(tp, total_retrans);
+	c->srtt_us = BPF_CORE_READ(tp, srtt_us);
+}
+
+static __always_inline int on_connect(struct sock *sk)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 netns = netns_of(sk);
+	struct state *s;
+
+	if (!wanted(netns))
+		return 0;
+	s = bpf_sk_storage_get(&states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		count(C_LOST_STORAGE);
+		return 0;
+	}
+	s->pid = pid_tgid >> 32;
+	s->netns = netns;
+	s->cgroup_id = bpf_get_current_cgroup_id();
+	s->role = ROLE_CLIENT;
+	bpf_get_current_comm(s->comm, sizeof(s->comm));
+	return 0;
+}
+
+static __always_inline int on_established(struct sock *sk, int oldstate)
+{
+	u32 netns = netns_of(sk);
+	struct state *s;
+
+	if (!wanted(netns))
+		return 0;
+	s = bpf_sk_storage_get(&states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		count(C_LOST_STORAGE);
+		return 0;
+	}
+	s->netns = netns;
+	s->role = oldstate == TCP_SYN_SENT ? ROLE_CLIENT : ROLE_SERVER;
+	s->syn_acked = s->role == ROLE_CLIENT;
+	s->start_ns = bpf_ktime_get_boot_ns();
+	s->established = 1;
+	s->flags = F_START_SEEN;
+	count(C_OPENED);
+	return 0;
+}
+
+static __always_inline int on_close(struct sock *sk, int oldstate)
+{
+	struct state *s = bpf_sk_storage_get(&states, sk, NULL, 0);
+	struct conn c = {};
+	u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (!s) {
+		/* Never established (a failed connect: tcpconnect's) or never seen. */
+		if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV && oldstate != TCP_LISTEN &&
+		    wanted(netns_of(sk)))
+			count(C_UNTRACKED);
+		return 0;
+	}
+	if (!s->established) {
+		bpf_sk_storage_delete(&states, sk);
+		return 0;
+	}
+	c.ts_ns = bpf_ktime_get_boot_ns();
+	c.cookie = bpf_get_socket_cookie(sk);
+	fill(&c, sk, s, s->peer_fin || fin_queued(sk));
+	bpf_sk_storage_delete(&states, sk);
+	if (loopback_server(&c)) {
+		count(C_LOOPBACK_SERVER);
+		return 0;
+	}
+	if (cfg.wakeup_bytes && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&events, &c, sizeof(c), flags))
+		count(C_LOST_RINGBUF);
+	else
+		count(C_CLOSED);
+	return 0;
+}
+
+/* The socket is about to send its FIN (tcp_send_fin follows the state change): its
+ * sequence number is the next one to write. */
+static __always_inline int on_fin_sent(struct sock *sk)
+{
+	struct state *s = bpf_sk_storage_get(&states, sk, NULL, 0);
+
+	if (s) {
+		s->fin_seq = BPF_CORE_READ((const struct tcp_sock___life *)sk, write_seq);
+		s->fin_sent = 1;
+	}
+	return 0;
+}
+
+static __always_inline int on_fin_received(struct sock *sk)
+{
+	struct state *s = bpf_sk_storage_get(&states, sk, NULL, 0);
+
+	if (s)
+		s->peer_fin = 1;
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tcplife_state, struct sock *sk, int oldstate, int newstate)
+{
+	if (BPF_CORE_READ((struct sock___life *)sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	if (newstate == TCP_SYN_SENT)
+		return on_connect(sk);
+	if (newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV))
+		return on_established(sk, oldstate);
+	if (newstate == TCP_CLOSE)
+		return on_close(sk, oldstate);
+	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK)
+		return on_fin_sent(sk);
+	if (newstate == TCP_CLOSE_WAIT || newstate == TCP_CLOSING)
+		return on_fin_received(sk);
+	return 0;
+}
+
+/* Every connection still open, as a record flagged F_OPEN. */
+SEC("iter/bpf_sk_storage_map")
+int tcplife_open(struct bpf_iter__bpf_sk_storage_map___life *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct sock *sk = ctx->sk;
+	struct state *s = ctx->value;
+	struct conn c = {};
+	u8 state;
+
+	if (!sk || !s || !s->established)
+		return 0;
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state == TCP_CLOSE)
+		return 0;
+	c.ts_ns = bpf_ktime_get_boot_ns();
+	c.cookie = bpf_get_socket_cookie(sk);
+	fill(&c, sk, s, s->peer_fin);
+	c.flags |= F_OPEN;
+	if (loopback_server(&c))
+		return 0;
+	bpf_seq_write(seq, &c, sizeof(c));
+	count(C_SNAPSHOT);
+	return 0;
+}
+
+/*
+ * Run once per network namespace at start: remember its listening ports, and give
+ * state to its connections that were open before podsight (their start is "seen at").
+ */
+SEC("iter/tcp")
+int tcplife_seed(struct bpf_iter__tcp___life *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct listener l = {};
+	struct tcp_sock *tp;
+	struct sock *sk;
+	struct state *s;
+	u8 one = 1, state;
+	u32 netns;
+
+	if (!skc)
+		return 0;
+	state = BPF_CORE_READ(skc, skc_state);
+	netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
+	if (state == TCP_LISTEN) {
+		l.netns = netns;
+		l.port = BPF_CORE_READ(skc, skc_num);
+		bpf_map_update_elem(&listeners, &l, &one, BPF_ANY);
+		return 0;
+	}
+	if (state != TCP_ESTABLISHED && state != TCP_FIN_WAIT1 && state != TCP_FIN_WAIT2 &&
+	    state != TCP_CLOSE_WAIT && state != TCP_LAST_ACK && state != TCP_CLOSING)
+		return 0;
+	if (!wanted(netns))
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	sk = (struct sock *)tp;
+	s = bpf_sk_storage_get(&states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		count(C_LOST_STORAGE);
+		return 0;
+	}
+	if (s->established)
+		return 0; /* seen by the tracepoint already */
+	l.netns = netns;
+	l.port = BPF_CORE_READ(skc, skc_num);
+	s->role = bpf_map_lookup_elem(&listeners, &l) ? ROLE_SERVER : ROLE_CLIENT;
+	s->syn_acked = s->role == ROLE_CLIENT;
+	s->peer_fin = state == TCP_CLOSE_WAIT || state == TCP_CLOSING || state == TCP_LAST_ACK;
+	if (state == TCP_FIN_WAIT1 || state == TCP_LAST_ACK || state == TCP_CLOSING) {
+		/* Our FIN is the last sequence number written. */
+		s->fin_seq = BPF_CORE_READ((const struct tcp_sock___life *)tp, write_seq) - 1;
+		s->fin_sent = 1;
+	} else if (state == TCP_FIN_WAIT2) {
+		s->fin_seq = BPF_CORE_READ((const struct tcp_sock___life *)tp, snd_una) - 1;
+		s->fin_sent = 1;
+	}
+	s->netns = netns;
+	s->start_ns = bpf_ktime_get_boot_ns();
+	s->established = 1;
+	count(C_SEEDED);
+	return 0;
+}

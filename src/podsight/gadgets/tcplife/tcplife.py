@@ -1,0 +1,331 @@
+"""The tcplife gadget: load tcplife.bpf.o, attach it, decode its records in bulk.
+
+Kernel side (tcplife.bpf.c): a record per connection when it closes, through
+the ring buffer; connections still open are read with a BPF iterator over the
+per-socket storage (one read covers every network namespace), every
+``--open-every`` and at the end. At start a TCP iterator run in each network
+namespace gives state to connections that were open before.
+:class:`TcpLifeGadget` is what the pipeline runs; :class:`TcpLife` owns the
+kernel objects.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import numpy as np
+
+from podsight.ebpf import BpfObject, Link, RingBuffer
+from podsight.ebpf.iters import read_iter
+from podsight.ebpf.system import preflight
+from podsight.gadgets.tcplife.schema import Conn, schema
+from podsight.net.addresses import AddressFormatter, split16
+from podsight.net.netns import every_netns, own_netns, run_in_netns_path
+from podsight.pipeline import Batch, Loss, RunContext, Selection, Tally
+
+# struct conn in tcplife.bpf.c (128 bytes).
+CONN_DTYPE = np.dtype(
+    [
+        ("ts_ns", "<u8"),
+        ("start_ns", "<u8"),
+        ("cookie", "<u8"),
+        ("cgroup_id", "<u8"),
+        ("bytes_acked", "<u8"),
+        ("bytes_received", "<u8"),
+        ("saddr", "V16"),
+        ("daddr", "V16"),
+        ("pid", "<u4"),
+        ("netns", "<u4"),
+        ("segs_in", "<u4"),
+        ("segs_out", "<u4"),
+        ("total_retrans", "<u4"),
+        ("srtt_us", "<u4"),
+        ("family", "<u2"),
+        ("sport", "<u2"),
+        ("dport", "<u2"),
+        ("role", "u1"),
+        ("flags", "u1"),
+        ("comm", "S16"),
+    ]
+)
+assert CONN_DTYPE.itemsize == 128
+
+# struct state in tcplife.bpf.c (socket-local storage, 48 bytes).
+STATE_DTYPE = np.dtype(
+    [
+        ("start_ns", "<u8"),
+        ("cgroup_id", "<u8"),
+        ("pid", "<u4"),
+        ("netns", "<u4"),
+        ("fin_seq", "<u4"),
+        ("role", "u1"),
+        ("established", "u1"),
+        ("flags", "u1"),
+        ("fin_sent", "u1"),
+        ("peer_fin", "u1"),
+        ("syn_acked", "u1"),
+        ("_pad", "V2"),
+        ("comm", "S16"),
+        ("_tail", "<u4"),
+    ]
+)
+assert STATE_DTYPE.itemsize == 56
+
+# The `cfg` global (.rodata) of tcplife.bpf.c.
+CFG_DTYPE = np.dtype([("wakeup_bytes", "<u4"), ("filter_netns", "u1"),
+                      ("loopback_once", "u1"), ("_pad", "V2")])
+
+LAYOUTS = (
+    ("tcplife.bpf.o", "struct conn", CONN_DTYPE),
+    ("tcplife.bpf.o", "struct state", STATE_DTYPE),
+    ("tcplife.bpf.o", "cfg", CFG_DTYPE),
+)
+
+ROLES = ("unknown", "client", "server")
+F_OPEN = 1
+F_START_SEEN = 2
+
+# Counter slots (enum counter in tcplife.bpf.c).
+COUNTERS = ("opened", "closed", "lost_ringbuf", "lost_storage", "untracked", "seeded",
+            "snapshot", "loopback_server")
+
+LOSS_CAUSES = {
+    "lost_ringbuf": "ring buffer full (a larger --ring-size helps)",
+    "lost_storage": "no memory for a socket's state",
+    "untracked": "closed without known state (open before podsight, in a network namespace "
+                 "it could not enter)",
+}
+
+
+def decode(records: np.ndarray, fmt: AddressFormatter, role: str = "any") -> list[Conn]:
+    """Kernel records (CONN_DTYPE) to records: columns converted in bulk, then zipped."""
+    if role != "any" and len(records):
+        records = records[records["role"] == ROLES.index(role)]
+    if not len(records):
+        return []
+    fam = records["family"].tolist()
+    src = [fmt(f, a) for f, a in zip(fam, split16(records["saddr"]), strict=True)]
+    dst = [fmt(f, a) for f, a in zip(fam, split16(records["daddr"]), strict=True)]
+    comms = [c.decode(errors="replace") for c in records["comm"].tolist()]
+    flags = records["flags"].tolist()
+    rtt = (records["srtt_us"] >> 3).tolist()
+    return [
+        Conn(ts, start, cookie, pid, comm, netns, cg, s[0], s[1], sp, d[1], dp,
+             ROLES[r] if r < len(ROLES) else "unknown", "open" if fl & F_OPEN else "closed",
+             tx, rx, so, si, rt, rtt_us, bool(fl & F_START_SEEN))
+        for ts, start, cookie, pid, comm, netns, cg, s, sp, d, dp, r, fl, tx, rx, so, si, rt,
+        rtt_us in zip(
+            records["ts_ns"].tolist(),
+            records["start_ns"].tolist(),
+            records["cookie"].tolist(),
+            records["pid"].tolist(),
+            comms,
+            records["netns"].tolist(),
+            records["cgroup_id"].tolist(),
+            src,
+            records["sport"].tolist(),
+            dst,
+            records["dport"].tolist(),
+            records["role"].tolist(),
+            flags,
+            records["bytes_acked"].tolist(),
+            records["bytes_received"].tolist(),
+            records["segs_out"].tolist(),
+            records["segs_in"].tolist(),
+            records["total_retrans"].tolist(),
+            rtt,
+            strict=True,
+        )
+    ]
+
+
+@dataclass
+class TcpLifeConfig:
+    """What to trace; the netns filter runs in the kernel."""
+
+    netns: set[int] = field(default_factory=set)
+    filter_netns: bool = False
+    ring_bytes: int = 4 << 20
+    netns_entries: int = 4096
+    loopback_once: bool = False
+
+    def rodata(self) -> bytes:
+        cfg = np.zeros(1, CFG_DTYPE)
+        cfg["wakeup_bytes"] = self.ring_bytes // 4
+        cfg["filter_netns"] = 1 if self.filter_netns or self.netns else 0
+        cfg["loopback_once"] = self.loopback_once
+        return cfg.tobytes()
+
+
+class TcpLife:
+    """The loaded and attached tcplife programs; a context manager."""
+
+    def __init__(self, config: TcpLifeConfig | None = None) -> None:
+        self.config = config or TcpLifeConfig()
+        preflight()
+        self._obj = BpfObject.from_package(__package__ or "podsight.gadgets.tcplife",
+                                           "tcplife.bpf.o")
+        self._tracepoint: Link | None = None
+        try:
+            self._obj.map(".rodata").set_initial_value(self.config.rodata())
+            self._obj.map("events").resize(self.config.ring_bytes)
+            self._obj.map("netns_filter").resize(self.config.netns_entries)
+            self._obj.load()
+            self._netns: set[int] = set()
+            self.set_netns(self.config.netns)
+            self._ring = RingBuffer(self._obj.map("events"), CONN_DTYPE)
+            self._open = self._obj.program("tcplife_open").attach_iter(self._obj.map("states"))
+            self._tracepoint = self._obj.program("tcplife_state").attach()
+            self.seeded_netns = self._seed()
+        except BaseException:
+            self.close()
+            raise
+        self._addr = AddressFormatter()
+
+    def _seed(self) -> int:
+        """Give state to connections open before the tracepoint was attached: a TCP
+        iterator walks one network namespace, so it is read inside each one. Returns how
+        many namespaces were walked."""
+        link = self._obj.program("tcplife_seed").attach_iter()
+        try:
+            walked = 0
+            own = own_netns()
+            for inode, path in every_netns().items():
+                if self.config.filter_netns and inode not in self._netns and 0 not in self._netns:
+                    continue
+                if inode == own:
+                    read_iter(link)
+                    walked += 1
+                elif run_in_netns_path(path, lambda: read_iter(link), None) is not None:
+                    walked += 1
+            return walked
+        finally:
+            link.close()
+
+    # -- reading ------------------------------------------------------------
+
+    def wait(self, timeout: float) -> None:
+        self._ring.wait(timeout)
+
+    def drain(self) -> np.ndarray:
+        """Records of closed connections waiting in the ring buffer (CONN_DTYPE)."""
+        return self._ring.drain()
+
+    def open_connections(self) -> np.ndarray:
+        """Every connection still open, read now (CONN_DTYPE, flagged open)."""
+        data = read_iter(self._open)
+        usable = len(data) - len(data) % CONN_DTYPE.itemsize
+        return np.frombuffer(data[:usable], dtype=CONN_DTYPE)
+
+    def decode(self, records: np.ndarray, role: str = "any") -> list[Conn]:
+        return decode(records, self._addr, role)
+
+    def set_netns(self, wanted: set[int]) -> None:
+        """Change the traced network namespaces (pods come and go while tracing)."""
+        if len(wanted) > self.config.netns_entries:
+            wanted = {0}
+        table = self._obj.map("netns_filter")
+        for inode in self._netns - wanted:
+            table.delete(inode.to_bytes(4, "little"))
+        for inode in wanted - self._netns:
+            table.update(inode.to_bytes(4, "little"), b"\x01")
+        self._netns = set(wanted)
+
+    def skipped_runs(self) -> int:
+        return self._obj.run_stats().recursion_misses
+
+    def counters(self) -> dict[str, int]:
+        sums = self._obj.map("counters").percpu_u64_sums()
+        return {name: int(sums[i]) for i, name in enumerate(COUNTERS)}
+
+    # -- lifetime -----------------------------------------------------------
+
+    def detach(self) -> None:
+        """Stop the tracepoint; the ring, the states and the open-connection iterator stay
+        readable."""
+        if self._tracepoint is not None:
+            self._tracepoint.close()
+
+    def close(self) -> None:
+        ring = getattr(self, "_ring", None)
+        if ring is not None:
+            ring.close()
+        self._obj.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TcpLifeGadget:
+    """``podsight trace tcplife`` as the pipeline runs it."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        v = ctx.values
+        self.clock = ctx.clock
+        self.schema = schema(ctx.clock)
+        self.config = TcpLifeConfig(ring_bytes=v.get("ring_size", 4 << 20),
+                                    loopback_once=bool(v.get("loopback_once")))
+        self.role: str = v.get("role", "any")
+        every = v.get("open_every", 0) or 0
+        self.open_every = every / 1e9 if every else 0.0
+        self._next_open = 0.0
+        self._tracer: TcpLife | None = None
+
+    @property
+    def tracer(self) -> TcpLife:
+        if self._tracer is None:
+            raise RuntimeError("tcplife is not started")
+        return self._tracer
+
+    def start(self, selection: Selection) -> str:
+        self.config.filter_netns = selection.netns is not None
+        self.config.netns = set(selection.netns or ())
+        self._tracer = TcpLife(self.config)
+        self._next_open = time.monotonic() + self.open_every
+        return "tracing TCP connections"
+
+    def follow(self, selection: Selection) -> None:
+        if selection.netns is not None:
+            self.tracer.set_netns(set(selection.netns))
+
+    def wait(self, timeout: float) -> None:
+        if self.open_every:
+            timeout = max(0.0, min(timeout, self._next_open - time.monotonic()))
+        self.tracer.wait(timeout)
+
+    def collect(self, *, final: bool) -> Batch[Conn]:
+        raw = self.tracer.drain()
+        records: list[Conn] = []
+        if self.open_every and not final and time.monotonic() >= self._next_open:
+            self._next_open = time.monotonic() + self.open_every
+            records = self.tracer.decode(self.tracer.open_connections(), self.role)
+        return Batch(records=records, raw=raw)
+
+    def decode(self, raw: np.ndarray) -> list[Conn]:
+        return self.tracer.decode(raw, self.role)
+
+    def templates(self, admit: Any) -> None:
+        return None
+
+    def detach(self) -> None:
+        if self._tracer is not None:
+            self._tracer.detach()
+
+    def pending(self) -> list[Conn]:
+        """Connections still open at the end, read from the kernel in one walk."""
+        return self.tracer.decode(self.tracer.open_connections(), self.role)
+
+    def tally(self, elapsed: float) -> Tally:
+        c = self.tracer.counters()
+        return Tally(losses={k: Loss(c[k], text) for k, text in LOSS_CAUSES.items()},
+                     counters=c, skipped_runs=self.tracer.skipped_runs())
+
+    def close(self) -> None:
+        if self._tracer is not None:
+            self._tracer.close()
+            self._tracer = None

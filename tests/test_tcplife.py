@@ -1,0 +1,176 @@
+"""`podsight trace tcplife` end to end: real kernel programs, real sockets in lab pods, and
+the bytes each socket really sent as the oracle."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+from conns import Held, Server, exchange
+from tracing import Trace, run_cli
+
+pytestmark = pytest.mark.root
+
+PORT = 7070
+SUMMARY = re.compile(r"podsight: (\d+) connections, (\d+) lost, (\d+) pending")
+
+
+def Life(*args: str) -> Trace:
+    return Trace(*args, gadget="tcplife")
+
+
+def records(t: Trace) -> list[dict]:
+    return [json.loads(line) for line in t.peek().splitlines() if line.startswith("{")]
+
+
+def summary(err: str) -> dict[str, int]:
+    m = SUMMARY.search(err)
+    assert m, err
+    return {"connections": int(m[1]), "lost": int(m[2]), "pending": int(m[3])}
+
+
+def by_side(events: list[dict], client_port: int, port: int = PORT) -> dict[str, dict]:
+    """The client's and the server's record of the connection from ``client_port``."""
+    out = {}
+    for e in events:
+        if e["state"] != "closed":
+            continue
+        if e["role"] == "client" and e["sport"] == client_port and e["dport"] == port:
+            assert "client" not in out, f"two client records for {client_port}"
+            out["client"] = e
+        if e["role"] == "server" and e["dport"] == client_port and e["sport"] == port:
+            assert "server" not in out, f"two server records for {client_port}"
+            out["server"] = e
+    return out
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_both_sides_with_exact_payload_bytes(lab, family):
+    web, mypod = lab.pod("web"), lab.pod("mypod")
+    host = web.ipv4 if family == "ipv4" else web.ipv6
+    with Server(lab, "web", PORT), Life("-n", "default") as t:
+        small = exchange(lab, "mypod", host, PORT, req=1000, resp=50_000, count=3)
+        big = exchange(lab, "mypod", host, PORT, req=10, resp=3_000_000, count=2)
+        want = len(small["sports"]) + len(big["sports"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if sum(len(by_side(records(t), p)) for p in small["sports"] + big["sports"]) \
+                    == 2 * want:
+                break
+            time.sleep(0.1)
+    res = t.stop()
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    for info, req, resp in ((small, 1000, 50_000), (big, 10, 3_000_000)):
+        for sport in info["sports"]:
+            sides = by_side(events, sport)
+            c, s = sides["client"], sides["server"]
+            assert (c["bytes_sent"], c["bytes_received"]) == (8 + req, resp)
+            assert (s["bytes_sent"], s["bytes_received"]) == (resp, 8 + req)
+            assert c["pid"] == info["pid"] and c["comm"] == info["comm"]
+            assert c["ip"] == s["ip"] == (4 if family == "ipv4" else 6)
+            assert c["saddr"] == (mypod.ipv4 if family == "ipv4" else mypod.ipv6)
+            assert c["src"]["endpoint"] == f"p/default/mypod:{sport}"
+            assert c["dst"]["endpoint"] == f"p/default/web:{PORT}"
+            assert s["src"]["endpoint"] == f"p/default/web:{PORT}"
+            assert s["dst"]["endpoint"] == f"p/default/mypod:{sport}"
+            assert c["start_seen"] and s["start_seen"]
+            assert c["duration_ns"] > 0 and s["duration_ns"] > 0
+            assert c["segs_out"] > 0 and s["segs_in"] > 0 and c["cookie"] != s["cookie"]
+    assert summary(res.stderr)["lost"] == 0
+
+
+def test_open_connections_before_and_during_the_trace(lab):
+    """Connections held open are read periodically (state open, bytes so far), including
+    those opened before podsight started; their close gives the exact totals."""
+    web = lab.pod("web")
+    # Entered in order: the two connections are open before the trace starts.
+    with Server(lab, "web", PORT), \
+            Held(lab, "mypod", web.ipv4, PORT, req=100, resp=2000, count=2) as before, \
+            Life("-n", "default", "--open-every", "200ms") as t, \
+            Held(lab, "mypod", web.ipv4, PORT, req=300, resp=4000) as during:
+        ports = before.info["sports"] + during.info["sports"]
+        deadline = time.monotonic() + 30
+        seen: dict[tuple[str, int], dict] = {}
+        while time.monotonic() < deadline and len(seen) < 2 * len(ports):
+            for e in records(t):
+                if e["state"] == "open":
+                    p = e["sport"] if e["role"] == "client" else e["dport"]
+                    if p in ports:
+                        seen[(e["role"], p)] = e
+            time.sleep(0.1)
+        assert len(seen) == 2 * len(ports), seen
+        for p in before.info["sports"]:
+            c, s = seen[("client", p)], seen[("server", p)]
+            assert not c["start_seen"] and not s["start_seen"]
+            assert (c["bytes_sent"], c["bytes_received"]) == (108, 2000)
+            assert (s["bytes_sent"], s["bytes_received"]) == (2000, 108)
+            assert c["src"]["endpoint"] == f"p/default/mypod:{p}"
+        p = during.info["sports"][0]
+        assert seen[("client", p)]["start_seen"]
+        assert seen[("client", p)]["bytes_sent"] == 308
+        before.close()
+        during.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all(len(by_side(records(t), p)) == 2 for p in ports):
+                break
+            time.sleep(0.1)
+    res = t.stop()
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    for p, req, resp in [(p, 100, 2000) for p in before.info["sports"]] + [
+            (during.info["sports"][0], 300, 4000)]:
+        sides = by_side(events, p)
+        assert (sides["client"]["bytes_sent"], sides["client"]["bytes_received"]) == \
+            (8 + req, resp)
+        assert (sides["server"]["bytes_sent"], sides["server"]["bytes_received"]) == \
+            (resp, 8 + req)
+    assert summary(res.stderr)["lost"] == 0
+
+
+def test_service_address_names_the_service_and_role_filter(lab):
+    with Life("-n", "default", "--role", "client") as t:
+        out = lab.exec("mypod", ["curl", "-s", "-o", "/dev/null", "http://10.96.0.10/"],
+                       capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not [
+                e for e in records(t) if e["dport"] == 80 and e["daddr"] == "10.96.0.10"]:
+            time.sleep(0.1)
+    res = t.stop()
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    mine = [e for e in events if e["daddr"] == "10.96.0.10"]
+    assert len(mine) == 1 and mine[0]["dst"]["endpoint"] == "s/default/web:80"
+    assert mine[0]["comm"] == "curl" and mine[0]["bytes_received"] > 0
+    assert all(e["role"] == "client" for e in events)
+
+
+def test_sqlite_and_summary_on_sigterm(lab, tmp_path):
+    web = lab.pod("web")
+    db = tmp_path / "life.db"
+    with Server(lab, "web", PORT), Life("-n", "default", "--sqlite", str(db)) as t:
+        info = exchange(lab, "mypod", web.ipv4, PORT, req=5, resp=6, count=4)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum(
+                len(by_side(records(t), p)) for p in info["sports"]) < 8:
+            time.sleep(0.1)
+        assert t.proc is not None
+        t.proc.terminate()
+    out = subprocess.run(["sqlite3", str(db), "select role, bytes_sent, bytes_received, "
+                          "src_endpoint from tcplife where state = 'closed' and "
+                          f"(sport = {PORT} or dport = {PORT}) order by role"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["client|13|6|p/default/mypod"] * 4 + ["server|6|13|p/default/web"] * 4
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--role", "both"], "invalid choice"),
+    (["--open-every", "soon"], "--open-every"),
+    (["--ring-size", "1000"], "--ring-size"),
+])
+def test_bad_input_is_one_line(args, message):
+    res = run_cli("trace", "tcplife", *args)
+    assert res.returncode == 2 and message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
