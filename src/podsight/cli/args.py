@@ -53,6 +53,12 @@ def duration_ns(value: str, lo: int = 0, hi: int = (1 << 63) - 1) -> int:
     return out
 
 
+def looks_like_duration(value: str) -> bool:
+    """Is ``value`` written as a duration (``2s``, ``500ms``, ``3``)? Not whether it is a
+    valid one: ``99999999999h`` looks like one, and gets its own error."""
+    return _DURATION.match(value) is not None
+
+
 def seconds(value: str, lo: int = 1, hi: int = 366 * 86400 * 1_000_000_000) -> float:
     """A positive duration in seconds (``30``, ``30s``, ``2m``); zero or less is refused."""
     ns = duration_ns(value, 0, hi)

@@ -20,6 +20,7 @@ from typing import Any
 
 from podsight.cli import args as A
 from podsight.cli.identity import add_identity_flags, netns_flag, pod_selector
+from podsight.cli.parser import OneLineParser
 from podsight.errors import UserError
 from podsight.filters import AddressIn, FieldIn
 from podsight.runtime import STOP, Stopped
@@ -92,6 +93,9 @@ def _add_trigger_flags(p: argparse.ArgumentParser, spec: GadgetSpec) -> None:
             g.add_argument(trig.flag, nargs="?", const=trig.delay, default=None,
                            type=lambda v: A.seconds(v, lo=0) if v not in ("0", "0s") else 0.0,
                            metavar="DELAY", help=trig.help)
+            if isinstance(p, OneLineParser):
+                # `--until-failed-connect 'tcp port 80'`: the expression is not a DELAY.
+                p.optional_values[trig.flag] = A.looks_like_duration
 
 
 def _capture_output(ns: argparse.Namespace) -> Callable[[Any], Any]:
