@@ -124,16 +124,18 @@ def test_left_and_right_cycle_the_views_that_the_schema_has() -> None:
         assert app.view == "standard"
         assert "DNS" not in app.headers and "DROPS" not in app.headers
         seen = {}
-        for _ in range(5):
+        for _ in range(6):
             await pilot.press("right")
             seen[app.view] = list(app.headers)
             if app.view == "dns":
                 assert "A name1.example NOERROR 150.0us" in screen_text(app)
-        assert list(seen) == ["drops", "dns", "rtt", "all", "standard"]
+        # flows has a TLS group (--tls), so its view is there too
+        assert list(seen) == ["drops", "dns", "rtt", "tls", "all", "standard"]
         assert "DROPS" in seen["drops"] and "DNS" not in seen["drops"]
         assert "DNS" in seen["dns"]
         assert "RTT" in seen["rtt"]
-        assert {"DNS", "DROPS", "RTT", "DSCP"} <= set(seen["all"])
+        assert "TLS" in seen["tls"] and "DNS" not in seen["tls"]
+        assert {"DNS", "DROPS", "RTT", "DSCP", "TLS"} <= set(seen["all"])
         await pilot.press("left")
         assert app.view == "all"
 
