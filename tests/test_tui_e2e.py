@@ -192,15 +192,18 @@ def test_the_screen_samples_a_storm_and_the_json_file_has_every_connect(lab, tmp
     assert f"podsight: {total} events, 0 lost" in term.stderr(), term.stderr()
 
 
-def test_packets_opens_the_view_with_decoded_headers_and_ctrl_c_leaves_the_pcapng(lab, tmp_path):
+@pytest.mark.parametrize("snaplen", ["262144", "96"], ids=["stream", "slot"])
+def test_packets_opens_the_view_with_decoded_headers_and_ctrl_c_leaves_the_pcapng(
+        lab, tmp_path, snaplen):
     """`podsight packets` on a terminal: the view by default, a packet of a known transfer in
-    it, its headers decoded in the detail pane; Ctrl-C leaves a file with every packet."""
+    it, its headers decoded in the detail pane; Ctrl-C leaves a file with every packet. Both
+    capture programs: per-CPU streams (whole packets) and fixed-size slots (-s 96)."""
     from packetsrun import fields, statistics
 
     out = tmp_path / "view.pcapng"
     port, sport = 7231, 47331
-    term = Terminal(["packets", "-n", "shop", "-w", str(out), f"udp port {port}"], tmp_path,
-                    height=70)
+    term = Terminal(["packets", "-n", "shop", "-s", snaplen, "-w", str(out),
+                     f"udp port {port}"], tmp_path, height=70)
     try:
         term.wait(lambda s: "podsight packets" in s and "IFACE" in s, "the packets view")
         send_udp(lab, "shop/frontend", BACKEND, port, 10, 100, sport=sport)
@@ -225,6 +228,6 @@ def test_packets_opens_the_view_with_decoded_headers_and_ctrl_c_leaves_the_pcapn
     assert "Traceback" not in err, err
     assert "podsight: 20 packets captured, 20 received by filter on 2 interfaces" in err, err
     assert " 0 lost" in err, err
-    got = fields(out, "udp.srcport", "udp.dstport", "frame.len")
-    assert got == [[str(sport), str(port), "142"]] * 20
+    got = fields(out, "udp.srcport", "udp.dstport", "frame.len", "frame.cap_len")
+    assert got == [[str(sport), str(port), "142", str(min(142, int(snaplen)))]] * 20
     assert set(statistics(out)) == {0, 1}
