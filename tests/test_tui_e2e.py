@@ -28,6 +28,7 @@ from tracing import connect
 
 pytestmark = [pytest.mark.root]
 
+FRONTEND = "10.244.0.4"
 BACKEND = "10.244.0.5"
 DNS_SERVICE_IP = "10.96.0.53"
 KNOWN_NAME = "web.default.svc.cluster.local"
@@ -189,3 +190,44 @@ def test_the_screen_samples_a_storm_and_the_json_file_has_every_connect(lab, tmp
     records = [json.loads(line) for line in lines]
     assert len(records) == total and all(r["dport"] == 9 for r in records)
     assert f"podsight: {total} events, 0 lost" in term.stderr(), term.stderr()
+
+
+@pytest.mark.parametrize("snaplen", ["262144", "96"], ids=["stream", "slot"])
+def test_packets_opens_the_view_with_decoded_headers_and_ctrl_c_leaves_the_pcapng(
+        lab, tmp_path, snaplen):
+    """`podsight packets` on a terminal: the view by default, a packet of a known transfer in
+    it, its headers decoded in the detail pane; Ctrl-C leaves a file with every packet. Both
+    capture programs: per-CPU streams (whole packets) and fixed-size slots (-s 96)."""
+    from packetsrun import fields, statistics
+
+    out = tmp_path / "view.pcapng"
+    port, sport = 7231, 47331
+    term = Terminal(["packets", "-n", "shop", "-s", snaplen, "-w", str(out),
+                     f"udp port {port}"], tmp_path, height=70)
+    try:
+        term.wait(lambda s: "podsight packets" in s and "IFACE" in s, "the packets view")
+        send_udp(lab, "shop/frontend", BACKEND, port, 10, 100, sport=sport)
+        mark = f"p/shop/frontend:{sport}"
+        screen = term.wait(lambda s: len(rows_with(s, mark)) == 20, "the transfer's packets")
+        rows = rows_with(screen, mark)
+        assert all(f"p/shop/backend:{port}" in r and "udp" in r and "142" in r.split()
+                   for r in rows), screen
+        assert any("p/shop/frontend " in r and "egress" in r for r in rows)
+        assert any("p/shop/backend " in r and "ingress" in r for r in rows)
+        assert "view.pcapng" in screen
+        latency(term, ["C-d"], lambda s: f"UDP {sport} > {port} len 108" in s,
+                "the detail pane's decoded headers")
+        screen = term.screen()
+        assert f"IPv4 {FRONTEND} > {BACKEND} udp len 128" in screen, screen
+        assert "Ethernet 02:" in screen  # the hex dump follows, below the fold
+        term.keys("C-c")
+        assert term.wait_exit() == 0, term.stderr()
+    finally:
+        term.close()
+    err = term.stderr()
+    assert "Traceback" not in err, err
+    assert "podsight: 20 packets captured, 20 received by filter on 2 interfaces" in err, err
+    assert " 0 lost" in err, err
+    got = fields(out, "udp.srcport", "udp.dstport", "frame.len", "frame.cap_len")
+    assert got == [[str(sport), str(port), "142", str(min(142, int(snaplen)))]] * 20
+    assert set(statistics(out)) == {0, 1}

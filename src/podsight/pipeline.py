@@ -138,7 +138,11 @@ class CaptureInterface:
 
 
 class FrameOutput(Protocol):
-    """Where :class:`Frames` go: a pcapng file, a ring of files, a pipe."""
+    """Where :class:`Frames` go: a pcapng file, a ring of files, a pipe.
+
+    An output with a ``target`` attribute (a file name; ``-`` for stdout) is listed
+    with its size in the live view's status bar.
+    """
 
     bytes: int
     #: Why it takes no more (``--max-packets reached``), else "".
@@ -528,6 +532,9 @@ class Run(Generic[R]):
             frame_output = factory(self.ctx)
             self._frame_outputs.append(frame_output)
             self._sizes.append(lambda o=frame_output: int(o.bytes))  # type: ignore[misc]
+            target = getattr(frame_output, "target", "")
+            if target and target != "-":
+                self._files.append((target, self._sizes[-1]))
 
         def json_lines(stream: TextIO) -> JsonLines[R]:
             json = JsonLines(schema, stream)
@@ -595,7 +602,12 @@ class Run(Generic[R]):
                 batch.frames.release()
             return
         if batch.frames is not None:
-            self._write_frames(batch.frames)
+            frames = batch.frames
+            try:
+                self._write_frames(frames)
+                self._offer_frames(frames, admission)
+            finally:
+                frames.release()
         records = list(batch.records)
         lines: list[str] | None = None
         raw = batch.raw
@@ -635,6 +647,17 @@ class Run(Generic[R]):
             if unseen is not None:
                 feed.offer(unseen, lambda sample: admission(gadget.decode(sample)))
 
+    def _offer_frames(self, frames: Frames, admission: Admission[R]) -> None:
+        """Frames to the live view, once written and before they are released: the view
+        samples them and the gadget decodes only the sample (``decode_frames``)."""
+        decode_frames = getattr(self.gadget, "decode_frames", None)
+        if self.feed is None or decode_frames is None or not len(frames):
+            return
+        import numpy as np
+
+        self.feed.offer(np.arange(len(frames)),
+                        lambda which: admission(decode_frames(frames, which)))
+
     def _admits_all(self) -> bool:
         """Does admission keep every record as it is (no pod flags, no user-space filter)?"""
         return not self.predicates and not self.ctx.selector.selects_pods
@@ -647,7 +670,8 @@ class Run(Generic[R]):
         return getattr(self.gadget, "capture_interfaces", ())
 
     def _write_frames(self, frames: Frames) -> None:
-        """Frames to every frame output, then back to the gadget; a full output stops."""
+        """Frames to every frame output (the caller gives them back to the gadget); a full
+        output stops."""
         interfaces = self._capture_interfaces()
         try:
             written = len(frames)
@@ -668,8 +692,6 @@ class Run(Generic[R]):
             self._fail(RunFailure(f"writing output: {exc.strerror or exc}"), len(frames))
         except PodsightError as exc:
             self._fail(exc, len(frames))
-        finally:
-            frames.release()
 
     def _show_status(self, final: bool = False) -> None:
         """The gadget's live line on stderr: rewritten in place on a terminal, else a line

@@ -133,6 +133,10 @@ class GadgetSpec:
       ``--tls-keylog``), ``"triggers"`` (every other gadget's :class:`TriggerSpec`).
       Every gadget takes the identity, output and limit flags.
     - ``live``: the live table is the default output on a terminal.
+    - ``record_files``: its records can be written (``-o json``, ``--json FILE``,
+      ``--sqlite FILE``); False for a gadget whose records are for the live view
+      only because its output is a capture file (packets), so the CLI offers none
+      of those flags.
     - ``interval``: the gadget reports in intervals (``--interval``), with
       this default in seconds; None for per-event gadgets.
     """
@@ -145,6 +149,7 @@ class GadgetSpec:
     params: tuple[Param, ...] = ()
     flag_groups: frozenset[str] = frozenset()
     live: bool = False
+    record_files: bool = True
     interval: float | None = None
     noun: str = "events"  # what the summary counts: "3 events", "14 flow records"
     #: The gadget reports records still open at the end ("2 pending" in the summary).

@@ -250,24 +250,29 @@ def _add_param(p: argparse.ArgumentParser, param: Param) -> None:
 
 def _add_output_flags(p: argparse.ArgumentParser, spec: GadgetSpec) -> None:
     g = p.add_argument_group("outputs and limits")
-    g.add_argument("-o", "--output", default="columns", help=OUTPUT_HELP)
+    if spec.record_files:
+        g.add_argument("-o", "--output", default="columns", help=OUTPUT_HELP)
     if spec.live:
         g.add_argument("--no-tui", action="store_true",
-                       help="plain lines instead of the live view, even on a terminal")
+                       help="plain lines instead of the live view, even on a terminal"
+                       if spec.record_files else
+                       "a status line on stderr instead of the live view, even on a terminal")
     else:
         g.add_argument("--tui", action="store_true",
                        help="the live view (a table to sort, filter and aggregate; needs a "
                             "terminal) instead of plain lines")
-    g.add_argument("--sqlite", metavar="FILE", help="also write every record to this new "
-                   "SQLite file (written one transaction per batch: valid at every moment)")
-    g.add_argument("--json", dest="json_file", metavar="FILE",
-                   help="also write every record to this new file as JSON lines (beside the "
-                        "live view, say)")
+    if spec.record_files:
+        g.add_argument("--sqlite", metavar="FILE", help="also write every record to this new "
+                       "SQLite file (written one transaction per batch: valid at every moment)")
+        g.add_argument("--json", dest="json_file", metavar="FILE",
+                       help="also write every record to this new file as JSON lines (beside "
+                            "the live view, say)")
     g.add_argument("--max-time", "--timeout", dest="max_time",
                    type=lambda v: A.seconds(v), metavar="SECONDS", help="stop after this long")
     g.add_argument("--max-bytes", type=lambda v: A.size(v), metavar="SIZE",
                    help="stop once the outputs hold this much (e.g. 50M): JSON written plus "
-                        "the SQLite file")
+                        "the SQLite file" if spec.record_files else
+                        "stop once the output files hold this much (e.g. 50M)")
     if spec.interval is not None:
         g.add_argument("--interval", type=lambda v: A.seconds(v, hi=86400 * 1_000_000_000),
                        default=spec.interval, metavar="SECONDS",
@@ -329,19 +334,20 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
     from podsight.pipeline import OutputOptions, Run, RunContext, RunResult, summary_line
     from podsight.timefmt import Clock
 
-    mode, columns = parse_output(ns.output)
+    mode, columns = parse_output(getattr(ns, "output", "columns"))
     if columns is not None:
         columns = columns.strip()
         if not columns.replace(",", "").strip():
             raise UserError("-o columns= needs at least one column name")
-    for flag, path in (("--sqlite", ns.sqlite), ("--json", ns.json_file)):
+    sqlite, json_file = getattr(ns, "sqlite", None), getattr(ns, "json_file", None)
+    for flag, path in (("--sqlite", sqlite), ("--json", json_file)):
         if path is not None:
             if not path.strip():
                 raise UserError(f"{flag} needs a file name (it was empty)")
             if os.path.lexists(path):
                 raise UserError(f"{path} exists: remove it or choose another file")
             _check_new_file(path, flag)
-    if ns.sqlite is not None and ns.sqlite == ns.json_file:
+    if sqlite is not None and sqlite == json_file:
         raise UserError("--sqlite and --json name the same file")
     tui = getattr(ns, "tui", False)
     if tui and mode == "json":
@@ -350,10 +356,13 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
     if tui and not _terminal():
         raise UserError("--tui needs a terminal on stdin and stdout (use -o json or "
                         "--json FILE otherwise)")
+    live = tui or (mode == "columns" and spec.live and not getattr(ns, "no_tui", False)
+                   and _terminal())
     frame_outputs: tuple[Callable[[Any], Any], ...] = ()
     if "capture" in spec.flag_groups:
         frame_outputs = (_capture_output(ns),)
-        mode = "none"
+        if not live:
+            mode = "none"  # the capture file is the output; records only feed the view
     rules = []
     if "rules" in spec.flag_groups:
         from podsight.cli.rules import parse_rules
@@ -368,11 +377,9 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
     filters = predicates(spec, values)
     module, _, attr = spec.factory.partition(":")
     options = OutputOptions(
-        mode=mode, columns=columns, sqlite=ns.sqlite, json_file=ns.json_file,
-        live=tui or (mode == "columns" and spec.live and not getattr(ns, "no_tui", False)
-                     and _terminal()),
+        mode=mode, columns=columns, sqlite=sqlite, json_file=json_file, live=live,
         max_time=ns.max_time, max_bytes=ns.max_bytes, command=" ".join(sys.argv),
-        frame_outputs=frame_outputs, status_line=bool(frame_outputs),
+        frame_outputs=frame_outputs, status_line=bool(frame_outputs) and not live,
     )
     result = RunResult()
     with ExitStack() as stack:

@@ -331,10 +331,12 @@ def clip(text: str, width: int) -> str:
 # -- the detail pane ------------------------------------------------------------------------
 
 def detail_lines(r: Any, layout: Layout) -> list[str]:
-    """Both ends in full (who, in which pod, workload, node and container), then every
-    field of the record, then its bytes (hex and decoded headers) if it carries any."""
+    """Both ends in full (who, in which pod, workload, node and container), the headers
+    decoded if the record carries bytes (a packet), every field of the record, then the
+    bytes as hex (last: the longest part, below the fold in a small pane)."""
     schema = layout.schema
     out = []
+    data = payload_of(r, schema)
     for target, addr, port in layout.ends:
         e = endpoint_of(r, target, addr)
         out.append(f"{target}: {e.notation}:{getattr(r, port, '')}  ({e.kind})")
@@ -348,6 +350,12 @@ def detail_lines(r: Any, layout: Layout) -> list[str]:
                 out.append(f"  {label:<10} {value}")
     if out:
         out.append("")
+    if data:
+        from podsight.tui.packet import decode_headers
+
+        out.append(f"headers ({len(data)} bytes)")
+        out += ["  " + line for line in decode_headers(data)]
+        out.append("")
     width = max((len(f.name) for f in schema.fields), default=8)
     for f in schema.fields:
         if f.ends is not None:
@@ -358,13 +366,9 @@ def detail_lines(r: Any, layout: Layout) -> list[str]:
             continue
         if text:
             out.append(f"{f.name:<{width}}  {text}")
-    data = payload_of(r, schema)
     if data:
-        from podsight.tui.packet import decode_headers, hexdump
+        from podsight.tui.packet import hexdump
 
-        out.append("")
-        out.append(f"bytes ({len(data)})")
-        out += ["  " + line for line in decode_headers(data)]
         out.append("")
         out += hexdump(data)
     return out

@@ -35,5 +35,7 @@ SPEC = GadgetSpec(
     ),
     flag_groups=frozenset({"interfaces", "capture", "triggers"}),
     noun="packets captured",
+    live=True,
+    record_files=False,
     strict_pods=True,
 )

@@ -23,11 +23,20 @@ import numpy as np
 from podsight.errors import PodsightError, UserError
 from podsight.gadgets.packets.capture import Capture
 from podsight.gadgets.packets.filter import DLT_EN10MB, DLT_RAW, LINKTYPE_RAW, compile_filter
+from podsight.gadgets.packets.records import PacketRecord, decode
 from podsight.gadgets.packets.schema import schema
 from podsight.net.interfaces import choose, host_interfaces
 from podsight.net.netns import call_in_netns, netns_names
 from podsight.outputs.json import TemplateSpec
-from podsight.pipeline import Batch, CaptureInterface, Loss, RunContext, Selection, Tally
+from podsight.pipeline import (
+    Batch,
+    CaptureInterface,
+    Frames,
+    Loss,
+    RunContext,
+    Selection,
+    Tally,
+)
 from podsight.schema import Schema
 
 ARPHRD_NONE = 0xFFFE  # a raw IP device (tun, wireguard): no link-layer header
@@ -71,7 +80,7 @@ class PacketsGadget:
         self.expression = expression(v)
         self.include: list[str] | None = v.get("interfaces")
         self.exclude: list[str] | None = v.get("exclude_interfaces")
-        self.schema: Schema[Any] = schema(ctx.clock)
+        self.schema: Schema[PacketRecord] = schema(ctx.clock)
         self.capture_interfaces: list[CaptureInterface] = []
         self._programs: dict[int, dict[str, Any]] = {}  # linktype -> direction -> cBPF
         # Compile once now: a bad expression is bad input, before anything is loaded.
@@ -242,6 +251,15 @@ class PacketsGadget:
 
     def decode(self, raw: np.ndarray) -> list[Any]:
         return []
+
+    def decode_frames(self, frames: Frames, which: np.ndarray) -> list[PacketRecord]:
+        """Records for blocks ``which`` of ``frames``, for the live view (which samples)."""
+        return decode(frames, which, self.capture_interfaces, self.ctx.clock.offset_ns)
+
+    @staticmethod
+    def preselected(record: PacketRecord) -> bool:
+        """Every packet is of a selected pod: only selected pods' interfaces are captured."""
+        return True
 
     def templates(self, admit: Callable[[np.ndarray], Any]) -> TemplateSpec[Any] | None:
         return None
