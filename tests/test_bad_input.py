@@ -129,8 +129,11 @@ CASES: list[tuple[list[str], int, str]] = [
     (["packets", "-w", "/tmp/x.pcapng", "--peer-ip", "nope"], 2, "invalid"),
     (["packets", "-w", "/tmp/x.pcapng", "--protocol", "foo"], 2, "invalid choice: 'foo'"),
     (["packets", "-w", "/tmp/x.pcapng", "-B", "10"], 2, "invalid size '10'"),
+    (["packets", "-w", "/tmp/x.pcapng", "--until-failed-connect", "5x"], 2,
+     "invalid duration '5x'"),
+    # a word that is no duration is the filter expression, not DELAY (libpcap's message)
     (["packets", "-w", "/tmp/x.pcapng", "--until-failed-connect", "x"], 2,
-     "invalid duration 'x'"),
+     "invalid filter expression 'x': can't parse filter expression: syntax error"),
     # the lab
     (["lab"], 2, "required: COMMAND"),
     (["lab", "bogus"], 2, "invalid choice: 'bogus'"),

@@ -54,9 +54,10 @@ def duration_ns(value: str, lo: int = 0, hi: int = (1 << 63) - 1) -> int:
 
 
 def looks_like_duration(value: str) -> bool:
-    """Is ``value`` written as a duration (``2s``, ``500ms``, ``3``)? Not whether it is a
-    valid one: ``99999999999h`` looks like one, and gets its own error."""
-    return _DURATION.match(value) is not None
+    """Is ``value`` meant as a duration: does it start with a number (``2s``, ``500ms``,
+    ``3``)? Not whether it is a valid one: ``5x`` or ``99999999999h`` look like one, and
+    get their own error. (No tcpdump expression starts with a number.)"""
+    return value.lstrip()[:1].isdigit()
 
 
 def seconds(value: str, lo: int = 1, hi: int = 366 * 86400 * 1_000_000_000) -> float:
