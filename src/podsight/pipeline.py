@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TextIO, TypeVar, cast
 
 from podsight.errors import PodsightError, RunFailure
 from podsight.runtime import STOP, StopFlag, Stopped
@@ -360,6 +360,41 @@ class Admission(Generic[R]):
         return None
 
 
+class RawNaming(Generic[R]):
+    """What a sink that takes raw kernel records (``write_raw``) names them with: the
+    gadget's decoder and the run's identity and selection, for a few records of a batch
+    (one per group of records that name alike) instead of every one.
+
+    A sink aggregating a batch decodes and :meth:`admit` s one record per group; every
+    other record of the group whose time is at or after :meth:`since` of it is named
+    the same (after :meth:`sync` with the batch's newest time); the rest it decodes and
+    admits one by one. Offered only when no user-space filter reads a record's own
+    fields (the pod flags only look at its ends).
+    """
+
+    def __init__(self, gadget: Gadget[R], admission: Admission[R]) -> None:
+        self.decode = gadget.decode
+        self._admission = admission
+
+    def sync(self, at_ns: int) -> int:
+        return self._admission.resolver.sync(at_ns)
+
+    def admit(self, records: Sequence[R]) -> list[R | None]:
+        """Each record named; None for one the pod flags do not select."""
+        one = self._admission.one
+        return [one(r) for r in records]
+
+    def since(self, record: R) -> int:
+        return self._admission.since(record)
+
+
+class RawOutput(Protocol):
+    """An output that also takes raw kernel records, named through :class:`RawNaming`;
+    returns how many it kept."""
+
+    def write_raw(self, raw: np.ndarray, naming: RawNaming[Any]) -> int: ...
+
+
 class _TemplateIdentity(Generic[R]):
     """:class:`podsight.outputs.json.TemplateIdentity` for one run: the resolver, asked
     through the schema's sides of a decoded raw record."""
@@ -612,8 +647,11 @@ class Run(Generic[R]):
         lines: list[str] | None = None
         raw = batch.raw
         unseen: np.ndarray | None = None  # raw records only the live view will look at
+        aggregate: np.ndarray | None = None  # raw records for sinks that aggregate them
         if raw is not None and len(raw):
-            if self._template is not None and len(self._outputs) == 1:
+            if self._raw_sinks(admission):
+                aggregate = raw
+            elif self._template is not None and len(self._outputs) == 1:
                 lines = self._template[0].lines(raw)
                 unseen = raw
             elif self.feed is not None and not self._outputs and self._admits_all():
@@ -631,6 +669,10 @@ class Run(Generic[R]):
                 for output in self._outputs:
                     output.write(kept)
                 self.result.records += len(kept)
+            if aggregate is not None:
+                naming = RawNaming(gadget, admission)
+                self.result.records += min(cast(RawOutput, output).write_raw(aggregate, naming)
+                                           for output in self._outputs)
         except BrokenPipeError:
             # `podsight ... | head`: the reader left. Not an error: stop, and say so.
             self._reader_gone = True
@@ -657,6 +699,12 @@ class Run(Generic[R]):
 
         self.feed.offer(np.arange(len(frames)),
                         lambda which: admission(decode_frames(frames, which)))
+
+    def _raw_sinks(self, admission: Admission[R]) -> bool:
+        """Do the outputs take raw records (sinks that aggregate them: ``serve``) and
+        nothing needs each record (no live view, no filter on a record's own fields)?"""
+        return (bool(self._outputs) and self.feed is None and not admission.predicates
+                and all(getattr(o, "write_raw", None) is not None for o in self._outputs))
 
     def _admits_all(self) -> bool:
         """Does admission keep every record as it is (no pod flags, no user-space filter)?"""

@@ -118,7 +118,39 @@ class DnsResponse:
     key: tuple[Any, ...] = ()
 
 
-Observation = Connection | ConnectFailure | TlsHello | FlowBytes | Drop | DnsResponse
+@dataclass(frozen=True, slots=True)
+class ClosedConnections:
+    """Closed connections with the same ends, ports and role, as columns (a batch of kernel
+    records aggregated before identity: ``local``/``remote`` name every one of them).
+
+    The graph counts them exactly as it counts one :class:`Connection` each (closed, not
+    open); those it follows as open (their key read before) it takes one by one.
+    ``cookie``, ``start_ns``, ``ts_ns``, ``sent``, ``received``: equal-length integer
+    arrays (numpy), one element per connection.
+    """
+
+    local: Endpoint
+    remote: Endpoint
+    local_port: int
+    remote_port: int
+    role: str
+    cookie: Any
+    start_ns: Any
+    ts_ns: Any
+    sent: Any
+    received: Any
+
+    def __len__(self) -> int:
+        return len(self.cookie)
+
+    def one(self, i: int) -> Connection:
+        return Connection((int(self.cookie[i]),), self.local, self.remote, self.local_port,
+                          self.remote_port, self.role, False, int(self.start_ns[i]),
+                          int(self.ts_ns[i]), int(self.sent[i]), int(self.received[i]))
+
+
+Observation = (Connection | ConnectFailure | TlsHello | FlowBytes | Drop | DnsResponse
+               | ClosedConnections)
 
 
 # -- nodes ------------------------------------------------------------------------------------
@@ -149,7 +181,7 @@ class Edge:
     short: int = 0
     bytes_sent: int = 0  # source -> target (client to server)
     bytes_received: int = 0  # target -> source
-    duration_sum: float = 0.0  # seconds, closed connections
+    duration_sum: float = 0.0  # seconds, closed connections (duration_ns / 1e9)
     duration_max: float = 0.0
     buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
     failures: dict[str, int] = field(default_factory=dict)
@@ -157,6 +189,7 @@ class Edge:
     last_ns: int = 0
     flow_bytes: int = 0  # on the wire, both directions, headers included (flows)
     drops: dict[str, int] = field(default_factory=dict)  # reason -> packets
+    duration_ns: int = 0  # the exact sum behind duration_sum (any order of adding agrees)
 
     @property
     def id(self) -> str:
@@ -255,6 +288,9 @@ class Graph:
                 self.observations += 1
                 if isinstance(o, Connection):
                     self._connection(o)
+                elif isinstance(o, ClosedConnections):
+                    self.observations += len(o) - 1
+                    self._closed(o)
                 elif isinstance(o, ConnectFailure):
                     edge = self._edge(self.node(o.src), self.node(o.dst), o.port)
                     edge.failures[o.result] = edge.failures.get(o.result, 0) + 1
@@ -327,12 +363,60 @@ class Graph:
         if not held.persistent:
             edge.short += 1
         seconds = duration / 1e9
-        edge.duration_sum += seconds
+        edge.duration_ns += duration
+        edge.duration_sum = edge.duration_ns / 1e9
         edge.duration_max = max(edge.duration_max, seconds)
         for i, le in enumerate(DURATION_BUCKETS):
             if seconds <= le:
                 edge.buckets[i] += 1
                 break
+
+    def _closed(self, g: ClosedConnections) -> None:
+        """:meth:`_connection` for each of ``g``, in bulk for those not followed as open."""
+        import numpy as np
+
+        if g.role == "server":
+            if _in_cluster(g.remote):
+                return
+            src, dst, port, sent, received = g.remote, g.local, g.local_port, g.received, \
+                g.sent
+        else:
+            src, dst, port, sent, received = g.local, g.remote, g.remote_port, g.sent, \
+                g.received
+        ts = g.ts_ns
+        if self._open:
+            held = self._open
+            followed = np.fromiter(((c,) in held for c in g.cookie.tolist()), bool, len(g))
+            if followed.any():
+                for i in np.flatnonzero(followed).tolist():
+                    self._connection(g.one(i))
+                bulk = ~followed
+                ts, sent, received = ts[bulk], sent[bulk], received[bulk]
+                start = g.start_ns[bulk]
+                if not len(ts):
+                    return
+            else:
+                start = g.start_ns
+        else:
+            start = g.start_ns
+        n = len(ts)
+        edge = self._edge(self.node(src), self.node(dst), port)
+        duration = np.maximum(ts.astype(np.int64) - start.astype(np.int64), 0)
+        persistent = int(np.count_nonzero(duration > self.persistent_ns))
+        edge.opened += n
+        edge.closed += n
+        edge.persistent += persistent
+        edge.short += n - persistent
+        edge.bytes_sent += int(sent.sum(dtype=np.uint64))
+        edge.bytes_received += int(received.sum(dtype=np.uint64))
+        edge.duration_ns += int(duration.sum())
+        edge.duration_sum = edge.duration_ns / 1e9
+        edge.duration_max = max(edge.duration_max, int(duration.max()) / 1e9)
+        slot = np.searchsorted(np.asarray(DURATION_BUCKETS), duration / 1e9, side="left")
+        counts = np.bincount(slot, minlength=len(DURATION_BUCKETS) + 1).tolist()
+        edge.buckets = [a + b for a, b in zip(edge.buckets, counts, strict=False)]
+        edge.seen(int(ts.min()) + self.offset_ns)
+        edge.seen(int(ts.max()) + self.offset_ns)
 
     def forget_stale(self, now_wall_ns: int) -> int:
         """Open connections not read again for FORGET_OPEN_NS (their close was lost)."""
@@ -362,7 +446,7 @@ class Graph:
                                     e.persistent, e.short, e.bytes_sent, e.bytes_received,
                                     e.duration_sum, e.duration_max, list(e.buckets),
                                     dict(e.failures), e.first_ns, e.last_ns, e.flow_bytes,
-                                    dict(e.drops))
+                                    dict(e.drops), e.duration_ns)
                     continue
                 m.flow_bytes += e.flow_bytes
                 for reason, n in e.drops.items():
@@ -374,7 +458,8 @@ class Graph:
                 m.short += e.short
                 m.bytes_sent += e.bytes_sent
                 m.bytes_received += e.bytes_received
-                m.duration_sum += e.duration_sum
+                m.duration_ns += e.duration_ns
+                m.duration_sum = m.duration_ns / 1e9
                 m.duration_max = max(m.duration_max, e.duration_max)
                 m.buckets = [a + b for a, b in zip(m.buckets, e.buckets, strict=True)]
                 for result, n in e.failures.items():

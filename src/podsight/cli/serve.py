@@ -132,6 +132,23 @@ class _Sink:
         self.graph.add(self.adapter(records))
 
 
+class _RawSink(_Sink):
+    """A sink for a gadget whose adapter also takes raw batches (``extra["graph_raw"]``):
+    the pipeline hands it the kernel's records undecoded and it aggregates them before
+    naming (decode and identity once per group, not per record)."""
+
+    def __init__(self, graph: Any, adapter: Callable[[Sequence[Any]], Any],
+                 raw_adapter: Callable[[Any, Any], tuple[Any, int]]) -> None:
+        super().__init__(graph, adapter)
+        self.raw_adapter = raw_adapter
+
+    def write_raw(self, raw: Any, naming: Any) -> int:
+        observations, kept = self.raw_adapter(raw, naming)
+        self.records += kept
+        self.graph.add(observations)
+        return kept
+
+
 class _Started:
     """Wraps a gadget to say when its programs are attached."""
 
@@ -165,7 +182,9 @@ class Feed:
                 self.values.update(values)
         if spec.interval is not None:
             self.values.setdefault("interval", spec.interval)
-        self.sink = _Sink(graph, _load(spec.extra["graph"]))
+        raw_ref = spec.extra.get("graph_raw")
+        self.sink = (_Sink(graph, _load(spec.extra["graph"])) if raw_ref is None else
+                     _RawSink(graph, _load(spec.extra["graph"]), _load(raw_ref)))
         self.started = threading.Event()
         self.done = threading.Event()
         self.error: BaseException | None = None

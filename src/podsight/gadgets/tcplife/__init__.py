@@ -32,7 +32,9 @@ SPEC = GadgetSpec(
     reports_pending=True,
     # serve: the graph counts a loopback connection from its client anyway; a larger ring
     # rides out storms while the graph is read.
+    # serve aggregates each raw ring batch before naming it (graph_raw).
     extra={"graph": "podsight.gadgets.tcplife.graph:observe",
+           "graph_raw": "podsight.gadgets.tcplife.graph:observe_raw",
            "graph_recorded": "podsight.gadgets.tcplife.graph:observe_recorded",
            "graph_values": {"loopback_once": True, "ring_size": 32 << 20}},
 )

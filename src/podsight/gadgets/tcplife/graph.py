@@ -5,9 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from podsight.analysis.graph import Connection
+import numpy as np
+
+from podsight.analysis.graph import ClosedConnections, Connection, Observation
 from podsight.gadgets.tcplife.schema import Conn
+from podsight.gadgets.tcplife.tcplife import F_OPEN
 from podsight.identity.endpoint import Endpoint
+
+# What names a record's ends and edge alike: (network namespace, cgroup, local address,
+# peer address, family, role, the server's port).
+_KEY = np.dtype([("netns", "<u4"), ("cgroup_id", "<u8"), ("saddr", "V16"),
+                 ("daddr", "V16"), ("family", "<u2"), ("role", "u1"), ("port", "<u2")])
 
 
 def observe(records: Sequence[Conn]) -> list[Connection]:
@@ -19,6 +27,70 @@ def observe(records: Sequence[Conn]) -> list[Connection]:
                    received=r.bytes_received)
         for r in records
     ]
+
+
+def observe_raw(raw: np.ndarray, naming: Any) -> tuple[list[Observation], int]:
+    """A ring batch of kernel records (CONN_DTYPE) as observations, and how many records
+    were kept: the same as :func:`observe` of every record decoded and named, but
+    decoded and named once per group of records with the same ends, role and server
+    port (:class:`podsight.pipeline.RawNaming`), each group one
+    :class:`ClosedConnections`. Records flagged open, and those older than their
+    group's naming holds, go one by one."""
+    n = len(raw)
+    if not n:
+        return [], 0
+    key = np.zeros(n, _KEY)
+    for name in ("netns", "cgroup_id", "saddr", "daddr", "family", "role"):
+        key[name] = raw[name]
+    key["port"] = np.where(raw["role"] == 2, raw["sport"], raw["dport"])
+    ts = raw["ts_ns"]
+    _, first, inverse = np.unique(key.view(f"V{_KEY.itemsize}"), return_index=True,
+                                  return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.lexsort((ts, inverse))  # by group, then by time
+    ends = np.cumsum(np.bincount(inverse, minlength=len(first)))
+    starts = ends - np.bincount(inverse, minlength=len(first))
+    naming.sync(int(ts.max()))
+    reps = raw[order[ends - 1]]  # the newest record of each group
+    decoded = naming.decode(reps)
+    if len(decoded) != len(reps):  # the gadget's --role left some out: one by one
+        return _one_by_one(raw, naming)
+    named = naming.admit(decoded)
+    opened = (raw["flags"] & F_OPEN) != 0
+    out: list[Observation] = []
+    kept = 0
+    slow: list[np.ndarray] = []
+    for g, rep in enumerate(named):
+        members = order[starts[g]:ends[g]]
+        since = naming.since(decoded[g])  # named (if not selected) as the newest one is
+        cut = int(np.searchsorted(ts[members], since, side="left"))
+        if cut:
+            slow.append(members[:cut])
+        bulk = members[cut:]
+        if rep is None or not len(bulk):
+            continue  # not selected, as the newest one is not
+        if opened[bulk].any():
+            slow.append(bulk[opened[bulk]])
+            bulk = bulk[~opened[bulk]]
+            if not len(bulk):
+                continue
+        rows = raw[bulk]
+        out.append(ClosedConnections(
+            local=rep.src or Endpoint.raw(rep.saddr), remote=rep.dst or Endpoint.raw(rep.daddr),
+            local_port=rep.sport, remote_port=rep.dport, role=rep.role, cookie=rows["cookie"],
+            start_ns=rows["start_ns"], ts_ns=rows["ts_ns"], sent=rows["bytes_acked"],
+            received=rows["bytes_received"]))
+        kept += len(bulk)
+    if slow:
+        one, count = _one_by_one(raw[np.sort(np.concatenate(slow))], naming)
+        out[:0] = one
+        kept += count
+    return out, kept
+
+
+def _one_by_one(raw: np.ndarray, naming: Any) -> tuple[list[Observation], int]:
+    kept = [r for r in naming.admit(naming.decode(raw)) if r is not None]
+    return list(observe(kept)), len(kept)
 
 
 def _endpoint(obj: dict[str, Any], addr: str) -> Endpoint:
