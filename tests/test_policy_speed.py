@@ -155,3 +155,55 @@ def test_a_malformed_line_is_the_same_one_line_error(files: dict[str, Path], tmp
         proc = podsight(*argv)
         assert proc.returncode == 2, argv
         assert proc.stderr == want, argv
+
+
+def advise_both(path: Path, objects: Path | None, parts: int) -> tuple[Any, Any]:
+    """Advise on one CPU and on ``parts`` parts read by forked workers: (policies text,
+    connections, records), or the error each raised."""
+    from podsight.analysis.policy import Advisor, Reader, World, render
+    from podsight.analysis.policy.checkrun import advise_parallel, plan
+    from podsight.analysis.policy.documents import documents
+    from podsight.analysis.policy.world import from_documents
+
+    world = from_documents(documents(str(objects), "--objects"), "objects") \
+        if objects is not None else World(origin="the records")
+
+    def run(parallel: bool) -> Any:
+        advisor, reader = Advisor(world), Reader([str(path)])
+        try:
+            if parallel:
+                chunks = plan([str(path)], parts)
+                assert chunks is not None and len(chunks) == parts
+                assert advise_parallel(chunks, 2, reader, advisor, lambda: Advisor(world),
+                                       lambda: False)
+            else:
+                advisor.add_all(reader)
+            return render.documents(advisor.policies()), advisor.connections, \
+                reader.stats.records
+        except Exception as exc:  # compared: the same error either way
+            return type(exc).__name__, str(exc)
+
+    return run(False), run(True)
+
+
+@pytest.mark.parametrize("kind", ["json", "sqlite"])
+@pytest.mark.parametrize("parts", [2, 3])
+def test_advise_on_several_cpus_matches_one(files: dict[str, Path], kind: str, parts: int):
+    one, several = advise_both(files[kind], files["objects"], parts)
+    assert one[1] == len(records()) and "NetworkPolicy" in one[0]
+    assert several == one
+
+
+def test_advise_on_several_cpus_raises_what_one_raises(files: dict[str, Path],
+                                                        tmp_path: Path):
+    # no objects: SQLite stores no labels, so the first pod a policy needs stops advise
+    one, several = advise_both(files["sqlite"], None, 2)
+    assert one[0] == "Unknown"
+    assert several == one
+    # a malformed line in the second part: the first part is replayed, then its error
+    lines = files["json"].read_text().splitlines(keepends=True)
+    bad = tmp_path / "bad.json"
+    bad.write_text("".join(lines[:-3]) + "{oops\n" + "".join(lines[-3:]))
+    one, several = advise_both(bad, files["objects"], 2)
+    assert one[0] == "UserError" and f"bad.json:{len(lines) - 2}: not a JSON object" in one[1]
+    assert several == one

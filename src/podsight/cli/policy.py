@@ -284,11 +284,23 @@ def _advise(ns: argparse.Namespace) -> int:
                                 ())
 
     if ns.sources:
+        from podsight.analysis.policy.checkrun import MAX_AUTO_JOBS, advise_parallel, plan
+        from podsight.runtime import STOP
+
         world = _world(ns)
-        advisor = Advisor(world, subjects=subjects, aggregate4=four, aggregate6=six)
+
+        def make_advisor() -> Advisor:
+            return Advisor(world, subjects=subjects, aggregate4=four, aggregate6=six)
+
+        advisor = make_advisor()
         reader = Reader(ns.sources, server_port=_server_port(world))
         _settle_gc()
-        advisor.add_all(reader)
+        # Big captures are read on every CPU, as policy check reads them (same threshold).
+        chunks = plan(ns.sources, None)
+        jobs = min(os.cpu_count() or 1, MAX_AUTO_JOBS)
+        if chunks is None or not advise_parallel(chunks, jobs, reader, advisor, make_advisor,
+                                                 STOP.is_set):
+            advisor.add_all(reader)
         records = reader.stats.records
         skipped = reader.stats.skipped_text()
     else:
