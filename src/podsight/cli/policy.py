@@ -190,6 +190,7 @@ def _check(ns: argparse.Namespace) -> int:
     checker = Checker(policies.policies, world)
     before = Checker(baseline.policies, world) if baseline is not None else None
     reader = Reader(ns.sources, server_port=_server_port(world))
+    _settle_gc()
     out = sys.stdout
     diff = before is not None
     every = ns.output == "json" or diff  # the table shows the denied ones only
@@ -229,6 +230,23 @@ def _check(ns: argparse.Namespace) -> int:
     return 1 if counts["denied"] else 0
 
 
+def _settle_gc() -> None:
+    """Before reading records: the policies and objects just loaded are kept to the end, so
+    they are moved out of the collector's sight (:func:`gc.freeze`), and young objects are
+    collected every 50,000 allocations instead of 700.
+
+    Why: each record allocates a few containers that reference counting frees at once (a
+    record makes no cycles), yet every 700 of them started a collection, and the older
+    generations' collections walked every pod, policy and cache entry again: ~7% of a
+    check's or advise's CPU, for nothing found. Output does not depend on it.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def _say_skipped(policies: Any, path: str) -> None:
     if policies.skipped:
         _warn(f"{path}: skipped {policies.skipped_text()} (not NetworkPolicies)")
@@ -266,10 +284,23 @@ def _advise(ns: argparse.Namespace) -> int:
                                 ())
 
     if ns.sources:
+        from podsight.analysis.policy.checkrun import MAX_AUTO_JOBS, advise_parallel, plan
+        from podsight.runtime import STOP
+
         world = _world(ns)
-        advisor = Advisor(world, subjects=subjects, aggregate4=four, aggregate6=six)
+
+        def make_advisor() -> Advisor:
+            return Advisor(world, subjects=subjects, aggregate4=four, aggregate6=six)
+
+        advisor = make_advisor()
         reader = Reader(ns.sources, server_port=_server_port(world))
-        advisor.add_all(reader)
+        _settle_gc()
+        # Big captures are read on every CPU, as policy check reads them (same threshold).
+        chunks = plan(ns.sources, None)
+        jobs = min(os.cpu_count() or 1, MAX_AUTO_JOBS)
+        if chunks is None or not advise_parallel(chunks, jobs, reader, advisor, make_advisor,
+                                                 STOP.is_set):
+            advisor.add_all(reader)
         records = reader.stats.records
         skipped = reader.stats.skipped_text()
     else:

@@ -9,7 +9,8 @@ in input order, so the output is the one-CPU output byte for byte. A part
 that fails stops the check where the one-CPU run would have stopped: the
 parts before it are written, then its error. Inputs that cannot be split
 (stdin, flow records, which are merged across the whole input) are judged
-on one CPU.
+on one CPU. :func:`advise_parallel` reads the parts of an advise the same
+way.
 """
 
 from __future__ import annotations
@@ -221,6 +222,48 @@ def judge_parallel(chunks: list[Chunk], jobs: int, reader: Reader,
                 raise part.error
         out.flush()
         return total
+
+
+def advise_parallel(chunks: list[Chunk], jobs: int, reader: Reader, advisor: Any,
+                    make_advisor: Callable[[], Any], stop: Callable[[], bool]) -> bool:
+    """Add the connections of ``chunks`` to ``advisor``, read on up to ``jobs`` CPUs. False
+    when a part cannot be read alone (flow records): then nothing was added.
+
+    Why: reading a record (parsing a JSON line, resolving its ends) costs several times what
+    the advisor does with it, and advise read on one CPU. Each worker runs an advisor of
+    its own on its part, with a journal of the ends it registered and the routes it found,
+    in order; the parent replays the parts' journals in input order and adds their
+    tallies (:meth:`~podsight.analysis.policy.advisor.Advisor.replay`), which is what one
+    advisor reading every record in order does. A worker's error (a record the advisor
+    cannot place, a line that cannot be read) is raised after its part's journal, where one
+    CPU would have raised it.
+    """
+    def task(index: int, conns: Iterable[Connection]) -> tuple[Any, ...]:
+        part = make_advisor()
+        part.journal = []
+        error: BaseException | None = None
+        try:
+            part.add_all(conns)
+        except Exception as exc:  # raised by the parent after replaying what came before
+            error = exc
+        return part.journal, part.tallies(), part.connections, error
+
+    parts = run_parts(chunks, jobs, reader, task, stop)
+    if parts is None:
+        return False
+    stats = reader.stats
+    for part in parts:
+        stats.records += part.records
+        for proto, n in part.skipped.items():
+            stats.skipped[proto] = stats.skipped.get(proto, 0) + n
+        if part.payload is not None:
+            journal, tallies, connections, error = part.payload
+            advisor.replay(journal, tallies, connections)
+            if error is not None:
+                raise error
+        if part.error is not None:
+            raise part.error
+    return True
 
 
 def _fork(index: int, chunk: Chunk, reader: Reader,
