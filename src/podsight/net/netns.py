@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from podsight.errors import UserError
 
@@ -197,3 +197,27 @@ def pids_in_netns(inode: int) -> list[int]:
         except (OSError, ValueError):
             continue
     return sorted(pids)
+
+
+class _FilterTable(Protocol):
+    def update(self, key: bytes, value: bytes) -> None: ...
+    def delete(self, key: bytes) -> bool: ...
+
+
+def sync_netns_filter(table: _FilterTable, have: set[int], wanted: set[int],
+                      capacity: int) -> set[int]:
+    """Make a kernel ``netns_filter`` hash (netns inode -> 1) hold ``wanted``; return
+    what it holds now.
+
+    One home for what every gadget that traces by network namespace does as pods
+    come and go: only the difference is written, and more namespaces than the
+    table holds become key 0 alone ("every namespace"), with user space doing the
+    filtering (the pipeline checks every record's netns).
+    """
+    if len(wanted) > capacity:
+        wanted = {0}
+    for inode in have - wanted:
+        table.delete(inode.to_bytes(4, "little"))
+    for inode in wanted - have:
+        table.update(inode.to_bytes(4, "little"), b"\x01")
+    return set(wanted)

@@ -19,6 +19,7 @@ from podsight.ebpf import BpfObject, RingBuffer
 from podsight.ebpf.system import preflight
 from podsight.gadgets.tcpconnect.schema import Connect, schema
 from podsight.net.addresses import AddressFormatter, split16
+from podsight.net.netns import sync_netns_filter
 from podsight.outputs.json import Slot, TemplateSpec
 from podsight.pipeline import Batch, Loss, RunContext, Selection, Tally
 
@@ -243,19 +244,10 @@ class TcpConnect:
         return self.decode(records)
 
     def set_netns(self, wanted: set[int]) -> None:
-        """Change the traced network namespaces (pods come and go while tracing).
-
-        More namespaces than the table holds: key 0 alone ("every namespace"),
-        and user space filters (the pipeline checks every record's netns).
-        """
-        if len(wanted) > self.config.netns_entries:
-            wanted = {0}
-        table = self._obj.map("netns_filter")
-        for inode in self._netns - wanted:
-            table.delete(inode.to_bytes(4, "little"))
-        for inode in wanted - self._netns:
-            table.update(inode.to_bytes(4, "little"), b"\x01")
-        self._netns = set(wanted)
+        """Change the traced network namespaces (pods come and go while tracing); see
+        :func:`podsight.net.netns.sync_netns_filter`."""
+        self._netns = sync_netns_filter(self._obj.map("netns_filter"), self._netns, wanted,
+                                        self.config.netns_entries)
 
     def skipped_runs(self) -> int:
         """Program runs the kernel skipped (nested on one CPU), from the programs' info."""

@@ -22,7 +22,7 @@ from podsight.ebpf.iters import read_iter
 from podsight.ebpf.system import preflight
 from podsight.gadgets.tcplife.schema import Conn, schema
 from podsight.net.addresses import AddressFormatter, split16
-from podsight.net.netns import every_netns, own_netns, run_in_netns_path
+from podsight.net.netns import every_netns, own_netns, run_in_netns_path, sync_netns_filter
 from podsight.pipeline import Batch, Loss, RunContext, Selection, Tally
 
 # struct conn in tcplife.bpf.c (128 bytes).
@@ -223,15 +223,10 @@ class TcpLife:
         return decode(records, self._addr, role)
 
     def set_netns(self, wanted: set[int]) -> None:
-        """Change the traced network namespaces (pods come and go while tracing)."""
-        if len(wanted) > self.config.netns_entries:
-            wanted = {0}
-        table = self._obj.map("netns_filter")
-        for inode in self._netns - wanted:
-            table.delete(inode.to_bytes(4, "little"))
-        for inode in wanted - self._netns:
-            table.update(inode.to_bytes(4, "little"), b"\x01")
-        self._netns = set(wanted)
+        """Change the traced network namespaces (pods come and go while tracing); see
+        :func:`podsight.net.netns.sync_netns_filter`."""
+        self._netns = sync_netns_filter(self._obj.map("netns_filter"), self._netns, wanted,
+                                        self.config.netns_entries)
 
     def skipped_runs(self) -> int:
         return self._obj.run_stats().recursion_misses
