@@ -34,7 +34,7 @@ from podsight.errors import UserError
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 
-_loads: Callable[[str], Any]
+_loads: Callable[[str | bytes], Any]
 try:  # three times faster on the gadgets' JSON lines; the standard library otherwise
     from orjson import loads as _loads
 except ImportError:  # pragma: no cover - orjson is a dependency, but optional here
@@ -102,23 +102,29 @@ def hint_from_json(obj: Any) -> Hint | None:
         return None
     kind = obj.get("kind")
     if kind == "pod":
-        key = (obj.get("namespace", ""), obj.get("pod", ""), obj.get("node", ""))
-        labels = obj.get("labels")
-        held = _POD_HINTS.get(key)
-        if held is not None and held[0] == labels:
-            return held[1]
-        workload = obj.get("workload") or {}
-        hint = Hint("pod", key[0], key[1], tuple(labels.items()) if labels else (), key[2],
-                    workload.get("kind", ""), workload.get("name", ""))
-        if len(_POD_HINTS) > 1 << 16:
-            _POD_HINTS.clear()
-        _POD_HINTS[key] = (labels, hint)
-        return hint
+        return pod_hint(obj.get("namespace", ""), obj.get("pod", ""), obj.get("node", ""),
+                        obj.get("labels"), obj.get("workload"))
     if kind == "service":
         return Hint("service", obj.get("namespace", ""), obj.get("service", ""))
     if kind == "node":
         return Hint("node", name=obj.get("node", ""))
     return None
+
+
+def pod_hint(namespace: str, pod: str, node: str, labels: Any, workload: Any) -> Hint:
+    """A pod's hint from its record's fields (``labels``, ``workload``: the JSON objects,
+    or None), the one made before while the same pod brings the same labels."""
+    key = (namespace, pod, node)
+    held = _POD_HINTS.get(key)
+    if held is not None and held[0] == labels:
+        return held[1]
+    workload = workload or {}
+    hint = Hint("pod", namespace, pod, tuple(labels.items()) if labels else (), node,
+                workload.get("kind", ""), workload.get("name", ""))
+    if len(_POD_HINTS) > 1 << 16:
+        _POD_HINTS.clear()
+    _POD_HINTS[key] = (labels, hint)
+    return hint
 
 
 def hint_from_columns(kind: str | None, namespace: str | None, name: str | None,
@@ -144,14 +150,14 @@ class Reader:
         self.paths = list(paths)
         self.stats = ReadStats()
         self.server_port = server_port
-        self._flows = FlowMerger(server_port)
+        self.flow_merger = FlowMerger(server_port)
         self._stdin = stdin or sys.stdin
 
     def __iter__(self) -> Iterator[Connection]:
         for path in self.paths:
             yield from self._one(path)
-        yield from self._flows.connections()
-        self.stats.flows_merged = self._flows.merged
+        yield from self.flow_merger.connections()
+        self.stats.flows_merged = self.flow_merger.merged
 
     def _one(self, path: str) -> Iterator[Connection]:
         if path == "-":
@@ -170,99 +176,93 @@ class Reader:
         if head == SQLITE_MAGIC:
             yield from self._sqlite(path)
             return
-        try:
-            with p.open(encoding="utf-8") as f:
-                yield from self._json_lines(f, path)
-        except UnicodeDecodeError as exc:
-            raise UserError(f"--from {path}: not UTF-8 text (byte {exc.start}); give JSON "
-                            "lines or a SQLite file") from None
+        from podsight.analysis.policy import jsonlines
+
+        with p.open("rb") as f:
+            yield from jsonlines.read(self, f, path)
 
     # JSON lines --------------------------------------------------------------------------
 
-    def _json_lines(self, f: Iterable[str], name: str, first: int = 1,
-                    flows: bool = True) -> Iterator[Connection]:
-        """One connection per line (flows: merged, at the end). The hot loop of a check:
-        addresses are looked up in a cache before being parsed, ports tested inline, and
-        nothing is called that a record without identity does not need. ``first``: the
-        number of the first line (a chunk of a file); ``flows`` False: a flow record raises
+    def _json_lines(self, f: Iterable[str], name: str) -> Iterator[Connection]:
+        """One connection per line of text (stdin); files are read by
+        :mod:`~podsight.analysis.policy.jsonlines`, which hands this reader the lines it
+        does not read itself (:meth:`line`)."""
+        line = self.line
+        for n, text in enumerate(f, 1):
+            conn = line(text, name, n)
+            if conn is not None:
+                yield conn
+
+    def line(self, line: str | bytes, name: str, n: int, flows: bool = True
+             ) -> Connection | None:
+        """The connection of one JSON line (line ``n`` of ``name``), or None (a blank line;
+        a flow record, merged; a protocol NetworkPolicy does not cover, counted). The
+        reference reading of a line, orjson into dicts: every odd record and every error
+        message goes through here. ``flows`` False: a flow record raises
         :class:`NeedsWholeInput` (flows are merged across the whole input)."""
         stats = self.stats
-        loads = _loads
-        merge = self._flows.add
-        addrs = _ADDRS
-        hint = hint_from_json
-        protocols = PROTOCOLS
-        blank = 0
-        n = first - 1
         try:
-            for n, line in enumerate(f, first):  # n is read after the loop too
-                try:
-                    rec = loads(line)
-                except ValueError:
-                    if not line.strip():
-                        blank += 1
-                        continue
-                    raise UserError(f"{name}:{n}: not a JSON object (podsight reads the JSON "
-                                    "lines of trace tcpconnect and flows, their SQLite files, "
-                                    "or bare records)") from None
-                if rec.__class__ is not dict:
-                    raise UserError(f"{name}:{n}: not a JSON object")
-                try:
-                    sa, da, sp, dp = rec["saddr"], rec["daddr"], rec["sport"], rec["dport"]
-                    saddr = addrs.get(sa) if sa.__class__ is str else None
-                    daddr = addrs.get(da) if da.__class__ is str else None
-                    if saddr is None:
-                        saddr = _addr(sa)
-                    if daddr is None:
-                        daddr = _addr(da)
-                    if sp.__class__ is not int or dp.__class__ is not int \
-                            or not 0 <= sp <= 65535 or not 0 <= dp <= 65535:
-                        _port(sp)
-                        _port(dp)
-                    s_obj, d_obj = rec.get("src"), rec.get("dst")
-                    src = None if s_obj is None else hint(s_obj)
-                    dst = None if d_obj is None else hint(d_obj)
-                    proto = rec.get("proto")
-                    if proto is None and "result" in rec:  # trace tcpconnect
-                        when = rec.get("time", "")
-                        yield Connection("tcp", saddr, sp, daddr, dp, src, dst, when, when, 1,
-                                         str(rec["result"]))
-                        continue
-                    if proto not in protocols:
-                        if not isinstance(proto, str):
-                            raise UserError(f"{name}:{n}: no \"proto\" (a bare record needs "
-                                            "ip, proto, saddr, sport, daddr, dport)")
-                        proto = proto.lower()
-                    if "start" in rec:  # flows
-                        if not flows:
-                            raise NeedsWholeInput(name)
-                        if proto not in protocols:
-                            stats.skip(proto)
-                            continue
-                        merge(proto, saddr, sp, daddr, dp, src, dst, str(rec.get("start", "")),
-                              str(rec.get("end", "")), rec.get("tcp_flags") or ())
-                        continue
-                    if proto not in protocols:
-                        raise UserError(f"{name}:{n}: proto {proto!r}: NetworkPolicy covers "
-                                        "tcp, udp and sctp")
-                    six = ":" in saddr
-                    if six != (":" in daddr):
-                        raise UserError(f"{name}:{n}: saddr {saddr} and daddr {daddr} are not "
-                                        "of one IP version")
-                    version = rec.get("ip")
-                    if version is not None and version != (6 if six else 4):
-                        raise UserError(f"{name}:{n}: \"ip\": {version!r} but saddr {saddr} "
-                                        f"is IPv{6 if six else 4}")
-                    when = rec.get("time", "")
-                    yield Connection(proto, saddr, sp, daddr, dp, src, dst, when, when)
-                except KeyError as exc:
-                    raise UserError(f"{name}:{n}: no {exc.args[0]!r} (a record needs saddr, "
-                                    "sport, daddr, dport and, unless it is from trace "
-                                    "tcpconnect, proto)") from None
-                except _BadValue as exc:
-                    raise UserError(f"{name}:{n}: {exc}") from None
-        finally:  # counted once, not per record; also when the reader stops early
-            stats.records += n - (first - 1) - blank
+            rec = _loads(line)
+        except ValueError:
+            if not line.strip():
+                return None
+            stats.records += 1
+            raise UserError(f"{name}:{n}: not a JSON object (podsight reads the JSON lines of "
+                            "trace tcpconnect and flows, their SQLite files, or bare "
+                            "records)") from None
+        stats.records += 1
+        if rec.__class__ is not dict:
+            raise UserError(f"{name}:{n}: not a JSON object")
+        try:
+            sa, da, sp, dp = rec["saddr"], rec["daddr"], rec["sport"], rec["dport"]
+            saddr = _addr(sa)
+            daddr = _addr(da)
+            if sp.__class__ is not int or dp.__class__ is not int \
+                    or not 0 <= sp <= 65535 or not 0 <= dp <= 65535:
+                _port(sp)
+                _port(dp)
+            s_obj, d_obj = rec.get("src"), rec.get("dst")
+            src = None if s_obj is None else hint_from_json(s_obj)
+            dst = None if d_obj is None else hint_from_json(d_obj)
+            proto = rec.get("proto")
+            if proto is None and "result" in rec:  # trace tcpconnect
+                when = rec.get("time", "")
+                return Connection("tcp", saddr, sp, daddr, dp, src, dst, when, when, 1,
+                                  str(rec["result"]))
+            if proto not in PROTOCOLS:
+                if not isinstance(proto, str):
+                    raise UserError(f"{name}:{n}: no \"proto\" (a bare record needs ip, "
+                                    "proto, saddr, sport, daddr, dport)")
+                proto = proto.lower()
+            if "start" in rec:  # flows
+                if not flows:
+                    raise NeedsWholeInput(name)
+                if proto not in PROTOCOLS:
+                    stats.skip(proto)
+                    return None
+                self.flow_merger.add(proto, saddr, sp, daddr, dp, src, dst,
+                                     str(rec.get("start", "")), str(rec.get("end", "")),
+                                     rec.get("tcp_flags") or ())
+                return None
+            if proto not in PROTOCOLS:
+                raise UserError(f"{name}:{n}: proto {proto!r}: NetworkPolicy covers tcp, udp "
+                                "and sctp")
+            six = ":" in saddr
+            if six != (":" in daddr):
+                raise UserError(f"{name}:{n}: saddr {saddr} and daddr {daddr} are not of one "
+                                "IP version")
+            version = rec.get("ip")
+            if version is not None and version != (6 if six else 4):
+                raise UserError(f"{name}:{n}: \"ip\": {version!r} but saddr {saddr} is "
+                                f"IPv{6 if six else 4}")
+            when = rec.get("time", "")
+            return Connection(proto, saddr, sp, daddr, dp, src, dst, when, when)
+        except KeyError as exc:
+            raise UserError(f"{name}:{n}: no {exc.args[0]!r} (a record needs saddr, sport, "
+                            "daddr, dport and, unless it is from trace tcpconnect, proto)"
+                            ) from None
+        except _BadValue as exc:
+            raise UserError(f"{name}:{n}: {exc}") from None
 
     # one part of the input (policy check on several CPUs) --------------------------------
 
@@ -273,11 +273,10 @@ class Reader:
         if part.sqlite:
             yield from self._sqlite(part.path, (part.start, part.end))
             return
+        from podsight.analysis.policy import jsonlines
+
         with open(part.path, "rb") as f:
-            first = 1 + _newlines_before(f, part.start)
-            f.seek(part.start)
-            yield from self._json_lines(_text_lines(f, part.path, part.start, part.end),
-                                        part.path, first, flows=False)
+            yield from jsonlines.read(self, f, part.path, part.start, part.end, flows=False)
 
     # SQLite -------------------------------------------------------------------------------
 
@@ -358,7 +357,7 @@ class Reader:
                 stats.skip(proto)
                 continue
             flags = [f for f in (row[7] or "").split(",") if f]
-            self._flows.add(proto, row[3], row[4], row[5], row[6], _memo_hint(memo, row[8:13]),
+            self.flow_merger.add(proto, row[3], row[4], row[5], row[6], _memo_hint(memo, row[8:13]),
                             _memo_hint(memo, row[13:18]), row[0] or "", row[1] or "", flags)
         yield from ()  # a generator like the others: flows come out of the merger at the end
 
@@ -431,33 +430,6 @@ def _split_sqlite(path: str, parts: int) -> list[Chunk] | None:
     step = max(1, -(-(high - low + 1) // parts))
     return [Chunk(path, a, min(a + step - 1, high), sqlite=True)
             for a in range(low, high + 1, step)]
-
-
-def _newlines_before(f: Any, offset: int) -> int:
-    """How many lines start before ``offset`` (the line number of a chunk's first line)."""
-    count, done = 0, 0
-    f.seek(0)
-    while done < offset:
-        block = f.read(min(1 << 24, offset - done))
-        if not block:
-            break
-        count += block.count(b"\n")
-        done += len(block)
-    return count
-
-
-def _text_lines(f: Any, path: str, start: int, end: int) -> Iterator[str]:
-    """Lines of a binary file from ``start`` (a line start) up to ``end``, as text."""
-    at = start
-    for raw in f:
-        if at >= end:
-            return
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UserError(f"--from {path}: not UTF-8 text (byte {at + exc.start}); give "
-                            "JSON lines or a SQLite file") from None
-        at += len(raw)
 
 
 _ADDRS: dict[str, str] = {}

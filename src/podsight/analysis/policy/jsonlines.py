@@ -1,0 +1,242 @@
+"""The JSON lines of ``trace tcpconnect``, ``flows`` and bare records, read fast.
+
+Why a second reader: a tcpconnect JSON line is ~850 bytes of which a check
+needs a tenth (addresses, ports, the protocol or outcome, the time, and of
+each end its kind, namespace, name, node, labels and workload). orjson turns
+the whole line into dicts (~2.5 us); msgspec decodes it into the
+:class:`Record` below, skipping every other field and keeping each end's
+labels and workload as raw JSON text (~1.3 us), and a pod's hint is then
+found by comparing that text with the last one seen for the pod, so labels
+are parsed only when they change.
+
+Lines are read in blocks of whole lines (UTF-8 checked a block at a time,
+which is free for ASCII). The generic reader (``Reader._line``, orjson into
+dicts) stays the reference: any line this one does not accept exactly as it
+is (a decoding or type error, a bad address or port, a missing field, an
+unusual shape) is read again by it, which yields the same connection or
+raises the same one-line error. So the output is the generic reader's, line
+for line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, BinaryIO
+
+import msgspec
+from msgspec import UNSET, Raw, Struct, UnsetType
+
+from podsight.errors import UserError
+
+if TYPE_CHECKING:
+    from podsight.analysis.policy.records import Connection, Hint, Reader
+
+#: Bytes read at a time (then cut at the last line end).
+BLOCK = 1 << 20
+
+_NULL = Raw(b"null")
+
+
+class Who(Struct):
+    """A record's ``src``/``dst`` object: the fields identity reads, the rest skipped."""
+
+    kind: str = ""
+    namespace: str = ""
+    pod: str = ""
+    service: str = ""
+    node: str = ""
+    labels: Raw = _NULL  # the JSON text: compared, parsed only when it changes
+    workload: Raw = _NULL
+
+
+class Record(Struct):
+    """The fields of a tcpconnect, flows or bare record a check or advise reads."""
+
+    saddr: str
+    daddr: str
+    sport: int
+    dport: int
+    src: Who | None = None
+    dst: Who | None = None
+    proto: str | UnsetType = UNSET
+    result: str | UnsetType = UNSET
+    time: str | UnsetType = UNSET
+    ip: int | UnsetType = UNSET
+    start: str | UnsetType = UNSET  # flows
+    end: str | UnsetType = UNSET
+    tcp_flags: list[str] | None = None
+
+
+_decode = msgspec.json.Decoder(Record).decode
+
+
+class _Pods:
+    """Pod name -> (namespace, node, labels text, workload text, hint): the last identity
+    seen under that name, as :func:`~podsight.analysis.policy.records.hint_from_json`
+    keeps it (a pod's records repeat it), found by one string and compared as text."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, tuple[str, str, Raw, Raw, Hint]] = {}
+
+    def hint(self, who: Who) -> Hint | None:
+        from podsight.analysis.policy.records import Hint, pod_hint
+
+        kind = who.kind
+        if kind == "pod":
+            held = self.held.get(who.pod)
+            if held is not None and held[0] == who.namespace and held[1] == who.node \
+                    and held[2] == who.labels and held[3] == who.workload:
+                return held[4]
+            labels = msgspec.json.decode(who.labels)
+            workload = msgspec.json.decode(who.workload)
+            hint = pod_hint(who.namespace, who.pod, who.node, labels, workload)
+            if len(self.held) > 1 << 16:
+                self.held.clear()
+            self.held[who.pod] = (who.namespace, who.node, who.labels, who.workload, hint)
+            return hint
+        if kind == "service":
+            return Hint("service", who.namespace, who.service)
+        if kind == "node":
+            return Hint("node", name=who.node)
+        return None
+
+
+def blocks(f: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:
+    """Whole lines of ``f`` from offset ``start`` (a line start) to ``end`` (None: the end
+    of the file), in blocks of about :data:`BLOCK` bytes."""
+    f.seek(start)
+    left = None if end is None else end - start
+    carry = b""
+    while True:
+        size = BLOCK if left is None else min(BLOCK, left)
+        data = f.read(size) if size > 0 else b""
+        if left is not None:
+            left -= len(data)
+        if not data:
+            if carry:
+                yield carry
+            return
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            carry += data
+            continue
+        yield carry + data[:cut] if carry else data[:cut]
+        carry = data[cut:]
+
+
+def read(reader: Reader, f: BinaryIO, name: str, start: int = 0, end: int | None = None,
+         flows: bool = True) -> Iterator[Connection]:
+    """The connections of the JSON lines of ``f`` in [start, end) (flows: merged by the
+    reader, at the end; ``flows`` False: a flow record raises ``NeedsWholeInput``)."""
+    from podsight.analysis.policy.records import (
+        _ADDRS,
+        PROTOCOLS,
+        Connection,
+        NeedsWholeInput,
+        _addr,
+    )
+
+    stats = reader.stats
+    merge = reader.flow_merger.add
+    slow = reader.line
+    hint = _Pods().hint
+    addrs = _ADDRS
+    protocols = PROTOCOLS
+    decode = _decode
+    first: int | None = 1 if start == 0 else None  # the number of the first line, if asked
+    n = 0  # lines read (of this part)
+    slow_lines = 0  # of them, read by the generic reader (which counts its own)
+    at = start  # the offset of the block
+    try:
+        for block in blocks(f, start, end):
+            bad = -1
+            if not block.isascii():
+                try:
+                    block.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    bad = exc.start
+                    block = block[:block.rfind(b"\n", 0, bad) + 1]  # the lines before it
+            lines = block.split(b"\n")
+            if lines[-1] == b"":
+                lines.pop()
+            for line in lines:
+                n += 1
+                conn: Connection | None = None
+                try:
+                    rec = decode(line)
+                    sa, da, sp, dp = rec.saddr, rec.daddr, rec.sport, rec.dport
+                    saddr = addrs.get(sa)
+                    if saddr is None:
+                        saddr = _addr(sa)
+                    daddr = addrs.get(da)
+                    if daddr is None:
+                        daddr = _addr(da)
+                    if not 0 <= sp <= 65535 or not 0 <= dp <= 65535:
+                        raise ValueError
+                    w = rec.src
+                    src = None if w is None else hint(w)
+                    w = rec.dst
+                    dst = None if w is None else hint(w)
+                    proto = rec.proto
+                    if proto is UNSET:  # trace tcpconnect
+                        result = rec.result
+                        when = rec.time
+                        if result is UNSET:
+                            raise ValueError
+                        if when is UNSET:
+                            when = ""
+                        conn = Connection("tcp", saddr, sp, daddr, dp, src, dst, when, when,
+                                          1, result)
+                    else:
+                        if proto not in protocols:
+                            proto = proto.lower()
+                        if rec.start is not UNSET:  # flows
+                            if not flows:
+                                raise NeedsWholeInput(name)
+                            if proto not in protocols:
+                                stats.skip(proto)
+                                continue
+                            end_ = rec.end
+                            merge(proto, saddr, sp, daddr, dp, src, dst, rec.start,
+                                  "" if end_ is UNSET else end_, rec.tcp_flags or ())
+                            continue
+                        six = ":" in saddr
+                        version = rec.ip
+                        if proto not in protocols or six != (":" in daddr) or \
+                                (version is not UNSET and version != (6 if six else 4)):
+                            raise ValueError
+                        when = rec.time
+                        if when is UNSET:
+                            when = ""
+                        conn = Connection(proto, saddr, sp, daddr, dp, src, dst, when, when)
+                except NeedsWholeInput:
+                    raise
+                except Exception:  # the generic reader says what it is, or reads it
+                    slow_lines += 1
+                    if first is None:
+                        first = 1 + _newlines_before(f, start)
+                    conn = slow(line, name, first + n - 1, flows)
+                if conn is not None:
+                    yield conn
+            if bad >= 0:
+                raise UserError(f"--from {name}: not UTF-8 text (byte {at + bad}); give JSON "
+                                "lines or a SQLite file")
+            at += len(block)
+    finally:  # counted once, not per record; also when the reader stops early
+        stats.records += n - slow_lines
+
+
+def _newlines_before(f: BinaryIO, offset: int) -> int:
+    """How many lines start before ``offset`` (the line number of a part's first line):
+    counted only when a message needs it (the file position is kept)."""
+    here = f.tell()
+    count, done = 0, 0
+    f.seek(0)
+    while done < offset:
+        data = f.read(min(1 << 24, offset - done))
+        if not data:
+            break
+        count += data.count(b"\n")
+        done += len(data)
+    f.seek(here)
+    return count
