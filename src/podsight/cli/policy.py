@@ -36,22 +36,34 @@ if TYPE_CHECKING:
 #: advise --output-dir names the files it wrote up to this many.
 SHOWN_FILES = 4
 
+ADVISE_TEXT = """Write one NetworkPolicy per workload (Ingress and Egress) allowing exactly the
+connections observed: read from --from FILE (trace tcpconnect or flows, JSON lines or SQLite),
+or from a live run of a gadget until --timeout or Ctrl-C. Each rule carries the observations
+that justify it as YAML comments."""
+
+CHECK_TEXT = """Judge every observed connection against a set of NetworkPolicies with Kubernetes'
+semantics, before anyone applies them. Exit status: 0 all allowed, 1 something denied (with
+--diff: something changes verdict), 2 bad input."""
+
+
+def _subcommand(groups: Any, group: str, group_help: str, metavar: str, name: str,
+                help: str, description: str) -> Any:
+    """``podsight GROUP NAME``: the group's parser (its subcommand required) and NAME's."""
+    from podsight.cli.parser import OneLineParser
+
+    parent = groups.add_parser(group, help=group_help)
+    what = parent.add_subparsers(dest=f"{group}_command", metavar=metavar,
+                                 parser_class=OneLineParser)
+    what.required = True
+    return what.add_parser(name, help=help, description=description)
+
 
 def register_advise(groups: Any) -> None:
     from podsight.cli.identity import add_identity_flags
-    from podsight.cli.parser import OneLineParser
 
-    advise = groups.add_parser("advise", help="write NetworkPolicies from observed traffic")
-    what = advise.add_subparsers(dest="advise_command", metavar="WHAT",
-                                 parser_class=OneLineParser)
-    what.required = True
-    p = what.add_parser(
-        "network-policy", help="one least-privilege NetworkPolicy per workload",
-        description=(
-            "Write one NetworkPolicy per workload (Ingress and Egress) allowing exactly the "
-            "connections observed: read from --from FILE (trace tcpconnect or flows, JSON "
-            "lines or SQLite), or from a live run of a gadget until --timeout or Ctrl-C. "
-            "Each rule carries the observations that justify it as YAML comments."))
+    p = _subcommand(groups, "advise", "write NetworkPolicies from observed traffic", "WHAT",
+                    "network-policy", "one least-privilege NetworkPolicy per workload",
+                    ADVISE_TEXT)
     p.add_argument("--from", dest="sources", action="append", metavar="FILE",
                    help="recorded connections (repeatable; - for JSON lines on stdin); "
                         "without it, a live run")
@@ -75,18 +87,9 @@ def register_advise(groups: Any) -> None:
 
 
 def register_check(groups: Any) -> None:
-    from podsight.cli.parser import OneLineParser
-
-    policy = groups.add_parser("policy", help="check NetworkPolicies against observed traffic")
-    what = policy.add_subparsers(dest="policy_command", metavar="COMMAND",
-                                 parser_class=OneLineParser)
-    what.required = True
-    p = what.add_parser(
-        "check", help="which observed connections would these policies deny?",
-        description=(
-            "Judge every observed connection against a set of NetworkPolicies with "
-            "Kubernetes' semantics, before anyone applies them. Exit status: 0 all allowed, 1 "
-            "something denied (with --diff: something changes verdict), 2 bad input."))
+    p = _subcommand(groups, "policy", "check NetworkPolicies against observed traffic",
+                    "COMMAND", "check", "which observed connections would these policies deny?",
+                    CHECK_TEXT)
     p.add_argument("--policies", required=True, metavar="PATH",
                    help="a file or a directory (*.yaml, *.yml, *.json, not recursive) of "
                         "NetworkPolicies: one per file, several documents, or a List")
