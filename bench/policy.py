@@ -242,10 +242,14 @@ def measure(argv: list[str], cwd: Path) -> dict[str, Any]:
     return result
 
 
-# The floor under a check of each input: reading and parsing it and nothing else (orjson per
-# line, as podsight parses; sqlite3 fetching the columns podsight selects), in a fresh
-# interpreter like the commands. podsight's own work is the rest.
+# The floor under a check of each input: reading and parsing it and nothing else (msgspec
+# into podsight's Record, in its blocks of lines, as podsight reads JSON lines; orjson per
+# line into dicts, as it read them before and reads odd lines; sqlite3 fetching the columns
+# podsight selects), in a fresh interpreter like the commands. podsight's own work is the rest.
 _PARSE_ONLY = {
+    "msgspec": ("import sys\nfrom podsight.analysis.policy.jsonlines import _decode, blocks\n"
+                "for lines, _ in blocks(open(sys.argv[1], 'rb'), 0, None):\n"
+                "    for line in lines: _decode(line)\n"),
     "json": "import orjson, sys\nfor line in open(sys.argv[1], 'rb'): orjson.loads(line)\n",
     "sqlite": ("import sqlite3, sys\n"
                "db = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True)\n"
@@ -257,9 +261,10 @@ _PARSE_ONLY = {
 
 
 def parse_only(kind: str, path: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-c",
                           _PARSE_ONLY[kind], str(path)], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, env=env).stdout
     result: dict[str, Any] = json.loads(out)
     return result
 
@@ -351,7 +356,8 @@ def main() -> int:
             if r["exit"] not in (0, 1):
                 print(f"   stderr: {r['stderr']}")
         print(f"\n{'parsing alone (the floor of a check)':<42} {'wall s':>7} {'rec/s':>10}")
-        for label, kind, path in (("tcpconnect JSON lines, orjson", "json", paths["json"]),
+        for label, kind, path in (("tcpconnect JSON lines, msgspec", "msgspec", paths["json"]),
+                                  ("tcpconnect JSON lines, orjson", "json", paths["json"]),
                                   ("tcpconnect SQLite, sqlite3", "sqlite", paths["sqlite"]),
                                   ("bare records, orjson", "json", paths["bare"])):
             r = parse_only(kind, path)
