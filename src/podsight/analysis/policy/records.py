@@ -89,7 +89,7 @@ class ReadStats:
         return ", ".join(f"{n} {p}" for p, n in sorted(self.skipped.items()))
 
 
-_POD_HINTS: dict[tuple[str, str, str], tuple[Any, Hint]] = {}
+_POD_HINTS: dict[tuple[str, str, str], tuple[Any, Any, Hint]] = {}
 
 
 def hint_from_json(obj: Any) -> Hint | None:
@@ -113,17 +113,17 @@ def hint_from_json(obj: Any) -> Hint | None:
 
 def pod_hint(namespace: str, pod: str, node: str, labels: Any, workload: Any) -> Hint:
     """A pod's hint from its record's fields (``labels``, ``workload``: the JSON objects,
-    or None), the one made before while the same pod brings the same labels."""
+    or None), the one made before while the same pod brings the same labels and workload
+    (the workload is compared too: a hint held from another file must not lend its own)."""
     key = (namespace, pod, node)
     held = _POD_HINTS.get(key)
-    if held is not None and held[0] == labels:
-        return held[1]
-    workload = workload or {}
+    if held is not None and held[0] == labels and held[1] == workload:
+        return held[2]
     hint = Hint("pod", namespace, pod, tuple(labels.items()) if labels else (), node,
-                workload.get("kind", ""), workload.get("name", ""))
+                (workload or {}).get("kind", ""), (workload or {}).get("name", ""))
     if len(_POD_HINTS) > 1 << 16:
         _POD_HINTS.clear()
-    _POD_HINTS[key] = (labels, hint)
+    _POD_HINTS[key] = (labels, workload, hint)
     return hint
 
 
