@@ -11,6 +11,8 @@
  *                                                        bytes_received, segments,
  *                                                        retransmits, srtt, read
  *                                                        from the tcp_sock (BTF)
+ *                               anything else            nothing: returns before it
+ *                                                        reads the socket
  *   iter/bpf_sk_storage_map     every connection still open: the same record,
  *                               flagged OPEN (user space reads it periodically;
  *                               one read covers every network namespace)
@@ -20,6 +22,14 @@
  *
  * What is remembered per socket lives in socket-local storage (sk_storage), so
  * it goes away with the socket and needs no table size.
+ *
+ * Cost: the tracepoint fires about 8 times per connection (both sockets, every
+ * transition), so the program decides from its arguments alone whether a
+ * transition matters, reads the socket with direct BTF loads (no
+ * bpf_probe_read_kernel calls), derives the FIN accounting at CLOSE from the
+ * state it closes from (no runs at FIN_WAIT1 / CLOSE_WAIT / LAST_ACK / CLOSING),
+ * and, with loopback_once, keeps no state at all for the server side of a loopback
+ * connection (bench/graph.py --prog-stats measures it).
  *
  * Nothing is lost silently: a record that does not fit in the ring buffer and a
  * connection closed without known state are counted in `counters`.
@@ -48,6 +58,9 @@ struct tcp_sock___life {
 struct sock___life {
 	u16 sk_protocol;
 	struct sk_buff_head sk_receive_queue;
+};
+struct inet_sock___life {
+	__be16 inet_sport;
 };
 struct tcp_skb_cb___life {
 	u32 seq;
@@ -105,14 +118,10 @@ struct state {
 	u64 cgroup_id; /* of the connecting process (client), 0 if not known */
 	u32 pid;
 	u32 netns;
-	u32 fin_seq;   /* sequence number of our FIN, when fin_sent */
 	u8 role;
 	u8 established;
 	u8 flags;
-	u8 fin_sent;   /* we sent a FIN (FIN_WAIT1 or LAST_ACK) */
-	u8 peer_fin;   /* the peer's FIN was received (CLOSE_WAIT or CLOSING) */
 	u8 syn_acked;  /* bytes_acked counts our SYN (client side): 1 */
-	u8 _pad[2];
 	char comm[16];
 	u32 _tail;
 };
@@ -207,9 +216,25 @@ static __always_inline int wanted(u32 netns)
 	       bpf_map_lookup_elem(&netns_filter, &any);
 }
 
+/* Direct loads through BTF (tp_btf and iterator arguments are typed pointers): no
+ * helper call per field, and the compiler drops what a branch does not use. */
 static __always_inline u32 netns_of(const struct sock *sk)
 {
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return sk->__sk_common.skc_net.net->ns.inum;
+}
+
+/* Did our FIN go out, and the peer's come in? Told by the state a socket is in (or
+ * closes from): every way to CLOSE passes through these states, and tcp_send_fin
+ * advances write_seq by one, so our FIN is write_seq - 1. */
+static __always_inline int fin_sent_in(int state)
+{
+	return state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_LAST_ACK ||
+	       state == TCP_CLOSING;
+}
+
+static __always_inline int peer_fin_in(int state)
+{
+	return state == TCP_CLOSE_WAIT || state == TCP_LAST_ACK || state == TCP_CLOSING;
 }
 
 /*
@@ -234,26 +259,45 @@ static __always_inline int fin_queued(const struct sock *sk)
 	return flags & TCPHDR_FIN;
 }
 
+static __always_inline int loopback_addr(u16 family, const u8 *daddr)
+{
+	if (family == AF_INET)
+		return daddr[0] == 127;
+	/* ::1 or ::ffff:127.x.y.z */
+	if (daddr[15] == 1 && !daddr[0] && !daddr[10] && !daddr[12])
+		return 1;
+	return daddr[10] == 0xff && daddr[11] == 0xff && daddr[12] == 127;
+}
+
 /* A loopback connection's server side, which --loopback-once leaves out: its client
  * side, on this host too, reports the same connection. */
 static __always_inline int loopback_server(const struct conn *c)
 {
-	if (!cfg.loopback_once || c->role != ROLE_SERVER)
-		return 0;
-	if (c->family == AF_INET)
-		return c->daddr[0] == 127;
-	/* ::1 or ::ffff:127.x.y.z */
-	if (c->daddr[15] == 1 && !c->daddr[0] && !c->daddr[10] && !c->daddr[12])
-		return 1;
-	return c->daddr[10] == 0xff && c->daddr[11] == 0xff && c->daddr[12] == 127;
+	return cfg.loopback_once && c->role == ROLE_SERVER && loopback_addr(c->family, c->daddr);
 }
 
-/* The record for one socket and its state, read now. */
-static __always_inline void fill(struct conn *c, const struct sock *sk, const struct state *s,
-				 int peer_fin)
+/* Is this socket's peer on loopback (read from the socket)? */
+static __always_inline int loopback_peer(const struct sock *sk)
 {
-	const struct tcp_sock___life *tp = (const void *)sk;
-	u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	u16 family = sk->__sk_common.skc_family;
+	struct in6_addr a6;
+	u32 a4;
+
+	if (family == AF_INET) {
+		a4 = sk->__sk_common.skc_daddr;
+		return loopback_addr(family, (const u8 *)&a4);
+	}
+	a6 = sk->__sk_common.skc_v6_daddr;
+	return loopback_addr(family, (const u8 *)&a6);
+}
+
+/* The record for one socket and its state, read now; `state` is the TCP state it is in
+ * (or closes from), `peer_fin` whether the peer's FIN came in. */
+static __always_inline void fill(struct conn *c, const struct sock *sk, const struct state *s,
+				 int state, int peer_fin)
+{
+	const struct tcp_sock___life *tp = (const void *)bpf_skc_to_tcp_sock((void *)sk);
+	u16 family = sk->__sk_common.skc_family;
 
 	c->start_ns = s->start_ns;
 	c->cgroup_id = s->cgroup_id;
@@ -264,26 +308,30 @@ static __always_inline void fill(struct conn *c, const struct sock *sk, const st
 	__builtin_memcpy(c->comm, s->comm, sizeof(c->comm));
 	c->family = family;
 	if (family == AF_INET) {
-		BPF_CORE_READ_INTO((u32 *)c->saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO((u32 *)c->daddr, sk, __sk_common.skc_daddr);
+		*(u32 *)c->saddr = sk->__sk_common.skc_rcv_saddr;
+		*(u32 *)c->daddr = sk->__sk_common.skc_daddr;
 	} else {
-		BPF_CORE_READ_INTO((struct in6_addr *)c->saddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO((struct in6_addr *)c->daddr, sk, __sk_common.skc_v6_daddr);
+		*(struct in6_addr *)c->saddr = sk->__sk_common.skc_v6_rcv_saddr;
+		*(struct in6_addr *)c->daddr = sk->__sk_common.skc_v6_daddr;
 	}
-	c->sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
-	c->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	c->dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (!tp)
+		return; /* not a full TCP socket: nothing more to read */
+	/* inet_sport lies past struct sock: read through the tcp_sock (it contains it). */
+	c->sport = bpf_ntohs(((const struct inet_sock___life *)tp)->inet_sport);
 	/* The kernel's counters advance with sequence numbers, and SYN and FIN take one
-	 * each: take them out so that the record says payload bytes. */
-	c->bytes_acked = BPF_CORE_READ(tp, bytes_acked) - s->syn_acked;
-	if (s->fin_sent && (s32)(BPF_CORE_READ(tp, snd_una) - s->fin_seq) > 0)
+	 * each: take them out so that the record says payload bytes. Our FIN counts once
+	 * it is acknowledged (snd_una went past it). */
+	c->bytes_acked = tp->bytes_acked - s->syn_acked;
+	if (fin_sent_in(state) && (s32)(tp->snd_una - (tp->write_seq - 1)) > 0)
 		c->bytes_acked -= 1;
-	c->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	c->bytes_received = tp->bytes_received;
 	if (peer_fin && c->bytes_received)
 		c->bytes_received -= 1;
-	c->segs_in = BPF_CORE_READ(tp, segs_in);
-	c->segs_out = BPF_CORE_READ(tp, segs_out);
-	c->total_retrans = BPF_CORE_READ(tp, total_retrans);
-	c->srtt_us = BPF_CORE_READ(tp, srtt_us);
+	c->segs_in = tp->segs_in;
+	c->segs_out = tp->segs_out;
+	c->total_retrans = tp->total_retrans;
+	c->srtt_us = tp->srtt_us;
 }
 
 static __always_inline int on_connect(struct sock *sk)
@@ -314,6 +362,10 @@ static __always_inline int on_established(struct sock *sk, int oldstate)
 
 	if (!wanted(netns))
 		return 0;
+	/* The server side of a loopback connection, left out with loopback_once: no state
+	 * (on_close counts it), which spares a storage insert and delete per connection. */
+	if (oldstate == TCP_SYN_RECV && cfg.loopback_once && loopback_peer(sk))
+		return 0;
 	s = bpf_sk_storage_get(&states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!s) {
 		count(C_LOST_STORAGE);
@@ -331,14 +383,22 @@ static __always_inline int on_established(struct sock *sk, int oldstate)
 
 static __always_inline int on_close(struct sock *sk, int oldstate)
 {
-	struct state *s = bpf_sk_storage_get(&states, sk, NULL, 0);
+	struct state *s;
 	struct conn c = {};
 	u64 flags = BPF_RB_NO_WAKEUP;
 
+	/* A SYN_RECV child that never completed, or a listener: nothing to report. */
+	if (oldstate == TCP_SYN_RECV || oldstate == TCP_LISTEN || oldstate == TCP_CLOSE)
+		return 0;
+	s = bpf_sk_storage_get(&states, sk, NULL, 0);
 	if (!s) {
-		/* Never established (a failed connect: tcpconnect's) or never seen. */
-		if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV && oldstate != TCP_LISTEN &&
-		    wanted(netns_of(sk)))
+		/* Never established (a failed connect: tcpconnect's), a loopback server side
+		 * left out (on_established), or never seen. */
+		if (oldstate == TCP_SYN_SENT || !wanted(netns_of(sk)))
+			return 0;
+		if (cfg.loopback_once && loopback_peer(sk))
+			count(C_LOOPBACK_SERVER);
+		else
 			count(C_UNTRACKED);
 		return 0;
 	}
@@ -348,7 +408,7 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 	}
 	c.ts_ns = bpf_ktime_get_boot_ns();
 	c.cookie = bpf_get_socket_cookie(sk);
-	fill(&c, sk, s, s->peer_fin || fin_queued(sk));
+	fill(&c, sk, s, oldstate, peer_fin_in(oldstate) || fin_queued(sk));
 	bpf_sk_storage_delete(&states, sk);
 	if (loopback_server(&c)) {
 		count(C_LOOPBACK_SERVER);
@@ -363,44 +423,20 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 	return 0;
 }
 
-/* The socket is about to send its FIN (tcp_send_fin follows the state change): its
- * sequence number is the next one to write. */
-static __always_inline int on_fin_sent(struct sock *sk)
-{
-	struct state *s = bpf_sk_storage_get(&states, sk, NULL, 0);
-
-	if (s) {
-		s->fin_seq = BPF_CORE_READ((const struct tcp_sock___life *)sk, write_seq);
-		s->fin_sent = 1;
-	}
-	return 0;
-}
-
-static __always_inline int on_fin_received(struct sock *sk)
-{
-	struct state *s = bpf_sk_storage_get(&states, sk, NULL, 0);
-
-	if (s)
-		s->peer_fin = 1;
-	return 0;
-}
-
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tcplife_state, struct sock *sk, int oldstate, int newstate)
 {
-	if (BPF_CORE_READ((struct sock___life *)sk, sk_protocol) != IPPROTO_TCP)
+	/* Decided from the arguments alone: most transitions need nothing. */
+	if (newstate != TCP_CLOSE && newstate != TCP_SYN_SENT &&
+	    !(newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)))
 		return 0;
-	if (newstate == TCP_SYN_SENT)
-		return on_connect(sk);
-	if (newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV))
-		return on_established(sk, oldstate);
+	if (((struct sock___life *)sk)->sk_protocol != IPPROTO_TCP)
+		return 0;
 	if (newstate == TCP_CLOSE)
 		return on_close(sk, oldstate);
-	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK)
-		return on_fin_sent(sk);
-	if (newstate == TCP_CLOSE_WAIT || newstate == TCP_CLOSING)
-		return on_fin_received(sk);
-	return 0;
+	if (newstate == TCP_SYN_SENT)
+		return on_connect(sk);
+	return on_established(sk, oldstate);
 }
 
 /* Every connection still open, as a record flagged F_OPEN. */
@@ -415,12 +451,12 @@ int tcplife_open(struct bpf_iter__bpf_sk_storage_map___life *ctx)
 
 	if (!sk || !s || !s->established)
 		return 0;
-	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	state = sk->__sk_common.skc_state;
 	if (state == TCP_CLOSE)
 		return 0;
 	c.ts_ns = bpf_ktime_get_boot_ns();
 	c.cookie = bpf_get_socket_cookie(sk);
-	fill(&c, sk, s, s->peer_fin);
+	fill(&c, sk, s, state, peer_fin_in(state));
 	c.flags |= F_OPEN;
 	if (loopback_server(&c))
 		return 0;
@@ -474,15 +510,7 @@ int tcplife_seed(struct bpf_iter__tcp___life *ctx)
 	l.port = BPF_CORE_READ(skc, skc_num);
 	s->role = bpf_map_lookup_elem(&listeners, &l) ? ROLE_SERVER : ROLE_CLIENT;
 	s->syn_acked = s->role == ROLE_CLIENT;
-	s->peer_fin = state == TCP_CLOSE_WAIT || state == TCP_CLOSING || state == TCP_LAST_ACK;
-	if (state == TCP_FIN_WAIT1 || state == TCP_LAST_ACK || state == TCP_CLOSING) {
-		/* Our FIN is the last sequence number written. */
-		s->fin_seq = BPF_CORE_READ((const struct tcp_sock___life *)tp, write_seq) - 1;
-		s->fin_sent = 1;
-	} else if (state == TCP_FIN_WAIT2) {
-		s->fin_seq = BPF_CORE_READ((const struct tcp_sock___life *)tp, snd_una) - 1;
-		s->fin_sent = 1;
-	}
+	/* FINs already exchanged are told at close from the state (fin_sent_in). */
 	s->netns = netns;
 	s->start_ns = bpf_ktime_get_boot_ns();
 	s->established = 1;

@@ -59,19 +59,15 @@ STATE_DTYPE = np.dtype(
         ("cgroup_id", "<u8"),
         ("pid", "<u4"),
         ("netns", "<u4"),
-        ("fin_seq", "<u4"),
         ("role", "u1"),
         ("established", "u1"),
         ("flags", "u1"),
-        ("fin_sent", "u1"),
-        ("peer_fin", "u1"),
         ("syn_acked", "u1"),
-        ("_pad", "V2"),
         ("comm", "S16"),
         ("_tail", "<u4"),
     ]
 )
-assert STATE_DTYPE.itemsize == 56
+assert STATE_DTYPE.itemsize == 48
 
 # The `cfg` global (.rodata) of tcplife.bpf.c.
 CFG_DTYPE = np.dtype([("wakeup_bytes", "<u4"), ("filter_netns", "u1"),
