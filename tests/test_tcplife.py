@@ -3,6 +3,7 @@ the bytes each socket really sent as the oracle."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import socket
@@ -11,7 +12,9 @@ import time
 
 import pytest
 from conns import Held, Server, exchange
-from tracing import Trace, run_cli
+from tracing import Trace, connect, run_cli
+
+from podsight.lab import EXTERNAL_UNREACHABLE
 
 pytestmark = pytest.mark.root
 
@@ -221,6 +224,36 @@ def test_loopback_once_reports_the_client_side_only(lab, host):
     assert {(e["role"], e["state"]) for e in mine} <= {("client", "open"), ("client", "closed")}
     client = by_side(events, sport, port)["client"]
     assert (client["bytes_sent"], client["bytes_received"]) == (300, 7000)
+    assert summary(res.stderr)["lost"] == 0
+
+
+@pytest.mark.parametrize("case", ["refused", "unreachable-blocking", "unreachable-nonblocking"])
+def test_failed_connects_are_named_from_the_socket_error(lab, case):
+    """--failed-connects (what serve uses instead of running tcpconnect beside): a connect
+    that never got established gives one client record whose state says why, named as
+    the errno the connecting process got; an ICMP error the process read with SO_ERROR
+    before closing is kept by the error-report program."""
+    web = lab.pod("web")
+    with Life("-n", "default", "--failed-connects") as t:
+        if case == "refused":
+            c = connect(lab, "mypod", web.ipv4, 8099)
+            host, port, want = web.ipv4, 8099, "refused"
+        else:
+            c = connect(lab, "mypod", EXTERNAL_UNREACHABLE, 80,
+                        timeout=0 if case == "unreachable-blocking" else 5)
+            host, port, want = EXTERNAL_UNREACHABLE, 80, "unreachable"
+        _wait_records(t, lambda ev: any(e["pid"] == c["pid"] for e in ev))
+    res = t.stop()
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    mine = [e for e in events if e["pid"] == c["pid"]]
+    assert len(mine) == 1, mine
+    e = mine[0]
+    assert c["errno"] in ((errno.ECONNREFUSED,) if want == "refused" else
+                          (errno.EHOSTUNREACH, errno.ENETUNREACH))
+    assert e["state"] == want and e["role"] == "client" and e["comm"] == c["comm"]
+    assert (e["daddr"], e["dport"]) == (host, port)
+    assert e["src"]["endpoint"].startswith("p/default/mypod:")
+    assert e["bytes_sent"] == e["bytes_received"] == 0 and e["duration_ns"] > 0
     assert summary(res.stderr)["lost"] == 0
 
 

@@ -11,8 +11,15 @@
  *                                                        bytes_received, segments,
  *                                                        retransmits, srtt, read
  *                                                        from the tcp_sock (BTF)
+ *                               SYN_SENT -> CLOSE        with cfg.failed_connects: one
+ *                                                        record flagged FAILED, with the
+ *                                                        socket error (refused, timeout,
+ *                                                        unreachable: user space names it)
  *                               anything else            nothing: returns before it
  *                                                        reads the socket
+ *   tp_btf/inet_sk_error_report while SYN_SENT (with cfg.failed_connects): keep an ICMP
+ *                               error that the connecting process may consume with
+ *                               SO_ERROR before it closes the socket
  *   iter/bpf_sk_storage_map     every connection still open: the same record,
  *                               flagged OPEN (user space reads it periodically;
  *                               one read covers every network namespace)
@@ -98,6 +105,8 @@ enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
 /* flags of struct conn */
 #define F_OPEN 1         /* still open: read by the iterator, not closed */
 #define F_START_SEEN 2   /* started while podsight ran (else: open before; start = seen at) */
+#define F_FAILED 4       /* a connect that failed before it was established: start_ns is
+			  * the attempt, `err` the socket error */
 
 /* Counter slots (tcplife.py COUNTERS). */
 enum counter {
@@ -109,7 +118,8 @@ enum counter {
 	C_SEEDED = 5,        /* connections open before start, found by iter/tcp */
 	C_SNAPSHOT = 6,      /* open-connection records written by the iterator */
 	C_LOOPBACK_SERVER = 7, /* loopback server sides not reported (cfg.loopback_once) */
-	C_MAX = 8,
+	C_FAILED = 8,        /* failed connects written to the ring buffer (cfg.failed_connects) */
+	C_MAX = 9,
 };
 
 /* Per socket, from its first state change we see until it closes. */
@@ -123,7 +133,7 @@ struct state {
 	u8 flags;
 	u8 syn_acked;  /* bytes_acked counts our SYN (client side): 1 */
 	char comm[16];
-	u32 _tail;
+	s32 err;       /* an ICMP error reported while connecting (cfg.failed_connects) */
 };
 
 /* The record user space decodes in bulk (CONN_DTYPE), from the ring buffer and the
@@ -142,7 +152,10 @@ struct conn {
 	u32 segs_in;
 	u32 segs_out;
 	u32 total_retrans;
-	u32 srtt_us;   /* smoothed RTT in us << 3 */
+	union {
+		u32 srtt_us; /* smoothed RTT in us << 3 */
+		s32 err;     /* F_FAILED: the socket error (an errno), 0 if none was left */
+	};
 	u16 family;
 	u16 sport;
 	u16 dport;
@@ -156,7 +169,8 @@ const volatile struct {
 	u32 wakeup_bytes; /* force a wakeup when this much is waiting */
 	u8 filter_netns;
 	u8 loopback_once; /* report a loopback connection from its client side only */
-	u8 _pad[2];
+	u8 failed_connects; /* also report connects that failed (SYN_SENT -> CLOSE) */
+	u8 _pad;
 } cfg = {};
 
 struct {
@@ -334,6 +348,21 @@ static __always_inline void fill(struct conn *c, const struct sock *sk, const st
 	c->srtt_us = tp->srtt_us;
 }
 
+/* Write a record to the ring buffer, waking user space only once enough is waiting;
+ * 1 if written, else counted as lost. */
+static __always_inline int emit(struct conn *c)
+{
+	u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (cfg.wakeup_bytes && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&events, c, sizeof(*c), flags)) {
+		count(C_LOST_RINGBUF);
+		return 0;
+	}
+	return 1;
+}
+
 static __always_inline int on_connect(struct sock *sk)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -351,8 +380,30 @@ static __always_inline int on_connect(struct sock *sk)
 	s->netns = netns;
 	s->cgroup_id = bpf_get_current_cgroup_id();
 	s->role = ROLE_CLIENT;
+	if (cfg.failed_connects)
+		s->start_ns = bpf_ktime_get_boot_ns(); /* the attempt; ESTABLISHED overwrites it */
 	bpf_get_current_comm(s->comm, sizeof(s->comm));
 	return 0;
+}
+
+/* A connect that failed (SYN_SENT -> CLOSE), as a record flagged F_FAILED. */
+static __always_inline void failed_connect(struct sock *sk, const struct state *s)
+{
+	struct conn c = {};
+	int err = sk->sk_err;
+
+	/* The caller may have consumed the error with SO_ERROR before closing. */
+	if (!err)
+		err = sk->sk_err_soft;
+	if (!err)
+		err = s->err;
+	c.ts_ns = bpf_ktime_get_boot_ns();
+	c.cookie = bpf_get_socket_cookie(sk);
+	fill(&c, sk, s, TCP_SYN_SENT, 0);
+	c.flags |= F_FAILED | F_START_SEEN;
+	c.err = err;
+	if (emit(&c))
+		count(C_FAILED);
 }
 
 static __always_inline int on_established(struct sock *sk, int oldstate)
@@ -385,7 +436,6 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 {
 	struct state *s;
 	struct conn c = {};
-	u64 flags = BPF_RB_NO_WAKEUP;
 
 	/* A SYN_RECV child that never completed, or a listener: nothing to report. */
 	if (oldstate == TCP_SYN_RECV || oldstate == TCP_LISTEN || oldstate == TCP_CLOSE)
@@ -403,6 +453,8 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 		return 0;
 	}
 	if (!s->established) {
+		if (cfg.failed_connects && oldstate == TCP_SYN_SENT)
+			failed_connect(sk, s);
 		bpf_sk_storage_delete(&states, sk);
 		return 0;
 	}
@@ -414,11 +466,7 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 		count(C_LOOPBACK_SERVER);
 		return 0;
 	}
-	if (cfg.wakeup_bytes && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes)
-		flags = BPF_RB_FORCE_WAKEUP;
-	if (bpf_ringbuf_output(&events, &c, sizeof(c), flags))
-		count(C_LOST_RINGBUF);
-	else
+	if (emit(&c))
 		count(C_CLOSED);
 	return 0;
 }
@@ -437,6 +485,57 @@ int BPF_PROG(tcplife_state, struct sock *sk, int oldstate, int newstate)
 	if (newstate == TCP_SYN_SENT)
 		return on_connect(sk);
 	return on_established(sk, oldstate);
+}
+
+/*
+ * The errno of the ICMP error just queued on the socket's error queue, or 0.
+ * ip_icmp_error() queues it and reports it before tcp_v4_err() stores it in
+ * sk_err_soft, so at report time the queue is the only place that has it.
+ */
+static __always_inline int queued_icmp_errno(const struct sock *sk)
+{
+	const void *head = __builtin_preserve_access_index(&sk->sk_error_queue);
+	struct sk_buff *skb = BPF_CORE_READ(sk, sk_error_queue.prev);
+	struct sock_extended_err ee = {};
+	u32 off;
+
+	if (!skb || (const void *)skb == head)
+		return 0;
+	off = bpf_core_field_offset(struct sk_buff, cb) +
+	      bpf_core_field_offset(struct sock_exterr_skb, ee);
+	if (bpf_probe_read_kernel(&ee, sizeof(ee), (const void *)skb + off))
+		return 0;
+	if (ee.ee_origin != SO_EE_ORIGIN_ICMP && ee.ee_origin != SO_EE_ORIGIN_ICMP6)
+		return 0;
+	return ee.ee_errno;
+}
+
+/*
+ * An ICMP error that arrives while the connecting process holds the socket lock (the
+ * ICMP comes back inside connect()) does not close the socket: it is queued and kept
+ * as a soft error that getsockopt(SO_ERROR) reads and clears. By the time the caller
+ * closes the socket nothing on it says why, so remember it here. Attached only with
+ * cfg.failed_connects.
+ */
+SEC("tp_btf/inet_sk_error_report")
+int BPF_PROG(tcplife_error, struct sock *sk)
+{
+	struct state *s;
+	int err;
+
+	if (sk->__sk_common.skc_state != TCP_SYN_SENT)
+		return 0;
+	s = bpf_sk_storage_get(&states, sk, NULL, 0);
+	if (!s)
+		return 0;
+	err = sk->sk_err;
+	if (!err)
+		err = queued_icmp_errno(sk);
+	if (!err)
+		err = sk->sk_err_soft;
+	if (err)
+		s->err = err;
+	return 0;
 }
 
 /* Every connection still open, as a record flagged F_OPEN. */
