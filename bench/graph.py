@@ -97,6 +97,11 @@ class Served:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", status)[1])  # type: ignore[index]
 
+    def cpu_s(self) -> float:
+        """serve's CPU time so far (user + system, every thread), from /proc."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def prog_ids(self) -> set[int]:
         """The IDs of the BPF programs serve holds (from its fds)."""
         ids = set()
@@ -270,7 +275,8 @@ def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
         raise BenchError("run as root (podsight serve loads kernel programs)")
     build_connstorm()
     sys.path.insert(0, str(ROOT / "src"))
-    out: dict[str, Any] = {"base": [], "serve": [], "records": []}
+    out: dict[str, Any] = {"base": [], "serve": [], "records": [],
+                           "cpu_us": {"base": [], "serve": [], "ref": []}}
     configs = ["base", "serve"]
     srcs = {"serve": ROOT / "src"}
     if args.ref_src:
@@ -288,16 +294,24 @@ def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
             if config == "base":
                 storm = run_storm(children, args.seconds, args.threads)
                 out["base"].append(storm.rate)
+                out["cpu_us"]["base"].append(storm.cpu_s / storm.connects * 1e6)
             elif config == "ref":
                 served = Served(children, args.ref_src)
+                cpu0 = served.cpu_s()
                 storm = run_storm(children, args.seconds, args.threads)
+                wait_count(served, storm.port, storm.connects)
                 out["ref"].append(storm.rate)
+                out["cpu_us"]["ref"].append(
+                    (storm.cpu_s + served.cpu_s() - cpu0) / storm.connects * 1e6)
                 served.stop()
             else:
                 served = Served(children)
+                cpu0 = served.cpu_s()
                 storm = run_storm(children, args.seconds, args.threads)
                 got = wait_count(served, storm.port, storm.connects)
                 out["serve"].append(storm.rate)
+                out["cpu_us"]["serve"].append(
+                    (storm.cpu_s + served.cpu_s() - cpu0) / storm.connects * 1e6)
                 out["records"].append({"connects": storm.connects, "in_graph": got,
                                        "lost": served.lost()})
                 served.stop()
@@ -306,6 +320,12 @@ def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
     base, serve = statistics.median(out["base"]), statistics.median(out["serve"])
     out["ratio"] = serve / base
     out["paired"] = statistics.median(s / b for s, b in zip(out["serve"], out["base"], strict=True))
+    # The model: the storm's CPU per connect alone over the storm's and serve's together
+    # with serve running; steadier than rates when other work shares the cores.
+    cpu = {k: statistics.median(v) for k, v in out["cpu_us"].items() if v}
+    out["model"] = cpu["base"] / cpu["serve"]
+    if "ref" in cpu:
+        out["ref_model"] = cpu["base"] / cpu["ref"]
     if args.ref_src:
         out["ref_ratio"] = statistics.median(out["ref"]) / base
         out["ref_paired"] = statistics.median(
@@ -347,6 +367,12 @@ def report(r: dict[str, Any]) -> None:
               f"{[round(x) for x in r['serve']]}" + (f", ref {[round(x) for x in r['ref']]}"
                                                       if "ref" in r else ""))
         spread = (max(b) - min(b)) / statistics.median(b)
+        cpu = {k: statistics.median(v) for k, v in r.get("cpu_us", {}).items() if v}
+        if "model" in r:
+            print("CPU us per connect (storm, kernel programs included, + serve): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+                  + f"; model base/serve {r['model']:.2f}"
+                  + (f", base/ref {r['ref_model']:.2f}" if "ref_model" in r else ""))
         print(f"serve/base: ratio {r['ratio']:.2f}, paired {r['paired']:.2f}"
               + (f"; ref/base: ratio {r['ref_ratio']:.2f}, paired {r['ref_paired']:.2f}"
                  if "ref_ratio" in r else "") + f"; base spread {spread:.0%} (noise)")
