@@ -108,9 +108,10 @@ def _endpoint(obj: dict[str, Any], addr: str) -> Endpoint:
                     workload_name=workload.get("name", ""))
 
 
-def observe_recorded(row: dict[str, Any]) -> Connection | None:
+def observe_recorded(row: dict[str, Any]) -> Connection | ConnectFailure | None:
     """One record written by ``trace tcplife`` (a JSON line, or a SQLite row as a dict of
-    its columns), or None if it is not one. Times are wall-clock ns here."""
+    its columns), or None if it is not one; a failed connect (``--failed-connects``) is
+    a failure of its edge. Times are wall-clock ns here."""
     if "role" not in row or "bytes_sent" not in row or "state" not in row:
         return None
     if isinstance(row.get("src"), dict):  # JSON
@@ -121,6 +122,9 @@ def observe_recorded(row: dict[str, Any]) -> Connection | None:
         src, dst = (_endpoint(_columns(row, side), row[addr])
                     for side, addr in (("src", "saddr"), ("dst", "daddr")))
         ts, start = int(row["time_ns"]), int(row["start_ns"])
+    if row["state"] in FAILURES:
+        return ConnectFailure(src=src, dst=dst, port=row["dport"], result=row["state"],
+                              ts_ns=ts)
     return Connection(key=(row["cookie"],), local=src, remote=dst, local_port=row["sport"],
                       remote_port=row["dport"], role=row["role"],
                       open=row["state"] == "open", start_ns=start, ts_ns=ts,
