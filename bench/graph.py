@@ -17,6 +17,11 @@ Measured, all in one run:
 ``rss``
     serve's resident memory after 100k connections and after ``--long`` (1M), from
     /proc: the graph keeps edges, not connections. Target: within 10%.
+``programs`` (``--prog-stats``)
+    the kernel's own account of serve's programs during one more storm
+    (``BPF_ENABLE_STATS``: run count and run time per program, from bpftool):
+    runs per connect, ns per run and ns per connect. The statistics add two clock
+    reads to every run, so the rates of that storm are not compared.
 ``api``
     ``/api/graph/data`` answering a graph of 1,000 workloads (about 3,000 edges),
     median and 95th percentile over 100 requests on loopback. Target: under 50 ms.
@@ -27,9 +32,11 @@ Everything goes to 127.0.0.1. Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -56,9 +63,9 @@ def free_port() -> int:
 class Served:
     """podsight serve on loopback, for the host's own connections."""
 
-    def __init__(self, children: Children) -> None:
+    def __init__(self, children: Children, src: Path = ROOT / "src") -> None:
         self.port = free_port()
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        env = dict(os.environ, PYTHONPATH=str(src))
         self.proc = children.start([*PODSIGHT, "serve", "--listen", f"127.0.0.1:{self.port}"],
                                    stderr=subprocess.PIPE, env=env)
         assert self.proc.stderr is not None
@@ -90,9 +97,57 @@ class Served:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", status)[1])  # type: ignore[index]
 
+    def cpu_s(self) -> float:
+        """serve's CPU time so far (user + system, every thread), from /proc."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def prog_ids(self) -> set[int]:
+        """The IDs of the BPF programs serve holds (from its fds)."""
+        ids = set()
+        for info in Path(f"/proc/{self.proc.pid}/fdinfo").iterdir():
+            with contextlib.suppress(OSError):
+                m = re.search(r"^prog_id:\s+(\d+)", info.read_text(), re.M)
+                if m:
+                    ids.add(int(m[1]))
+        return ids
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=60)
+
+
+def prog_runs(ids: set[int]) -> dict[str, tuple[int, int]]:
+    """Program name -> (run count, run time ns) for these program IDs, from bpftool."""
+    done = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, check=True)
+    return {p["name"]: (int(p.get("run_cnt", 0)), int(p.get("run_time_ns", 0)))
+            for p in json.loads(done.stdout or b"[]") if p.get("id") in ids}
+
+
+def prog_stats(children: Children, seconds: float, threads: int, src: Path) -> dict[str, Any]:
+    """serve's programs as the kernel counts them over one storm: per program, runs per
+    connect and ns per run; in all, kernel ns per connect."""
+    from podsight.ebpf import RunTimeStats
+
+    served = Served(children, src)
+    try:
+        ids = served.prog_ids()
+        with RunTimeStats():
+            before = prog_runs(ids)
+            storm = run_storm(children, seconds, threads)
+            wait_count(served, storm.port, storm.connects)
+            after = prog_runs(ids)
+    finally:
+        served.stop()
+    programs = {}
+    for name, (cnt, ns) in after.items():
+        runs, run_ns = cnt - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1]
+        if runs:
+            programs[name] = {"runs_per_connect": runs / storm.connects,
+                              "ns_per_run": run_ns / runs,
+                              "ns_per_connect": run_ns / storm.connects}
+    return {"connects": storm.connects, "programs": programs,
+            "ns_per_connect": sum(p["ns_per_connect"] for p in programs.values())}
 
 
 def wait_count(served: Served, port: int, want: int, timeout: float = 60) -> int:
@@ -220,17 +275,43 @@ def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
         raise BenchError("run as root (podsight serve loads kernel programs)")
     build_connstorm()
     sys.path.insert(0, str(ROOT / "src"))
-    out: dict[str, Any] = {"base": [], "serve": [], "records": []}
+    out: dict[str, Any] = {"base": [], "serve": [], "records": [],
+                           "cpu_us": {"base": [], "serve": [], "ref": []}}
+    configs = ["base", "serve"]
+    srcs = {"serve": ROOT / "src"}
+    if args.ref_src:
+        configs.append("ref")
+        srcs["ref"] = args.ref_src
+        out["ref"] = []
+    if args.prog_stats:
+        out["programs"] = {c: prog_stats(children, args.seconds, args.threads, srcs[c])
+                           for c in srcs}
+    if args.prog_stats_only:
+        return out
     for round_no in range(args.repeat):
-        for config in (("base", "serve") if round_no % 2 == 0 else ("serve", "base")):
+        shift = round_no % len(configs)
+        for config in configs[shift:] + configs[:shift]:
             if config == "base":
                 storm = run_storm(children, args.seconds, args.threads)
                 out["base"].append(storm.rate)
+                out["cpu_us"]["base"].append(storm.cpu_s / storm.connects * 1e6)
+            elif config == "ref":
+                served = Served(children, args.ref_src)
+                cpu0 = served.cpu_s()
+                storm = run_storm(children, args.seconds, args.threads)
+                wait_count(served, storm.port, storm.connects)
+                out["ref"].append(storm.rate)
+                out["cpu_us"]["ref"].append(
+                    (storm.cpu_s + served.cpu_s() - cpu0) / storm.connects * 1e6)
+                served.stop()
             else:
                 served = Served(children)
+                cpu0 = served.cpu_s()
                 storm = run_storm(children, args.seconds, args.threads)
                 got = wait_count(served, storm.port, storm.connects)
                 out["serve"].append(storm.rate)
+                out["cpu_us"]["serve"].append(
+                    (storm.cpu_s + served.cpu_s() - cpu0) / storm.connects * 1e6)
                 out["records"].append({"connects": storm.connects, "in_graph": got,
                                        "lost": served.lost()})
                 served.stop()
@@ -238,6 +319,19 @@ def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
                   file=sys.stderr)
     base, serve = statistics.median(out["base"]), statistics.median(out["serve"])
     out["ratio"] = serve / base
+    out["paired"] = statistics.median(s / b for s, b in zip(out["serve"], out["base"], strict=True))
+    # The model: the storm's CPU per connect alone over the storm's and serve's together
+    # with serve running; steadier than rates when other work shares the cores.
+    cpu = {k: statistics.median(v) for k, v in out["cpu_us"].items() if v}
+    out["model"] = cpu["base"] / cpu["serve"]
+    if "ref" in cpu:
+        out["ref_model"] = cpu["base"] / cpu["ref"]
+    if args.ref_src:
+        out["ref_ratio"] = statistics.median(out["ref"]) / base
+        out["ref_paired"] = statistics.median(
+            r / b for r, b in zip(out["ref"], out["base"], strict=True))
+    if args.rates_only:
+        return out
     # RSS: one serve, a storm until --long connections, sampled at 100k and at the end.
     served = Served(children)
     total, rss_100k = 0, None
@@ -261,29 +355,50 @@ def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any]) -> None:
+    for config, ps in r.get("programs", {}).items():
+        print(f"{config}: kernel programs {ps['ns_per_connect']:,.0f} ns per connect "
+              f"({ps['connects']:,} connects)")
+        for name, p in sorted(ps["programs"].items()):
+            print(f"  {name:<24} {p['runs_per_connect']:5.2f} runs/connect "
+                  f"{p['ns_per_run']:6.0f} ns/run {p['ns_per_connect']:6.0f} ns/connect")
+    if "base" in r and "ratio" in r:
+        b = r["base"]
+        print(f"rates (connects/s) base {[round(x) for x in b]}, serve "
+              f"{[round(x) for x in r['serve']]}" + (f", ref {[round(x) for x in r['ref']]}"
+                                                      if "ref" in r else ""))
+        spread = (max(b) - min(b)) / statistics.median(b)
+        cpu = {k: statistics.median(v) for k, v in r.get("cpu_us", {}).items() if v}
+        if "model" in r:
+            print("CPU us per connect (storm, kernel programs included, + serve): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+                  + f"; model base/serve {r['model']:.2f}"
+                  + (f", base/ref {r['ref_model']:.2f}" if "ref_model" in r else ""))
+        print(f"serve/base: ratio {r['ratio']:.2f}, paired {r['paired']:.2f}"
+              + (f"; ref/base: ratio {r['ref_ratio']:.2f}, paired {r['ref_paired']:.2f}"
+                 if "ref_ratio" in r else "") + f"; base spread {spread:.0%} (noise)")
     if "open_read" in r:
         o = r["open_read"]
         print(f"reading {o['connections']:,} open connections ({o['sk_storage_iter_records']:,} "
               f"records): sk_storage iterator {o['sk_storage_iter_ms']:.1f} ms for every "
               f"namespace at once; per namespace, TCP iterator {o['tcp_iter_per_netns_ms']:.1f}"
               f" ms, sock_diag (ss -tin) {o['sock_diag_ss_per_netns_ms']:.1f} ms")
-    if "api" not in r:
-        return
-    api = r["api"]
-    print(f"/api/graph/data with {api['nodes']} nodes and {api['edges']} edges: median "
-          f"{api['median_ms']:.1f} ms, p95 {api['p95_ms']:.1f} ms (target < 50 ms)")
-    if "base" not in r:
-        return
-    lost = sum(x["lost"] for x in r["records"])
-    missing = sum(x["connects"] - x["in_graph"] for x in r["records"])
-    print(f"connect rate: base {statistics.median(r['base']):,.0f}/s, with podsight serve "
-          f"{statistics.median(r['serve']):,.0f}/s: ratio {r['ratio']:.2f} (target >= 0.90)")
-    print(f"connection records: {sum(x['connects'] for x in r['records']):,} storm connects, "
-          f"{missing} missing from the graph, {lost:.0f} lost (target 0)")
-    rss = r["rss"]
-    print(f"rss: {rss['at_100k_kib'] / 1024:.1f} MiB at 100k connections, "
-          f"{rss['at_end_kib'] / 1024:.1f} MiB at {rss['connections']:,}: "
-          f"x{rss['growth']:.3f} (target within 10%), {rss['lost']:.0f} lost")
+    if "api" in r:
+        api = r["api"]
+        print(f"/api/graph/data with {api['nodes']} nodes and {api['edges']} edges: median "
+              f"{api['median_ms']:.1f} ms, p95 {api['p95_ms']:.1f} ms (target < 50 ms)")
+    if r.get("records"):
+        lost = sum(x["lost"] for x in r["records"])
+        missing = sum(x["connects"] - x["in_graph"] for x in r["records"])
+        print(f"connect rate: base {statistics.median(r['base']):,.0f}/s, with podsight "
+              f"serve {statistics.median(r['serve']):,.0f}/s: ratio {r['ratio']:.2f} "
+              "(target >= 0.90)")
+        print(f"connection records: {sum(x['connects'] for x in r['records']):,} storm "
+              f"connects, {missing} missing from the graph, {lost:.0f} lost (target 0)")
+    if "rss" in r:
+        rss = r["rss"]
+        print(f"rss: {rss['at_100k_kib'] / 1024:.1f} MiB at 100k connections, "
+              f"{rss['at_end_kib'] / 1024:.1f} MiB at {rss['connections']:,}: "
+              f"x{rss['growth']:.3f} (target within 10%), {rss['lost']:.0f} lost")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,7 +412,19 @@ def main(argv: list[str] | None = None) -> int:
                    "(no root, no kernel)")
     p.add_argument("--open-only", action="store_true",
                    help="only the open-connection read: iterators against sock_diag")
+    p.add_argument("--prog-stats", action="store_true",
+                   help="also the kernel's run time per program over one storm (bpftool)")
+    p.add_argument("--prog-stats-only", action="store_true",
+                   help="only that (implies --prog-stats)")
+    p.add_argument("--rates-only", action="store_true",
+                   help="only the connect rates (no RSS, API or open-connection figures)")
+    p.add_argument("--ref-src", type=Path, metavar="DIR",
+                   help="A/B: also run serve from this source tree (e.g. main's src, from "
+                        "git archive) in every round")
     args = p.parse_args(argv)
+    args.prog_stats = args.prog_stats or args.prog_stats_only
+    if args.prog_stats and shutil.which("bpftool") is None:
+        p.error("--prog-stats needs bpftool (apt-get install bpftool)")
     results: dict[str, Any] = {}
 
     def run(children: Children) -> dict[str, Any]:

@@ -160,3 +160,53 @@ def test_flow_bytes_drops_and_dns_join_the_edges_connections_made():
     assert re.search(r'podsight_dns_responses_total\{[^}]*rcode="NXDOMAIN"[^}]*\} 2.0', text)
     edge = next(e for e in data(g.snapshot(), Query())["edges"] if e["detail__port"] == 8080)
     assert edge["detail__dropped"] == 4
+
+
+def test_tcplife_failed_connects_become_failures_of_their_edge():
+    """tcplife's failed-connect records (``--failed-connects``, what serve uses instead of
+    tcpconnect): named from the socket error in bulk decoding, failures in the graph, from
+    the ring and from recorded JSON alike."""
+    import errno
+
+    import numpy as np
+
+    from podsight.gadgets.tcplife.graph import observe, observe_recorded
+    from podsight.gadgets.tcplife.tcplife import CONN_DTYPE, F_FAILED, F_START_SEEN, decode
+    from podsight.net.addresses import AddressFormatter
+
+    raw = np.zeros(4, CONN_DTYPE)
+    raw["family"] = 2
+    raw["role"] = 1
+    raw["flags"] = [F_FAILED | F_START_SEEN] * 3 + [0]
+    raw["err"] = [errno.ECONNREFUSED, errno.EHOSTUNREACH, 0, 0]
+    raw["sport"] = [40000, 40001, 40002, 40003]
+    raw["dport"] = 8080
+    raw["srtt_us"][3] = 80
+    raw["saddr"][:] = [bytes([10, 0, 0, 2]) + bytes(12)] * 4
+    raw["daddr"][:] = [bytes([10, 0, 0, 3]) + bytes(12)] * 4
+    recs = decode(raw, AddressFormatter())
+    assert [r.state for r in recs] == ["refused", "unreachable", "aborted", "closed"]
+    assert [r.rtt_us for r in recs] == [0, 0, 0, 10]
+    obs = observe(recs)
+    assert [type(o) for o in obs] == [ConnectFailure] * 3 + [Connection]
+    g = Graph()
+    g.add(obs)
+    (edge,) = g.snapshot()
+    assert dict(edge.failures) == {"refused": 1, "unreachable": 1, "aborted": 1}
+    row = {"time": "2026-01-01T00:00:01.000000000Z", "duration_ns": 5, "role": "client",
+           "state": "timeout", "saddr": "10.0.0.2", "daddr": "10.0.0.3", "sport": 40000,
+           "dport": 8080, "bytes_sent": 0, "bytes_received": 0, "cookie": 7,
+           "src": {"kind": "raw"}, "dst": {"kind": "raw"}}
+    failure = observe_recorded(row)
+    assert isinstance(failure, ConnectFailure) and failure.result == "timeout"
+
+
+def test_serve_runs_no_gadget_whose_graph_feeds_another_covers():
+    """tcplife feeds connections and failed connects; tcpconnect only failed connects:
+    serve runs tcplife alone (tcpconnect's programs would run on the same state changes)."""
+    import argparse
+
+    from podsight.cli.serve import graph_specs
+
+    names = [s.name for s in graph_specs(argparse.Namespace(tls=False, flows=False))]
+    assert "tcplife" in names and "tcpconnect" not in names

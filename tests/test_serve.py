@@ -138,12 +138,16 @@ def test_bad_input_is_one_line(args, message):
 
 
 def test_sigterm_stops_with_summaries(lab):
+    """One summary line per gadget serve runs: tcplife alone, since it reports failed
+    connects too (tcpconnect's programs would run on every state change for nothing)."""
     with Serve() as s:
         assert s.proc is not None
         s.proc.terminate()
         s.stop()
     assert s.returncode == 0, s.err
-    assert len(re.findall(r"podsight: \d+ (connections|events), 0 lost", s.err)) == 2
+    running = re.search(r"serving the traffic graph at \S+ \(([^;]+);", s.err)
+    assert running and running[1].split(", ") == ["tcplife"], s.err
+    assert len(re.findall(r"podsight: \d+ (connections|events), 0 lost", s.err)) == 1
 
 
 def _connstorm(tmp_path) -> str:

@@ -3,14 +3,18 @@ the bytes each socket really sent as the oracle."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
+import socket
 import subprocess
 import time
 
 import pytest
 from conns import Held, Server, exchange
-from tracing import Trace, run_cli
+from tracing import Trace, connect, run_cli
+
+from podsight.lab import EXTERNAL_UNREACHABLE
 
 pytestmark = pytest.mark.root
 
@@ -127,6 +131,129 @@ def test_open_connections_before_and_during_the_trace(lab):
             (8 + req, resp)
         assert (sides["server"]["bytes_sent"], sides["server"]["bytes_received"]) == \
             (resp, 8 + req)
+    assert summary(res.stderr)["lost"] == 0
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> None:
+    got = 0
+    while got < n:
+        chunk = sock.recv(n - got)
+        assert chunk, "peer closed early"
+        got += len(chunk)
+
+
+def _wait_records(t: Trace, want, timeout: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = records(t)
+        if want(events):
+            return events
+        time.sleep(0.1)
+    raise AssertionError(f"records not seen in {timeout}s")
+
+
+def test_half_closed_connection_counts_fins_from_its_state(lab):
+    """The FIN accounting is told from the TCP state (no runs at FIN_WAIT1, CLOSE_WAIT,
+    LAST_ACK): open records of a half-closed connection (client in FIN_WAIT2, server in
+    CLOSE_WAIT) and the records at close carry exact payload bytes, both sides."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    with srv, Life("--open-every", "200ms") as t:
+        port = srv.getsockname()[1]
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = srv.accept()
+        with c, a:
+            sport = c.getsockname()[1]
+            c.sendall(b"q" * 100)
+            _recv_exactly(a, 100)
+            a.sendall(b"r" * 2000)
+            _recv_exactly(c, 2000)
+            c.shutdown(socket.SHUT_WR)  # client FIN_WAIT2, server CLOSE_WAIT
+            assert a.recv(1) == b""
+
+            def half(events: list[dict]) -> bool:
+                mine = {e["role"]: e for e in events if e["state"] == "open" and (
+                    (e["role"] == "client" and e["sport"] == sport) or
+                    (e["role"] == "server" and e["dport"] == sport))}
+                return len(mine) == 2 and mine["client"]["bytes_sent"] == 100 and \
+                    mine["server"]["bytes_received"] == 100
+
+            events = _wait_records(t, half)
+            opened = {e["role"]: e for e in events if e["state"] == "open" and sport in (
+                e["sport"], e["dport"]) and port in (e["sport"], e["dport"])}
+            assert (opened["client"]["bytes_sent"], opened["client"]["bytes_received"]) == \
+                (100, 2000)
+            assert (opened["server"]["bytes_sent"], opened["server"]["bytes_received"]) == \
+                (2000, 100)
+            a.sendall(b"s" * 500)
+            _recv_exactly(c, 500)
+            a.close()  # server LAST_ACK -> CLOSE; client FIN_WAIT2 -> CLOSE (time wait)
+            assert c.recv(1) == b""
+        _wait_records(t, lambda ev: len(by_side(ev, sport, port)) == 2)
+    res = t.stop()
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    sides = by_side(events, sport, port)
+    assert (sides["client"]["bytes_sent"], sides["client"]["bytes_received"]) == (100, 2500)
+    assert (sides["server"]["bytes_sent"], sides["server"]["bytes_received"]) == (2500, 100)
+    assert summary(res.stderr)["lost"] == 0
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_loopback_once_reports_the_client_side_only(lab, host):
+    """--loopback-once (what serve uses): a loopback connection gives its client's record,
+    exact bytes, and nothing from its server side, open or closed (the kernel keeps no
+    state for that side at all)."""
+    srv = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else
+                               socket.AF_INET)
+    with srv, Life("--loopback-once", "--open-every", "200ms") as t:
+        port = srv.getsockname()[1]
+        c = socket.create_connection((host, port))
+        a, _ = srv.accept()
+        with a:
+            sport = c.getsockname()[1]
+            with c:
+                c.sendall(b"q" * 300)
+                _recv_exactly(a, 300)
+                a.sendall(b"r" * 7000)
+                _recv_exactly(c, 7000)
+                _wait_records(t, lambda ev: any(e["state"] == "open" and e["sport"] == sport
+                                                and e["dport"] == port for e in ev))
+        _wait_records(t, lambda ev: "client" in by_side(ev, sport, port))
+    res = t.stop()
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    mine = [e for e in events if {e["sport"], e["dport"]} == {sport, port}]
+    assert {(e["role"], e["state"]) for e in mine} <= {("client", "open"), ("client", "closed")}
+    client = by_side(events, sport, port)["client"]
+    assert (client["bytes_sent"], client["bytes_received"]) == (300, 7000)
+    assert summary(res.stderr)["lost"] == 0
+
+
+@pytest.mark.parametrize("case", ["refused", "unreachable-blocking", "unreachable-nonblocking"])
+def test_failed_connects_are_named_from_the_socket_error(lab, case):
+    """--failed-connects (what serve uses instead of running tcpconnect beside): a connect
+    that never got established gives one client record whose state says why, named as
+    the errno the connecting process got; an ICMP error the process read with SO_ERROR
+    before closing is kept by the error-report program."""
+    web = lab.pod("web")
+    with Life("-n", "default", "--failed-connects") as t:
+        if case == "refused":
+            c = connect(lab, "mypod", web.ipv4, 8099)
+            host, port, want = web.ipv4, 8099, "refused"
+        else:
+            c = connect(lab, "mypod", EXTERNAL_UNREACHABLE, 80,
+                        timeout=0 if case == "unreachable-blocking" else 5)
+            host, port, want = EXTERNAL_UNREACHABLE, 80, "unreachable"
+        _wait_records(t, lambda ev: any(e["pid"] == c["pid"] for e in ev))
+    res = t.stop()
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    mine = [e for e in events if e["pid"] == c["pid"]]
+    assert len(mine) == 1, mine
+    e = mine[0]
+    assert c["errno"] in ((errno.ECONNREFUSED,) if want == "refused" else
+                          (errno.EHOSTUNREACH, errno.ENETUNREACH))
+    assert e["state"] == want and e["role"] == "client" and e["comm"] == c["comm"]
+    assert (e["daddr"], e["dport"]) == (host, port)
+    assert e["src"]["endpoint"].startswith("p/default/mypod:")
+    assert e["bytes_sent"] == e["bytes_received"] == 0 and e["duration_ns"] > 0
     assert summary(res.stderr)["lost"] == 0
 
 

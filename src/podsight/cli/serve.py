@@ -105,12 +105,17 @@ def read_token(path: str | None) -> str | None:
 
 def graph_specs(ns: argparse.Namespace | None = None) -> list[GadgetSpec]:
     """Gadgets that feed the graph: those with an adapter, and of them those that ask for a
-    flag (``extra["graph_flag"]``) only when it is given."""
+    flag (``extra["graph_flag"]``) only when it is given; less any whose feeds
+    (``extra["graph_feeds"]``) another one chosen feeds as well, and more: its programs
+    would run on the same kernel events for nothing."""
     from podsight.gadgets import specs
 
-    return [s for s in specs() if "graph" in s.extra and (
+    chosen = [s for s in specs() if "graph" in s.extra and (
         "graph_flags" not in s.extra or any(getattr(ns, flag, False)
                                             for flag in s.extra["graph_flags"]))]
+    feeds = {s.name: set(s.extra.get("graph_feeds", (s.name,))) for s in chosen}
+    return [s for s in chosen
+            if not any(feeds[s.name] < feeds[o.name] for o in chosen if o is not s)]
 
 
 def _load(ref: str) -> Callable[..., Any]:

@@ -52,6 +52,8 @@ SPEC = GadgetSpec(
         ),
     ),
     # serve needs only the failures: the kernel keeps the successes to itself.
+    # serve leaves it out while another gadget feeds failed connects too (graph_feeds).
     extra={"graph": "podsight.gadgets.tcpconnect.graph:observe",
+           "graph_feeds": ("connect_failures",),
            "graph_values": {"failed_only": True}},
 )

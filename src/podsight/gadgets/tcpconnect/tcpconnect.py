@@ -8,7 +8,6 @@ what the pipeline runs; :class:`TcpConnect` owns the kernel objects.
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Self
@@ -19,6 +18,7 @@ from podsight.ebpf import BpfObject, RingBuffer
 from podsight.ebpf.system import preflight
 from podsight.gadgets.tcpconnect.schema import Connect, schema
 from podsight.net.addresses import AddressFormatter, split16
+from podsight.net.connects import failure
 from podsight.net.netns import sync_netns_filter
 from podsight.outputs.json import Slot, TemplateSpec
 from podsight.pipeline import Batch, Loss, RunContext, Selection, Tally
@@ -100,33 +100,14 @@ COUNTERS = ("attempts", "events", "lost_ringbuf", "lost_inflight", "suppressed",
 
 RESULTS = ("ok", "refused", "timeout", "unreachable", "error", "aborted", "pending")
 
-_ERRNO_RESULT = {
-    errno.ECONNREFUSED: "refused",
-    errno.ETIMEDOUT: "timeout",
-    errno.EHOSTUNREACH: "unreachable",
-    errno.ENETUNREACH: "unreachable",
-    errno.EHOSTDOWN: "unreachable",
-    errno.ENONET: "unreachable",
-}
-
-
-
 def classify(raw_result: int, err: int, sport: int) -> str:
-    """Name the outcome of one attempt.
-
-    A close from SYN_SENT carries the socket error: ECONNREFUSED is an RST,
-    ETIMEDOUT the kernel giving up after its SYN retries, EHOSTUNREACH and
-    ENETUNREACH an ICMP error. With no error the caller closed the socket
-    before an answer came (``aborted``), unless no source port was ever
-    bound, which means the connect failed locally before sending (``error``).
-    """
+    """Name the outcome of one attempt: ``ok``, ``pending``, or how it failed
+    (:func:`podsight.net.connects.failure`, from the socket error)."""
     if raw_result == RAW_OK:
         return "ok"
     if raw_result == RAW_PENDING:
         return "pending"
-    if err:
-        return _ERRNO_RESULT.get(err, "error")
-    return "aborted" if sport else "error"
+    return failure(err, sport)
 
 
 def decode(records: np.ndarray, fmt: AddressFormatter) -> list[Connect]:

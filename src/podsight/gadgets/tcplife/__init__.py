@@ -25,6 +25,9 @@ SPEC = GadgetSpec(
               choice("any", "client", "server"), "any"),
         Param(("--loopback-once",), "report a loopback connection once, from its client "
               "side (both sides are on this host)", FLAG, False),
+        Param(("--failed-connects",), "also report connects that failed before they were "
+              "established, with state refused, timeout, unreachable, error or aborted (from "
+              "the socket error) and the attempt's duration", FLAG, False),
         Param(("--ring-size",), "ring buffer size (power of two, 4K to 1G; default 4M)",
               power_of_two(4096, 1 << 30), 4 << 20, "BYTES"),
     ),
@@ -32,9 +35,13 @@ SPEC = GadgetSpec(
     reports_pending=True,
     # serve: the graph counts a loopback connection from its client anyway; a larger ring
     # rides out storms while the graph is read.
-    # serve aggregates each raw ring batch before naming it (graph_raw).
+    # serve aggregates each raw ring batch before naming it (graph_raw). It also reports
+    # failed connects, so it feeds all that a gadget feeding only those would (graph_feeds):
+    # serve then runs no second program on every TCP state change.
     extra={"graph": "podsight.gadgets.tcplife.graph:observe",
            "graph_raw": "podsight.gadgets.tcplife.graph:observe_raw",
            "graph_recorded": "podsight.gadgets.tcplife.graph:observe_recorded",
-           "graph_values": {"loopback_once": True, "ring_size": 32 << 20}},
+           "graph_feeds": ("connections", "connect_failures"),
+           "graph_values": {"loopback_once": True, "failed_connects": True,
+                            "ring_size": 32 << 20}},
 )

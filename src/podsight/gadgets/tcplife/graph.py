@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from podsight.analysis.graph import ClosedConnections, Connection, Observation
+from podsight.analysis.graph import ClosedConnections, ConnectFailure, Connection, Observation
 from podsight.gadgets.tcplife.schema import Conn
-from podsight.gadgets.tcplife.tcplife import F_OPEN
+from podsight.gadgets.tcplife.tcplife import F_FAILED, F_OPEN
 from podsight.identity.endpoint import Endpoint
+from podsight.net.connects import FAILURES
 
 # What names a record's ends and edge alike: (network namespace, cgroup, local address,
 # peer address, family, role, the server's port).
@@ -18,8 +19,11 @@ _KEY = np.dtype([("netns", "<u4"), ("cgroup_id", "<u8"), ("saddr", "V16"),
                  ("daddr", "V16"), ("family", "<u2"), ("role", "u1"), ("port", "<u2")])
 
 
-def observe(records: Sequence[Conn]) -> list[Connection]:
+def observe(records: Sequence[Conn]) -> list[Connection | ConnectFailure]:
     return [
+        ConnectFailure(src=r.src or Endpoint.raw(r.saddr), dst=r.dst or Endpoint.raw(r.daddr),
+                       port=r.dport, result=r.state, ts_ns=r.ts_ns)
+        if r.state in FAILURES else
         Connection(key=(r.cookie,), local=r.src or Endpoint.raw(r.saddr),
                    remote=r.dst or Endpoint.raw(r.daddr), local_port=r.sport,
                    remote_port=r.dport, role=r.role, open=r.state == "open",
@@ -34,8 +38,8 @@ def observe_raw(raw: np.ndarray, naming: Any) -> tuple[list[Observation], int]:
     were kept: the same as :func:`observe` of every record decoded and named, but
     decoded and named once per group of records with the same ends, role and server
     port (:class:`podsight.pipeline.RawNaming`), each group one
-    :class:`ClosedConnections`. Records flagged open, and those older than their
-    group's naming holds, go one by one."""
+    :class:`ClosedConnections`. Records flagged open or failed, and those older than
+    their group's naming holds, go one by one."""
     n = len(raw)
     if not n:
         return [], 0
@@ -56,7 +60,7 @@ def observe_raw(raw: np.ndarray, naming: Any) -> tuple[list[Observation], int]:
     if len(decoded) != len(reps):  # the gadget's --role left some out: one by one
         return _one_by_one(raw, naming)
     named = naming.admit(decoded)
-    opened = (raw["flags"] & F_OPEN) != 0
+    opened = (raw["flags"] & (F_OPEN | F_FAILED)) != 0
     out: list[Observation] = []
     kept = 0
     slow: list[np.ndarray] = []
@@ -104,9 +108,10 @@ def _endpoint(obj: dict[str, Any], addr: str) -> Endpoint:
                     workload_name=workload.get("name", ""))
 
 
-def observe_recorded(row: dict[str, Any]) -> Connection | None:
+def observe_recorded(row: dict[str, Any]) -> Connection | ConnectFailure | None:
     """One record written by ``trace tcplife`` (a JSON line, or a SQLite row as a dict of
-    its columns), or None if it is not one. Times are wall-clock ns here."""
+    its columns), or None if it is not one; a failed connect (``--failed-connects``) is
+    a failure of its edge. Times are wall-clock ns here."""
     if "role" not in row or "bytes_sent" not in row or "state" not in row:
         return None
     if isinstance(row.get("src"), dict):  # JSON
@@ -117,6 +122,9 @@ def observe_recorded(row: dict[str, Any]) -> Connection | None:
         src, dst = (_endpoint(_columns(row, side), row[addr])
                     for side, addr in (("src", "saddr"), ("dst", "daddr")))
         ts, start = int(row["time_ns"]), int(row["start_ns"])
+    if row["state"] in FAILURES:
+        return ConnectFailure(src=src, dst=dst, port=row["dport"], result=row["state"],
+                              ts_ns=ts)
     return Connection(key=(row["cookie"],), local=src, remote=dst, local_port=row["sport"],
                       remote_port=row["dport"], role=row["role"],
                       open=row["state"] == "open", start_ns=start, ts_ns=ts,

@@ -46,7 +46,7 @@ class Conn:
     daddr: str
     dport: int
     role: str  # client | server | unknown
-    state: str  # closed | open
+    state: str  # closed | open, or how a connect failed (--failed-connects): refused, ...
     bytes_sent: int  # sent by this side and acknowledged by the peer (tcp_sock.bytes_acked)
     bytes_received: int  # tcp_sock.bytes_received
     segs_out: int
@@ -110,7 +110,9 @@ def schema(clock: Clock) -> Schema[Conn]:
             string("role", "ROLE", 6, lambda r: r.role,
                    "client (this side connected), server (it accepted) or unknown",
                    default=True),
-            string("state", "STATE", 6, lambda r: r.state, "closed or open", default=True),
+            string("state", "STATE", 6, lambda r: r.state,
+                   "closed or open; with --failed-connects, how a connect failed: refused, "
+                   "timeout, unreachable, error or aborted", default=True),
             table_only("tx", "TX", 7, lambda r: human_bytes(r.bytes_sent),
                        "bytes sent and acknowledged", right=True),
             table_only("rx", "RX", 7, lambda r: human_bytes(r.bytes_received),

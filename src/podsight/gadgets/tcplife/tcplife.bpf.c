@@ -11,6 +11,15 @@
  *                                                        bytes_received, segments,
  *                                                        retransmits, srtt, read
  *                                                        from the tcp_sock (BTF)
+ *                               SYN_SENT -> CLOSE        with cfg.failed_connects: one
+ *                                                        record flagged FAILED, with the
+ *                                                        socket error (refused, timeout,
+ *                                                        unreachable: user space names it)
+ *                               anything else            nothing: returns before it
+ *                                                        reads the socket
+ *   tp_btf/inet_sk_error_report while SYN_SENT (with cfg.failed_connects): keep an ICMP
+ *                               error that the connecting process may consume with
+ *                               SO_ERROR before it closes the socket
  *   iter/bpf_sk_storage_map     every connection still open: the same record,
  *                               flagged OPEN (user space reads it periodically;
  *                               one read covers every network namespace)
@@ -20,6 +29,14 @@
  *
  * What is remembered per socket lives in socket-local storage (sk_storage), so
  * it goes away with the socket and needs no table size.
+ *
+ * Cost: the tracepoint fires about 8 times per connection (both sockets, every
+ * transition), so the program decides from its arguments alone whether a
+ * transition matters, reads the socket with direct BTF loads (no
+ * bpf_probe_read_kernel calls), derives the FIN accounting at CLOSE from the
+ * state it closes from (no runs at FIN_WAIT1 / CLOSE_WAIT / LAST_ACK / CLOSING),
+ * and, with loopback_once, keeps no state at all for the server side of a loopback
+ * connection (bench/graph.py --prog-stats measures it).
  *
  * Nothing is lost silently: a record that does not fit in the ring buffer and a
  * connection closed without known state are counted in `counters`.
@@ -48,6 +65,9 @@ struct tcp_sock___life {
 struct sock___life {
 	u16 sk_protocol;
 	struct sk_buff_head sk_receive_queue;
+};
+struct inet_sock___life {
+	__be16 inet_sport;
 };
 struct tcp_skb_cb___life {
 	u32 seq;
@@ -85,6 +105,8 @@ enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
 /* flags of struct conn */
 #define F_OPEN 1         /* still open: read by the iterator, not closed */
 #define F_START_SEEN 2   /* started while podsight ran (else: open before; start = seen at) */
+#define F_FAILED 4       /* a connect that failed before it was established: start_ns is
+			  * the attempt, `err` the socket error */
 
 /* Counter slots (tcplife.py COUNTERS). */
 enum counter {
@@ -96,7 +118,8 @@ enum counter {
 	C_SEEDED = 5,        /* connections open before start, found by iter/tcp */
 	C_SNAPSHOT = 6,      /* open-connection records written by the iterator */
 	C_LOOPBACK_SERVER = 7, /* loopback server sides not reported (cfg.loopback_once) */
-	C_MAX = 8,
+	C_FAILED = 8,        /* failed connects written to the ring buffer (cfg.failed_connects) */
+	C_MAX = 9,
 };
 
 /* Per socket, from its first state change we see until it closes. */
@@ -105,16 +128,12 @@ struct state {
 	u64 cgroup_id; /* of the connecting process (client), 0 if not known */
 	u32 pid;
 	u32 netns;
-	u32 fin_seq;   /* sequence number of our FIN, when fin_sent */
 	u8 role;
 	u8 established;
 	u8 flags;
-	u8 fin_sent;   /* we sent a FIN (FIN_WAIT1 or LAST_ACK) */
-	u8 peer_fin;   /* the peer's FIN was received (CLOSE_WAIT or CLOSING) */
 	u8 syn_acked;  /* bytes_acked counts our SYN (client side): 1 */
-	u8 _pad[2];
 	char comm[16];
-	u32 _tail;
+	s32 err;       /* an ICMP error reported while connecting (cfg.failed_connects) */
 };
 
 /* The record user space decodes in bulk (CONN_DTYPE), from the ring buffer and the
@@ -133,7 +152,10 @@ struct conn {
 	u32 segs_in;
 	u32 segs_out;
 	u32 total_retrans;
-	u32 srtt_us;   /* smoothed RTT in us << 3 */
+	union {
+		u32 srtt_us; /* smoothed RTT in us << 3 */
+		s32 err;     /* F_FAILED: the socket error (an errno), 0 if none was left */
+	};
 	u16 family;
 	u16 sport;
 	u16 dport;
@@ -147,7 +169,8 @@ const volatile struct {
 	u32 wakeup_bytes; /* force a wakeup when this much is waiting */
 	u8 filter_netns;
 	u8 loopback_once; /* report a loopback connection from its client side only */
-	u8 _pad[2];
+	u8 failed_connects; /* also report connects that failed (SYN_SENT -> CLOSE) */
+	u8 _pad;
 } cfg = {};
 
 struct {
@@ -207,9 +230,25 @@ static __always_inline int wanted(u32 netns)
 	       bpf_map_lookup_elem(&netns_filter, &any);
 }
 
+/* Direct loads through BTF (tp_btf and iterator arguments are typed pointers): no
+ * helper call per field, and the compiler drops what a branch does not use. */
 static __always_inline u32 netns_of(const struct sock *sk)
 {
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return sk->__sk_common.skc_net.net->ns.inum;
+}
+
+/* Did our FIN go out, and the peer's come in? Told by the state a socket is in (or
+ * closes from): every way to CLOSE passes through these states, and tcp_send_fin
+ * advances write_seq by one, so our FIN is write_seq - 1. */
+static __always_inline int fin_sent_in(int state)
+{
+	return state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_LAST_ACK ||
+	       state == TCP_CLOSING;
+}
+
+static __always_inline int peer_fin_in(int state)
+{
+	return state == TCP_CLOSE_WAIT || state == TCP_LAST_ACK || state == TCP_CLOSING;
 }
 
 /*
@@ -234,26 +273,45 @@ static __always_inline int fin_queued(const struct sock *sk)
 	return flags & TCPHDR_FIN;
 }
 
+static __always_inline int loopback_addr(u16 family, const u8 *daddr)
+{
+	if (family == AF_INET)
+		return daddr[0] == 127;
+	/* ::1 or ::ffff:127.x.y.z */
+	if (daddr[15] == 1 && !daddr[0] && !daddr[10] && !daddr[12])
+		return 1;
+	return daddr[10] == 0xff && daddr[11] == 0xff && daddr[12] == 127;
+}
+
 /* A loopback connection's server side, which --loopback-once leaves out: its client
  * side, on this host too, reports the same connection. */
 static __always_inline int loopback_server(const struct conn *c)
 {
-	if (!cfg.loopback_once || c->role != ROLE_SERVER)
-		return 0;
-	if (c->family == AF_INET)
-		return c->daddr[0] == 127;
-	/* ::1 or ::ffff:127.x.y.z */
-	if (c->daddr[15] == 1 && !c->daddr[0] && !c->daddr[10] && !c->daddr[12])
-		return 1;
-	return c->daddr[10] == 0xff && c->daddr[11] == 0xff && c->daddr[12] == 127;
+	return cfg.loopback_once && c->role == ROLE_SERVER && loopback_addr(c->family, c->daddr);
 }
 
-/* The record for one socket and its state, read now. */
-static __always_inline void fill(struct conn *c, const struct sock *sk, const struct state *s,
-				 int peer_fin)
+/* Is this socket's peer on loopback (read from the socket)? */
+static __always_inline int loopback_peer(const struct sock *sk)
 {
-	const struct tcp_sock___life *tp = (const void *)sk;
-	u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	u16 family = sk->__sk_common.skc_family;
+	struct in6_addr a6;
+	u32 a4;
+
+	if (family == AF_INET) {
+		a4 = sk->__sk_common.skc_daddr;
+		return loopback_addr(family, (const u8 *)&a4);
+	}
+	a6 = sk->__sk_common.skc_v6_daddr;
+	return loopback_addr(family, (const u8 *)&a6);
+}
+
+/* The record for one socket and its state, read now; `state` is the TCP state it is in
+ * (or closes from), `peer_fin` whether the peer's FIN came in. */
+static __always_inline void fill(struct conn *c, const struct sock *sk, const struct state *s,
+				 int state, int peer_fin)
+{
+	const struct tcp_sock___life *tp = (const void *)bpf_skc_to_tcp_sock((void *)sk);
+	u16 family = sk->__sk_common.skc_family;
 
 	c->start_ns = s->start_ns;
 	c->cgroup_id = s->cgroup_id;
@@ -264,26 +322,45 @@ static __always_inline void fill(struct conn *c, const struct sock *sk, const st
 	__builtin_memcpy(c->comm, s->comm, sizeof(c->comm));
 	c->family = family;
 	if (family == AF_INET) {
-		BPF_CORE_READ_INTO((u32 *)c->saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO((u32 *)c->daddr, sk, __sk_common.skc_daddr);
+		*(u32 *)c->saddr = sk->__sk_common.skc_rcv_saddr;
+		*(u32 *)c->daddr = sk->__sk_common.skc_daddr;
 	} else {
-		BPF_CORE_READ_INTO((struct in6_addr *)c->saddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO((struct in6_addr *)c->daddr, sk, __sk_common.skc_v6_daddr);
+		*(struct in6_addr *)c->saddr = sk->__sk_common.skc_v6_rcv_saddr;
+		*(struct in6_addr *)c->daddr = sk->__sk_common.skc_v6_daddr;
 	}
-	c->sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
-	c->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	c->dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (!tp)
+		return; /* not a full TCP socket: nothing more to read */
+	/* inet_sport lies past struct sock: read through the tcp_sock (it contains it). */
+	c->sport = bpf_ntohs(((const struct inet_sock___life *)tp)->inet_sport);
 	/* The kernel's counters advance with sequence numbers, and SYN and FIN take one
-	 * each: take them out so that the record says payload bytes. */
-	c->bytes_acked = BPF_CORE_READ(tp, bytes_acked) - s->syn_acked;
-	if (s->fin_sent && (s32)(BPF_CORE_READ(tp, snd_una) - s->fin_seq) > 0)
+	 * each: take them out so that the record says payload bytes. Our FIN counts once
+	 * it is acknowledged (snd_una went past it). */
+	c->bytes_acked = tp->bytes_acked - s->syn_acked;
+	if (fin_sent_in(state) && (s32)(tp->snd_una - (tp->write_seq - 1)) > 0)
 		c->bytes_acked -= 1;
-	c->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	c->bytes_received = tp->bytes_received;
 	if (peer_fin && c->bytes_received)
 		c->bytes_received -= 1;
-	c->segs_in = BPF_CORE_READ(tp, segs_in);
-	c->segs_out = BPF_CORE_READ(tp, segs_out);
-	c->total_retrans = BPF_CORE_READ(tp, total_retrans);
-	c->srtt_us = BPF_CORE_READ(tp, srtt_us);
+	c->segs_in = tp->segs_in;
+	c->segs_out = tp->segs_out;
+	c->total_retrans = tp->total_retrans;
+	c->srtt_us = tp->srtt_us;
+}
+
+/* Write a record to the ring buffer, waking user space only once enough is waiting;
+ * 1 if written, else counted as lost. */
+static __always_inline int emit(struct conn *c)
+{
+	u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (cfg.wakeup_bytes && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&events, c, sizeof(*c), flags)) {
+		count(C_LOST_RINGBUF);
+		return 0;
+	}
+	return 1;
 }
 
 static __always_inline int on_connect(struct sock *sk)
@@ -303,8 +380,30 @@ static __always_inline int on_connect(struct sock *sk)
 	s->netns = netns;
 	s->cgroup_id = bpf_get_current_cgroup_id();
 	s->role = ROLE_CLIENT;
+	if (cfg.failed_connects)
+		s->start_ns = bpf_ktime_get_boot_ns(); /* the attempt; ESTABLISHED overwrites it */
 	bpf_get_current_comm(s->comm, sizeof(s->comm));
 	return 0;
+}
+
+/* A connect that failed (SYN_SENT -> CLOSE), as a record flagged F_FAILED. */
+static __always_inline void failed_connect(struct sock *sk, const struct state *s)
+{
+	struct conn c = {};
+	int err = sk->sk_err;
+
+	/* The caller may have consumed the error with SO_ERROR before closing. */
+	if (!err)
+		err = sk->sk_err_soft;
+	if (!err)
+		err = s->err;
+	c.ts_ns = bpf_ktime_get_boot_ns();
+	c.cookie = bpf_get_socket_cookie(sk);
+	fill(&c, sk, s, TCP_SYN_SENT, 0);
+	c.flags |= F_FAILED | F_START_SEEN;
+	c.err = err;
+	if (emit(&c))
+		count(C_FAILED);
 }
 
 static __always_inline int on_established(struct sock *sk, int oldstate)
@@ -313,6 +412,10 @@ static __always_inline int on_established(struct sock *sk, int oldstate)
 	struct state *s;
 
 	if (!wanted(netns))
+		return 0;
+	/* The server side of a loopback connection, left out with loopback_once: no state
+	 * (on_close counts it), which spares a storage insert and delete per connection. */
+	if (oldstate == TCP_SYN_RECV && cfg.loopback_once && loopback_peer(sk))
 		return 0;
 	s = bpf_sk_storage_get(&states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!s) {
@@ -331,75 +434,107 @@ static __always_inline int on_established(struct sock *sk, int oldstate)
 
 static __always_inline int on_close(struct sock *sk, int oldstate)
 {
-	struct state *s = bpf_sk_storage_get(&states, sk, NULL, 0);
+	struct state *s;
 	struct conn c = {};
-	u64 flags = BPF_RB_NO_WAKEUP;
 
+	/* A SYN_RECV child that never completed, or a listener: nothing to report. */
+	if (oldstate == TCP_SYN_RECV || oldstate == TCP_LISTEN || oldstate == TCP_CLOSE)
+		return 0;
+	s = bpf_sk_storage_get(&states, sk, NULL, 0);
 	if (!s) {
-		/* Never established (a failed connect: tcpconnect's) or never seen. */
-		if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV && oldstate != TCP_LISTEN &&
-		    wanted(netns_of(sk)))
+		/* Never established (a failed connect: tcpconnect's), a loopback server side
+		 * left out (on_established), or never seen. */
+		if (oldstate == TCP_SYN_SENT || !wanted(netns_of(sk)))
+			return 0;
+		if (cfg.loopback_once && loopback_peer(sk))
+			count(C_LOOPBACK_SERVER);
+		else
 			count(C_UNTRACKED);
 		return 0;
 	}
 	if (!s->established) {
+		if (cfg.failed_connects && oldstate == TCP_SYN_SENT)
+			failed_connect(sk, s);
 		bpf_sk_storage_delete(&states, sk);
 		return 0;
 	}
 	c.ts_ns = bpf_ktime_get_boot_ns();
 	c.cookie = bpf_get_socket_cookie(sk);
-	fill(&c, sk, s, s->peer_fin || fin_queued(sk));
+	fill(&c, sk, s, oldstate, peer_fin_in(oldstate) || fin_queued(sk));
 	bpf_sk_storage_delete(&states, sk);
 	if (loopback_server(&c)) {
 		count(C_LOOPBACK_SERVER);
 		return 0;
 	}
-	if (cfg.wakeup_bytes && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes)
-		flags = BPF_RB_FORCE_WAKEUP;
-	if (bpf_ringbuf_output(&events, &c, sizeof(c), flags))
-		count(C_LOST_RINGBUF);
-	else
+	if (emit(&c))
 		count(C_CLOSED);
-	return 0;
-}
-
-/* The socket is about to send its FIN (tcp_send_fin follows the state change): its
- * sequence number is the next one to write. */
-static __always_inline int on_fin_sent(struct sock *sk)
-{
-	struct state *s = bpf_sk_storage_get(&states, sk, NULL, 0);
-
-	if (s) {
-		s->fin_seq = BPF_CORE_READ((const struct tcp_sock___life *)sk, write_seq);
-		s->fin_sent = 1;
-	}
-	return 0;
-}
-
-static __always_inline int on_fin_received(struct sock *sk)
-{
-	struct state *s = bpf_sk_storage_get(&states, sk, NULL, 0);
-
-	if (s)
-		s->peer_fin = 1;
 	return 0;
 }
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tcplife_state, struct sock *sk, int oldstate, int newstate)
 {
-	if (BPF_CORE_READ((struct sock___life *)sk, sk_protocol) != IPPROTO_TCP)
+	/* Decided from the arguments alone: most transitions need nothing. */
+	if (newstate != TCP_CLOSE && newstate != TCP_SYN_SENT &&
+	    !(newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)))
 		return 0;
-	if (newstate == TCP_SYN_SENT)
-		return on_connect(sk);
-	if (newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV))
-		return on_established(sk, oldstate);
+	if (((struct sock___life *)sk)->sk_protocol != IPPROTO_TCP)
+		return 0;
 	if (newstate == TCP_CLOSE)
 		return on_close(sk, oldstate);
-	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK)
-		return on_fin_sent(sk);
-	if (newstate == TCP_CLOSE_WAIT || newstate == TCP_CLOSING)
-		return on_fin_received(sk);
+	if (newstate == TCP_SYN_SENT)
+		return on_connect(sk);
+	return on_established(sk, oldstate);
+}
+
+/*
+ * The errno of the ICMP error just queued on the socket's error queue, or 0.
+ * ip_icmp_error() queues it and reports it before tcp_v4_err() stores it in
+ * sk_err_soft, so at report time the queue is the only place that has it.
+ */
+static __always_inline int queued_icmp_errno(const struct sock *sk)
+{
+	const void *head = __builtin_preserve_access_index(&sk->sk_error_queue);
+	struct sk_buff *skb = BPF_CORE_READ(sk, sk_error_queue.prev);
+	struct sock_extended_err ee = {};
+	u32 off;
+
+	if (!skb || (const void *)skb == head)
+		return 0;
+	off = bpf_core_field_offset(struct sk_buff, cb) +
+	      bpf_core_field_offset(struct sock_exterr_skb, ee);
+	if (bpf_probe_read_kernel(&ee, sizeof(ee), (const void *)skb + off))
+		return 0;
+	if (ee.ee_origin != SO_EE_ORIGIN_ICMP && ee.ee_origin != SO_EE_ORIGIN_ICMP6)
+		return 0;
+	return ee.ee_errno;
+}
+
+/*
+ * An ICMP error that arrives while the connecting process holds the socket lock (the
+ * ICMP comes back inside connect()) does not close the socket: it is queued and kept
+ * as a soft error that getsockopt(SO_ERROR) reads and clears. By the time the caller
+ * closes the socket nothing on it says why, so remember it here. Attached only with
+ * cfg.failed_connects.
+ */
+SEC("tp_btf/inet_sk_error_report")
+int BPF_PROG(tcplife_error, struct sock *sk)
+{
+	struct state *s;
+	int err;
+
+	if (sk->__sk_common.skc_state != TCP_SYN_SENT)
+		return 0;
+	s = bpf_sk_storage_get(&states, sk, NULL, 0);
+	if (!s)
+		return 0;
+	err = sk->sk_err;
+	if (!err)
+		err = queued_icmp_errno(sk);
+	if (!err)
+		err = sk->sk_err_soft;
+	if (err)
+		s->err = err;
 	return 0;
 }
 
@@ -415,12 +550,12 @@ int tcplife_open(struct bpf_iter__bpf_sk_storage_map___life *ctx)
 
 	if (!sk || !s || !s->established)
 		return 0;
-	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	state = sk->__sk_common.skc_state;
 	if (state == TCP_CLOSE)
 		return 0;
 	c.ts_ns = bpf_ktime_get_boot_ns();
 	c.cookie = bpf_get_socket_cookie(sk);
-	fill(&c, sk, s, s->peer_fin);
+	fill(&c, sk, s, state, peer_fin_in(state));
 	c.flags |= F_OPEN;
 	if (loopback_server(&c))
 		return 0;
@@ -474,15 +609,7 @@ int tcplife_seed(struct bpf_iter__tcp___life *ctx)
 	l.port = BPF_CORE_READ(skc, skc_num);
 	s->role = bpf_map_lookup_elem(&listeners, &l) ? ROLE_SERVER : ROLE_CLIENT;
 	s->syn_acked = s->role == ROLE_CLIENT;
-	s->peer_fin = state == TCP_CLOSE_WAIT || state == TCP_CLOSING || state == TCP_LAST_ACK;
-	if (state == TCP_FIN_WAIT1 || state == TCP_LAST_ACK || state == TCP_CLOSING) {
-		/* Our FIN is the last sequence number written. */
-		s->fin_seq = BPF_CORE_READ((const struct tcp_sock___life *)tp, write_seq) - 1;
-		s->fin_sent = 1;
-	} else if (state == TCP_FIN_WAIT2) {
-		s->fin_seq = BPF_CORE_READ((const struct tcp_sock___life *)tp, snd_una) - 1;
-		s->fin_sent = 1;
-	}
+	/* FINs already exchanged are told at close from the state (fin_sent_in). */
 	s->netns = netns;
 	s->start_ns = bpf_ktime_get_boot_ns();
 	s->established = 1;

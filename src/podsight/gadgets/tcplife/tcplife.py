@@ -22,11 +22,12 @@ from podsight.ebpf.iters import read_iter
 from podsight.ebpf.system import preflight
 from podsight.gadgets.tcplife.schema import Conn, schema
 from podsight.net.addresses import AddressFormatter, split16
+from podsight.net.connects import failure
 from podsight.net.netns import every_netns, own_netns, run_in_netns_path, sync_netns_filter
 from podsight.pipeline import Batch, Loss, RunContext, Selection, Tally
 
-# struct conn in tcplife.bpf.c (128 bytes).
-CONN_DTYPE = np.dtype(
+# struct conn in tcplife.bpf.c (128 bytes), less `err` (in a union with srtt_us).
+_CONN_FIELDS = np.dtype(
     [
         ("ts_ns", "<u8"),
         ("start_ns", "<u8"),
@@ -50,6 +51,14 @@ CONN_DTYPE = np.dtype(
         ("comm", "S16"),
     ]
 )
+# With `err` over srtt_us: numpy fields may overlap, as the C union's members do.
+_PLACED: dict[str, Any] = {name: _CONN_FIELDS.fields[name][:2]  # type: ignore[index]
+                           for name in _CONN_FIELDS.names or ()}
+_PLACED["err"] = (np.dtype("<i4"), _PLACED["srtt_us"][1])
+CONN_DTYPE: np.dtype[Any] = np.dtype({
+    "names": list(_PLACED), "formats": [f for f, _ in _PLACED.values()],
+    "offsets": [o for _, o in _PLACED.values()], "itemsize": _CONN_FIELDS.itemsize,
+})
 assert CONN_DTYPE.itemsize == 128
 
 # struct state in tcplife.bpf.c (socket-local storage, 48 bytes).
@@ -59,23 +68,19 @@ STATE_DTYPE = np.dtype(
         ("cgroup_id", "<u8"),
         ("pid", "<u4"),
         ("netns", "<u4"),
-        ("fin_seq", "<u4"),
         ("role", "u1"),
         ("established", "u1"),
         ("flags", "u1"),
-        ("fin_sent", "u1"),
-        ("peer_fin", "u1"),
         ("syn_acked", "u1"),
-        ("_pad", "V2"),
         ("comm", "S16"),
-        ("_tail", "<u4"),
+        ("err", "<i4"),
     ]
 )
-assert STATE_DTYPE.itemsize == 56
+assert STATE_DTYPE.itemsize == 48
 
 # The `cfg` global (.rodata) of tcplife.bpf.c.
 CFG_DTYPE = np.dtype([("wakeup_bytes", "<u4"), ("filter_netns", "u1"),
-                      ("loopback_once", "u1"), ("_pad", "V2")])
+                      ("loopback_once", "u1"), ("failed_connects", "u1"), ("_pad", "V1")])
 
 LAYOUTS = (
     ("tcplife.bpf.o", "struct conn", CONN_DTYPE),
@@ -86,10 +91,11 @@ LAYOUTS = (
 ROLES = ("unknown", "client", "server")
 F_OPEN = 1
 F_START_SEEN = 2
+F_FAILED = 4
 
 # Counter slots (enum counter in tcplife.bpf.c).
 COUNTERS = ("opened", "closed", "lost_ringbuf", "lost_storage", "untracked", "seeded",
-            "snapshot", "loopback_server")
+            "snapshot", "loopback_server", "failed")
 
 LOSS_CAUSES = {
     "lost_ringbuf": "ring buffer full (a larger --ring-size helps)",
@@ -110,13 +116,20 @@ def decode(records: np.ndarray, fmt: AddressFormatter, role: str = "any") -> lis
     dst = [fmt(f, a) for f, a in zip(fam, split16(records["daddr"]), strict=True)]
     comms = [c.decode(errors="replace") for c in records["comm"].tolist()]
     flags = records["flags"].tolist()
-    rtt = (records["srtt_us"] >> 3).tolist()
+    failed = (records["flags"] & F_FAILED) != 0
+    rtt = np.where(failed, 0, records["srtt_us"] >> 3).tolist()
+    states = ["open" if fl & F_OPEN else "closed" for fl in flags]
+    if failed.any():
+        for i, err, sport in zip(np.flatnonzero(failed).tolist(),
+                                 records["err"][failed].tolist(),
+                                 records["sport"][failed].tolist(), strict=True):
+            states[i] = failure(err, sport)
     return [
         Conn(ts, start, cookie, pid, comm, netns, cg, s[0], s[1], sp, d[1], dp,
-             ROLES[r] if r < len(ROLES) else "unknown", "open" if fl & F_OPEN else "closed",
+             ROLES[r] if r < len(ROLES) else "unknown", state,
              tx, rx, so, si, rt, rtt_us, bool(fl & F_START_SEEN))
-        for ts, start, cookie, pid, comm, netns, cg, s, sp, d, dp, r, fl, tx, rx, so, si, rt,
-        rtt_us in zip(
+        for ts, start, cookie, pid, comm, netns, cg, s, sp, d, dp, r, state, fl, tx, rx, so,
+        si, rt, rtt_us in zip(
             records["ts_ns"].tolist(),
             records["start_ns"].tolist(),
             records["cookie"].tolist(),
@@ -129,6 +142,7 @@ def decode(records: np.ndarray, fmt: AddressFormatter, role: str = "any") -> lis
             dst,
             records["dport"].tolist(),
             records["role"].tolist(),
+            states,
             flags,
             records["bytes_acked"].tolist(),
             records["bytes_received"].tolist(),
@@ -150,12 +164,14 @@ class TcpLifeConfig:
     ring_bytes: int = 4 << 20
     netns_entries: int = 4096
     loopback_once: bool = False
+    failed_connects: bool = False
 
     def rodata(self) -> bytes:
         cfg = np.zeros(1, CFG_DTYPE)
         cfg["wakeup_bytes"] = self.ring_bytes // 4
         cfg["filter_netns"] = 1 if self.filter_netns or self.netns else 0
         cfg["loopback_once"] = self.loopback_once
+        cfg["failed_connects"] = self.failed_connects
         return cfg.tobytes()
 
 
@@ -168,6 +184,7 @@ class TcpLife:
         self._obj = BpfObject.from_package(__package__ or "podsight.gadgets.tcplife",
                                            "tcplife.bpf.o")
         self._tracepoint: Link | None = None
+        self._error_report: Link | None = None
         try:
             self._obj.map(".rodata").set_initial_value(self.config.rodata())
             self._obj.map("events").resize(self.config.ring_bytes)
@@ -177,6 +194,8 @@ class TcpLife:
             self.set_netns(self.config.netns)
             self._ring = RingBuffer(self._obj.map("events"), CONN_DTYPE)
             self._open = self._obj.program("tcplife_open").attach_iter(self._obj.map("states"))
+            if self.config.failed_connects:
+                self._error_report = self._obj.program("tcplife_error").attach()
             self._tracepoint = self._obj.program("tcplife_state").attach()
             self.seeded_netns = self._seed()
         except BaseException:
@@ -242,6 +261,8 @@ class TcpLife:
         readable."""
         if self._tracepoint is not None:
             self._tracepoint.close()
+        if self._error_report is not None:
+            self._error_report.close()
 
     def close(self) -> None:
         ring = getattr(self, "_ring", None)
@@ -264,7 +285,8 @@ class TcpLifeGadget:
         self.clock = ctx.clock
         self.schema = schema(ctx.clock)
         self.config = TcpLifeConfig(ring_bytes=v.get("ring_size", 4 << 20),
-                                    loopback_once=bool(v.get("loopback_once")))
+                                    loopback_once=bool(v.get("loopback_once")),
+                                    failed_connects=bool(v.get("failed_connects")))
         self.role: str = v.get("role", "any")
         every = v.get("open_every", 0) or 0
         self.open_every = every / 1e9 if every else 0.0
