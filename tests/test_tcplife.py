@@ -27,7 +27,9 @@ def Life(*args: str) -> Trace:
 
 
 def records(t: Trace) -> list[dict]:
-    return [json.loads(line) for line in t.peek().splitlines() if line.startswith("{")]
+    """The complete JSON lines printed so far: a peek may end in the middle of a line."""
+    complete = t.peek().split("\n")[:-1]
+    return [json.loads(line) for line in complete if line.startswith("{")]
 
 
 def summary(err: str) -> dict[str, int]:
