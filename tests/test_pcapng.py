@@ -174,3 +174,46 @@ def test_output_stops_at_max_packets(tmp_path):
     assert out.full == "--max-packets reached"
     out.close(_interfaces(1))
     assert len(tshark(tmp_path / "m.pcapng").splitlines()) == 3
+
+
+def test_packet_addresses_fixed_stride_and_packed_agree_with_each_block():
+    """The NRB's address scan, on blocks at a fixed stride (the ring of fixed-size records:
+    the strided fast path) and packed end to end (the general path), finds exactly the
+    addresses of each IPv4 block, read one block at a time."""
+    import random
+
+    import numpy as np
+
+    from podsight.pipeline import Frames
+
+    rnd = random.Random(7)
+    hosts = [f"10.244.{a}.{b}" for a in (0, 1, 255) for b in (1, 2, 254)]
+    frames_: list[bytes] = []
+    for _ in range(300):
+        src, dst = rnd.choice(hosts), rnd.choice(hosts)
+        frame = udp_frame(src, dst, 40000, 53, b"p" * rnd.randrange(0, 40))
+        kind = rnd.random()
+        if kind < 0.05:
+            frame = frame[:12] + b"\x08\x06" + frame[14:]  # ARP: no address taken
+        elif kind < 0.1:
+            frame = frame[:30]  # too short for both addresses
+        frames_.append(frame)
+    for run in range(3):  # runs of one flow, as a stream gives them
+        frames_ += [udp_frame("10.244.9.9", "10.244.8.8", 1, 2, b"")] * (run + 2)
+    want = set()
+    for f in frames_:
+        if f[12:14] == b"\x08\x00" and len(f) >= 34:
+            want |= {f[26:30], f[30:34]}
+    blocks_ = [pcapng.enhanced_packet(0, n, f, len(f), pcapng.INBOUND)
+               for n, f in enumerate(frames_)]
+    stride = max(len(b) for b in blocks_) + 8
+    buf = np.zeros(stride * len(blocks_), dtype=np.uint8)
+    for n, b in enumerate(blocks_):
+        buf[n * stride: n * stride + len(b)] = np.frombuffer(b, dtype=np.uint8)
+    lengths = np.array([len(b) for b in blocks_], dtype=np.int64)
+    fixed = Frames(buf, np.arange(len(blocks_), dtype=np.int64) * stride, lengths)
+    assert pcapng._evenly_spaced(fixed, [1]) is not None
+    assert set(pcapng.packet_addresses(fixed, [1])) == want
+    packed = np.frombuffer(b"".join(blocks_), dtype=np.uint8).copy()
+    offsets = (np.cumsum(lengths) - lengths).astype(np.int64)
+    assert set(pcapng.packet_addresses(Frames(packed, offsets, lengths), [1])) == want
