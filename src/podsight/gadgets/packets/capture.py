@@ -197,8 +197,13 @@ class Capture:
         if not len(offsets):
             self.ring.advance(end)
             return Frames(data, offsets, offsets)
-        words = data[: (len(data) // 4) * 4].view(np.uint32)
-        lengths = words[(offsets + 4) // 4].astype(np.int64)
+        n, first, step = len(offsets), int(offsets[0]), self.ring.record_size
+        if int(offsets[-1]) == first + step * (n - 1):  # none discarded: a strided view
+            lengths = np.ndarray((n,), dtype="<u4", buffer=data, offset=first + 4,
+                                 strides=(step,)).astype(np.int64)
+        else:
+            words = data[: (len(data) // 4) * 4].view(np.uint32)
+            lengths = words[(offsets + 4) // 4].astype(np.int64)
         ring = self.ring
         self._pending_release = lambda: ring.advance(end)
         return Frames(data, offsets, lengths, self.release)
