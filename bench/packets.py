@@ -98,12 +98,15 @@ def task_cpu_ns(pid: int) -> int:
     return total
 
 
+PODSIGHT_EXTRA: list[str] = []  # --podsight-args: more flags for every podsight run
+
+
 def capturer(kind: str, snaplen: int, expr: str, out: Path) -> list[str]:
     if kind == "tcpdump":
         return ["ip", "netns", "exec", SERVER_NS, "tcpdump", "-i", "eth0", "-s", str(snaplen),
                 "-w", str(out), *([expr] if expr else [])]
     return [*PODSIGHT, "packets", "--netns", SERVER_NS, "-s", str(snaplen or 262144),
-            "-w", str(out), *([expr] if expr else [])]
+            "-w", str(out), *PODSIGHT_EXTRA, *([expr] if expr else [])]
 
 
 def wait_ready(proc: subprocess.Popen[bytes], err: Path, words: str) -> None:
@@ -291,7 +294,10 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated config labels to run (default all)")
     parser.add_argument("--prog-stats", action="store_true",
                         help="also measure podsight's kernel programs per packet (bpf_stats)")
+    parser.add_argument("--podsight-args", default="",
+                        help="more flags for podsight, e.g. '-B 2M'")
     args = parser.parse_args()
+    PODSIGHT_EXTRA[:] = args.podsight_args.split()
     if os.geteuid() != 0:
         print("packets bench: run as root", file=sys.stderr)
         return 1
