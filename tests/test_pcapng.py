@@ -217,3 +217,38 @@ def test_packet_addresses_fixed_stride_and_packed_agree_with_each_block():
     packed = np.frombuffer(b"".join(blocks_), dtype=np.uint8).copy()
     offsets = (np.cumsum(lengths) - lengths).astype(np.int64)
     assert set(pcapng.packet_addresses(Frames(packed, offsets, lengths), [1])) == want
+
+
+def test_packet_addresses_mixed_link_types_and_ipv6_agree_with_each_block():
+    """The general path (blocks of any length): Ethernet and raw-IP interfaces in one batch,
+    IPv4 and IPv6, short captures; the last block ends the buffer (its 64-byte head is cut)."""
+    import random
+
+    import numpy as np
+
+    from podsight.pipeline import Frames
+
+    rnd = random.Random(11)
+    v4 = [socket.inet_aton(f"10.244.{a}.{b}") for a in (0, 7) for b in (1, 200)]
+    v6 = [socket.inet_pton(socket.AF_INET6, f"fd00::{a}:{b}") for a in (1, 2) for b in (5, 9)]
+    eth_v6 = bytes.fromhex("02706c6c0105") + bytes.fromhex("02706c6c0104") + b"\x86\xdd"
+    blocks_, want = [], set()
+    for n in range(400):
+        iface = rnd.randrange(2)  # 0: Ethernet, 1: raw IP
+        if rnd.random() < 0.3:
+            src, dst = rnd.choice(v6), rnd.choice(v6)
+            ip = struct.pack("!IHBB", 6 << 28, 8, 17, 64) + src + dst + b"u" * 8
+        else:
+            src, dst = rnd.choice(v4), rnd.choice(v4)
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 1, 0, 64, 17, 0, src, dst) + b"u" * 8
+        cut = rnd.choice([len(ip), len(ip), 19, 39])
+        pkt = ip[:cut] if iface else (eth_v6 if len(src) == 16 else
+                                      udp_frame("1.1.1.1", "1.1.1.1", 1, 1, b"")[:14]) + ip[:cut]
+        if cut >= (40 if len(src) == 16 else 20):
+            want |= {src, dst}
+        blocks_.append(pcapng.enhanced_packet(iface, n, pkt, len(pkt), pcapng.INBOUND))
+    packed = np.frombuffer(b"".join(blocks_), dtype=np.uint8).copy()
+    lengths = np.array([len(b) for b in blocks_], dtype=np.int64)
+    offsets = (np.cumsum(lengths) - lengths).astype(np.int64)
+    frames = Frames(packed, offsets, lengths)
+    assert set(pcapng.packet_addresses(frames, [1, 101])) == want
