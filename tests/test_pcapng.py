@@ -233,6 +233,8 @@ def test_packet_addresses_mixed_link_types_and_ipv6_agree_with_each_block():
     v6 = [socket.inet_pton(socket.AF_INET6, f"fd00::{a}:{b}") for a in (1, 2) for b in (5, 9)]
     eth_v6 = bytes.fromhex("02706c6c0105") + bytes.fromhex("02706c6c0104") + b"\x86\xdd"
     blocks_, want = [], set()
+    ether_blocks: list[bytes] = []
+    want_ether: set[bytes] = set()
     for n in range(400):
         iface = rnd.randrange(2)  # 0: Ethernet, 1: raw IP
         if rnd.random() < 0.3:
@@ -244,11 +246,21 @@ def test_packet_addresses_mixed_link_types_and_ipv6_agree_with_each_block():
         cut = rnd.choice([len(ip), len(ip), 19, 39])
         pkt = ip[:cut] if iface else (eth_v6 if len(src) == 16 else
                                       udp_frame("1.1.1.1", "1.1.1.1", 1, 1, b"")[:14]) + ip[:cut]
-        if cut >= (40 if len(src) == 16 else 20):
-            want |= {src, dst}
+        seen = {src, dst} if cut >= (40 if len(src) == 16 else 20) else set()
+        want |= seen
+        if not iface:
+            want_ether |= seen
+            ether_blocks.append(pcapng.enhanced_packet(0, n, pkt, len(pkt), pcapng.INBOUND))
         blocks_.append(pcapng.enhanced_packet(iface, n, pkt, len(pkt), pcapng.INBOUND))
-    packed = np.frombuffer(b"".join(blocks_), dtype=np.uint8).copy()
-    lengths = np.array([len(b) for b in blocks_], dtype=np.int64)
-    offsets = (np.cumsum(lengths) - lengths).astype(np.int64)
-    frames = Frames(packed, offsets, lengths)
-    assert set(pcapng.packet_addresses(frames, [1, 101])) == want
+
+    def frames_of(blocks: list[bytes]) -> Frames:
+        packed = np.frombuffer(b"".join(blocks), dtype=np.uint8).copy()
+        lengths = np.array([len(b) for b in blocks], dtype=np.int64)
+        return Frames(packed, (np.cumsum(lengths) - lengths).astype(np.int64), lengths)
+
+    assert set(pcapng.packet_addresses(frames_of(blocks_), [1, 101])) == want
+    # Ethernet only, IPv6 among IPv4, and IPv4 only.
+    assert set(pcapng.packet_addresses(frames_of(ether_blocks), [1])) == want_ether
+    only4 = [b for b in ether_blocks if b[28 + 12: 28 + 14] != b"\x86\xdd"]
+    assert set(pcapng.packet_addresses(frames_of(only4), [1])) == {
+        a for a in want_ether if len(a) == 4}
