@@ -13,6 +13,13 @@ packets/s captured, kernel drops, CPU seconds per million packets (the
 capturer's own CPU time while iperf3 ran, from /proc/PID/task/*/schedstat,
 divided by the packets that crossed the interface), and iperf3's throughput
 relative to the run without capture and to tcpdump's.
+
+With ``--prog-stats`` the kernel's run-time statistics (BPF_ENABLE_STATS) are
+on while iperf3 runs beside podsight, and the rows say how long podsight's
+programs ran per packet in the kernel (``prog_ns``: the entry program with
+its filter, the tail call and the capture program, from ``bpftool prog
+show``). The statistics add two clock reads to every run, so leave them off
+for the throughput figures.
 """
 
 from __future__ import annotations
@@ -91,12 +98,15 @@ def task_cpu_ns(pid: int) -> int:
     return total
 
 
+PODSIGHT_EXTRA: list[str] = []  # --podsight-args: more flags for every podsight run
+
+
 def capturer(kind: str, snaplen: int, expr: str, out: Path) -> list[str]:
     if kind == "tcpdump":
         return ["ip", "netns", "exec", SERVER_NS, "tcpdump", "-i", "eth0", "-s", str(snaplen),
                 "-w", str(out), *([expr] if expr else [])]
     return [*PODSIGHT, "packets", "--netns", SERVER_NS, "-s", str(snaplen or 262144),
-            "-w", str(out), *([expr] if expr else [])]
+            "-w", str(out), *PODSIGHT_EXTRA, *([expr] if expr else [])]
 
 
 def wait_ready(proc: subprocess.Popen[bytes], err: Path, words: str) -> None:
@@ -110,8 +120,16 @@ def wait_ready(proc: subprocess.Popen[bytes], err: Path, words: str) -> None:
     raise BenchError(f"capturer not ready: {err.read_text(errors='replace').strip()}")
 
 
+def prog_run_time() -> tuple[int, int]:
+    """(run_time_ns, run_cnt) summed over podsight's packets entry programs now loaded."""
+    progs = json.loads(sh("bpftool", "-j", "prog", "show"))
+    mine = [p for p in progs if str(p.get("name", "")).startswith("packets_")]
+    return (sum(int(p.get("run_time_ns", 0)) for p in mine),
+            sum(int(p.get("run_cnt", 0)) for p in mine))
+
+
 def one(children: Children, label: str, kind: str | None, snaplen: int, expr: str,
-        seconds: float, port: int, work: Path) -> dict[str, Any]:
+        seconds: float, port: int, work: Path, prog_stats: bool = False) -> dict[str, Any]:
     out = work / f"{label}.pcap"
     err = work / f"{label}.err"
     proc = None
@@ -120,6 +138,12 @@ def one(children: Children, label: str, kind: str | None, snaplen: int, expr: st
             proc = children.start(capturer(kind, snaplen, expr, out), stdout=subprocess.DEVNULL,
                                   stderr=ferr, stdin=subprocess.DEVNULL)
         wait_ready(proc, err, "listening on" if kind == "tcpdump" else "capturing packets")
+    stats = None
+    if prog_stats and kind == "podsight":
+        from podsight.ebpf import RunTimeStats
+
+        stats = RunTimeStats()
+        ns0, runs0 = prog_run_time()
     cpu0 = task_cpu_ns(proc.pid) if proc else 0
     pk0 = iface_packets()
     t0 = time.monotonic()
@@ -128,12 +152,19 @@ def one(children: Children, label: str, kind: str | None, snaplen: int, expr: st
                             capture_output=True, text=True, check=False)
     elapsed = time.monotonic() - t0
     packets = iface_packets() - pk0
+    prog_ns = None
+    if stats is not None:
+        ns1, runs1 = prog_run_time()
+        stats.close()
+        prog_ns = round((ns1 - ns0) / max(runs1 - runs0, 1), 1)
     cpu = (task_cpu_ns(proc.pid) - cpu0) / 1e9 if proc else 0.0
     if client.returncode:
         raise BenchError(f"iperf3 failed: {client.stdout[-300:]} {client.stderr[-300:]}")
     gbps = json.loads(client.stdout)["end"]["sum_sent"]["bits_per_second"] / 1e9
     row: dict[str, Any] = {"label": label, "gbps": round(gbps, 3), "iface_packets": packets,
                            "pps": round(packets / elapsed)}
+    if prog_ns is not None:
+        row["prog_ns"] = prog_ns
     if proc is not None:
         time.sleep(0.3)  # what the capturer still has in flight
         os.killpg(proc.pid, signal.SIGINT)
@@ -189,40 +220,69 @@ def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
         rows: list[dict[str, Any]] = []
         with tempfile.TemporaryDirectory(prefix="podsight-bench-") as tmp:
             for rnd in range(args.rounds):
-                for label, kind, snap, expr in CONFIGS:
-                    row = one(children, label, kind, snap, expr, args.seconds, port, Path(tmp))
+                for label, kind, snap, expr in configs(args.only):
+                    row = one(children, label, kind, snap, expr, args.seconds, port, Path(tmp),
+                              args.prog_stats)
                     row["round"] = rnd
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr)
         server.kill()
         teardown()
-    table = summarize(rows)
+    table = summarize(rows, configs(args.only))
     return {"rows": rows, "table": table}
 
 
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def configs(only: str | None) -> list[tuple[str, str | None, int, str]]:
+    """CONFIGS, or those whose label is in the comma-separated ``only`` ("none" always)."""
+    if not only:
+        return CONFIGS
+    wanted = {w.strip() for w in only.split(",")} | {"none"}
+    return [c for c in CONFIGS if c[0] in wanted]
+
+
+def summarize(rows: list[dict[str, Any]],
+              chosen: list[tuple[str, str | None, int, str]] = CONFIGS) -> list[dict[str, Any]]:
+    """Medians over rounds, with the noise: the range of iperf3's rate and of the CPU cost,
+    and podsight's rate over tcpdump's taken round by round (one round's pair ran minutes
+    apart at most, so its ratio is the least noisy figure)."""
+    def vals(label: str, key: str) -> list[float]:
+        return [r[key] for r in rows if r["label"] == label and key in r]
+
     def med(label: str, key: str) -> float:
-        vals = [r[key] for r in rows if r["label"] == label and key in r]
-        return statistics.median(vals) if vals else float("nan")
+        v = vals(label, key)
+        return statistics.median(v) if v else float("nan")
+
+    def span(label: str, key: str, fmt: str) -> str:
+        v = vals(label, key)
+        return f"{format(min(v), fmt)}-{format(max(v), fmt)}" if v else "-"
 
     base = med("none", "gbps")
     out = []
-    print(f"{'config':22} {'captured/s':>11} {'drops':>7} {'CPU s/Mpkt':>11} "
-          f"{'iperf3 Gbit/s':>14} {'vs none':>8} {'vs tcpdump':>11}")
-    for label, kind, _, _ in CONFIGS:
+    print(f"{'config':20} {'captured/s':>10} {'drops':>7} {'CPU s/Mpkt':>17} "
+          f"{'iperf3 Gbit/s':>18} {'vs none':>7} {'vs tcpdump, per round':>24}")
+    for label, kind, _, _ in chosen:
         gbps = med(label, "gbps")
         peer = label.replace("podsight", "tcpdump").replace("full", "-s 0")
-        ref = med(peer, "gbps") if kind == "podsight" else float("nan")
+        ratios = []
+        if kind == "podsight":
+            ref = {r["round"]: r["gbps"] for r in rows if r["label"] == peer}
+            ratios = [r["gbps"] / ref[r["round"]] for r in rows
+                      if r["label"] == label and ref.get(r["round"])]
         drops = sum(r.get("kernel_drops", 0) for r in rows if r["label"] == label)
         entry = {"config": label, "captured_pps": med(label, "captured_pps"),
                  "kernel_drops": drops, "cpu_s_per_mpkt": med(label, "cpu_s_per_mpkt"),
-                 "gbps": gbps, "vs_none": gbps / base, "vs_tcpdump": gbps / ref}
+                 "cpu_range": span(label, "cpu_s_per_mpkt", ".3f"),
+                 "gbps": gbps, "gbps_range": span(label, "gbps", ".2f"), "vs_none": gbps / base,
+                 "vs_tcpdump": statistics.median(ratios) if ratios else float("nan"),
+                 "vs_tcpdump_range": (f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"),
+                 "prog_ns": med(label, "prog_ns")}
         out.append(entry)
         cap = "-" if kind is None else f"{entry['captured_pps']:,.0f}"
-        print(f"{label:22} {cap:>11} {drops if kind else '-':>7} "
-              f"{entry['cpu_s_per_mpkt'] if kind else '-':>11} {gbps:>14.2f} "
-              f"{entry['vs_none']:>8.2f} "
-              f"{'' if kind != 'podsight' else format(entry['vs_tcpdump'], '.2f'):>11}")
+        cpu = "-" if kind is None else f"{entry['cpu_s_per_mpkt']:.3f} ({entry['cpu_range']})"
+        vs = ("" if not ratios else
+              f"{entry['vs_tcpdump']:.2f} ({entry['vs_tcpdump_range']})")
+        print(f"{label:20} {cap:>10} {drops if kind else '-':>7} {cpu:>17} "
+              f"{gbps:>5.2f} ({entry['gbps_range']}) {entry['vs_none']:>7.2f} {vs:>24}")
     return out
 
 
@@ -231,7 +291,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", help="comma-separated config labels to run (default all)")
+    parser.add_argument("--prog-stats", action="store_true",
+                        help="also measure podsight's kernel programs per packet (bpf_stats)")
+    parser.add_argument("--podsight-args", default="",
+                        help="more flags for podsight, e.g. '-B 2M'")
     args = parser.parse_args()
+    PODSIGHT_EXTRA[:] = args.podsight_args.split()
     if os.geteuid() != 0:
         print("packets bench: run as root", file=sys.stderr)
         return 1

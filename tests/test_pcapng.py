@@ -174,3 +174,93 @@ def test_output_stops_at_max_packets(tmp_path):
     assert out.full == "--max-packets reached"
     out.close(_interfaces(1))
     assert len(tshark(tmp_path / "m.pcapng").splitlines()) == 3
+
+
+def test_packet_addresses_fixed_stride_and_packed_agree_with_each_block():
+    """The NRB's address scan, on blocks at a fixed stride (the ring of fixed-size records:
+    the strided fast path) and packed end to end (the general path), finds exactly the
+    addresses of each IPv4 block, read one block at a time."""
+    import random
+
+    import numpy as np
+
+    from podsight.pipeline import Frames
+
+    rnd = random.Random(7)
+    hosts = [f"10.244.{a}.{b}" for a in (0, 1, 255) for b in (1, 2, 254)]
+    frames_: list[bytes] = []
+    for _ in range(300):
+        src, dst = rnd.choice(hosts), rnd.choice(hosts)
+        frame = udp_frame(src, dst, 40000, 53, b"p" * rnd.randrange(0, 40))
+        kind = rnd.random()
+        if kind < 0.05:
+            frame = frame[:12] + b"\x08\x06" + frame[14:]  # ARP: no address taken
+        elif kind < 0.1:
+            frame = frame[:30]  # too short for both addresses
+        frames_.append(frame)
+    for run in range(3):  # runs of one flow, as a stream gives them
+        frames_ += [udp_frame("10.244.9.9", "10.244.8.8", 1, 2, b"")] * (run + 2)
+    want = set()
+    for f in frames_:
+        if f[12:14] == b"\x08\x00" and len(f) >= 34:
+            want |= {f[26:30], f[30:34]}
+    blocks_ = [pcapng.enhanced_packet(0, n, f, len(f), pcapng.INBOUND)
+               for n, f in enumerate(frames_)]
+    stride = max(len(b) for b in blocks_) + 8
+    buf = np.zeros(stride * len(blocks_), dtype=np.uint8)
+    for n, b in enumerate(blocks_):
+        buf[n * stride: n * stride + len(b)] = np.frombuffer(b, dtype=np.uint8)
+    lengths = np.array([len(b) for b in blocks_], dtype=np.int64)
+    fixed = Frames(buf, np.arange(len(blocks_), dtype=np.int64) * stride, lengths)
+    assert pcapng._evenly_spaced(fixed, [1]) is not None
+    assert set(pcapng.packet_addresses(fixed, [1])) == want
+    packed = np.frombuffer(b"".join(blocks_), dtype=np.uint8).copy()
+    offsets = (np.cumsum(lengths) - lengths).astype(np.int64)
+    assert set(pcapng.packet_addresses(Frames(packed, offsets, lengths), [1])) == want
+
+
+def test_packet_addresses_mixed_link_types_and_ipv6_agree_with_each_block():
+    """The general path (blocks of any length): Ethernet and raw-IP interfaces in one batch,
+    IPv4 and IPv6, short captures; the last block ends the buffer (its 64-byte head is cut)."""
+    import random
+
+    import numpy as np
+
+    from podsight.pipeline import Frames
+
+    rnd = random.Random(11)
+    v4 = [socket.inet_aton(f"10.244.{a}.{b}") for a in (0, 7) for b in (1, 200)]
+    v6 = [socket.inet_pton(socket.AF_INET6, f"fd00::{a}:{b}") for a in (1, 2) for b in (5, 9)]
+    eth_v6 = bytes.fromhex("02706c6c0105") + bytes.fromhex("02706c6c0104") + b"\x86\xdd"
+    blocks_, want = [], set()
+    ether_blocks: list[bytes] = []
+    want_ether: set[bytes] = set()
+    for n in range(400):
+        iface = rnd.randrange(2)  # 0: Ethernet, 1: raw IP
+        if rnd.random() < 0.3:
+            src, dst = rnd.choice(v6), rnd.choice(v6)
+            ip = struct.pack("!IHBB", 6 << 28, 8, 17, 64) + src + dst + b"u" * 8
+        else:
+            src, dst = rnd.choice(v4), rnd.choice(v4)
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 1, 0, 64, 17, 0, src, dst) + b"u" * 8
+        cut = rnd.choice([len(ip), len(ip), 19, 39])
+        pkt = ip[:cut] if iface else (eth_v6 if len(src) == 16 else
+                                      udp_frame("1.1.1.1", "1.1.1.1", 1, 1, b"")[:14]) + ip[:cut]
+        seen = {src, dst} if cut >= (40 if len(src) == 16 else 20) else set()
+        want |= seen
+        if not iface:
+            want_ether |= seen
+            ether_blocks.append(pcapng.enhanced_packet(0, n, pkt, len(pkt), pcapng.INBOUND))
+        blocks_.append(pcapng.enhanced_packet(iface, n, pkt, len(pkt), pcapng.INBOUND))
+
+    def frames_of(blocks: list[bytes]) -> Frames:
+        packed = np.frombuffer(b"".join(blocks), dtype=np.uint8).copy()
+        lengths = np.array([len(b) for b in blocks], dtype=np.int64)
+        return Frames(packed, (np.cumsum(lengths) - lengths).astype(np.int64), lengths)
+
+    assert set(pcapng.packet_addresses(frames_of(blocks_), [1, 101])) == want
+    # Ethernet only, IPv6 among IPv4, and IPv4 only.
+    assert set(pcapng.packet_addresses(frames_of(ether_blocks), [1])) == want_ether
+    only4 = [b for b in ether_blocks if b[28 + 12: 28 + 14] != b"\x86\xdd"]
+    assert set(pcapng.packet_addresses(frames_of(only4), [1])) == {
+        a for a in want_ether if len(a) == 4}

@@ -137,15 +137,21 @@ class RingBuffer:
         if n <= 0:
             return self._data, empty, cons
         start = cons & self._mask
-        framed = self._data[start : start + n * self.record_size].view(self._framed)
-        hdr = framed["hdr"]
-        busy = (hdr & BUSY_BIT) != 0
-        if busy.any():
-            n = int(np.argmax(busy))
-            hdr = hdr[:n]
+        # The headers as one strided view (no copy, no structured dtype): one pass decides.
+        hdr = np.ndarray((n,), dtype="<u4", buffer=self._data, offset=start,
+                         strides=(self.record_size,))
+        flags = hdr & np.uint32(BUSY_BIT | DISCARD_BIT)
+        keep: np.ndarray | None = None
+        if flags.any():
+            busy = (flags & np.uint32(BUSY_BIT)) != 0
+            if busy.any():
+                n = int(np.argmax(busy))
+                flags = flags[:n]
+            keep = flags == 0
         offsets = start + HEADER_SIZE + np.arange(n, dtype=np.int64) * self.record_size
-        keep = (hdr & DISCARD_BIT) == 0
-        return self._data, offsets if keep.all() else offsets[keep], cons + n * self.record_size
+        if keep is not None and not keep.all():
+            offsets = offsets[keep]
+        return self._data, offsets, cons + n * self.record_size
 
     def advance(self, position: int) -> None:
         """Give the space up to ``position`` (from :meth:`peek`) back to the kernel."""
