@@ -1,0 +1,145 @@
+"""One gadget run on the agent, asked for by a client.
+
+The request is the local command line (``trace tcpconnect -n shop``), parsed by the
+same parser, so a flag means the same on a node as on a laptop. Flags that name files
+or terminals on the agent's machine make no sense for a remote caller and are refused
+with one line; outputs are the agent's own (JSON lines and pcapng blocks down the
+stream, see :mod:`.batches`). The run is the one pipeline
+(:class:`podsight.pipeline.Run`) with its own stop flag: a client that stops, cancels or
+goes away sets it, and the pipeline's normal end detaches the gadget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from podsight.cluster import agent_pb2 as pb
+from podsight.cluster.batches import FrameBatches, NoticeLines, RecordBatches, SeqCounter
+from podsight.errors import PodsightError, UserError
+from podsight.runtime import StopFlag, Stopped
+
+#: Flags (parsed attribute -> the flag as users type it) a remote run refuses.
+REFUSED = {
+    "sqlite": "--sqlite", "json_file": "--json", "tls_keylog": "--tls-keylog",
+    "kubeconfig": "--kubeconfig", "context": "--context",
+    "ring_size": "--ring-size", "ring": "--ring", "comments": "--comments",
+}
+REFUSED_WORDS = {"-w", "--write", "--tui", "--no-tui", "-h", "--help", "--force"}
+
+_PARSE_LOCK = threading.Lock()
+
+
+@dataclass
+class Request:
+    spec: Any
+    ns: argparse.Namespace
+
+
+def find_spec(argv: Sequence[str]) -> Any:
+    from podsight.gadgets import specs
+
+    for spec in specs():
+        if tuple(argv[: len(spec.command)]) == spec.command:
+            return spec
+    names = ", ".join(" ".join(s.command) for s in specs())
+    raise UserError(f"no gadget {' '.join(argv[:2])!r} (gadgets: {names})")
+
+
+def parse_request(argv: Sequence[str], scope_netns: str | None = None) -> Request:
+    """The gadget and its parsed flags; bad input raises :class:`UserError` (one line)."""
+    argv = list(argv)
+    if not argv:
+        raise UserError("empty request: give a gadget command line (trace tcpconnect ...)")
+    spec = find_spec(argv)
+    for word in argv:
+        flag = word.split("=", 1)[0]
+        if flag in REFUSED_WORDS:
+            raise UserError(f"{flag}: outputs are written by the client, not on the node "
+                            "(give output flags to kubectl podsight)")
+    for i, word in enumerate(argv):
+        if (word in ("-o", "--output") and i + 1 < len(argv) and argv[i + 1] != "json") or \
+                (word.startswith("--output=") and word != "--output=json"):
+            raise UserError("-o: outputs are written by the client, not on the node")
+    if scope_netns and "--netns" not in argv:
+        argv += ["--netns", scope_netns]
+    if "capture" in spec.flag_groups:
+        argv += ["-w", "-"]  # the frames go down the stream; -w is only required by the parser
+    from podsight.cli.main import build_parser
+
+    err = io.StringIO()
+    with _PARSE_LOCK, contextlib.redirect_stderr(err):
+        try:
+            ns = build_parser().parse_args(argv)
+        except SystemExit:
+            line = err.getvalue().strip().splitlines()
+            text = line[-1].removeprefix("podsight: error: ") if line else "bad request"
+            raise UserError(text) from None
+    for attr, flag in REFUSED.items():
+        if getattr(ns, attr, None) not in (None, False):
+            raise UserError(f"{flag}: names a file on the node; outputs are written by the "
+                            "client (give output flags to kubectl podsight)")
+    return Request(spec, ns)
+
+
+class Session:
+    """Runs one request; :meth:`run` sends everything through ``emit`` and returns the
+    Summary (also sent)."""
+
+    def __init__(self, request: Request, node: str, emit: Callable[[pb.RunReply], None]) -> None:
+        self.request = request
+        self.node = node
+        self.emit = emit
+        self.stop = StopFlag()
+        self.seq = SeqCounter()
+
+    def run(self) -> pb.Summary:
+        from podsight.cli.gadget import build_run
+        from podsight.pipeline import OutputOptions, RunResult, summary_line
+
+        spec, ns = self.request.spec, self.request.ns
+        capture = "capture" in spec.flag_groups
+        frames = FrameBatches(self.seq, self.emit) if capture else None
+        notices = NoticeLines(self.node, spec.name, self.emit)
+        options = OutputOptions(
+            mode="none" if capture else "json", max_time=ns.max_time, max_bytes=None,
+            command="podsight agent: " + " ".join(spec.command),
+            frame_outputs=((lambda ctx: frames),) if frames is not None else ())
+        result = RunResult()
+        failure = ""
+
+        def warn(text: str) -> None:
+            notices.write(f"podsight: warning: {text}\n")
+
+        with ExitStack() as stack:
+            try:
+                run_ = build_run(spec, ns, options, stack, stop=self.stop,
+                                 out=RecordBatches(self.seq, self.emit),
+                                 err=notices, warn=warn)
+                result = run_.execute()
+            except Stopped:
+                pass
+            except PodsightError as exc:
+                failure = str(exc)
+            except OSError as exc:
+                failure = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename
+                                                      else "")
+        if result.failure is not None and not failure:
+            failure = str(result.failure)
+        if not notices.started:
+            notices.release()
+        t = result.tally
+        summary = pb.Summary(
+            records=self.seq.next, lost=t.lost,
+            losses=[pb.Loss(key=k, cause=v.cause, count=v.count) for k, v in t.losses.items()],
+            line=summary_line(spec, result), stopped_by=result.stopped_by, failure=failure,
+            pending=result.pending,
+            interfaces=frames.interfaces if frames is not None else ())
+        self.emit(pb.RunReply(summary=summary))
+        return summary
