@@ -45,6 +45,8 @@ def run(ns: argparse.Namespace) -> int:
     from podsight.cluster.endpoints import check_listen, is_loopback
     from podsight.cluster.server import AgentService, Health, serve_grpc
 
+    import podsight.cli.main  # noqa: F401  (sessions parse with it; its import installs signals)
+
     host, port = check_listen(ns.listen)
     node = (ns.node_name or os.environ.get("NODE_NAME") or socket.gethostname()).strip()
     if not node or any(c.isspace() for c in node):

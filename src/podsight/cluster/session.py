@@ -29,8 +29,10 @@ from podsight.runtime import StopFlag, Stopped
 REFUSED = {
     "sqlite": "--sqlite", "json_file": "--json", "tls_keylog": "--tls-keylog",
     "kubeconfig": "--kubeconfig", "context": "--context",
-    "ring_size": "--ring-size", "ring": "--ring", "comments": "--comments",
 }
+#: And for capture gadgets, the flags of the capture file (the client writes it).
+REFUSED_CAPTURE = {"ring_size": "--ring-size", "ring": "--ring", "comments": "--comments",
+                   "max_packets": "--max-packets"}
 REFUSED_WORDS = {"-w", "--write", "--tui", "--no-tui", "-h", "--help", "--force"}
 
 _PARSE_LOCK = threading.Lock()
@@ -81,7 +83,8 @@ def parse_request(argv: Sequence[str], scope_netns: str | None = None) -> Reques
             line = err.getvalue().strip().splitlines()
             text = line[-1].removeprefix("podsight: error: ") if line else "bad request"
             raise UserError(text) from None
-    for attr, flag in REFUSED.items():
+    refused = {**REFUSED, **(REFUSED_CAPTURE if "capture" in spec.flag_groups else {})}
+    for attr, flag in refused.items():
         if getattr(ns, attr, None) not in (None, False):
             raise UserError(f"{flag}: names a file on the node; outputs are written by the "
                             "client (give output flags to kubectl podsight)")
@@ -130,6 +133,8 @@ class Session:
             except OSError as exc:
                 failure = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename
                                                       else "")
+            except Exception as exc:  # the session's boundary: one line to the client
+                failure = f"internal error ({type(exc).__name__}: {exc})"
         if result.failure is not None and not failure:
             failure = str(result.failure)
         if not notices.started:
