@@ -31,9 +31,9 @@ PROG = "kubectl-podsight"
 USAGE = (f"usage: {PROG} [--agent-addr HOST:PORT ...] [--token-file FILE] [--kubeconfig FILE] "
          "trace GADGET|flows|packets|graph|advise network-policy [FLAGS]")
 
-#: Cluster flags (taken out before the gadget's flags are parsed): flag -> repeatable.
-CLUSTER_FLAGS = {"--agent-addr": True, "--token-file": False, "--kubeconfig": False,
-                 "--context": False, "--summary": False}
+#: Cluster flags (taken out before the gadget's flags are parsed), each with a value.
+CLUSTER_FLAGS = {"--agent-addr": True, "--token-file": True, "--kubeconfig": True,
+                 "--context": True, "--summary": True}
 #: Output flags of gadget commands: kept on the client. flag -> takes a value.
 OUTPUT_FLAGS = {"-o": True, "--output": True, "--json": True, "--sqlite": True, "-w": True,
                 "--write": True, "--force": False, "--tui": False, "--no-tui": False,
