@@ -128,9 +128,25 @@ def test_agent_refuses_other_addresses(argv: list[str], want: str) -> None:
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and want in p.stderr, p.stderr
 
 
-def test_agent_refuses_output_files(lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("argv,want", [
+    (["trace", "tcpconnect", "--sqlite", "/tmp/x.db"], "--sqlite: names a file on the node"),
+    (["trace", "tcpconnect", "--tui"], "--tui: outputs are written by the client"),
+    (["packets", "-w", "/tmp/x.pcapng"], "-w: outputs are written by the client"),
+    (["trace", "tcpconnect", "--no-such-flag"], "unrecognized arguments"),
+])
+def test_agent_refuses_output_files_and_bad_requests(tmp_path: Path, argv: list[str],
+                                                     want: str) -> None:
+    """Asked directly (the client strips output flags before it asks): one line, the
+    gRPC status INVALID_ARGUMENT, nothing run."""
+    import io
+
+    from podsight.cluster.client import Outputs, run_cluster
+    from podsight.cluster.endpoints import NodeEndpoint
+
     with agents({"node-a": None}, tmp_path) as running:
-        proc = client("--agent-addr", running[0].addr, "trace", "tcpconnect", "--max-time", "1",
-                      "--tui", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1 and "written by the client" in err, err
+        err = io.StringIO()
+        result = run_cluster([NodeEndpoint("node-a", "127.0.0.1", running[0].port)], argv,
+                             Outputs(), err=err)
+    node = result.nodes[0]
+    assert node.state == "failed" and want in node.error, err.getvalue()
+    assert "INVALID_ARGUMENT" in node.error
