@@ -41,11 +41,10 @@ def register(groups: Any) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    import podsight.cli.main  # noqa: F401  (sessions parse with it; its import installs signals)
     from podsight.cluster.auth import Authorizer, KubernetesAuth, NoAuth
     from podsight.cluster.endpoints import check_listen, is_loopback
     from podsight.cluster.server import AgentService, Health, serve_grpc
-
-    import podsight.cli.main  # noqa: F401  (sessions parse with it; its import installs signals)
 
     host, port = check_listen(ns.listen)
     node = (ns.node_name or os.environ.get("NODE_NAME") or socket.gethostname()).strip()
