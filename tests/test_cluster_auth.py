@@ -21,8 +21,9 @@ def _service_account_token(cluster: Cluster, name: str) -> str:
     api = k.CoreV1Api(api_client(cluster))
     api.create_namespaced_service_account("default", k.V1ServiceAccount(
         metadata=k.V1ObjectMeta(name=name)))
-    req = api.create_namespaced_service_account_token(name, "default", k.AuthenticationV1TokenRequest(
-        spec=k.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)))
+    request = k.AuthenticationV1TokenRequest(
+        spec=k.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
+    req = api.create_namespaced_service_account_token(name, "default", request)
     return str(req.status.token)
 
 
