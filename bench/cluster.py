@@ -28,8 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from clusterrun import ENV, agents, namespaces, wait_for  # noqa: E402
-from tcpconnect import CONNSTORM, build_connstorm  # noqa: E402
+from clusterrun import ENV, agents, namespaces, wait_for
+from tcpconnect import CONNSTORM, build_connstorm
 
 NODES = {"node-a": "ps-bench-a", "node-b": "ps-bench-b", "node-c": "ps-bench-c"}
 
