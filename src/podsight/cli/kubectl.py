@@ -29,7 +29,8 @@ from podsight.errors import PodsightError, UserError  # noqa: E402
 
 PROG = "kubectl-podsight"
 USAGE = (f"usage: {PROG} [--agent-addr HOST:PORT ...] [--token-file FILE] [--kubeconfig FILE] "
-         "trace GADGET|flows|packets|graph|advise network-policy [FLAGS]")
+         "[--summary FILE] trace GADGET|flows|packets|graph|serve|advise network-policy "
+         "[FLAGS]")
 
 #: Cluster flags (taken out before the gadget's flags are parsed), each with a value.
 CLUSTER_FLAGS = {"--agent-addr": True, "--token-file": True, "--kubeconfig": True,
@@ -68,6 +69,23 @@ def take(words: Sequence[str], flags: dict[str, bool]) -> tuple[list[str], list[
             rest.append(word)
         i += 1
     return taken, rest
+
+
+def split_cluster(words: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the cluster flags before the command, the command line). Cluster flags go before
+    the command, as kubectl's global flags do, so that a command's own flag of the same
+    name (``serve --token-file``: the HTTP token) keeps its meaning."""
+    words = list(words)
+    i = 0
+    while i < len(words) and words[i].startswith("-"):
+        name = words[i].split("=", 1)[0]
+        if name not in CLUSTER_FLAGS:
+            raise UserError(f"{name}: not a kubectl-podsight flag (cluster flags: "
+                            f"{', '.join(sorted(CLUSTER_FLAGS))}; the command comes next)")
+        i += 1 if "=" in words[i] else 2
+        if i > len(words):
+            raise UserError(f"{name} needs a value")
+    return words[:i], words[i:]
 
 
 def _values(taken: Sequence[str], flag: str) -> list[str]:
@@ -130,13 +148,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not words or words[0] in ("-h", "--help"):
             sys.stdout.write(USAGE + "\n")
             return 0 if words else 2
-        cluster, rest = take(words, CLUSTER_FLAGS)
+        cluster, rest = split_cluster(words)
+        summary, rest = take(rest, {"--summary": True})  # a client output: anywhere
+        cluster += summary
         if not rest:
             raise UserError("no command: " + USAGE)
         if rest[0] == "graph":
             return _graph(cluster, rest)
         if rest[0] == "advise":
             return _advise(cluster, rest)
+        if rest[0] == "serve":
+            from podsight.cluster.serve import serve
+
+            return serve(cluster, rest)
         return _gadget(cluster, rest)
     except KeyboardInterrupt:
         return 130
@@ -181,15 +205,18 @@ def _gadget(cluster: list[str], rest: list[str]) -> int:
             outputs.capture = sinks.MergedCapture(PcapngOutput(
                 ns.write, application=f"kubectl-podsight {spec.name}", force=ns.force,
                 ring=ns.ring, ring_size=ns.ring_size, max_packets=ns.max_packets))
+            outputs.records.append(outputs.capture)  # the merged blocks, in time order
             closers.append(outputs.capture)
         else:
             mode, columns = parse_output(getattr(ns, "output", "columns"))
+            if columns is not None and not columns.replace(",", "").strip():
+                raise UserError("-o columns= needs at least one column name")
             if mode == "json":
                 outputs.records.append(sinks.JsonSink(1))
             else:
-                outputs.records.append(sinks.TableSink(
-                    1, [c.strip() for c in columns.split(",") if c.strip()] if columns
-                    else None))
+                width = min(max(len(e.node) for e in endpoints), 16)
+                outputs.records.append(sinks.TableSink(sys.stdout, width))
+                outputs.columns = columns or ""
             if getattr(ns, "json_file", None):
                 fd = os.open(ns.json_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 outputs.records.append(sinks.JsonSink(fd))
@@ -238,7 +265,9 @@ def _run(endpoints: list[Any], agent_argv: list[str], outputs: Any, cluster: lis
         with open(summary_file, "x", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
             f.write("\n")
-    return 1 if len(failed) == len(result.nodes) else 0
+    if len(failed) == len(result.nodes):
+        return 2 if any(n.bad_input for n in failed) else 1
+    return 0
 
 
 # -- graph and advise: a gadget on every node, then the local command on the merged file ---

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpodsight/cluster/agent.proto\x12\x11podsight.agent.v1\"\r\n\x0bInfoRequest\";\n\tInfoReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07gadgets\x18\x03 \x03(\t\"(\n\nRunRequest\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\x0c\n\x04stop\x18\x02 \x01(\x08\"5\n\x07Started\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04what\x18\x02 \x01(\t\x12\x0e\n\x06gadget\x18\x03 \x01(\t\"\\\n\x07Records\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\r\n\x05lines\x18\x03 \x01(\x0c\x12\r\n\x05times\x18\x04 \x01(\x0c\x12\x11\n\twatermark\x18\x05 \x01(\x03\"\xc2\x01\n\tInterface\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0f\n\x07snaplen\x18\x04 \x01(\r\x12\x10\n\x08linktype\x18\x05 \x01(\r\x12\x0e\n\x06\x66ilter\x18\x06 \x01(\t\x12\x10\n\x08start_ns\x18\x07 \x01(\x03\x12\x0e\n\x06\x65nd_ns\x18\x08 \x01(\x03\x12\x0e\n\x06\x63losed\x18\t \x01(\x08\x12\x10\n\x08received\x18\n \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x0b \x01(\x04\"\x8e\x01\n\x06\x46rames\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0e\n\x06\x62locks\x18\x03 \x01(\x0c\x12\r\n\x05times\x18\x04 \x01(\x0c\x12\x30\n\ninterfaces\x18\x05 \x03(\x0b\x32\x1c.podsight.agent.v1.Interface\x12\x11\n\twatermark\x18\x06 \x01(\x03\"\x16\n\x06Notice\x12\x0c\n\x04line\x18\x01 \x01(\t\"1\n\x04Loss\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63\x61use\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"\xc7\x01\n\x07Summary\x12\x0f\n\x07records\x18\x01 \x01(\x04\x12\x0c\n\x04lost\x18\x02 \x01(\x04\x12\'\n\x06losses\x18\x03 \x03(\x0b\x32\x17.podsight.agent.v1.Loss\x12\x0c\n\x04line\x18\x04 \x01(\t\x12\x12\n\nstopped_by\x18\x05 \x01(\t\x12\x0f\n\x07\x66\x61ilure\x18\x06 \x01(\t\x12\x0f\n\x07pending\x18\x07 \x01(\x04\x12\x30\n\ninterfaces\x18\x08 \x03(\x0b\x32\x1c.podsight.agent.v1.Interface\"\x1e\n\tHeartbeat\x12\x11\n\twatermark\x18\x01 \x01(\x03\"\xac\x02\n\x08RunReply\x12-\n\x07started\x18\x01 \x01(\x0b\x32\x1a.podsight.agent.v1.StartedH\x00\x12-\n\x07records\x18\x02 \x01(\x0b\x32\x1a.podsight.agent.v1.RecordsH\x00\x12+\n\x06\x66rames\x18\x03 \x01(\x0b\x32\x19.podsight.agent.v1.FramesH\x00\x12+\n\x06notice\x18\x04 \x01(\x0b\x32\x19.podsight.agent.v1.NoticeH\x00\x12-\n\x07summary\x18\x05 \x01(\x0b\x32\x1a.podsight.agent.v1.SummaryH\x00\x12\x31\n\theartbeat\x18\x06 \x01(\x0b\x32\x1c.podsight.agent.v1.HeartbeatH\x00\x42\x06\n\x04kind2\x94\x01\n\x05\x41gent\x12\x44\n\x04Info\x12\x1e.podsight.agent.v1.InfoRequest\x1a\x1c.podsight.agent.v1.InfoReply\x12\x45\n\x03Run\x12\x1d.podsight.agent.v1.RunRequest\x1a\x1b.podsight.agent.v1.RunReply(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpodsight/cluster/agent.proto\x12\x11podsight.agent.v1\"\r\n\x0bInfoRequest\";\n\tInfoReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07gadgets\x18\x03 \x03(\t\"J\n\nRunRequest\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\x0c\n\x04stop\x18\x02 \x01(\x08\x12\x0f\n\x07outputs\x18\x03 \x03(\t\x12\x0f\n\x07\x63olumns\x18\x04 \x01(\t\"\x8e\x01\n\x07Started\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04what\x18\x02 \x01(\t\x12\x0e\n\x06gadget\x18\x03 \x01(\t\x12,\n\x05table\x18\x04 \x03(\x0b\x32\x1d.podsight.agent.v1.TableField\x12)\n\x03sql\x18\x05 \x03(\x0b\x32\x1c.podsight.agent.v1.SqlColumn\"H\n\nTableField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06header\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\r\n\x05right\x18\x04 \x01(\x08\"4\n\tSqlColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0b\n\x03\x64oc\x18\x03 \x01(\t\"y\n\x07Records\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\r\n\x05lines\x18\x03 \x01(\x0c\x12\r\n\x05times\x18\x04 \x01(\x0c\x12\x11\n\twatermark\x18\x05 \x01(\x03\x12\r\n\x05table\x18\x06 \x01(\x0c\x12\x0c\n\x04rows\x18\x07 \x01(\x0c\"\xc2\x01\n\tInterface\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0f\n\x07snaplen\x18\x04 \x01(\r\x12\x10\n\x08linktype\x18\x05 \x01(\r\x12\x0e\n\x06\x66ilter\x18\x06 \x01(\t\x12\x10\n\x08start_ns\x18\x07 \x01(\x03\x12\x0e\n\x06\x65nd_ns\x18\x08 \x01(\x03\x12\x0e\n\x06\x63losed\x18\t \x01(\x08\x12\x10\n\x08received\x18\n \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x0b \x01(\x04\"\x8e\x01\n\x06\x46rames\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0e\n\x06\x62locks\x18\x03 \x01(\x0c\x12\r\n\x05times\x18\x04 \x01(\x0c\x12\x30\n\ninterfaces\x18\x05 \x03(\x0b\x32\x1c.podsight.agent.v1.Interface\x12\x11\n\twatermark\x18\x06 \x01(\x03\"\x16\n\x06Notice\x12\x0c\n\x04line\x18\x01 \x01(\t\"1\n\x04Loss\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63\x61use\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"\xda\x01\n\x07Summary\x12\x0f\n\x07records\x18\x01 \x01(\x04\x12\x0c\n\x04lost\x18\x02 \x01(\x04\x12\'\n\x06losses\x18\x03 \x03(\x0b\x32\x17.podsight.agent.v1.Loss\x12\x0c\n\x04line\x18\x04 \x01(\t\x12\x12\n\nstopped_by\x18\x05 \x01(\t\x12\x0f\n\x07\x66\x61ilure\x18\x06 \x01(\t\x12\x0f\n\x07pending\x18\x07 \x01(\x04\x12\x30\n\ninterfaces\x18\x08 \x03(\x0b\x32\x1c.podsight.agent.v1.Interface\x12\x11\n\tbad_input\x18\t \x01(\x08\"\x1e\n\tHeartbeat\x12\x11\n\twatermark\x18\x01 \x01(\x03\"\xac\x02\n\x08RunReply\x12-\n\x07started\x18\x01 \x01(\x0b\x32\x1a.podsight.agent.v1.StartedH\x00\x12-\n\x07records\x18\x02 \x01(\x0b\x32\x1a.podsight.agent.v1.RecordsH\x00\x12+\n\x06\x66rames\x18\x03 \x01(\x0b\x32\x19.podsight.agent.v1.FramesH\x00\x12+\n\x06notice\x18\x04 \x01(\x0b\x32\x19.podsight.agent.v1.NoticeH\x00\x12-\n\x07summary\x18\x05 \x01(\x0b\x32\x1a.podsight.agent.v1.SummaryH\x00\x12\x31\n\theartbeat\x18\x06 \x01(\x0b\x32\x1c.podsight.agent.v1.HeartbeatH\x00\x42\x06\n\x04kind2\x94\x01\n\x05\x41gent\x12\x44\n\x04Info\x12\x1e.podsight.agent.v1.InfoRequest\x1a\x1c.podsight.agent.v1.InfoReply\x12\x45\n\x03Run\x12\x1d.podsight.agent.v1.RunRequest\x1a\x1b.podsight.agent.v1.RunReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,25 +37,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFOREPLY']._serialized_start=66
   _globals['_INFOREPLY']._serialized_end=125
   _globals['_RUNREQUEST']._serialized_start=127
-  _globals['_RUNREQUEST']._serialized_end=167
-  _globals['_STARTED']._serialized_start=169
-  _globals['_STARTED']._serialized_end=222
-  _globals['_RECORDS']._serialized_start=224
-  _globals['_RECORDS']._serialized_end=316
-  _globals['_INTERFACE']._serialized_start=319
-  _globals['_INTERFACE']._serialized_end=513
-  _globals['_FRAMES']._serialized_start=516
-  _globals['_FRAMES']._serialized_end=658
-  _globals['_NOTICE']._serialized_start=660
-  _globals['_NOTICE']._serialized_end=682
-  _globals['_LOSS']._serialized_start=684
-  _globals['_LOSS']._serialized_end=733
-  _globals['_SUMMARY']._serialized_start=736
-  _globals['_SUMMARY']._serialized_end=935
-  _globals['_HEARTBEAT']._serialized_start=937
-  _globals['_HEARTBEAT']._serialized_end=967
-  _globals['_RUNREPLY']._serialized_start=970
-  _globals['_RUNREPLY']._serialized_end=1270
-  _globals['_AGENT']._serialized_start=1273
-  _globals['_AGENT']._serialized_end=1421
+  _globals['_RUNREQUEST']._serialized_end=201
+  _globals['_STARTED']._serialized_start=204
+  _globals['_STARTED']._serialized_end=346
+  _globals['_TABLEFIELD']._serialized_start=348
+  _globals['_TABLEFIELD']._serialized_end=420
+  _globals['_SQLCOLUMN']._serialized_start=422
+  _globals['_SQLCOLUMN']._serialized_end=474
+  _globals['_RECORDS']._serialized_start=476
+  _globals['_RECORDS']._serialized_end=597
+  _globals['_INTERFACE']._serialized_start=600
+  _globals['_INTERFACE']._serialized_end=794
+  _globals['_FRAMES']._serialized_start=797
+  _globals['_FRAMES']._serialized_end=939
+  _globals['_NOTICE']._serialized_start=941
+  _globals['_NOTICE']._serialized_end=963
+  _globals['_LOSS']._serialized_start=965
+  _globals['_LOSS']._serialized_end=1014
+  _globals['_SUMMARY']._serialized_start=1017
+  _globals['_SUMMARY']._serialized_end=1235
+  _globals['_HEARTBEAT']._serialized_start=1237
+  _globals['_HEARTBEAT']._serialized_end=1267
+  _globals['_RUNREPLY']._serialized_start=1270
+  _globals['_RUNREPLY']._serialized_end=1570
+  _globals['_AGENT']._serialized_start=1573
+  _globals['_AGENT']._serialized_end=1721
 # @@protoc_insertion_point(module_scope)

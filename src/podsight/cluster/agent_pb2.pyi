@@ -23,36 +23,70 @@ class InfoReply(_message.Message):
     def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., gadgets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("argv", "stop")
+    __slots__ = ("argv", "stop", "outputs", "columns")
     ARGV_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     argv: _containers.RepeatedScalarFieldContainer[str]
     stop: bool
-    def __init__(self, argv: _Optional[_Iterable[str]] = ..., stop: _Optional[bool] = ...) -> None: ...
+    outputs: _containers.RepeatedScalarFieldContainer[str]
+    columns: str
+    def __init__(self, argv: _Optional[_Iterable[str]] = ..., stop: _Optional[bool] = ..., outputs: _Optional[_Iterable[str]] = ..., columns: _Optional[str] = ...) -> None: ...
 
 class Started(_message.Message):
-    __slots__ = ("node", "what", "gadget")
+    __slots__ = ("node", "what", "gadget", "table", "sql")
     NODE_FIELD_NUMBER: _ClassVar[int]
     WHAT_FIELD_NUMBER: _ClassVar[int]
     GADGET_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    SQL_FIELD_NUMBER: _ClassVar[int]
     node: str
     what: str
     gadget: str
-    def __init__(self, node: _Optional[str] = ..., what: _Optional[str] = ..., gadget: _Optional[str] = ...) -> None: ...
+    table: _containers.RepeatedCompositeFieldContainer[TableField]
+    sql: _containers.RepeatedCompositeFieldContainer[SqlColumn]
+    def __init__(self, node: _Optional[str] = ..., what: _Optional[str] = ..., gadget: _Optional[str] = ..., table: _Optional[_Iterable[_Union[TableField, _Mapping]]] = ..., sql: _Optional[_Iterable[_Union[SqlColumn, _Mapping]]] = ...) -> None: ...
+
+class TableField(_message.Message):
+    __slots__ = ("name", "header", "width", "right")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    header: str
+    width: int
+    right: bool
+    def __init__(self, name: _Optional[str] = ..., header: _Optional[str] = ..., width: _Optional[int] = ..., right: _Optional[bool] = ...) -> None: ...
+
+class SqlColumn(_message.Message):
+    __slots__ = ("name", "type", "doc")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DOC_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    doc: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., doc: _Optional[str] = ...) -> None: ...
 
 class Records(_message.Message):
-    __slots__ = ("first_seq", "count", "lines", "times", "watermark")
+    __slots__ = ("first_seq", "count", "lines", "times", "watermark", "table", "rows")
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
     TIMES_FIELD_NUMBER: _ClassVar[int]
     WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
     first_seq: int
     count: int
     lines: bytes
     times: bytes
     watermark: int
-    def __init__(self, first_seq: _Optional[int] = ..., count: _Optional[int] = ..., lines: _Optional[bytes] = ..., times: _Optional[bytes] = ..., watermark: _Optional[int] = ...) -> None: ...
+    table: bytes
+    rows: bytes
+    def __init__(self, first_seq: _Optional[int] = ..., count: _Optional[int] = ..., lines: _Optional[bytes] = ..., times: _Optional[bytes] = ..., watermark: _Optional[int] = ..., table: _Optional[bytes] = ..., rows: _Optional[bytes] = ...) -> None: ...
 
 class Interface(_message.Message):
     __slots__ = ("id", "name", "description", "snaplen", "linktype", "filter", "start_ns", "end_ns", "closed", "received", "dropped")
@@ -113,7 +147,7 @@ class Loss(_message.Message):
     def __init__(self, key: _Optional[str] = ..., cause: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Summary(_message.Message):
-    __slots__ = ("records", "lost", "losses", "line", "stopped_by", "failure", "pending", "interfaces")
+    __slots__ = ("records", "lost", "losses", "line", "stopped_by", "failure", "pending", "interfaces", "bad_input")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
     LOSSES_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +156,7 @@ class Summary(_message.Message):
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     INTERFACES_FIELD_NUMBER: _ClassVar[int]
+    BAD_INPUT_FIELD_NUMBER: _ClassVar[int]
     records: int
     lost: int
     losses: _containers.RepeatedCompositeFieldContainer[Loss]
@@ -130,7 +165,8 @@ class Summary(_message.Message):
     failure: str
     pending: int
     interfaces: _containers.RepeatedCompositeFieldContainer[Interface]
-    def __init__(self, records: _Optional[int] = ..., lost: _Optional[int] = ..., losses: _Optional[_Iterable[_Union[Loss, _Mapping]]] = ..., line: _Optional[str] = ..., stopped_by: _Optional[str] = ..., failure: _Optional[str] = ..., pending: _Optional[int] = ..., interfaces: _Optional[_Iterable[_Union[Interface, _Mapping]]] = ...) -> None: ...
+    bad_input: bool
+    def __init__(self, records: _Optional[int] = ..., lost: _Optional[int] = ..., losses: _Optional[_Iterable[_Union[Loss, _Mapping]]] = ..., line: _Optional[str] = ..., stopped_by: _Optional[str] = ..., failure: _Optional[str] = ..., pending: _Optional[int] = ..., interfaces: _Optional[_Iterable[_Union[Interface, _Mapping]]] = ..., bad_input: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("watermark",)

@@ -40,8 +40,76 @@ class SeqCounter:
             return first
 
 
-def line_times(text: str, count: int) -> np.ndarray:
-    """Wall-clock ns of each of ``count`` lines (now, for a line without a time)."""
+#: What every gadget's JSON line starts with: ``{"time":"2026-11-30T10:20:53.123456789Z"``.
+_HEAD = np.frombuffer(b'{"time":"0000-00-00T00:00:00.000000000Z"', dtype=np.uint8)
+_DIGITS = np.array([c == ord("0") for c in _HEAD], dtype=bool)
+_FIXED = ~_DIGITS
+
+
+def _places() -> np.ndarray:
+    """Digit weights: the digits of the time (4+2+2+2+2+2+9) to its seven numbers."""
+    out = np.zeros((23, 7), dtype=np.float64)
+    at = 0
+    for col, n in enumerate((4, 2, 2, 2, 2, 2, 9)):
+        out[at: at + n, col] = 10 ** np.arange(n - 1, -1, -1)
+        at += n
+    return out
+
+
+_PLACES = _places()
+
+
+def _civil_days(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Days since 1970-01-01 of proleptic Gregorian dates (H. Hinnant's days_from_civil)."""
+    y = y - (m <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + np.where(m > 2, -3, 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    out: np.ndarray = era * 146097 + doe - 719468
+    return out
+
+
+def _head_times(data: bytes, count: int, skip: int = 0) -> np.ndarray | None:
+    """The times of lines that all start with ``{"time":"...Z"``, read in bulk (numpy
+    arithmetic on the digits: about 20 ns a line, where a regex and datetime64 from
+    text cost over a microsecond, a fifth of the agent's whole cost per event); None
+    if some line does not."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    if len(ends) != count or not count:
+        return None
+    starts = np.empty(count, dtype=np.int64)
+    starts[0] = skip
+    starts[1:] = ends[:-1] + 1 + skip
+    if skip:  # the prefix, {"node":"x", ends with the comma: the time's '{' is its ','
+        buf = buf.copy()
+        buf[starts] = ord("{")
+    width = len(_HEAD)
+    if int((ends - starts).min()) < width:
+        return None
+    win = buf[starts[:, None] + np.arange(width)]
+    if not (win[:, _FIXED] == _HEAD[_FIXED]).all():
+        return None
+    digits = win[:, _DIGITS]
+    if (digits - 48 > 9).any():  # uint8: anything below '0' wraps above 9 too
+        return None
+    # year, month, day, hour, minute, second, nanoseconds: one matrix product.
+    # In float64 (BLAS; exact: every number is below 2**53), then back to integers.
+    y, mo, d, h, mi, sec, ns = ((digits - 48).astype(np.float64) @ _PLACES).astype(np.int64).T
+    days = _civil_days(y, mo, d)
+    out: np.ndarray = ((days * 86400 + h * 3600 + mi * 60 + sec) * 1_000_000_000) + ns
+    return out
+
+
+def line_times(text: str | bytes, count: int, skip: int = 0) -> np.ndarray:
+    """Wall-clock ns of each of ``count`` lines (now, for a line without a time);
+    ``skip``: the length of the prefix every line starts with after its ``{``."""
+    data = text.encode() if isinstance(text, str) else text
+    fast = _head_times(data, count, skip)
+    if fast is not None:
+        return fast
+    text = data.decode()
     found = _FIRST_TIME.findall(text)
     if len(found) == count:
         return np.array(found, dtype="datetime64[ns]").astype(np.int64)
@@ -57,19 +125,24 @@ def line_times(text: str, count: int) -> np.ndarray:
 class RecordBatches:
     """A text stream whose every write is a batch of JSON lines, sent as one message."""
 
-    def __init__(self, seq: SeqCounter, emit: Callable[[pb.RunReply], None]) -> None:
+    def __init__(self, seq: SeqCounter, emit: Callable[[pb.RunReply], None],
+                 rows: Any = None, prefix: str = "") -> None:
         self.seq = seq
         self.emit = emit
+        self.rows = rows  # a SchemaRows sink: the batch's table cells and SQLite values
+        self.skip = len(prefix.encode())  # every line's {"node":"...", (the pipeline's)
 
     def write(self, text: str) -> int:
         count = text.count("\n")
         if not count:
             return len(text)
-        times = line_times(text, count)
+        data = text.encode()
+        times = line_times(data, count, self.skip)
         first = self.seq.take(count)
+        table, rows = self.rows.take(count) if self.rows is not None else (b"", b"")
         self.emit(pb.RunReply(records=pb.Records(
-            first_seq=first, count=count, lines=text.encode(), times=times.tobytes(),
-            watermark=time.time_ns())))
+            first_seq=first, count=count, lines=data, times=times.tobytes(),
+            watermark=time.time_ns(), table=table, rows=rows)))
         return len(text)
 
     def flush(self) -> None:
@@ -122,10 +195,12 @@ class NoticeLines:
     as ``Started``. The last line is held back: it is the summary line, which goes in the
     ``Summary`` instead."""
 
-    def __init__(self, node: str, gadget: str, emit: Callable[[pb.RunReply], None]) -> None:
+    def __init__(self, node: str, gadget: str, emit: Callable[[pb.RunReply], None],
+                 describe: Callable[[pb.Started], None] | None = None) -> None:
         self.node = node
         self.gadget = gadget
         self.emit = emit
+        self.describe = describe  # adds the table and SQLite columns to Started
         self._partial = ""
         self._held: str | None = None
         self.started = False
@@ -146,8 +221,10 @@ class NoticeLines:
         if line.endswith("(Ctrl-C to stop)") and not self.started:
             self.started = True
             what = line.removeprefix("podsight: ").removesuffix(" (Ctrl-C to stop)")
-            self.emit(pb.RunReply(started=pb.Started(node=self.node, what=what,
-                                                     gadget=self.gadget)))
+            started = pb.Started(node=self.node, what=what, gadget=self.gadget)
+            if self.describe is not None:
+                self.describe(started)
+            self.emit(pb.RunReply(started=started))
             return
         self.emit(pb.RunReply(notice=pb.Notice(line=line)))
 

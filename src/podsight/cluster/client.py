@@ -51,6 +51,7 @@ class NodeRun:
     requests: queue.Queue[pb.RunRequest | None] = field(default_factory=queue.Queue)
     call: Any = None
     ended: bool = False
+    bad_input: bool = False  # the agent refused the request itself (exit 2)
 
     @property
     def kernel_lost(self) -> int:
@@ -74,23 +75,46 @@ class ClusterResult:
 
 
 class Outputs:
-    """What the merged records (and frames) are written to; the CLI builds it."""
+    """What the merged records (and frames) are written to; the CLI builds it.
+
+    Sinks that read JSON lines (``needs = "json"``, the default) get the merged lines as
+    bytes, never parsed here. Sinks that need the gadget's formatted parts (``needs`` is
+    ``"table"`` or ``"sql"``: the agent formats them by the gadget's schema) get tuples
+    ``(json line, node, table cells, SQLite values)``; they are then asked for in the
+    request, and told the columns when a node starts (``describe``)."""
 
     def __init__(self) -> None:
-        self.records: list[Any] = []  # JsonSink, TableSink, SqliteSink, callables
+        self.records: list[Any] = []  # JsonSink, TableSink, SqliteSink, GraphFeed
         self.capture: Any = None  # MergedCapture
         self.sqlite: Any = None
+        self.columns: str = ""  # -o columns=
 
-    def write(self, items: Sequence[bytes]) -> None:
+    @property
+    def parts(self) -> list[str]:
+        """What the agents are asked to add besides JSON (RunRequest.outputs)."""
+        return sorted({getattr(o, "needs", "json") for o in self.records} - {"json"})
+
+    def describe(self, started: pb.Started) -> None:
         for out in self.records:
-            out.write(items)
+            if getattr(out, "needs", "json") != "json":
+                out.describe(started)
+
+    def write(self, items: Sequence[Any]) -> None:
+        lines: Sequence[bytes] | None = None if self.parts else items
+        for out in self.records:
+            if getattr(out, "needs", "json") != "json":
+                out.write(items)
+                continue
+            if lines is None:
+                lines = [item[0] for item in items]
+            out.write(lines)
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str | bytes], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-def _reader(node: NodeRun, argv: Sequence[str], token: str | None,
+def _reader(node: NodeRun, first: pb.RunRequest, token: str | None,
             inbox: queue.Queue[Any]) -> None:
     """Read one node's stream into the inbox; its end (or error) last."""
     channel = grpc.insecure_channel(node.endpoint.target, options=[
@@ -103,7 +127,7 @@ def _reader(node: NodeRun, argv: Sequence[str], token: str | None,
             inbox.put((node, RuntimeError(f"cannot connect to {node.endpoint.target} "
                                           f"within {CONNECT_TIMEOUT:g}s")))
             return
-        node.requests.put(pb.RunRequest(argv=list(argv)))
+        node.requests.put(first)
 
         def requests() -> Iterator[pb.RunRequest]:
             while True:
@@ -133,6 +157,8 @@ def _rpc_error(node: NodeRun, exc: BaseException) -> tuple[str, str]:
     code_of = getattr(exc, "code", None)
     if isinstance(exc, grpc.RpcError) and code_of is not None:
         code, details = code_of(), getattr(exc, "details", lambda: "")() or ""
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            node.bad_input = True
         if code == grpc.StatusCode.CANCELLED:
             return "failed", "cancelled"
         if code == grpc.StatusCode.UNAVAILABLE:
@@ -156,9 +182,11 @@ def run_cluster(endpoints: Sequence[NodeEndpoint], argv: Sequence[str], outputs:
     inbox: queue.Queue[Any] = queue.Queue()
     merge = Merge() if window_ns is None else Merge(window_ns=window_ns)
     result = ClusterResult(nodes)
+    parts = outputs.parts
+    first = pb.RunRequest(argv=list(argv), outputs=parts, columns=outputs.columns)
     for node in nodes:
         merge.join(node.index)
-        threading.Thread(target=_reader, args=(node, argv, token, inbox),
+        threading.Thread(target=_reader, args=(node, first, token, inbox),
                          name=f"node-{node.name}", daemon=True).start()
 
     def say(text: str) -> None:
@@ -186,12 +214,17 @@ def run_cluster(endpoints: Sequence[NodeEndpoint], argv: Sequence[str], outputs:
         if start >= count:
             merge.mark(node.index, r.watermark)
             return
-        prefix = b'\n{"node":' + _json_string(node.name) + b","
-        text = (b"\n" + r.lines).replace(b"\n{", prefix)[1:]
-        lines = text.split(b"\n")[start:count]
+        # The agent's lines name their node already ({"node":"...",): kept as they are.
+        lines: list[Any] = r.lines.split(b"\n")[start:count]
+        if parts:
+            n = count - start
+            cells = r.table.split(b"\n")[start:count] if r.table else [b"[]"] * n
+            values = r.rows.split(b"\n")[start:count] if r.rows else [b"[]"] * n
+            lines = list(zip(lines, [node.name] * n, cells, values, strict=True))
         times = np.frombuffer(r.times, dtype=np.int64)[start:count]
         merge.add(node.index, times, lines, r.watermark)
 
+    described: list[str] = []  # the node whose Started gave the columns
     deadline = time.monotonic() + max_time + STOP_GRACE if max_time else None
     stopping_since: float | None = None
     live = len(nodes)
@@ -241,6 +274,9 @@ def run_cluster(endpoints: Sequence[NodeEndpoint], argv: Sequence[str], outputs:
             node.name = item.started.node or node.name
             node.state = "running"
             node.what = item.started.what
+            if parts and not described:
+                described.append(node.name)
+                outputs.describe(item.started)
             say(f"node {node.name}: {node.what}")
             if on_started is not None:
                 on_started(node)
@@ -254,6 +290,7 @@ def run_cluster(endpoints: Sequence[NodeEndpoint], argv: Sequence[str], outputs:
                 outputs.capture.update(node.name, s.interfaces)
             if s.failure:
                 node.state, node.error = "failed", s.failure
+                node.bad_input = s.bad_input
                 say(f"node {node.name}: error: {s.failure}")
             else:
                 node.state = "done"
@@ -261,12 +298,6 @@ def run_cluster(endpoints: Sequence[NodeEndpoint], argv: Sequence[str], outputs:
             flush()
     flush(everything=True)
     return result
-
-
-def _json_string(text: str) -> bytes:
-    import json
-
-    return json.dumps(text).encode()
 
 
 def node_report(node: NodeRun) -> str:

@@ -12,6 +12,8 @@ release), not a heap operation per record.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
 
 import numpy as np
 
@@ -50,9 +52,12 @@ class Ledger:
 
 @dataclass
 class _Chunk:
+    """A batch's records still held: ``items[i]`` for each ``i`` in ``where``."""
+
     node: int
     times: np.ndarray
-    items: list[bytes]
+    items: list[Any]
+    where: np.ndarray
 
 
 @dataclass
@@ -73,13 +78,13 @@ class Merge:
         if node in self._marks and watermark > self._marks[node]:
             self._marks[node] = watermark
 
-    def add(self, node: int, times: np.ndarray, items: list[bytes], watermark: int) -> None:
+    def add(self, node: int, times: np.ndarray, items: list[Any], watermark: int) -> None:
         if items:
-            self._chunks.append(_Chunk(node, times, items))
+            self._chunks.append(_Chunk(node, times, items, np.arange(len(items))))
             self.pending += len(items)
         self.mark(node, watermark)
 
-    def release(self, *, everything: bool = False) -> list[bytes]:
+    def release(self, *, everything: bool = False) -> list[Any]:
         """Records every running node has passed (all of them with ``everything``), in
         time order."""
         if not self._chunks:
@@ -88,28 +93,27 @@ class Merge:
             limit = np.iinfo(np.int64).max
         else:
             limit = min(self._marks.values()) - self.window_ns
-        times, owners, index, keep = [], [], [], []
-        for c, chunk in enumerate(self._chunks):
+        times, flat, index, keep = [], [], [], []
+        base = 0
+        for chunk in self._chunks:
             due = chunk.times <= limit
             if not due.any():
                 keep.append(chunk)
                 continue
-            where = np.flatnonzero(due)
-            times.append(chunk.times[where])
-            owners.append(np.full(len(where), c, dtype=np.int64))
-            index.append(where)
-            if len(where) < len(chunk.items):
-                rest = np.flatnonzero(~due)
-                keep.append(_Chunk(chunk.node, chunk.times[rest],
-                                   [chunk.items[i] for i in rest]))
+            times.append(chunk.times[due])
+            index.append(chunk.where[due] + base)  # positions in ``flat``
+            flat.extend(chunk.items)
+            base += len(chunk.items)
+            if not due.all():  # the rest waits; its items are not copied
+                rest = ~due
+                keep.append(_Chunk(chunk.node, chunk.times[rest], chunk.items,
+                                   chunk.where[rest]))
         if not times:
             return []
-        all_times = np.concatenate(times)
-        order = np.argsort(all_times, kind="stable")
-        who = np.concatenate(owners)[order].tolist()
+        order = np.argsort(np.concatenate(times), kind="stable")
         at = np.concatenate(index)[order].tolist()
-        chunks = self._chunks
-        out = [chunks[c].items[i] for c, i in zip(who, at, strict=True)]
+        # One C-level gather (itemgetter) instead of a Python lookup per record.
+        out = list(itemgetter(*at)(flat)) if len(at) > 1 else [flat[at[0]]]
         self._chunks = keep
         self.pending -= len(out)
         return out

@@ -77,7 +77,8 @@ class AgentService:
         except StopIteration:
             return
         try:
-            request = parse_request(list(first.argv), self.scope_netns)
+            request = parse_request(list(first.argv), self.scope_netns, list(first.outputs),
+                                    first.columns)
         except UserError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         replies: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)

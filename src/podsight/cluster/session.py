@@ -22,8 +22,10 @@ from typing import Any
 
 from podsight.cluster import agent_pb2 as pb
 from podsight.cluster.batches import FrameBatches, NoticeLines, RecordBatches, SeqCounter
+from podsight.cluster.schemarows import SchemaRows
 from podsight.errors import PodsightError, UserError
 from podsight.runtime import StopFlag, Stopped
+from podsight.schema import json_string
 
 #: Flags (parsed attribute -> the flag as users type it) a remote run refuses.
 REFUSED = {
@@ -38,10 +40,16 @@ REFUSED_WORDS = {"-w", "--write", "--tui", "--no-tui", "-h", "--help", "--force"
 _PARSE_LOCK = threading.Lock()
 
 
+#: What a client may ask for besides JSON lines (RunRequest.outputs).
+OUTPUTS = ("table", "sql")
+
+
 @dataclass
 class Request:
     spec: Any
     ns: argparse.Namespace
+    outputs: tuple[str, ...] = ()
+    columns: str | None = None
 
 
 def find_spec(argv: Sequence[str]) -> Any:
@@ -54,9 +62,13 @@ def find_spec(argv: Sequence[str]) -> Any:
     raise UserError(f"no gadget {' '.join(argv[:2])!r} (gadgets: {names})")
 
 
-def parse_request(argv: Sequence[str], scope_netns: str | None = None) -> Request:
+def parse_request(argv: Sequence[str], scope_netns: str | None = None,
+                  outputs: Sequence[str] = (), columns: str = "") -> Request:
     """The gadget and its parsed flags; bad input raises :class:`UserError` (one line)."""
     argv = list(argv)
+    for name in outputs:
+        if name not in OUTPUTS:
+            raise UserError(f"output {name!r}: the agent adds {' or '.join(OUTPUTS)}")
     if not argv:
         raise UserError("empty request: give a gadget command line (trace tcpconnect ...)")
     spec = find_spec(argv)
@@ -88,7 +100,9 @@ def parse_request(argv: Sequence[str], scope_netns: str | None = None) -> Reques
         if getattr(ns, attr, None) not in (None, False):
             raise UserError(f"{flag}: names a file on the node; outputs are written by the "
                             "client (give output flags to kubectl podsight)")
-    return Request(spec, ns)
+    if "capture" in spec.flag_groups and outputs:
+        raise UserError("a capture gadget sends frames: no table or SQLite rows")
+    return Request(spec, ns, tuple(outputs), columns.strip() or None)
 
 
 class Session:
@@ -109,13 +123,23 @@ class Session:
         spec, ns = self.request.spec, self.request.ns
         capture = "capture" in spec.flag_groups
         frames = FrameBatches(self.seq, self.emit) if capture else None
-        notices = NoticeLines(self.node, spec.name, self.emit)
+        outputs = self.request.outputs
+        # The node names each record in the JSON itself: free here (it is part of every
+        # line's template), where the client would copy every line to add it.
+        prefix = f'"node":{json_string(self.node)},'
+        rows = SchemaRows("table" in outputs, "sql" in outputs) if outputs else None
+        notices = NoticeLines(self.node, spec.name, self.emit,
+                              rows.describe if rows is not None else None)
         options = OutputOptions(
             mode="none" if capture else "json", max_time=ns.max_time, max_bytes=None,
             command="podsight agent: " + " ".join(spec.command),
+            columns=self.request.columns, check_columns="table" in outputs,
+            json_prefix=prefix,
+            sinks=(rows,) if rows is not None else (),
             frame_outputs=((lambda ctx: frames),) if frames is not None else ())
         result = RunResult()
         failure = ""
+        bad_input = False
 
         def warn(text: str) -> None:
             notices.write(f"podsight: warning: {text}\n")
@@ -123,13 +147,16 @@ class Session:
         with ExitStack() as stack:
             try:
                 run_ = build_run(spec, ns, options, stack, stop=self.stop,
-                                 out=RecordBatches(self.seq, self.emit),
+                                 out=RecordBatches(self.seq, self.emit, rows, prefix),
                                  err=notices, warn=warn)
+                if rows is not None:
+                    rows.run = run_
                 result = run_.execute()
             except Stopped:
                 pass
             except PodsightError as exc:
                 failure = str(exc)
+                bad_input = isinstance(exc, UserError)
             except OSError as exc:
                 failure = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename
                                                       else "")
@@ -137,6 +164,7 @@ class Session:
                 failure = f"internal error ({type(exc).__name__}: {exc})"
         if result.failure is not None and not failure:
             failure = str(result.failure)
+            bad_input = isinstance(result.failure, UserError)
         if not notices.started:
             notices.release()
         t = result.tally
@@ -144,7 +172,7 @@ class Session:
             records=self.seq.next, lost=t.lost,
             losses=[pb.Loss(key=k, cause=v.cause, count=v.count) for k, v in t.losses.items()],
             line=summary_line(spec, result), stopped_by=result.stopped_by, failure=failure,
-            pending=result.pending,
+            pending=result.pending, bad_input=bad_input,
             interfaces=frames.interfaces if frames is not None else ())
         self.emit(pb.RunReply(summary=summary))
         return summary

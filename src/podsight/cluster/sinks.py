@@ -1,10 +1,10 @@
 """Where the merged stream goes on the client: JSON lines, a table, SQLite, one pcapng.
 
 Records arrive as the JSON lines the local ``-o json`` prints, with ``"node"`` first;
-JSON outputs write them as they are. The table and SQLite read them back (orjson), so
-they need no gadget code: the table shows the node and the record's first keys (or
-``-o columns=``), SQLite gets one column per (flattened) key, added as keys appear, and a
-``nodes`` table with each node's counts. Frames go to the local command's
+JSON outputs write them as they are (never parsed). The table and SQLite are the local
+command's writers, fed with the cells and values the agent made by the gadget's schema
+(:mod:`.schemarows`), so they need no gadget code here and look like the local
+command's, with the node added. Frames go to the local command's
 :class:`~podsight.outputs.pcapng.PcapngOutput`, with the interfaces of every node
 renumbered into one list: one interface block per (node, interface).
 """
@@ -12,17 +12,19 @@ renumbered into one list: one interface block per (node, interface).
 from __future__ import annotations
 
 import os
-import sqlite3
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import orjson
 
-from podsight.errors import RunFailure, UserError
+from podsight.cluster import agent_pb2 as pb
+from podsight.outputs.sqlite import SqliteWriter
 from podsight.outputs.stream import write_fd
+from podsight.outputs.table import TableWriter
 from podsight.pipeline import CaptureInterface, Frames
+from podsight.schema import Column, Field
 
 
 class JsonSink:
@@ -41,133 +43,106 @@ class JsonSink:
             os.close(self.fd)
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, dict):
-        return str(value.get("endpoint") or value.get("addr") or orjson.dumps(value).decode())
-    if isinstance(value, list):
-        return ",".join(_cell(v) for v in value)
-    return "" if value is None else str(value)
+def _node_field(width: int) -> Field[Any]:
+    return Field(name="node", header="NODE", width=width, text=lambda row: row[0])
+
+
+def _cell_field(f: pb.TableField, i: int) -> Field[Any]:
+    def text(row: tuple[str, list[str]]) -> str:
+        cells = row[1]
+        return cells[i] if i < len(cells) else ""
+    return Field(name=f.name, header=f.header, width=f.width, text=text, right=f.right)
 
 
 class TableSink:
-    """Columns a person reads: NODE, then ``columns`` (default: the first keys seen)."""
+    """The local command's table (its :class:`~podsight.outputs.table.TableWriter`, the
+    gadget's formatted columns as the agent's schema made them), NODE first."""
 
-    def __init__(self, fd: int, columns: Sequence[str] | None, default_width: int = 7) -> None:
-        self.fd = fd
-        self.columns = list(columns) if columns else None
-        self.limit = default_width
-        self.bytes = 0
-        self.widths: list[int] = []
+    needs = "table"
 
-    def write(self, lines: Sequence[bytes]) -> None:
-        if not lines:
-            return
-        rows = [orjson.loads(line) for line in lines]
-        out = []
-        if self.columns is None:
-            self.columns = [k for k in rows[0] if k != "node"][: self.limit]
-        if not self.widths:
-            self.widths = [max(len(c), 10) for c in ["node", *self.columns]]
-            out.append("  ".join(c.upper().ljust(w) for c, w in
-                                 zip(["node", *self.columns], self.widths, strict=True)))
-        for row in rows:
-            cells = [_cell(row.get("node")), *(_cell(row.get(c)) for c in self.columns)]
-            out.append("  ".join(c.ljust(w) for c, w in zip(cells, self.widths, strict=True))
-                       .rstrip())
-        data = ("\n".join(out) + "\n").encode()
-        write_fd(self.fd, data)
-        self.bytes += len(data)
+    def __init__(self, stream: TextIO, node_width: int = 6) -> None:
+        self.stream = stream
+        self.node_width = max(node_width, 4)
+        self.writer: TableWriter | None = None
+
+    def describe(self, started: pb.Started) -> None:
+        if self.writer is None:
+            fields = [_node_field(self.node_width),
+                      *(_cell_field(f, i) for i, f in enumerate(started.table))]
+            self.writer = TableWriter(fields, self.stream)
+            self.writer.header()
+
+    def write(self, items: Sequence[tuple[bytes, str, bytes, bytes]]) -> None:
+        if self.writer is not None and items:
+            self.writer.write([(node, orjson.loads(cells)) for _, node, cells, _ in items])
+            self.stream.flush()
 
     def close(self) -> None:
         pass
 
 
-def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"src": {"addr": x}}`` to ``{"src_addr": x}``; lists become JSON text."""
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}".replace(".", "_")
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "_"))
-        elif isinstance(value, list):
-            out[name] = orjson.dumps(value).decode()
-        else:
-            out[name] = value
-    return out
-
-
-def _sql_type(value: Any) -> str:
-    if isinstance(value, (bool, int)):
-        return "INTEGER"
-    if isinstance(value, float):
-        return "REAL"
-    return "TEXT"
+#: The column every cluster table adds in front of the gadget's.
+NODE_COLUMN = Column("node", "TEXT", "the node whose agent observed the record",
+                     lambda row: row[0])
+NODES_TABLE = (("node", "TEXT"), ("address", "TEXT"), ("state", "TEXT"),
+               ("records", "INTEGER"), ("lost_kernel", "INTEGER"), ("lost_gaps", "INTEGER"),
+               ("duplicates", "INTEGER"), ("summary", "TEXT"), ("error", "TEXT"))
 
 
 class SqliteSink:
-    """Records (one transaction per batch), the run in ``capture``, the nodes in ``nodes``."""
+    """The local command's SQLite file (its :class:`~podsight.outputs.sqlite.SqliteWriter`:
+    the gadget's table with the columns of its schema, ``columns`` documenting them,
+    ``capture``), plus a ``node`` column and a ``nodes`` table with each node's counts.
+    The file is created when the first node says what its columns are; if none ever
+    does, at the end with the ``node`` column alone, so the ``nodes`` table still says
+    what happened."""
+
+    needs = "sql"
 
     def __init__(self, path: str, table: str, meta: dict[str, str]) -> None:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            os.close(fd)
-        except FileExistsError:
-            raise UserError(f"{path} exists: remove it or choose another file") from None
-        except OSError as exc:
-            raise UserError(f"cannot create {path}: {exc.strerror}") from None
         self.path = path
         self.table = table
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.columns: list[str] = []
-        self.db.execute(f'CREATE TABLE "{table}" (id INTEGER PRIMARY KEY, node TEXT)')
-        self.columns.append("node")
-        self.db.execute("CREATE TABLE capture (key TEXT PRIMARY KEY, value TEXT)")
-        self.db.execute("CREATE TABLE nodes (node TEXT, address TEXT, state TEXT, records "
-                        "INTEGER, lost_kernel INTEGER, lost_gaps INTEGER, duplicates INTEGER, "
-                        "summary TEXT, error TEXT)")
-        self.set_meta(meta)
+        self.meta = dict(meta)
+        self.writer: SqliteWriter | None = None
+        self.width = 1
+
+    def describe(self, started: pb.Started) -> None:
+        if self.writer is None:
+            columns = [NODE_COLUMN, *(Column(c.name, c.type, c.doc, lambda row: None)
+                                      for c in started.sql)]
+            self.width = len(columns)
+            self.writer = SqliteWriter(self.path, self.table, columns, self.meta)
 
     @property
     def size(self) -> int:
-        try:
-            return os.path.getsize(self.path)
-        except OSError:
-            return 0
+        return self.writer.size if self.writer is not None else 0
 
-    def write(self, lines: Sequence[bytes]) -> None:
-        if not lines:
+    def write(self, items: Sequence[tuple[bytes, str, bytes, bytes]]) -> None:
+        if self.writer is None or not items:
             return
-        rows = [flatten(orjson.loads(line)) for line in lines]
-        try:
-            self.db.execute("BEGIN")
-            for row in rows:
-                for key, value in row.items():
-                    if key not in self.columns and key != "id":
-                        self.db.execute(f'ALTER TABLE "{self.table}" ADD COLUMN "{key}" '
-                                        f"{_sql_type(value)}")
-                        self.columns.append(key)
-            names = [c for c in self.columns]
-            sql = (f'INSERT INTO "{self.table}" ({", ".join(f"{c!r}" for c in names)}) '
-                   f'VALUES ({", ".join("?" for _ in names)})').replace("'", '"')
-            self.db.executemany(sql, [tuple(r.get(c) for c in names) for r in rows])
-            self.db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise RunFailure(f"writing {self.path}: {exc}") from None
+        width = self.width
+        rows = []
+        for _, node, _, values in items:
+            row = [node, *orjson.loads(values)]
+            if len(row) != width:
+                row = (row + [None] * width)[:width]
+            rows.append(row)
+        self.writer.write(rows)
 
     def set_meta(self, items: dict[str, str]) -> None:
-        with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO capture VALUES (?, ?)",
-                                sorted(items.items()))
+        if self.writer is None:
+            self.meta.update(items)
+        else:
+            self.writer.set_meta(items)
 
     def set_nodes(self, rows: Sequence[tuple[object, ...]]) -> None:
-        with self.db:
-            self.db.execute("DELETE FROM nodes")
-            self.db.executemany("INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        if self.writer is None:
+            self.writer = SqliteWriter(self.path, self.table, [NODE_COLUMN], self.meta)
+        self.writer.replace_table("nodes", NODES_TABLE, rows)
 
     def close(self) -> None:
-        self.db.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class MergedCapture:
