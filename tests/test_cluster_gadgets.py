@@ -20,6 +20,7 @@ import pytest
 from clusterrun import ENV, Agent, agents, client, free_port, wait_for
 from conns import Server, exchange
 from packetsrun import fields, tshark
+from tracing import connect
 
 from podsight.lab import Lab
 
@@ -263,9 +264,11 @@ def test_serve_through_agents(lab: Lab, tmp_path: Path, servers: None) -> None:
     with agents(nodes, tmp_path) as running:
         proc = client(*_addrs(running), "serve", "--listen", f"127.0.0.1:{port}",
                       "--persistent", "1s", "--open-every", "200ms", stderr=err.open("w"))
-        _tracing(err, 3)
-        assert "serving the traffic graph at" in err.read_text()
+        wait_for(lambda: "serving the traffic graph at" in err.read_text(),
+                 "every gadget attached on every node", timeout=90)
         _traffic(lab)
+        refused = [connect(lab, "mypod", lab.pod("web").ipv4, 8099) for _ in range(3)]
+        assert all(r["errno"] for r in refused)
 
         def get(path: str) -> bytes:
             with urllib.request.urlopen(base + path, timeout=30) as resp:
@@ -278,18 +281,24 @@ def test_serve_through_agents(lab: Lab, tmp_path: Path, servers: None) -> None:
             return {e["id"]: e for e in data["edges"]}
         wait_for(lambda: all(e in edges() and edges()[e]["detail__connections"] == 3
                              for e in EDGES), "edges of several nodes, 3 connections each")
+        # Failed connects come from tcpconnect on node-a, as the local serve has them.
+        wait_for(lambda: edges().get("p/default/mypod->p/default/web:8099", {}).get(
+            "detail__failed") == 3, "3 refused connects on their edge")
         metrics = get("/metrics").decode()
         check = subprocess.run(["promtool", "check", "metrics"], input=metrics.encode(),
                                capture_output=True, check=False)
         assert check.returncode == 0, check.stdout + check.stderr
-        for labels in ('workload="mypod",peer_workload="web",port="7070"',
-                       'workload="frontend",peer_workload="backend",port="7071"'):
-            assert f"podsight_tcp_connections_total{{{labels}}} 3.0" in metrics, metrics
-        for node in nodes:  # one self-metrics source per node
-            assert f'gadget="{node}/tcplife"' in metrics, metrics
+        for labels in ({'workload="mypod"', 'peer_workload="web"', 'port="7070"'},
+                       {'workload="frontend"', 'peer_workload="backend"', 'port="7071"'}):
+            assert any(line.startswith("podsight_tcp_connections_total{")
+                       and line.endswith("} 3.0") and all(x in line for x in labels)
+                       for line in metrics.splitlines()), metrics
+        for node in nodes:  # one self-metrics source per node and gadget
+            for gadget in ("tcplife", "tcpconnect"):
+                assert f'gadget="{node}/{gadget}"' in metrics, metrics
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, err.read_text()
-    assert "from 3 of 3 nodes" in err.read_text() or "ok:" in err.read_text()
+    assert err.read_text().count(": ok: ") == 6, err.read_text()
 
 
 def test_serve_flags_through_agents_are_checked_first(tmp_path: Path) -> None:

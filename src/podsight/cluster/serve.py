@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from podsight.errors import UserError
+from podsight.runtime import STOP
 from podsight.spec import GadgetSpec
 
 #: serve's own flags (flag -> takes a value): they stay here; the rest (pod selection)
@@ -107,28 +108,30 @@ def serve(cluster: list[str], rest: list[str]) -> int:
         if getattr(ns, flag, False):
             raise UserError(f"serve --{flag} is not available through agents yet: the "
                             "gadget it runs has no recorded-records adapter")
-    if len(usable) != 1:
-        raise UserError("serve through agents runs one gadget on every node; the registry "
-                        f"gives {len(usable)} with a recorded adapter")
-    spec = usable[0]
+    if not usable:
+        raise UserError("no gadget that feeds the graph can do so through agents (none has "
+                        "a recorded-records adapter)")
     _, pods = take(rest[1:], LOCAL_FLAGS)
-    values = {**spec.extra.get("graph_values", {}), "open_every": ns.open_every}
-    argv = agent_argv(spec, values, pods)
-    _check(argv)  # bad pod flags fail here, before any node is asked
+    argvs = []
+    for spec in usable:
+        values = {**spec.extra.get("graph_values", {}), "open_every": ns.open_every}
+        argvs.append(agent_argv(spec, values, pods))
+        _check(argvs[-1])  # bad pod flags fail here, before any node is asked
     endpoints = _endpoints(cluster)
     token = _token(cluster)
 
     graph = _graph(ns)
     graph.offset_ns = 0  # recorded records carry wall-clock times
-    sink = GraphFeed(graph, [_load(spec.extra["graph_recorded"])])
-    outputs = Outputs()
-    outputs.records.append(sink)
-    nodes: list[NodeRun] = []
+    feeds = [GraphFeed(graph, [_load(spec.extra["graph_recorded"])]) for spec in usable]
+    started: dict[str, list[NodeRun]] = {spec.name: [] for spec in usable}
+    lock = threading.Lock()
 
     def sources() -> dict[str, SourceStats]:
-        return {f"{n.name}/{spec.name}": SourceStats(
+        with lock:
+            runs = [(name, n) for name, nodes in started.items() for n in nodes]
+        return {f"{n.name}/{name}": SourceStats(
             records=n.ledger.received,
-            lost={"kernel": n.kernel_lost, "on_the_way": n.ledger.gaps}) for n in list(nodes)}
+            lost={"kernel": n.kernel_lost, "on_the_way": n.ledger.gaps}) for name, n in runs}
 
     collector = GraphCollector(graph, sources)
     try:
@@ -139,20 +142,51 @@ def serve(cluster: list[str], rest: list[str]) -> int:
     if skipped:
         sys.stderr.write(f"{PROG}: not through agents: {', '.join(skipped)} (no recorded "
                          "adapter); the graph has no edges from them\n")
+    results: list[Any] = []
+    done = [threading.Event() for _ in usable]
 
-    def started(node: NodeRun) -> None:
-        nodes.append(node)
-        if len(nodes) == 1:  # the others join as they start ("node X: tracing ...")
-            sys.stderr.write(f"{PROG}: serving the traffic graph at {where} ({spec.name} "
-                             f"on every node; Ctrl-C to stop)\n")
-            sys.stderr.flush()
+    def one(i: int) -> None:
+        spec, outputs = usable[i], Outputs()
+        outputs.records.append(feeds[i])
+
+        def node_started(node: NodeRun) -> None:
+            with lock:
+                started[spec.name].append(node)
+        try:
+            results.append(run_cluster(endpoints, argvs[i], outputs, token=token,
+                                       max_time=ns.max_time, on_started=node_started))
+        finally:
+            done[i].set()
 
     server.start()
+    threads = []
     try:
-        result = run_cluster(endpoints, argv, outputs, token=token, max_time=ns.max_time,
-                             on_started=started)
+        # One gadget at a time is started on the agents: libbpf was seen to hang when two
+        # threads of one process load objects at once (cli/serve.py starts its feeds so).
+        for i, spec in enumerate(usable):
+            threads.append(threading.Thread(target=one, args=(i,), daemon=True,
+                                            name=f"serve-{spec.name}"))
+            threads[-1].start()
+            while not STOP.is_set() and not done[i].is_set() and (
+                    len(started[spec.name]) < len(endpoints)):
+                STOP.sleep(0.05)
+        if not STOP.is_set():
+            sys.stderr.write(f"{PROG}: serving the traffic graph at {where} "
+                             f"({', '.join(s.name for s in usable)} on every node; Ctrl-C "
+                             "to stop)\n")
+            sys.stderr.flush()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
     finally:
+        STOP.set()
+        for t in threads:
+            t.join()
         server.close()
-    for node in result.nodes:
-        sys.stderr.write(f"{PROG}: {node_report(node)}\n")
-    return 1 if len(result.failed) == len(result.nodes) else 0
+    code = 0
+    for spec, result in zip(usable, results, strict=False):
+        for node in result.nodes:
+            sys.stderr.write(f"{PROG}: {spec.name}: {node_report(node)}\n")
+        if len(result.failed) == len(result.nodes):
+            code = 1
+    return code

@@ -53,5 +53,6 @@ SPEC = GadgetSpec(
     ),
     # serve needs only the failures: the kernel keeps the successes to itself.
     extra={"graph": "podsight.gadgets.tcpconnect.graph:observe",
+           "graph_recorded": "podsight.gadgets.tcpconnect.graph:observe_recorded",
            "graph_values": {"failed_only": True}},
 )
