@@ -306,3 +306,15 @@ def test_serve_flags_through_agents_are_checked_first(tmp_path: Path) -> None:
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, text = proc.communicate(timeout=30)
     assert proc.returncode == 2 and text.count("\n") == 1 and "--flows" in text, text
+
+
+def test_bad_columns_on_every_node_is_one_line(lab: Lab, tmp_path: Path) -> None:
+    """Only the agents know the gadget's columns: every node refusing them is bad input,
+    said once (exit 2), not once per node."""
+    with agents({"node-a": lab.pod("mypod").netns, "node-b": lab.pod("web").netns},
+                tmp_path) as running:
+        proc = client(*_addrs(running), "trace", "tcpconnect", "-o", "columns=pid,nosuch",
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 2 and err.count("\n") == 1 and "nosuch" in err, err
+    assert "Traceback" not in err and not out

@@ -237,6 +237,9 @@ def _run(endpoints: list[Any], agent_argv: list[str], outputs: Any, cluster: lis
 
     token = _token(cluster)
     result = run_cluster(endpoints, agent_argv, outputs, token=token, max_time=max_time)
+    if result.nodes and all(n.bad_input for n in result.nodes):
+        # Every node refused the request itself (a bad -o columns=, say): one line, exit 2.
+        raise UserError(result.nodes[0].error.removesuffix(" (INVALID_ARGUMENT)"))
     for node in result.nodes:
         sys.stderr.write(f"{PROG}: {node_report(node)}\n")
     lost = sum(n.kernel_lost + n.ledger.gaps for n in result.nodes)

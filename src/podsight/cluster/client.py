@@ -260,7 +260,7 @@ def run_cluster(endpoints: Sequence[NodeEndpoint], argv: Sequence[str], outputs:
             continue
         if isinstance(item, BaseException):
             node.state, node.error = _rpc_error(node, item)
-            if node.summary is None or node.error != "cancelled":
+            if not node.bad_input and (node.summary is None or node.error != "cancelled"):
                 say(f"node {node.name} ({node.endpoint.target}): {node.error}")
             continue
         kind = item.WhichOneof("kind")
@@ -291,7 +291,8 @@ def run_cluster(endpoints: Sequence[NodeEndpoint], argv: Sequence[str], outputs:
             if s.failure:
                 node.state, node.error = "failed", s.failure
                 node.bad_input = s.bad_input
-                say(f"node {node.name}: error: {s.failure}")
+                if not s.bad_input:  # bad input is said once, by the caller (exit 2)
+                    say(f"node {node.name}: error: {s.failure}")
             else:
                 node.state = "done"
         if merge.pending > 50_000:
