@@ -1,14 +1,15 @@
 """``kubectl-podsight`` (``kubectl podsight ...``): a gadget on every node, merged here.
 
 The command line is the local command's (``kubectl podsight trace tcpconnect -n shop -o
-json``) plus where the agents are (``--agent-addr HOST:PORT``, repeatable) and how to
-authenticate (the kubeconfig user's token, or ``--token-file``). The gadget's flags are
+json``) after where the agents are (``--agent-addr HOST:PORT``, repeatable) and how to
+authenticate (the kubeconfig user's token, or ``--token-file``): cluster flags come
+before the command, like kubectl's global flags. The gadget's flags are
 checked here by podsight's own parser (bad input fails before any node is asked); output
 flags (``-o``, ``--json``, ``--sqlite``, ``-w``, ``--force``, ``--summary``) stay here and
 the rest goes to every agent. ``graph`` and ``advise network-policy`` run the gadget they
 read (tcplife; flows or tcpconnect) on every node for ``--timeout`` seconds and hand the
 merged records to the local ``graph --from`` / ``advise --from``, which read them as
-they read a recorded file.
+they read a recorded file; ``serve`` is :mod:`podsight.cluster.serve`.
 """
 
 from __future__ import annotations

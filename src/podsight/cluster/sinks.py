@@ -28,6 +28,9 @@ from podsight.schema import Column, Field
 
 
 class JsonSink:
+    """JSON lines to ``fd``: the agents' lines as they came (``"node"`` already in them),
+    joined, never parsed: a split and a join per record is all the client spends."""
+
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.bytes = 0
