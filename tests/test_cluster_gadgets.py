@@ -102,13 +102,32 @@ def test_packets_merge_into_one_pcapng(lab: Lab, tmp_path: Path, servers: None) 
     for name, desc in seen.values():
         node = name.split("/", 1)[0]
         assert node in nodes and f"node {node}" in desc, (name, desc)
-    # The pod's identity travels too: the web pod's eth0 is named by node-b's agent.
-    assert any(n.startswith("node-b/") for n in names)
+    # The pod's identity travels too: each pod's interface, named by its node's agent.
+    by_name = dict(seen.values())
+    for node, pod in (("node-a", "default/mypod"), ("node-b", "default/web"),
+                      ("node-c", "shop/frontend"), ("node-c", "shop/backend")):
+        desc = by_name.get(f"{node}/p/{pod}", "")
+        assert f"k8s.podName={pod.split('/')[1]}" in desc, (node, pod, seen)
     # Both ends of mypod -> web:7070 were captured, once on each node's interface.
     ports = fields(out, "frame.interface_name", "tcp.dstport", display="tcp.dstport == 7070")
     assert {row[0].split("/", 1)[0] for row in ports} >= {"node-a", "node-b"}
     text = err.read_text()
     assert "from 3 of 3 nodes, 0 lost" in text, text
+
+
+def test_packets_max_packets_stops_the_cluster_run(lab: Lab, tmp_path: Path,
+                                                  servers: None) -> None:
+    """--max-packets is the client's: once the merged file holds N packets the run stops
+    (every agent's gadget too) instead of merging what nothing would write."""
+    out, err = tmp_path / "first.pcapng", tmp_path / "client.err"
+    with agents(_nodes(lab), tmp_path) as running:
+        proc = client(*_addrs(running), "packets", "-w", str(out), "--max-packets", "5",
+                      stderr=err.open("w"))
+        _tracing(err, 3)
+        _traffic(lab)
+        assert proc.wait(60) == 0, err.read_text()
+    info = subprocess.run(["capinfos", "-c", "-M", str(out)], capture_output=True, text=True)
+    assert info.returncode == 0 and "Number of packets:   5" in info.stdout, info.stdout
 
 
 # -- tcplife and flows: JSON lines, the gadget's table and SQLite ----------------------------

@@ -94,6 +94,12 @@ class Outputs:
         """What the agents are asked to add besides JSON (RunRequest.outputs)."""
         return sorted({getattr(o, "needs", "json") for o in self.records} - {"json"})
 
+    @property
+    def full(self) -> str:
+        """Why an output takes no more (``--max-packets reached``), else empty: the run
+        then stops as on Ctrl-C, rather than merging what nothing would write."""
+        return str(getattr(self.capture, "full", "") or "")
+
     def describe(self, started: pb.Started) -> None:
         for out in self.records:
             if getattr(out, "needs", "json") != "json":
@@ -229,9 +235,10 @@ def run_cluster(endpoints: Sequence[NodeEndpoint], argv: Sequence[str], outputs:
     stopping_since: float | None = None
     live = len(nodes)
     while live:
-        if stopping_since is None and (stop.is_set() or (
+        if stopping_since is None and (stop.is_set() or outputs.full or (
                 deadline is not None and time.monotonic() >= deadline)):
-            result.stopped_by = "signal" if stop.is_set() else "--max-time reached"
+            result.stopped_by = ("signal" if stop.is_set() else outputs.full
+                                 or "--max-time reached")
             stopping_since = time.monotonic()
             for node in nodes:
                 if not node.ended:

@@ -198,5 +198,9 @@ class MergedCapture:
     def size(self) -> int:
         return int(self.output.bytes)
 
+    @property
+    def full(self) -> str:
+        return str(self.output.full)
+
     def close(self) -> None:
         self.output.close(self.interfaces)
