@@ -320,11 +320,19 @@ def test_serve_through_agents(lab: Lab, tmp_path: Path, servers: None) -> None:
     assert err.read_text().count(": ok: ") == 6, err.read_text()
 
 
-def test_serve_flags_through_agents_are_checked_first(tmp_path: Path) -> None:
-    proc = client("--agent-addr", f"127.0.0.1:{free_port()}", "serve", "--flows",
-                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, text = proc.communicate(timeout=30)
-    assert proc.returncode == 2 and text.count("\n") == 1 and "--flows" in text, text
+def test_serve_with_an_unreachable_node_serves_the_others(lab: Lab, tmp_path: Path) -> None:
+    port = free_port()
+    err = tmp_path / "client.err"
+    with agents({"node-a": lab.pod("mypod").netns}, tmp_path) as running:
+        proc = client(*_addrs(running), "--agent-addr", f"127.0.0.1:{free_port()}", "serve",
+                      "--listen", f"127.0.0.1:{port}", stderr=err.open("w"))
+        wait_for(lambda: "serving the traffic graph at" in err.read_text(),
+                 "serving with one node of two", timeout=90)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+            assert r.status == 200 and b'gadget="node-a/tcplife"' in r.read()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, err.read_text()
+    assert "cannot connect" in err.read_text(), err.read_text()
 
 
 def test_bad_columns_on_every_node_is_one_line(lab: Lab, tmp_path: Path) -> None:

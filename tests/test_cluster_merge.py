@@ -150,3 +150,20 @@ def test_agent_refuses_output_files_and_bad_requests(tmp_path: Path, argv: list[
     node = result.nodes[0]
     assert node.state == "failed" and want in node.error, err.getvalue()
     assert "INVALID_ARGUMENT" in node.error
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["--bogus", "trace", "tcpconnect"], "--bogus: not a kubectl-podsight flag"),
+    (["--agent-addr"], "--agent-addr needs a value"),
+    (["--agent-addr", "127.0.0.1:1"], "no command"),
+    (["--agent-addr", "127.0.0.1:1", "serve", "--listen", "0.0.0.0:9999"],
+     "serving beyond loopback needs --token-file"),
+    (["--agent-addr", "127.0.0.1:1", "serve", "--flows"], "serve --flows is not available"),
+    (["--agent-addr", "127.0.0.1:1", "trace", "tcpconnect", "-o", "columns=,"],
+     "needs at least one column name"),
+])
+def test_client_bad_input_is_one_line(argv: list[str], want: str) -> None:
+    """Checked on the client before any node is asked: one line, exit 2."""
+    proc = client(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and err.count("\n") == 1 and want in err, err

@@ -181,8 +181,11 @@ def run_cluster(endpoints: Sequence[NodeEndpoint], argv: Sequence[str], outputs:
                 token: str | None = None, max_time: float | None = None,
                 stop: StopFlag = STOP, err: TextIO | None = None,
                 window_ns: int | None = None,
-                on_started: Callable[[NodeRun], None] | None = None) -> ClusterResult:
-    """Run ``argv`` on every endpoint, merge, write ``outputs``; report on ``err``."""
+                on_started: Callable[[NodeRun], None] | None = None,
+                on_ended: Callable[[NodeRun], None] | None = None) -> ClusterResult:
+    """Run ``argv`` on every endpoint, merge, write ``outputs``; report on ``err``.
+    ``on_started``/``on_ended``: called as each node's gadget starts and as its stream
+    ends (whether or not it started: an unreachable node ends without starting)."""
     err = err or sys.stderr
     nodes = [NodeRun(ep, i, ep.node) for i, ep in enumerate(endpoints)]
     inbox: queue.Queue[Any] = queue.Queue()
@@ -263,6 +266,8 @@ def run_cluster(endpoints: Sequence[NodeEndpoint], argv: Sequence[str], outputs:
                     node.state = "failed" if node.state == "running" else "unreachable"
                     node.error = node.error or "the stream ended without a summary"
                     say(f"node {node.name}: {node.error}")
+            if on_ended is not None:
+                on_ended(node)
             flush()
             continue
         if isinstance(item, BaseException):

@@ -124,6 +124,7 @@ def serve(cluster: list[str], rest: list[str]) -> int:
     graph.offset_ns = 0  # recorded records carry wall-clock times
     feeds = [GraphFeed(graph, [_load(spec.extra["graph_recorded"])]) for spec in usable]
     started: dict[str, list[NodeRun]] = {spec.name: [] for spec in usable}
+    settled: dict[str, set[int]] = {spec.name: set() for spec in usable}
     lock = threading.Lock()
 
     def sources() -> dict[str, SourceStats]:
@@ -152,9 +153,15 @@ def serve(cluster: list[str], rest: list[str]) -> int:
         def node_started(node: NodeRun) -> None:
             with lock:
                 started[spec.name].append(node)
+                settled[spec.name].add(node.index)
+
+        def node_ended(node: NodeRun) -> None:
+            with lock:
+                settled[spec.name].add(node.index)
         try:
             results.append(run_cluster(endpoints, argvs[i], outputs, token=token,
-                                       max_time=ns.max_time, on_started=node_started))
+                                       max_time=ns.max_time, on_started=node_started,
+                                       on_ended=node_ended))
         finally:
             done[i].set()
 
@@ -167,8 +174,9 @@ def serve(cluster: list[str], rest: list[str]) -> int:
             threads.append(threading.Thread(target=one, args=(i,), daemon=True,
                                             name=f"serve-{spec.name}"))
             threads[-1].start()
+            # Every node started this gadget, or ended (unreachable, refused) first.
             while not STOP.is_set() and not done[i].is_set() and (
-                    len(started[spec.name]) < len(endpoints)):
+                    len(settled[spec.name]) < len(endpoints)):
                 STOP.sleep(0.05)
         if not STOP.is_set():
             sys.stderr.write(f"{PROG}: serving the traffic graph at {where} "
