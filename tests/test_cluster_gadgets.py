@@ -130,6 +130,23 @@ def test_packets_max_packets_stops_the_cluster_run(lab: Lab, tmp_path: Path,
     assert info.returncode == 0 and "Number of packets:   5" in info.stdout, info.stdout
 
 
+def test_max_bytes_stops_the_cluster_run(lab: Lab, tmp_path: Path, servers: None) -> None:
+    out, err, summary = tmp_path / "c.json", tmp_path / "client.err", tmp_path / "s.json"
+    with agents(_nodes(lab), tmp_path) as running:
+        proc = client(*_addrs(running), "trace", "tcplife", "--json", str(out),
+                      "--max-bytes", "2K", "--summary", str(summary),
+                      stdout=subprocess.DEVNULL, stderr=err.open("w"))
+        _tracing(err, 3)
+        for _ in range(10):
+            if proc.poll() is not None:
+                break
+            _traffic(lab)
+        assert proc.wait(60) == 0, err.read_text()
+    assert out.stat().st_size >= 2048
+    assert all(r["node"] in _nodes(lab) for r in _lines(out))  # whole lines, valid JSON
+    assert json.loads(summary.read_text())["stopped_by"] == "--max-bytes reached"
+
+
 # -- tcplife and flows: JSON lines, the gadget's table and SQLite ----------------------------
 
 def test_tcplife_json_table_and_sqlite_like_the_local_command(lab: Lab, tmp_path: Path,

@@ -39,7 +39,7 @@ CLUSTER_FLAGS = {"--agent-addr": True, "--token-file": True, "--kubeconfig": Tru
 #: Output flags of gadget commands: kept on the client. flag -> takes a value.
 OUTPUT_FLAGS = {"-o": True, "--output": True, "--json": True, "--sqlite": True, "-w": True,
                 "--write": True, "--force": False, "--tui": False, "--no-tui": False,
-                "--max-bytes": True}
+                "--max-bytes": True, "--max-packets": True, "--ring": True, "--ring-size": True}
 GRAPH_FLAGS = {"-o": True, "--output": True, "--stats-type": True, "--persistent": True,
                "--aggregate-cidr": True, "--aggregate-cidr6": True, "--tls": False,
                "--flows": False, "--open-every": True, "--timeout": True, "--max-time": True,
@@ -187,6 +187,7 @@ def _gadget(cluster: list[str], rest: list[str]) -> int:
     endpoints = _endpoints(cluster)
     _outs, agent_argv = take(rest, OUTPUT_FLAGS)
     outputs = Outputs()
+    outputs.max_bytes = getattr(ns, "max_bytes", None)
     summary_file = _last(cluster, "--summary")
     for path in (getattr(ns, "sqlite", None), getattr(ns, "json_file", None), summary_file):
         if path:

@@ -88,6 +88,7 @@ class Outputs:
         self.capture: Any = None  # MergedCapture
         self.sqlite: Any = None
         self.columns: str = ""  # -o columns=
+        self.max_bytes: int | None = None  # --max-bytes: JSON written, SQLite, pcapng
 
     @property
     def parts(self) -> list[str]:
@@ -96,9 +97,16 @@ class Outputs:
 
     @property
     def full(self) -> str:
-        """Why an output takes no more (``--max-packets reached``), else empty: the run
-        then stops as on Ctrl-C, rather than merging what nothing would write."""
-        return str(getattr(self.capture, "full", "") or "")
+        """Why the outputs take no more (``--max-packets reached``, ``--max-bytes
+        reached``), else empty: the run then stops as on Ctrl-C, rather than merging
+        what nothing would write."""
+        why = str(getattr(self.capture, "full", "") or "")
+        if not why and self.max_bytes is not None:
+            written = sum(int(getattr(o, "bytes", 0) or getattr(o, "size", 0) or 0)
+                          for o in self.records)
+            if written >= self.max_bytes:
+                why = "--max-bytes reached"
+        return why
 
     def describe(self, started: pb.Started) -> None:
         for out in self.records:
