@@ -98,6 +98,9 @@ def parse_request(argv: Sequence[str], scope_netns: str | None = None,
     refused = {**REFUSED, **(REFUSED_CAPTURE if "capture" in spec.flag_groups else {})}
     for attr, flag in refused.items():
         if getattr(ns, attr, None) not in (None, False):
+            if attr == "comments":
+                raise UserError("--comments is not available through agents yet (the "
+                                "comments are written with the capture file, on the client)")
             raise UserError(f"{flag}: names a file on the node; outputs are written by the "
                             "client (give output flags to kubectl podsight)")
     if "capture" in spec.flag_groups and outputs:
