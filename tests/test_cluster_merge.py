@@ -133,6 +133,7 @@ def test_agent_refuses_other_addresses(argv: list[str], want: str) -> None:
     (["trace", "tcpconnect", "--tui"], "--tui: outputs are written by the client"),
     (["packets", "-w", "/tmp/x.pcapng"], "-w: outputs are written by the client"),
     (["trace", "tcpconnect", "--no-such-flag"], "unrecognized arguments"),
+    (["packets", "--comments"], "--comments is not available through agents"),
 ])
 def test_agent_refuses_output_files_and_bad_requests(tmp_path: Path, argv: list[str],
                                                      want: str) -> None:
