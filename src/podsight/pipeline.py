@@ -275,6 +275,11 @@ class OutputOptions:
     frame_outputs: tuple[Callable[[RunContext], FrameOutput], ...] = ()
     #: Print the gadget's ``status()`` line on stderr while running (capture gadgets).
     status_line: bool = False
+    #: Check ``columns`` before starting even when no table is shown here (``podsight
+    #: agent`` formats table cells for a client): a bad name is bad input, said first.
+    check_columns: bool = False
+    #: Members every JSON line starts with (``"node":"node-a",``, from ``podsight agent``).
+    json_prefix: str = ""
 
 
 R_contra = TypeVar("R_contra", contravariant=True)
@@ -572,7 +577,7 @@ class Run(Generic[R]):
                 self._files.append((target, self._sizes[-1]))
 
         def json_lines(stream: TextIO) -> JsonLines[R]:
-            json = JsonLines(schema, stream)
+            json = JsonLines(schema, stream, opts.json_prefix)
             self._outputs.append(json)
             self._sizes.append(lambda: json.bytes)
             spec = gadget.templates(lambda raw: self._admit_raw(raw, admission))
@@ -581,7 +586,7 @@ class Run(Generic[R]):
             varying = {slot.attr for slot in spec.slots} if spec is not None else set()
             if self._template is None and spec is not None and not varying & {
                     getattr(p, "attr", "") for p in self.predicates}:
-                self._template = (TemplateJson(JsonEncoder(schema), spec,
+                self._template = (TemplateJson(JsonEncoder(schema, opts.json_prefix), spec,
                                                _TemplateIdentity(gadget, admission)), json)
             return json
 
@@ -601,6 +606,12 @@ class Run(Generic[R]):
                 table = TableWriter(fields, self.out)
                 table.header()
                 self._outputs.append(table)
+
+    def table_fields(self) -> list[Any]:
+        """The table's columns of the running gadget (as :meth:`_columns`), for a caller
+        that formats the table elsewhere (``podsight agent``)."""
+        assert self.gadget is not None
+        return self._columns(self.gadget)
 
     def _columns(self, gadget: Gadget[R]) -> list[Any]:
         """The table's columns: the defaults (with identity's when pods are known, and the
@@ -827,7 +838,7 @@ class Run(Generic[R]):
         gadget = self.factory(ctx)
         self.gadget = gadget
         stack.callback(gadget.close)
-        if self.options.mode == "columns":
+        if self.options.mode == "columns" or self.options.check_columns:
             self._columns(gadget)  # a bad -o columns= is bad input: say so before starting
         stop.check()
         what = gadget.start(self.selection())

@@ -331,8 +331,7 @@ def _selector_words(ns: argparse.Namespace) -> str:
 
 def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
     """Parse what is left of the flags, build the run, execute it; the summary line always."""
-    from podsight.pipeline import OutputOptions, Run, RunContext, RunResult, summary_line
-    from podsight.timefmt import Clock
+    from podsight.pipeline import OutputOptions, RunResult, summary_line
 
     mode, columns = parse_output(getattr(ns, "output", "columns"))
     if columns is not None:
@@ -363,6 +362,45 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
         frame_outputs = (_capture_output(ns),)
         if not live:
             mode = "none"  # the capture file is the output; records only feed the view
+    options = OutputOptions(
+        mode=mode, columns=columns, sqlite=sqlite, json_file=json_file, live=live,
+        max_time=ns.max_time, max_bytes=ns.max_bytes, command=" ".join(sys.argv),
+        frame_outputs=frame_outputs, status_line=bool(frame_outputs) and not live,
+    )
+    result = RunResult()
+    with ExitStack() as stack:
+        try:
+            run_ = build_run(spec, ns, options, stack)
+        except Stopped:
+            sys.stderr.write(summary_line(spec, result) + "\n")
+            return 0
+        if options.live:
+            from podsight.tui import run_live
+
+            err = run_.err
+
+            def warn(text: str) -> None:
+                err.write(f"podsight: warning: {text}\n")
+            run_.ctx.warn = warn
+            result = run_live(run_)
+        else:
+            result = run_.execute()
+    if result.failure is not None:
+        raise result.failure
+    return 0
+
+
+def build_run(spec: GadgetSpec, ns: argparse.Namespace, options: Any, stack: ExitStack, *,
+              stop: Any = STOP, out: Any = None, err: Any = None,
+              warn: Callable[[str], None] = _warn) -> Any:
+    """The :class:`~podsight.pipeline.Run` of ``spec`` for parsed flags ``ns`` and
+    ``options``: filter rules, pod selection, identity (closed by ``stack``), the gadget's
+    factory and triggers. Shared by the local command and ``podsight agent``, which gives
+    its own outputs, stop flag and error stream; raises :class:`Stopped` if ``stop`` is set
+    during startup."""
+    from podsight.pipeline import Run, RunContext
+    from podsight.timefmt import Clock
+
     rules = []
     if "rules" in spec.flag_groups:
         from podsight.cli.rules import parse_rules
@@ -376,48 +414,24 @@ def run(spec: GadgetSpec, ns: argparse.Namespace) -> int:
             values[extra] = getattr(ns, extra)
     filters = predicates(spec, values)
     module, _, attr = spec.factory.partition(":")
-    options = OutputOptions(
-        mode=mode, columns=columns, sqlite=sqlite, json_file=json_file, live=live,
-        max_time=ns.max_time, max_bytes=ns.max_bytes, command=" ".join(sys.argv),
-        frame_outputs=frame_outputs, status_line=bool(frame_outputs) and not live,
-    )
-    result = RunResult()
-    with ExitStack() as stack:
-        try:
-            from podsight.cli.identity import build_resolver
+    from podsight.cli.identity import build_resolver
 
-            resolver = build_resolver(ns, stack)
-            if spec.strict_pods and selector.pods.exact:
-                known = {p.name for p in resolver.pods()}
-                missing = sorted(selector.pods.exact - known)
-                if missing and not (selector.pods.include - selector.pods.exact):
-                    raise UserError(f"no pod named {', '.join(missing)} (-p takes pod names "
-                                    "or patterns like 'web-*')")
-            if selector.selects_pods and not any(
-                    selector.matches(p.namespace, p.name, p.labels, p.node or resolver.node_name,
-                                     p.containers) for p in resolver.pods()):
-                _warn(f"no pod matches {_selector_words(ns) or 'the pod flags'} yet; "
-                      "its traffic is captured as soon as one does")
-            factory = getattr(importlib.import_module(module), attr)
-            ctx = RunContext(spec=spec, values=values, resolver=resolver, selector=selector,
-                             clock=Clock(), rules=rules, warn=_warn)
-            triggers = _triggers(spec, ns, resolver, selector, ctx.clock)
-            STOP.check()
-        except Stopped:
-            sys.stderr.write(summary_line(spec, result) + "\n")
-            return 0
-        run_ = Run(ctx, factory, options, netns, filters, triggers=triggers)
-        if options.live:
-            from podsight.tui import run_live
-
-            err = run_.err
-
-            def warn(text: str) -> None:
-                err.write(f"podsight: warning: {text}\n")
-            ctx.warn = warn
-            result = run_live(run_)
-        else:
-            result = run_.execute()
-    if result.failure is not None:
-        raise result.failure
-    return 0
+    resolver = build_resolver(ns, stack)
+    if spec.strict_pods and selector.pods.exact:
+        known = {p.name for p in resolver.pods()}
+        missing = sorted(selector.pods.exact - known)
+        if missing and not (selector.pods.include - selector.pods.exact):
+            raise UserError(f"no pod named {', '.join(missing)} (-p takes pod names "
+                            "or patterns like 'web-*')")
+    if selector.selects_pods and not any(
+            selector.matches(p.namespace, p.name, p.labels, p.node or resolver.node_name,
+                             p.containers) for p in resolver.pods()):
+        warn(f"no pod matches {_selector_words(ns) or 'the pod flags'} yet; "
+             "its traffic is captured as soon as one does")
+    factory = getattr(importlib.import_module(module), attr)
+    ctx = RunContext(spec=spec, values=values, resolver=resolver, selector=selector,
+                     clock=Clock(), rules=rules, warn=warn)
+    triggers = _triggers(spec, ns, resolver, selector, ctx.clock)
+    stop.check()
+    return Run(ctx, factory, options, netns, filters, stop=stop, out=out, err=err,
+               triggers=triggers)

@@ -33,7 +33,7 @@ from podsight.errors import PodsightError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from podsight.cli import gadget, graph, lab, policy, serve
+    from podsight.cli import agent, gadget, graph, lab, policy, serve
     from podsight.gadgets import specs
 
     parser = OneLineParser(
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy.register_check(groups)
     serve.register(groups)
     graph.register(groups)
+    agent.register(groups)
     return parser
 
 

@@ -39,12 +39,16 @@ CACHE_LIMIT = 65536
 
 
 class JsonEncoder(Generic[R]):
-    """A record as one JSON object, keys in schema order, absent values left out."""
+    """A record as one JSON object, keys in schema order, absent values left out.
 
-    def __init__(self, schema: Schema[R]) -> None:
+    ``prefix``: members every line starts with (``"node":"node-a",``: ``podsight agent``
+    names its node there), part of every template too, so it costs nothing per event."""
+
+    def __init__(self, schema: Schema[R], prefix: str = "") -> None:
         self._parts: list[tuple[str, Callable[[R], str | None]]] = [
             (f'"{f.name}":', f.json) for f in schema.json_fields if f.json is not None
         ]
+        self._open = "{" + prefix
 
     def __call__(self, record: R) -> str:
         out = []
@@ -52,14 +56,14 @@ class JsonEncoder(Generic[R]):
             text = enc(record)
             if text is not None:
                 out.append(key + text)
-        return "{" + ",".join(out) + "}"
+        return self._open + ",".join(out) + "}"
 
 
 class JsonLines(Generic[R]):
     """Writes records as JSON lines to a stream; counts the bytes written."""
 
-    def __init__(self, schema: Schema[R], stream: TextIO) -> None:
-        self.encode = JsonEncoder(schema)
+    def __init__(self, schema: Schema[R], stream: TextIO, prefix: str = "") -> None:
+        self.encode = JsonEncoder(schema, prefix)
         self.stream = stream
         self.bytes = 0
 

@@ -121,6 +121,23 @@ class SqliteWriter:
         except sqlite3.Error as exc:
             raise RunFailure(f"writing {self.path}: {exc}") from None
 
+    def replace_table(self, name: str, columns: Sequence[tuple[str, str]],
+                      rows: Sequence[Sequence[object]]) -> None:
+        """A side table (``kubectl podsight``'s ``nodes``) made or replaced whole, in one
+        transaction: a reader sees the old rows or the new ones."""
+        if self._db is None:
+            return
+        marks = ", ".join("?" for _ in columns)
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (f'CREATE TABLE IF NOT EXISTS "{name}" ('
+             + ", ".join(f'"{c}" {t}' for c, t in columns) + ")", ()),
+            (f'DELETE FROM "{name}"', ())]
+        statements += [(f'INSERT INTO "{name}" VALUES ({marks})', tuple(r)) for r in rows]
+        try:
+            self._transaction(statements)
+        except sqlite3.Error as exc:
+            raise RunFailure(f"writing {self.path}: {exc}") from None
+
     @property
     def size(self) -> int:
         try:

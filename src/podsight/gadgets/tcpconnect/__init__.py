@@ -55,5 +55,6 @@ SPEC = GadgetSpec(
     # serve leaves it out while another gadget feeds failed connects too (graph_feeds).
     extra={"graph": "podsight.gadgets.tcpconnect.graph:observe",
            "graph_feeds": ("connect_failures",),
+           "graph_recorded": "podsight.gadgets.tcpconnect.graph:observe_recorded",
            "graph_values": {"failed_only": True}},
 )

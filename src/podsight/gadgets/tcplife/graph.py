@@ -8,6 +8,9 @@ from typing import Any
 import numpy as np
 
 from podsight.analysis.graph import ClosedConnections, ConnectFailure, Connection, Observation
+from podsight.analysis.recorded import columns as _columns
+from podsight.analysis.recorded import endpoint as _endpoint
+from podsight.analysis.recorded import wall_ns as _wall
 from podsight.gadgets.tcplife.schema import Conn
 from podsight.gadgets.tcplife.tcplife import F_FAILED, F_OPEN
 from podsight.identity.endpoint import Endpoint
@@ -97,17 +100,6 @@ def _one_by_one(raw: np.ndarray, naming: Any) -> tuple[list[Observation], int]:
     return list(observe(kept)), len(kept)
 
 
-def _endpoint(obj: dict[str, Any], addr: str) -> Endpoint:
-    """An endpoint as the JSON object (or SQLite columns) of a record named it."""
-    kind = obj.get("kind") or "raw"
-    workload = obj.get("workload") or {}
-    name = obj.get("pod") or obj.get("service") or obj.get("name") or (
-        obj.get("node") if kind == "node" else "") or ""
-    return Endpoint(kind=kind, addr=addr, namespace=obj.get("namespace") or "", name=name,
-                    node=obj.get("node") or "", workload_kind=workload.get("kind", ""),
-                    workload_name=workload.get("name", ""))
-
-
 def observe_recorded(row: dict[str, Any]) -> Connection | ConnectFailure | None:
     """One record written by ``trace tcplife`` (a JSON line, or a SQLite row as a dict of
     its columns), or None if it is not one; a failed connect (``--failed-connects``) is
@@ -129,19 +121,3 @@ def observe_recorded(row: dict[str, Any]) -> Connection | ConnectFailure | None:
                       remote_port=row["dport"], role=row["role"],
                       open=row["state"] == "open", start_ns=start, ts_ns=ts,
                       sent=row["bytes_sent"], received=row["bytes_received"])
-
-
-def _columns(row: dict[str, Any], side: str) -> dict[str, Any]:
-    workload = row.get(f"{side}_workload") or ""
-    kind, _, name = workload.partition("/")
-    return {"kind": row.get(f"{side}_kind"), "namespace": row.get(f"{side}_namespace"),
-            "name": row.get(f"{side}_name"), "node": row.get(f"{side}_node"),
-            "workload": {"kind": kind, "name": name} if workload else {}}
-
-
-def _wall(text: str) -> int:
-    from datetime import datetime
-
-    seconds, _, frac = text.rstrip("Z").partition(".")
-    whole = int(datetime.fromisoformat(seconds + "+00:00").timestamp())
-    return whole * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])

@@ -1,0 +1,170 @@
+"""Cluster mode on simulated nodes: three agents, each its own node and network namespace,
+merged by kubectl-podsight through --agent-addr. Real kernel, real sockets, real gRPC."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from clusterrun import agents, bpftool_links, client, connects, held_links, namespaces, wait_for
+
+from podsight.lab import Lab
+
+N = 1500
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _ours(rows: list[dict[str, object]], ports: dict[str, int]) -> dict[str, list[object]]:
+    out: dict[str, list[object]] = {}
+    for r in rows:
+        node = str(r["node"])
+        if r.get("dport") == ports.get(node):
+            out.setdefault(node, []).append(r)
+    return out
+
+
+def test_three_agents_merge_without_loss_or_duplicates(lab: Lab, tmp_path: Path) -> None:
+    nodes = {"node-a": "ps-cl-a", "node-b": "ps-cl-b", "node-c": "ps-cl-c"}
+    out, err = tmp_path / "merged.json", tmp_path / "client.err"
+    with namespaces(*nodes.values()), agents(nodes, tmp_path) as running:
+        proc = client(*[w for a in running for w in ("--agent-addr", a.addr)],
+                      "trace", "tcpconnect", "-o", "json",
+                      stdout=out.open("w"), stderr=err.open("w"))
+        wait_for(lambda: err.read_text().count("tracing TCP connects") == 3, "3 nodes tracing")
+        ports = {node: connects(ns, N) for node, ns in nodes.items()}
+        wait_for(lambda: all(len(v) == N for v in _ours(_lines(out), ports).values())
+                 and len(_ours(_lines(out), ports)) == 3, f"{N} connects from each node")
+        links = held_links({a.proc.pid for a in running})
+        assert links and links <= bpftool_links(), "the agents' gadgets hold links (bpftool)"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, err.read_text()
+        # Ctrl-C on the client stopped every agent's gadget: bpftool lists none of their links.
+        wait_for(lambda: not links & bpftool_links(), "agents' BPF links gone")
+        assert all(a.proc.poll() is None for a in running), "agents keep serving"
+    rows = _lines(out)
+    mine = _ours(rows, ports)
+    for node, records in mine.items():
+        keys = Counter((r["sport"], r["time"]) for r in records)  # type: ignore[index]
+        assert len(records) == N and max(keys.values()) == 1, node
+    # Each node's records come from its own namespace only.
+    assert {r["node"] for r in rows} <= set(nodes)
+    # Interleaved by time across nodes (the merge's order), not node after node.
+    times = [r["time"] for r in rows]
+    assert times == sorted(times)
+    text = err.read_text()
+    for node in nodes:
+        assert f"node {node} (" in text and "0 lost on the way, 0 duplicates dropped" in text
+    assert "from 3 of 3 nodes, 0 lost" in text, text
+
+
+def test_agent_killed_mid_stream_is_reported_and_others_go_on(lab: Lab, tmp_path: Path) -> None:
+    nodes = {"node-a": "ps-cl-a", "node-b": "ps-cl-b", "node-c": "ps-cl-c"}
+    out, err = tmp_path / "merged.json", tmp_path / "client.err"
+    with namespaces(*nodes.values()), agents(nodes, tmp_path) as running:
+        proc = client(*[w for a in running for w in ("--agent-addr", a.addr)],
+                      "trace", "tcpconnect", "-o", "json", "--sqlite", str(tmp_path / "c.db"),
+                      stdout=out.open("w"), stderr=err.open("w"))
+        wait_for(lambda: err.read_text().count("tracing TCP connects") == 3, "3 nodes tracing")
+        running[1].proc.kill()  # SIGKILL node-b's agent
+        wait_for(lambda: "node node-b" in err.read_text() and "mid-stream" in err.read_text(),
+                 "node-b reported")
+        ports = {n: connects(nodes[n], 200) for n in ("node-a", "node-c")}
+        wait_for(lambda: all(len(_ours(_lines(out), ports).get(n, [])) == 200 for n in ports),
+                 "the other nodes go on")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, err.read_text()
+    text = err.read_text()
+    assert "from 2 of 3 nodes" in text and "failed: node-b" in text, text
+    db = subprocess.run(["sqlite3", str(tmp_path / "c.db"),
+                         "select node, state from nodes order by node; "
+                         "select value from capture where key = 'unreachable'"],
+                        capture_output=True, text=True, check=True).stdout.split()
+    assert db == ["node-a|done", "node-b|failed", "node-c|done", "node-b"], db
+
+
+@pytest.mark.parametrize("addr,want", [
+    ("nonsense", "use HOST:PORT"),
+    ("127.0.0.1:99999", "use HOST:PORT"),
+])
+def test_bad_agent_addr_is_one_line(addr: str, want: str) -> None:
+    proc = client("--agent-addr", addr, "trace", "tcpconnect", stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and err.count("\n") == 1 and want in err, err
+
+
+def test_unreachable_agent_is_one_line_and_fails(tmp_path: Path) -> None:
+    from clusterrun import free_port
+
+    proc = client("--agent-addr", f"127.0.0.1:{free_port()}", "trace", "tcpconnect",
+                  "--summary", str(tmp_path / "s.json"), stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "cannot connect" in err and "Traceback" not in err
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["nodes"][0]["state"] == "unreachable"
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["--listen", "0.0.0.0:7750", "--auth", "none"], "loopback or the pod IP"),
+    (["--listen", "198.51.100.7:7750", "--auth", "none"], "loopback or the pod IP"),
+    (["--listen", "nohost"], "use HOST:PORT"),
+])
+def test_agent_refuses_other_addresses(argv: list[str], want: str) -> None:
+    import sys
+
+    from clusterrun import ENV
+
+    p = subprocess.run([sys.executable, "-m", "podsight.cli.main", "agent", *argv], env=ENV,
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and want in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["trace", "tcpconnect", "--sqlite", "/tmp/x.db"], "--sqlite: names a file on the node"),
+    (["trace", "tcpconnect", "--tui"], "--tui: outputs are written by the client"),
+    (["packets", "-w", "/tmp/x.pcapng"], "-w: outputs are written by the client"),
+    (["trace", "tcpconnect", "--no-such-flag"], "unrecognized arguments"),
+    (["packets", "--comments"], "--comments is not available through agents"),
+])
+def test_agent_refuses_output_files_and_bad_requests(tmp_path: Path, argv: list[str],
+                                                     want: str) -> None:
+    """Asked directly (the client strips output flags before it asks): one line, the
+    gRPC status INVALID_ARGUMENT, nothing run."""
+    import io
+
+    from podsight.cluster.client import Outputs, run_cluster
+    from podsight.cluster.endpoints import NodeEndpoint
+
+    with agents({"node-a": None}, tmp_path) as running:
+        err = io.StringIO()
+        result = run_cluster([NodeEndpoint("node-a", "127.0.0.1", running[0].port)], argv,
+                             Outputs(), err=err)
+    node = result.nodes[0]
+    assert node.state == "failed" and want in node.error, err.getvalue()
+    assert "INVALID_ARGUMENT" in node.error
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["--bogus", "trace", "tcpconnect"], "--bogus: not a kubectl-podsight flag"),
+    (["--agent-addr"], "--agent-addr needs a value"),
+    (["--agent-addr", "127.0.0.1:1"], "no command"),
+    (["--agent-addr", "127.0.0.1:1", "serve", "--listen", "0.0.0.0:9999"],
+     "serving beyond loopback needs --token-file"),
+    (["--agent-addr", "127.0.0.1:1", "serve", "--flows"], "serve --flows is not available"),
+    (["--agent-addr", "127.0.0.1:1", "trace", "tcpconnect", "-o", "columns=,"],
+     "needs at least one column name"),
+])
+def test_client_bad_input_is_one_line(argv: list[str], want: str) -> None:
+    """Checked on the client before any node is asked: one line, exit 2."""
+    proc = client(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and err.count("\n") == 1 and want in err, err
