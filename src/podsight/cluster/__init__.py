@@ -1,21 +1,12 @@
-"""Cluster mode, the user's side: ``kubectl podsight ...``.
+"""Cluster mode: ``podsight agent`` (one per node) and the client that merges nodes.
 
-This package deploys the agent DaemonSet (:mod:`.deploy`), finds the agent
-pods and reaches them through the API server's pod port-forward
-(:mod:`.portforward`), and talks to Kubernetes through the user's own
-``kubectl`` (:mod:`.kubectl`): a kubectl plugin always has one, with the
-user's credentials, plugins and proxies already set up.
+- :mod:`.endpoints`: the plain data the client takes (:class:`NodeEndpoint`) and the
+  address rules of the agent (loopback or the pod IP only);
+- :mod:`.auth`: TokenReview + SubjectAccessReview against the API server;
+- :mod:`.session`: one gadget run on the agent, its records sent in batches;
+- :mod:`.server`: the gRPC service and the health endpoints (``podsight agent``);
+- :mod:`.merge`: sequence accounting and the time-ordered merge of node streams;
+- :mod:`.client` and :mod:`.sinks`: running a gadget on every node, writing the outputs.
+
+The protocol is ``agent.proto`` (compiled to ``agent_pb2``); see docs/cluster.md.
 """
-
-from __future__ import annotations
-
-#: The label every object ``deploy`` creates carries; ``undeploy`` deletes by it.
-PART_OF = "app.kubernetes.io/part-of"
-PART_OF_VALUE = "podsight"
-LABEL_SELECTOR = f"{PART_OF}={PART_OF_VALUE}"
-#: The agent pods' own label (the DaemonSet's selector).
-AGENT_SELECTOR = "app.kubernetes.io/name=podsight-agent"
-NAMESPACE = "podsight"
-DAEMONSET = "podsight-agent"
-#: The agent's gRPC port, on the pod's loopback (deploy/daemonset.yaml).
-AGENT_PORT = 9473

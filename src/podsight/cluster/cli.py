@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence  # noqa: E402
 
 from podsight import __version__  # noqa: E402
 from podsight.cli.parser import OneLineParser  # noqa: E402
-from podsight.cluster import NAMESPACE  # noqa: E402
+from podsight.cluster.deployment import NAMESPACE  # noqa: E402
 from podsight.cluster.kubectl import Kubectl  # noqa: E402
 
 

@@ -19,13 +19,13 @@ from typing import Any
 
 import yaml
 
-from podsight.cluster import DAEMONSET, LABEL_SELECTOR, NAMESPACE, PART_OF, PART_OF_VALUE
+from podsight.cluster.deployment import DAEMONSET, LABEL_SELECTOR, NAMESPACE, PART_OF, PART_OF_VALUE
 from podsight.cluster.kubectl import Kubectl, KubectlError
 from podsight.errors import RunFailure, UserError
 
 #: Namespaced kinds deploy creates, then the cluster-scoped ones (undeploy's order:
 #: the DaemonSet and its pods go first, the namespace last).
-NAMESPACED_KINDS = ("daemonsets.apps", "serviceaccounts")
+NAMESPACED_KINDS = ("daemonsets.apps", "roles.rbac.authorization.k8s.io", "serviceaccounts")
 CLUSTER_KINDS = ("clusterrolebindings.rbac.authorization.k8s.io",
                  "clusterroles.rbac.authorization.k8s.io", "namespaces")
 

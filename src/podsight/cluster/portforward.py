@@ -25,20 +25,13 @@ import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-from podsight.cluster import AGENT_PORT, AGENT_SELECTOR, NAMESPACE
+from podsight.cluster.deployment import AGENT_PORT, AGENT_SELECTOR, NAMESPACE
+from podsight.cluster.endpoints import NodeEndpoint
 from podsight.cluster.kubectl import Kubectl, last_line
 
 FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) ->")
-
-
-class NodeEndpoint(NamedTuple):
-    """Where the client reaches one node's agent (the shape the merging client takes)."""
-
-    node: str
-    host: str
-    port: int
 
 
 @dataclass(frozen=True)

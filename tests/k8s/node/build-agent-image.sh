@@ -61,37 +61,61 @@ mirror() {
     echo "${m:-http://deb.debian.org/debian}"
 }
 
-build_base() {
+# Stage 1 (cached on its own, so that a failure later does not repeat it): debootstrap.
+debootstrap_rootfs() {
+    local dkey dir tmp m
+    dkey=$(printf '%s\n' "$SUITE" "${DEBS[@]}" | sha256sum | cut -c1-16)
+    dir=$OUT/debootstrap-$dkey
+    if [[ -f $dir/.done ]]; then echo "$dir"; return; fi
     [[ $(id -u) == 0 ]] || die "building the base needs root (debootstrap, chroot)"
     command -v debootstrap >/dev/null || die "no debootstrap (apt-get install debootstrap; make setup-test does)"
-    local tmp rootfs m
+    m=$(mirror)
+    tmp=$(mktemp -d "$OUT/.debootstrap-XXXXXX")
+    log "debootstrap --variant=minbase $SUITE from $m (with ${DEBS[*]})"
+    debootstrap --variant=minbase --include="$(IFS=,; echo "${DEBS[*]}")" "$SUITE" "$tmp/rootfs" "$m" \
+        >"$tmp/debootstrap.log" 2>&1 || { tail -n 20 "$tmp/debootstrap.log" >&2; rm -rf "$tmp"; die "debootstrap failed"; }
+    rm -rf "$tmp"/rootfs/var/cache/apt/archives/*.deb "$tmp"/rootfs/var/lib/apt/lists/*
+    touch "$tmp/rootfs/.done"
+    find "$OUT" -maxdepth 1 -name 'debootstrap-*' -exec rm -rf {} +
+    mv "$tmp/rootfs" "$dir"; rm -rf "$tmp"
+    echo "$dir"
+}
+
+# Stage 2: the dependencies. The wheels are fetched by the host's pip (its index, proxy
+# and CA settings apply; the chroot has none of them), for the image's Python, and
+# installed in the chroot with no network.
+build_base() {
+    local deb tmp rootfs
+    deb=$(debootstrap_rootfs)
     tmp=$(mktemp -d "$OUT/.base-XXXXXX")
     rootfs=$tmp/rootfs
     # shellcheck disable=SC2064
     trap "umount -l '$rootfs/proc' 2>/dev/null || true; rm -rf '$tmp'" EXIT
-    m=$(mirror)
-    log "debootstrap --variant=minbase $SUITE from $m (with ${DEBS[*]})"
-    debootstrap --variant=minbase --include="$(IFS=,; echo "${DEBS[*]}")" "$SUITE" "$rootfs" "$m" \
-        >"$tmp/debootstrap.log" 2>&1 || { tail -n 20 "$tmp/debootstrap.log" >&2; die "debootstrap failed"; }
-    log "venv /opt/podsight with: $(echo "$DEPS" | paste -sd' ')"
-    cp -L /etc/resolv.conf "$rootfs/etc/resolv.conf"
+    cp -a "$deb" "$rootfs"; rm -f "$rootfs/.done"
+    local pyv
+    pyv=$(chroot "$rootfs" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    mapfile -t deps <<<"$DEPS"
+    log "wheels for Python $pyv: $(echo "$DEPS" | paste -sd' ')"
+    "$PY" -m pip download -q --disable-pip-version-check --only-binary=:all: \
+        --python-version "$pyv" --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform linux_x86_64 --implementation cp \
+        -d "$tmp/wheels" "${deps[@]}" >"$tmp/pip-download.log" 2>&1 \
+        || { tail -n 20 "$tmp/pip-download.log" >&2; die "pip download of the dependencies failed"; }
+    mkdir -p "$rootfs/tmp/wheels"; cp "$tmp"/wheels/* "$rootfs/tmp/wheels/"
     mount -t proc proc "$rootfs/proc"
     chroot "$rootfs" python3 -m venv /opt/podsight
-    # shellcheck disable=SC2086
-    mapfile -t deps <<<"$DEPS"
     chroot "$rootfs" env -i PATH=/usr/bin:/bin HOME=/root /opt/podsight/bin/pip install -q \
-        --no-cache-dir --disable-pip-version-check "${deps[@]}" >"$tmp/pip.log" 2>&1 \
+        --no-index --find-links /tmp/wheels --no-cache-dir --disable-pip-version-check \
+        "${deps[@]}" >"$tmp/pip.log" 2>&1 \
         || { tail -n 20 "$tmp/pip.log" >&2; die "pip install of the dependencies failed"; }
     umount "$rootfs/proc"
-    : >"$rootfs/etc/resolv.conf"  # the kubelet mounts its own
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/root/.cache
+    rm -rf "$rootfs/tmp/wheels" "$rootfs/root/.cache"
     find "$rootfs/opt/podsight" -name __pycache__ -prune -exec rm -rf {} +
     log "base layer tar ($(du -sh "$rootfs" | cut -f1))"
     mkdir -p "$tmp/out"
     tar --sort=name --numeric-owner --mtime=@0 -C "$rootfs" -cf "$tmp/out/layer.tar" .
     sha256sum "$tmp/out/layer.tar" | cut -d' ' -f1 >"$tmp/out/layer.sha256"
-    "$rootfs/usr/bin/python3" --version >"$tmp/out/python-version" 2>/dev/null \
-        || chroot "$rootfs" python3 --version >"$tmp/out/python-version"
+    chroot "$rootfs" python3 --version >"$tmp/out/python-version"
     printf '%s\n' "$RECIPE" "${DEBS[@]}" "$DEPS" >"$tmp/out/KEY"
     rm -rf "$BASE"; mv "$tmp/out" "$BASE"
     rm -rf "$tmp"; trap - EXIT
