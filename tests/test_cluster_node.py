@@ -43,6 +43,7 @@ DEPLOY = ROOT / "deploy"
 PACKAGED = ROOT / "src/podsight/cluster/manifests"
 SA = f"system:serviceaccount:{NAMESPACE}:podsight-agent"
 HAS_AGENT = importlib.util.find_spec("podsight.cli.agent") is not None
+HAS_CLIENT = importlib.util.find_spec("podsight.cli.kubectl") is not None
 NO_AGENT = "podsight agent is not in this tree yet (issue 13 part A, branch cluster-agent)"
 
 
@@ -93,13 +94,6 @@ def test_deploy_refuses_bad_input(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------ against the real node
-def test_apply_k_to_the_real_apiserver(node: Node) -> None:
-    """``kubectl apply -k deploy/`` is accepted by the API server (server-side dry run:
-    the real DaemonSet would pull an image from a registry this machine must not reach)."""
-    out = node.run("apply", "-k", str(DEPLOY), "--dry-run=server").stdout
-    assert out.count("(server dry run)") == 7, out
-
-
 @pytest.fixture(scope="module")
 def rbac(node: Node) -> Iterator[None]:
     """deploy/'s objects without the DaemonSet, applied for real; removed by label after."""
@@ -113,6 +107,14 @@ def rbac(node: Node) -> Iterator[None]:
     from podsight.cluster.deploy import undeploy
 
     undeploy(node.kubectl(), log=lambda _: None)
+
+
+def test_apply_k_to_the_real_apiserver(node: Node, rbac: None) -> None:
+    """``kubectl apply -k deploy/`` is accepted by the API server: a server-side dry run
+    (admission and schema checks included) once the namespace exists, since the real
+    DaemonSet would pull from a registry this machine must not reach."""
+    out = node.run("apply", "-k", str(DEPLOY), "--dry-run=server").stdout.strip().splitlines()
+    assert len(out) == 7 and all(line.endswith("(server dry run)") for line in out), out
 
 
 @pytest.mark.parametrize(("verb", "what", "allowed"), [
@@ -219,16 +221,8 @@ def test_agent_image_traces_a_busybox_pod(node: Node, agent_image: str, rbac: No
            "namespace": NAMESPACE, "labels": {"app.kubernetes.io/part-of": "podsight"}},
            "spec": spec}
     node.run("apply", "-f", "-", stdin=json.dumps(pod))
-    server = busybox("server-" + uuid.uuid4().hex[:4], "exec nc -lk -p 8080 -e echo hi",
-                     namespace=ns)
-    node.run("apply", "-f", "-", stdin=json.dumps(server))
-    srv = wait_for(lambda: pod_ready(node, ns, server["metadata"]["name"]), 60, "the server pod")
-    ip = srv["status"]["podIP"]
-    client_name = "client-" + uuid.uuid4().hex[:4]
-    client = busybox(client_name, f"while true; do nc -w 1 {ip} 8080 </dev/null; sleep 0.2; "
-                                  "done", namespace=ns)
-    node.run("apply", "-f", "-", stdin=json.dumps(client))
-    cli = wait_for(lambda: pod_ready(node, ns, client_name), 60, "the client pod")
+    server, client_name = start_client_server(node, ns)
+    cli = pod_ready(node, ns, client_name)
     wait_for(lambda: pod_ready(node, NAMESPACE, probe_name), 90, "the agent probe pod")
     try:
         proc = node.run("exec", "-n", NAMESPACE, probe_name, "--", "podsight", "trace",
@@ -240,7 +234,7 @@ def test_agent_image_traces_a_busybox_pod(node: Node, agent_image: str, rbac: No
         assert mine, f"no connect of {client_name} among {len(recs)} records: {proc.stderr}"
         r = mine[0]
         assert r["src"]["namespace"] == ns and r["result"] == "ok"
-        assert r["dst"].get("pod") == server["metadata"]["name"], r["dst"]
+        assert r["dst"].get("pod") == server, r["dst"]
         assert r["src"].get("container") == "client", r["src"]
         assert r["src"].get("node") == node.name, r["src"]
         cid = cli["status"]["containerStatuses"][0]["containerID"]
@@ -314,14 +308,29 @@ def leftovers(node: Node) -> list[str]:
     return node.run("get", kinds, "-A", "-l", LABEL_SELECTOR, "-o", "name").stdout.split()
 
 
+def start_client_server(node: Node, ns: str) -> tuple[str, str]:
+    """A busybox server and a client pod that connects to it every 0.2 s: their names."""
+    server = busybox("server-" + uuid.uuid4().hex[:4], "exec nc -lk -p 8080 -e echo hi",
+                     namespace=ns)
+    node.run("apply", "-f", "-", stdin=json.dumps(server))
+    srv = wait_for(lambda: pod_ready(node, ns, server["metadata"]["name"]), 60, "the server pod")
+    client = busybox("client-" + uuid.uuid4().hex[:4],
+                     f"while true; do nc -w 1 {srv['status']['podIP']} 8080 </dev/null; "
+                     "sleep 0.2; done", namespace=ns)
+    node.run("apply", "-f", "-", stdin=json.dumps(client))
+    wait_for(lambda: pod_ready(node, ns, client["metadata"]["name"]), 60, "the client pod")
+    return server["metadata"]["name"], client["metadata"]["name"]
+
+
 @pytest.mark.skipif(not HAS_AGENT, reason=NO_AGENT)
-def test_deploy_then_undeploy_leaves_nothing(node: Node, agent_image: str,
-                                             tmp_path: Path) -> None:
+def test_deploy_trace_undeploy(node: Node, agent_image: str, tmp_path: Path) -> None:
     """``kubectl podsight deploy`` schedules the DaemonSet and waits for the agent pod to be
-    Ready on the real node; the agent answers through the port-forward; ``undeploy``
-    removes every object with the label."""
+    Ready on the real node; ``kubectl podsight trace tcpconnect -n NS`` finds the agent,
+    streams through the real API server port-forward and names real busybox pods;
+    ``undeploy`` removes every object with the label."""
     env = node.tool_env()
     ov = overlay(tmp_path / "overlay", node)
+    ns = make_namespace(node)
     try:
         proc = run_plugin(["deploy", "-k", str(ov), "--image", agent_image, "--timeout", "120"],
                           env)
@@ -330,9 +339,24 @@ def test_deploy_then_undeploy_leaves_nothing(node: Node, agent_image: str,
         agents = find_agents(node.kubectl())
         assert [(a.node, a.ready) for a in agents] == [(node.name, True)]
         proc = run_plugin(["agents", "--check"], env)
-        assert proc.returncode == 0 and f"{node.name}" in proc.stdout, proc.stderr
-        assert "reachable through 127.0.0.1:" in proc.stdout
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert f"{node.name}" in proc.stdout and "reachable through 127.0.0.1:" in proc.stdout
+        if not HAS_CLIENT:
+            return
+        server, client = start_client_server(node, ns)
+        proc = run_plugin(["trace", "tcpconnect", "-n", ns, "-o", "json", "--max-time", "6"],
+                          env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        recs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        mine = [r for r in recs if r["src"].get("pod") == client]
+        assert mine, f"no connect of {client} among {len(recs)} records: {proc.stderr}"
+        r = mine[0]
+        assert r["src"]["namespace"] == ns and r["result"] == "ok"
+        assert r["dst"].get("pod") == server and r["src"].get("container") == "client"
+        assert r["src"].get("node") == node.name
+        assert "unreachable" not in proc.stderr, proc.stderr
     finally:
+        node.run("delete", "namespace", ns, "--wait=false", check=False)
         proc = run_plugin(["undeploy", "--timeout", "120"], env)
     assert proc.returncode == 0, proc.stderr
     assert "nothing labelled" in proc.stderr
