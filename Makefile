@@ -64,7 +64,7 @@ k8s-apiserver:
 # source; Debian's containerd + runc + CNI bridge) for the cluster-mode tests, and the base
 # layer of the agent image (debootstrap + podsight's dependencies). Cached in the same place;
 # 0.2 s when built. The tests add the podsight wheel layer per run (tests/k8s/node/README.md).
-k8s-node: k8s-apiserver
+k8s-node: k8s-apiserver $(VENV)/.installed
 	tests/k8s/node/build-node.sh
 	PYTHON=$(CURDIR)/$(PY) tests/k8s/node/build-agent-image.sh --base-only
 

@@ -73,8 +73,8 @@ def test_kustomize_renders_every_object_labelled() -> None:
                             "ClusterRoleBinding", "Role", "DaemonSet"])
     for o in objs:
         assert o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "podsight", o["kind"]
-    assert [(o["kind"], o["metadata"]["name"]) for o in embedded_manifests()] == \
-        [(o["kind"], o["metadata"]["name"]) for o in objs]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in embedded_manifests()) == \
+        sorted((o["kind"], o["metadata"]["name"]) for o in objs)
     ds = next(o for o in objs if o["kind"] == "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
     assert spec["hostNetwork"] and spec["hostPID"]
