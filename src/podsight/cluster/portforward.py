@@ -22,10 +22,11 @@ import re
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from podsight.cluster.deployment import AGENT_PORT, AGENT_SELECTOR, NAMESPACE
 from podsight.cluster.endpoints import NodeEndpoint
@@ -140,9 +141,30 @@ class PortForward:
                         self._stderr.append(line)
                     elif m := FORWARDING.search(line):
                         self.local_port = int(m.group(1))
+                        self._drain()
                         return None
         finally:
             sel.close()
+
+    def _drain(self) -> None:
+        """Keep reading kubectl's output: it prints a line per connection, and a full pipe
+        would block the forward itself."""
+        def pump(f: IO[str], keep: list[str] | None) -> None:
+            with contextlib.suppress(ValueError, OSError):
+                for line in f:
+                    if keep is not None:
+                        keep.append(line)
+                        del keep[:-20]
+
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        for f, keep in ((self.proc.stdout, None), (self.proc.stderr, self._stderr)):
+            threading.Thread(target=pump, args=(f, keep), daemon=True,
+                             name=f"port-forward {self.pod}").start()
+
+    @property
+    def error(self) -> str:
+        """kubectl's last complaint, if any (a forward that broke says why here)."""
+        return last_line("".join(self._stderr)) if self._stderr else ""
 
     @property
     def endpoint(self) -> NodeEndpoint:
@@ -163,7 +185,8 @@ class PortForward:
                 self.proc.wait(5)
         for f in (self.proc.stdout, self.proc.stderr):
             if f is not None:
-                f.close()
+                with contextlib.suppress(OSError, ValueError):
+                    f.close()
 
 
 @dataclass
