@@ -324,7 +324,7 @@ def leftovers(node: Node) -> list[str]:
 
 def start_client_server(node: Node, ns: str) -> tuple[str, str]:
     """A busybox server and a client pod that connects to it every 0.2 s: their names."""
-    server = busybox("server-" + uuid.uuid4().hex[:4], "exec nc -lk -p 8080 -e echo hi",
+    server = busybox("server-" + uuid.uuid4().hex[:4], "exec httpd -f -p 8080 -h /var/www",
                      namespace=ns)
     node.run("apply", "-f", "-", stdin=json.dumps(server))
     srv = wait_pod(node, ns, server["metadata"]["name"])
