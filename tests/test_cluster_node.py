@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s.nodefixtures import BUSYBOX, CACHE, ROOT, Node, agent_image, node, wait_for
+from k8s.nodefixtures import BUSYBOX, CACHE, ROOT, Node, agent_image, node, overlay, wait_for
 
 from podsight.cluster.deploy import embedded_manifests
 from podsight.cluster.deployment import LABEL_SELECTOR, NAMESPACE
@@ -152,30 +152,6 @@ def test_agent_rbac_list_is_exactly_the_manifest(node: Node, rbac: None) -> None
 
 
 # ------------------------------------------------------------ the agent image on the node
-def overlay(tmp: Path, node: Node, *, privileged: bool = False) -> Path:
-    """A kustomize overlay of deploy/ for this machine (see the module docstring)."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    caps = ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"]
-    ops: list[dict[str, Any]] = [
-        {"op": "replace", "path": "/spec/template/spec/containers/0/securityContext",
-         "value": {"privileged": privileged, "capabilities": {"drop": ["ALL"], "add": caps}}},
-        {"op": "add", "path": "/spec/template/spec/containers/0/env/-",
-         "value": {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}},
-        {"op": "add", "path": "/spec/template/spec/containers/0/env/-",
-         "value": {"name": "KUBERNETES_SERVICE_PORT", "value": str(node.api_port)}},
-        {"op": "replace", "path": "/spec/template/spec/volumes/5/hostPath/path",
-         "value": str(Path(node.env["CONTAINERD_SOCK"]).parent)},
-    ]
-    (tmp / "agent-patch.yaml").write_text(yaml.safe_dump(ops))
-    (tmp / "kustomization.yaml").write_text(yaml.safe_dump({
-        "bases": [os.path.relpath(DEPLOY, tmp)],
-        "patchesJson6902": [{"target": {"group": "apps", "version": "v1", "kind": "DaemonSet",
-                                        "name": "podsight-agent", "namespace": NAMESPACE},
-                             "path": "agent-patch.yaml"}],
-    }))
-    return tmp
-
-
 def agent_template(node: Node, tmp: Path) -> dict[str, Any]:
     out = node.run("kustomize", str(overlay(tmp, node))).stdout
     ds = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "DaemonSet")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from podsight.cluster.kubectl import Kubectl
 from podsight.lab import Lab
@@ -91,6 +92,36 @@ class Node:
         """Environment for ``kubectl-podsight``: this node's kubeconfig and kubectl 1.20."""
         return dict(os.environ, KUBECONFIG=self.kubeconfig, KUBECTL=self.kubectl_bin,
                     PYTHONPATH=str(ROOT / "src"))
+
+
+def overlay(tmp: Path, node: Node, *, privileged: bool = False) -> Path:
+    """A kustomize overlay of deploy/ for this machine.
+
+    It drops SYS_RESOURCE (the VM withholds it from root, so runc cannot grant it),
+    points the agent at the API server on 127.0.0.1 (no kube-proxy: the
+    ``kubernetes`` Service does not route), and mounts the node's own containerd
+    socket directory.
+    """
+    tmp.mkdir(parents=True, exist_ok=True)
+    caps = ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"]
+    ops: list[dict[str, Any]] = [
+        {"op": "replace", "path": "/spec/template/spec/containers/0/securityContext",
+         "value": {"privileged": privileged, "capabilities": {"drop": ["ALL"], "add": caps}}},
+        {"op": "add", "path": "/spec/template/spec/containers/0/env/-",
+         "value": {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}},
+        {"op": "add", "path": "/spec/template/spec/containers/0/env/-",
+         "value": {"name": "KUBERNETES_SERVICE_PORT", "value": str(node.api_port)}},
+        {"op": "replace", "path": "/spec/template/spec/volumes/5/hostPath/path",
+         "value": str(Path(node.env["CONTAINERD_SOCK"]).parent)},
+    ]
+    (tmp / "agent-patch.yaml").write_text(yaml.safe_dump(ops))
+    (tmp / "kustomization.yaml").write_text(yaml.safe_dump({
+        "bases": [os.path.relpath(ROOT / "deploy", tmp)],
+        "patchesJson6902": [{"target": {"group": "apps", "version": "v1", "kind": "DaemonSet",
+                                        "name": "podsight-agent", "namespace": "podsight"},
+                             "path": "agent-patch.yaml"}],
+    }))
+    return tmp
 
 
 def _read_env(path: Path) -> dict[str, str]:
