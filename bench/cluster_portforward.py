@@ -3,7 +3,7 @@
 Runs on the real node of tests/k8s/node (started and stopped here, under the test lab
 lock /run/podsight-tests.lock, since it changes the host's network; do not wrap this in
 another flock of that file). A hostNetwork busybox pod listens on the node's loopback,
-as the agent does, and serves a stream of zeros; the same bytes are read:
+as the agent does (busybox httpd serving a file of zeros); the same file is read:
 
 - directly on 127.0.0.1 (the reference: no forward at all),
 - through ``kubectl port-forward`` (API server -> kubelet -> containerd, SPDY),
@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NODE = ROOT / "tests/k8s/node"
 BUSYBOX = "localhost/node-proto/busybox:1"
+REQUEST = b"GET /zeros HTTP/1.0\r\n\r\n"
 
 
 def kubectl(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
@@ -54,6 +55,7 @@ def read_all(sock_recv: Callable[[int], bytes], nbytes: int) -> int:
 def via_direct(port: int, nbytes: int) -> tuple[float, float]:
     t0 = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(REQUEST)
         first = s.recv(1)
         t1 = time.perf_counter()
         got = len(first) + read_all(s.recv, nbytes - 1)
@@ -71,6 +73,7 @@ def via_kubectl(env: dict[str, str], ns: str, pod: str, port: int,
         m = re.search(r"127\.0\.0\.1:(\d+)", proc.stdout.readline())
         assert m, "kubectl port-forward printed no port"
         with socket.create_connection(("127.0.0.1", int(m.group(1)))) as s:
+            s.sendall(REQUEST)
             first = s.recv(1)
             t1 = time.perf_counter()
             got = len(first) + read_all(s.recv, nbytes - 1)
@@ -91,6 +94,7 @@ def via_websocket(env: dict[str, str], ns: str, pod: str, port: int,
     s = pf.socket(port)
     s.setblocking(True)
     try:
+        s.sendall(REQUEST)
         first = s.recv(1)
         t1 = time.perf_counter()
         got = len(first) + read_all(s.recv, nbytes - 1)
@@ -122,10 +126,19 @@ def main() -> int:
             pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "zeros"}, "spec": {
                 "hostNetwork": True, "terminationGracePeriodSeconds": 0, "containers": [{
                     "name": "zeros", "image": BUSYBOX, "imagePullPolicy": "Never",
-                    "command": ["nc", "-lk", "-s", "127.0.0.1", "-p", str(port), "-e",
-                                "head", "-c", str(nbytes), "/dev/zero"]}]}}
+                    "command": ["sh", "-c", f"mkdir -p /srv && head -c {nbytes} /dev/zero "
+                                f">/srv/zeros && exec httpd -f -p 127.0.0.1:{port} -h /srv"]}]}}
             kubectl(env, "apply", "-f", "-", stdin=json.dumps(pod))
             kubectl(env, "wait", "--for=condition=Ready", "pod/zeros", "--timeout=60s")
+            deadline = time.monotonic() + 30
+            while True:  # Ready means started, not listening
+                try:
+                    socket.create_connection(("127.0.0.1", port)).close()
+                    break
+                except ConnectionRefusedError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
             rows = {}
             for name, fn in (("direct 127.0.0.1", lambda: via_direct(port, nbytes)),
                              ("kubectl port-forward", lambda: via_kubectl(
