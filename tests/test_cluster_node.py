@@ -366,6 +366,8 @@ def test_deploy_times_out_with_the_pods_reason(node: Node, tmp_path: Path) -> No
         assert len(err) == 1 and "not ready after 15 s" in err[0], proc.stderr
         assert "ErrImage" in err[0] or "ImagePull" in err[0] or "ContainerCreating" in err[0]
     finally:
+        t0 = time.monotonic()
         proc = run_plugin(["undeploy"], env)
+        print(f"undeploy with a failing agent pod took {time.monotonic() - t0:.1f} s")
     assert proc.returncode == 0, proc.stderr
     assert leftovers(node) == []
