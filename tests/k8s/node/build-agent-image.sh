@@ -165,8 +165,8 @@ mkdir -p "$OUT/images"
 if [[ ! -f $TAR ]]; then
     "$HERE/mkimage-layers.sh" "$TAR" "$REF" '["/opt/podsight/bin/podsight"]' '["agent"]' \
         "$BASE/layer.tar=$(cat "$BASE/layer.sha256")" "$W/wheel-layer.tar=$wd" >&2
-    # keep the three newest archives
-    ls -t "$OUT"/images/agent-*.tar | tail -n +4 | xargs -r rm -f
+    # keep the newest archive only: each holds a copy of the base layer (~390 MB)
+    ls -t "$OUT"/images/agent-*.tar | tail -n +2 | xargs -r rm -f
 fi
 log "done: $REF"
 echo "AGENT_IMAGE=$REF"
