@@ -165,9 +165,10 @@ mkdir -p "$OUT/images"
 if [[ ! -f $TAR ]]; then
     "$HERE/mkimage-layers.sh" "$TAR" "$REF" '["/opt/podsight/bin/podsight"]' '["agent"]' \
         "$BASE/layer.tar=$(cat "$BASE/layer.sha256")" "$W/wheel-layer.tar=$wd" >&2
-    # keep the newest archive only: each holds a copy of the base layer (~390 MB)
-    ls -t "$OUT"/images/agent-*.tar | tail -n +2 | xargs -r rm -f
 fi
+touch "$TAR"
+# keep the newest archive only: each holds a copy of the base layer (~390 MB)
+ls -t "$OUT"/images/agent-*.tar | tail -n +2 | xargs -r rm -f
 log "done: $REF"
 echo "AGENT_IMAGE=$REF"
 echo "AGENT_IMAGE_TAR=$TAR"
