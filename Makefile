@@ -13,9 +13,12 @@ RUNTIME_DEBS := libbpf1 libpcap0.8 iproute2 nftables iptables curl openssl procp
 # Tests and benchmarks use real tools as oracles and load generators.
 # bpftool: the leak check after every test session lists BPF links with it.
 # tmux: the live view's end-to-end tests drive the real command in it (send-keys, capture-pane).
+# containerd, runc, containernetworking-plugins (bridge, host-local), etcd-server: the real
+# Kubernetes node of tests/k8s/node; debootstrap: the agent image's root filesystem.
 TEST_DEBS := tshark tcpdump bpftrace bpftool iperf3 ethtool sqlite3 iputils-ping gcc libc6-dev tmux \
 	containerd runc busybox-static podman golang-github-containerd-containerd-dev \
-	prometheus chromium
+	prometheus chromium \
+	containernetworking-plugins etcd-server debootstrap
 # Rebuilding the eBPF objects (make bpf) needs a compiler and libbpf headers.
 BPF_DEBS := clang llvm libbpf-dev linux-libc-dev
 
@@ -25,7 +28,7 @@ BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror \
 	-I/usr/include/$(shell $(CC) -dumpmachine 2>/dev/null || echo x86_64-linux-gnu) \
 	-fdebug-prefix-map=$(CURDIR)=. -ffile-prefix-map=$(CURDIR)=.
 
-.PHONY: setup setup-test k8s-apiserver demo test lint bpf bpf-check clean
+.PHONY: setup setup-test k8s-apiserver k8s-node demo test lint bpf bpf-check clean
 
 define apt_install
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -57,7 +60,15 @@ demo: setup
 k8s-apiserver:
 	tests/k8s/build-apiserver.sh
 
-test: setup-test k8s-apiserver
+# A real single-node Kubernetes 1.20 (kubelet, scheduler, controller-manager from the same
+# source; Debian's containerd + runc + CNI bridge) for the cluster-mode tests, and the base
+# layer of the agent image (debootstrap + podsight's dependencies). Cached in the same place;
+# 0.2 s when built. The tests add the podsight wheel layer per run (tests/k8s/node/README.md).
+k8s-node: k8s-apiserver $(VENV)/.installed
+	tests/k8s/node/build-node.sh
+	PYTHON=$(CURDIR)/$(PY) tests/k8s/node/build-agent-image.sh --base-only
+
+test: setup-test k8s-apiserver k8s-node
 	$(MAKE) -s bpf-check
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy

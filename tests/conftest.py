@@ -65,7 +65,7 @@ TC_PROGRAMS = ("flows_ingress", "flows_egress", "count_packets")
 #: Fixtures that need root: the lab, the real apiserver (its cache lives in root's home),
 #: cgroup and container sandboxes.
 ROOT_FIXTURES = {"lab", "kube", "kube_etcd_watch", "core", "namespace", "sandbox", "podman",
-                 "containerd"}
+                 "containerd", "node", "agent_image"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

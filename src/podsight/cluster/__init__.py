@@ -10,7 +10,10 @@
 - :mod:`.merge`: sequence accounting and the time-ordered merge of node streams;
 - :mod:`.client` and :mod:`.sinks`: running a gadget on every node, writing the outputs;
 - :mod:`.serve`: ``kubectl podsight serve``, the merged streams behind the local graph
-  server.
+  server;
+- :mod:`.cli`, :mod:`.deploy`, :mod:`.deployment`, :mod:`.kubectl`, :mod:`.portforward`:
+  ``kubectl-podsight`` itself, ``deploy``/``undeploy``/``agents``, and finding the agent
+  pods and reaching each through an API server port-forward.
 
 The protocol is ``agent.proto`` (compiled to ``agent_pb2``); see docs/cluster.md.
 """
