@@ -22,6 +22,7 @@ from conns import Server, exchange
 from packetsrun import fields, tshark
 from tracing import connect
 
+from podsight.cli.serve import graph_specs
 from podsight.lab import Lab
 
 PORT_WEB, PORT_BACKEND = 7070, 7071
@@ -270,7 +271,7 @@ def _both(lab: Lab, tmp_path: Path, cluster_argv: list[str], local_argv: list[st
 def test_graph_from_agents_equals_the_local_graph(lab: Lab, tmp_path: Path,
                                                   servers: None) -> None:
     cluster, local = _both(lab, tmp_path, ["graph", "-o", "json"], ["graph", "-o", "json"], 8,
-                           local_gadgets=2)  # tcplife, tcpconnect
+                           local_gadgets=len(graph_specs()))  # tcplife (it feeds failures too)
     mine, theirs = _edges(json.loads(cluster)), _edges(json.loads(local))
     assert mine == theirs == {(e, 3) for e in EDGES}, (mine, theirs)
 
@@ -294,6 +295,7 @@ def test_advise_from_agents_equals_the_local_advice(lab: Lab, tmp_path: Path,
 
 def test_serve_through_agents(lab: Lab, tmp_path: Path, servers: None) -> None:
     nodes = _nodes(lab)
+    served = [s.name for s in graph_specs()]  # what the local serve runs (tcplife alone now)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     err = tmp_path / "client.err"
@@ -317,7 +319,7 @@ def test_serve_through_agents(lab: Lab, tmp_path: Path, servers: None) -> None:
             return {e["id"]: e for e in data["edges"]}
         wait_for(lambda: all(e in edges() and edges()[e]["detail__connections"] == 3
                              for e in EDGES), "edges of several nodes, 3 connections each")
-        # Failed connects come from tcpconnect on node-a, as the local serve has them.
+        # Failed connects come from the gadgets serve runs, as the local serve has them.
         wait_for(lambda: edges().get("p/default/mypod->p/default/web:8099", {}).get(
             "detail__failed") == 3, "3 refused connects on their edge")
         metrics = get("/metrics").decode()
@@ -330,11 +332,11 @@ def test_serve_through_agents(lab: Lab, tmp_path: Path, servers: None) -> None:
                        and line.endswith("} 3.0") and all(x in line for x in labels)
                        for line in metrics.splitlines()), metrics
         for node in nodes:  # one self-metrics source per node and gadget
-            for gadget in ("tcplife", "tcpconnect"):
+            for gadget in served:
                 assert f'gadget="{node}/{gadget}"' in metrics, metrics
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, err.read_text()
-    assert err.read_text().count(": ok: ") == 6, err.read_text()
+    assert err.read_text().count(": ok: ") == len(nodes) * len(served), err.read_text()
 
 
 def test_serve_with_an_unreachable_node_serves_the_others(lab: Lab, tmp_path: Path) -> None:
