@@ -259,6 +259,9 @@ class Feed:
             try:
                 tally = gadget.tally(0.0)
                 stats.lost = {k.removeprefix("lost_"): v.count for k, v in tally.losses.items()}
+                fill = getattr(gadget, "fill", None)
+                if fill is not None:
+                    stats.fill = fill()
             except Exception:  # closing meanwhile: the counters are gone, not an error
                 pass
         return stats

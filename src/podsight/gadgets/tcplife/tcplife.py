@@ -241,6 +241,7 @@ class TcpLife:
         self._percpu = np.dtype((EDGE_VAL, possible_cpus()))
         self._prev_index: dict[bytes, int] = {}
         self._prev = np.zeros(0, EDGE_VAL)
+        self.edges_read = 0  # entries in the edge table at the last read
 
     def _seed(self) -> int:
         """Give state to connections open before the tracepoint was attached: a TCP
@@ -304,6 +305,7 @@ class TcpLife:
         seen = index >= 0
         prev[seen] = self._prev[index[seen]]
         self._prev_index = {k: i for i, k in enumerate(names)}
+        self.edges_read = n
         self._prev = tot
         new = tot["closed"] > prev["closed"]
         keys, tot, prev = keys[new], tot[new], prev[new]
@@ -452,8 +454,19 @@ class TcpLifeGadget:
 
     def tally(self, elapsed: float) -> Tally:
         c = self.tracer.counters()
+        notes = []
+        if c["edges_full"]:
+            # not lost: they went to the ring as records, and the graph counted them
+            notes.append(f"{c['edges_full']} connections sent one by one: the kernel's edge "
+                         f"table ({self.config.edge_entries}) was full (--edge-entries)")
         return Tally(losses={k: Loss(c[k], text) for k, text in LOSS_CAUSES.items()},
-                     counters=c, skipped_runs=self.tracer.skipped_runs())
+                     counters=c, skipped_runs=self.tracer.skipped_runs(), notes=notes)
+
+    def fill(self) -> dict[str, float]:
+        """How full the kernel's edge table is (aggregate mode), as of the last read."""
+        if not self.config.aggregate or self._tracer is None:
+            return {}
+        return {"edges": self._tracer.edges_read / self.config.edge_entries}
 
     def close(self) -> None:
         if self._tracer is not None:
