@@ -75,7 +75,7 @@ def add_graph_flags(p: argparse.ArgumentParser) -> None:
                    default=10**9, metavar="DURATION",
                    help="how often the kernel's per-edge sums are read (default 1s); an "
                         "address another pod takes within this long may name an edge by it")
-    g.add_argument("--edge-entries", type=lambda v: A.integer(v, 1, 1 << 24),
+    g.add_argument("--edge-entries", type=lambda v: A.integer(v, 1, 1 << 20),
                    default=16384, metavar="N",
                    help="edges the kernel can sum (default 16384); connections of edges "
                         "beyond it come as records, counted in the summary (edges_full)")
