@@ -107,8 +107,6 @@ enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
 #define F_START_SEEN 2   /* started while podsight ran (else: open before; start = seen at) */
 #define F_FAILED 4       /* a connect that failed before it was established: start_ns is
 			  * the attempt, `err` the socket error */
-#define F_REPORTED 8     /* struct state only: read open by the iterator, so user space
-			  * follows it by its cookie and its close goes out as a record */
 
 /* Counter slots (tcplife.py COUNTERS). */
 enum counter {
@@ -138,7 +136,11 @@ struct state {
 	u8 syn_acked;  /* bytes_acked counts our SYN (client side): 1 */
 	char comm[16];
 	s32 err;       /* an ICMP error reported while connecting (cfg.failed_connects) */
+	u64 mark;      /* M_REPORTED | M_CLOSING, set atomically: the iterator and the close
+			* agree on which of them reports a connection read open as it closes */
 };
+#define M_REPORTED 1
+#define M_CLOSING 2
 
 /* The record user space decodes in bulk (CONN_DTYPE), from the ring buffer and the
  * iterator alike. */
@@ -562,7 +564,9 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 	c.ts_ns = bpf_ktime_get_boot_ns();
 	c.cookie = bpf_get_socket_cookie(sk);
 	fill(&c, sk, s, oldstate, peer_fin_in(oldstate) || fin_queued(sk));
-	reported = s->flags & F_REPORTED;
+	/* Ordered against the iterator (tcplife_open): whichever comes second sees the
+	 * other's bit, so a connection is either followed by its cookie or summed. */
+	reported = cfg.aggregate && (__sync_fetch_and_or(&s->mark, M_CLOSING) & M_REPORTED);
 	bpf_sk_storage_delete(&states, sk);
 	if (loopback_server(&c)) {
 		count(C_LOOPBACK_SERVER);
@@ -649,7 +653,7 @@ int tcplife_open(struct bpf_iter__bpf_sk_storage_map___life *ctx)
 {
 	struct seq_file *seq = ctx->meta->seq;
 	struct sock *sk = ctx->sk;
-	struct state *s = ctx->value;
+	struct state *s = ctx->value, *mine;
 	struct conn c = {};
 	u8 state;
 
@@ -664,7 +668,12 @@ int tcplife_open(struct bpf_iter__bpf_sk_storage_map___life *ctx)
 	c.flags |= F_OPEN;
 	if (loopback_server(&c))
 		return 0;
-	s->flags |= F_REPORTED;
+	if (cfg.aggregate) {
+		/* A map-value pointer, for the atomic (the iterator's value is a buffer). */
+		mine = bpf_sk_storage_get(&states, sk, NULL, 0);
+		if (mine && (__sync_fetch_and_or(&mine->mark, M_REPORTED) & M_CLOSING))
+			return 0; /* closing now: its close sums it */
+	}
 	bpf_seq_write(seq, &c, sizeof(c));
 	count(C_SNAPSHOT);
 	return 0;

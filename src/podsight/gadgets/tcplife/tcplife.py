@@ -62,7 +62,7 @@ CONN_DTYPE: np.dtype[Any] = np.dtype({
 })
 assert CONN_DTYPE.itemsize == 128
 
-# struct state in tcplife.bpf.c (socket-local storage, 48 bytes).
+# struct state in tcplife.bpf.c (socket-local storage, 56 bytes).
 STATE_DTYPE = np.dtype(
     [
         ("start_ns", "<u8"),
@@ -75,9 +75,10 @@ STATE_DTYPE = np.dtype(
         ("syn_acked", "u1"),
         ("comm", "S16"),
         ("err", "<i4"),
+        ("mark", "<u8"),
     ]
 )
-assert STATE_DTYPE.itemsize == 48
+assert STATE_DTYPE.itemsize == 56
 
 # The `cfg` global (.rodata) of tcplife.bpf.c.
 N_BOUNDS = len(DURATION_BUCKETS)
