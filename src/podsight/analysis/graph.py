@@ -149,8 +149,31 @@ class ClosedConnections:
                           int(self.ts_ns[i]), int(self.sent[i]), int(self.received[i]))
 
 
+@dataclass(frozen=True, slots=True)
+class EdgeTotals:
+    """Closed connections already summed (in the kernel) per ends, server port and role,
+    named once: the graph counts them as it would count each as a :class:`Connection`
+    (closed, never read open). ``buckets``: counts per DURATION_BUCKETS bucket, then
+    +Inf; times are boot-clock ns."""
+
+    local: Endpoint
+    remote: Endpoint
+    local_port: int
+    remote_port: int
+    role: str
+    count: int
+    persistent: int
+    sent: int
+    received: int
+    duration_ns: int
+    duration_max_ns: int
+    buckets: list[int]
+    first_ns: int
+    last_ns: int
+
+
 Observation = (Connection | ConnectFailure | TlsHello | FlowBytes | Drop | DnsResponse
-               | ClosedConnections)
+               | ClosedConnections | EdgeTotals)
 
 
 # -- nodes ------------------------------------------------------------------------------------
@@ -291,6 +314,9 @@ class Graph:
                 elif isinstance(o, ClosedConnections):
                     self.observations += len(o) - 1
                     self._closed(o)
+                elif isinstance(o, EdgeTotals):
+                    self.observations += o.count - 1
+                    self._totals(o)
                 elif isinstance(o, ConnectFailure):
                     edge = self._edge(self.node(o.src), self.node(o.dst), o.port)
                     edge.failures[o.result] = edge.failures.get(o.result, 0) + 1
@@ -417,6 +443,30 @@ class Graph:
         edge.buckets = [a + b for a, b in zip(edge.buckets, counts, strict=False)]
         edge.seen(int(ts.min()) + self.offset_ns)
         edge.seen(int(ts.max()) + self.offset_ns)
+
+    def _totals(self, t: EdgeTotals) -> None:
+        """:meth:`_connection` for ``t.count`` closed connections at once."""
+        if t.role == "server":
+            if _in_cluster(t.remote):
+                return
+            src, dst, port, sent, received = t.remote, t.local, t.local_port, t.received, \
+                t.sent
+        else:
+            src, dst, port, sent, received = t.local, t.remote, t.remote_port, t.sent, \
+                t.received
+        edge = self._edge(self.node(src), self.node(dst), port)
+        edge.opened += t.count
+        edge.closed += t.count
+        edge.persistent += t.persistent
+        edge.short += t.count - t.persistent
+        edge.bytes_sent += sent
+        edge.bytes_received += received
+        edge.duration_ns += t.duration_ns
+        edge.duration_sum = edge.duration_ns / 1e9
+        edge.duration_max = max(edge.duration_max, t.duration_max_ns / 1e9)
+        edge.buckets = [a + b for a, b in zip(edge.buckets, t.buckets, strict=False)]
+        edge.seen(t.first_ns + self.offset_ns)
+        edge.seen(t.last_ns + self.offset_ns)
 
     def forget_stale(self, now_wall_ns: int) -> int:
         """Open connections not read again for FORGET_OPEN_NS (their close was lost)."""

@@ -66,6 +66,19 @@ def add_graph_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--open-every", type=lambda v: A.duration_ns(v, 10**8, 3600 * 10**9),
                    default=5 * 10**9, metavar="DURATION",
                    help="how often connections still open are read (default 5s)")
+    g.add_argument("--per-connection", action="store_true",
+                   help="send every closed connection from the kernel to podsight as its own "
+                        "record, named when it closed (default: summed per edge in the "
+                        "kernel and read every --edge-every, which costs less per "
+                        "connection)")
+    g.add_argument("--edge-every", type=lambda v: A.duration_ns(v, 10**7, 3600 * 10**9),
+                   default=10**9, metavar="DURATION",
+                   help="how often the kernel's per-edge sums are read (default 1s); an "
+                        "address another pod takes within this long may name an edge by it")
+    g.add_argument("--edge-entries", type=lambda v: A.integer(v, 1, 1 << 20),
+                   default=16384, metavar="N",
+                   help="edges the kernel can sum (default 16384); connections of edges "
+                        "beyond it come as records, counted in the summary (edges_full)")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -182,6 +195,13 @@ class Feed:
         self.values = {p.key: p.default for p in spec.params}
         self.values.update({k: v for k, v in overrides.items() if k in self.values})
         self.values.update(spec.extra.get("graph_values", {}))
+        # serve's own choices, for a gadget that asked for them in graph_values
+        mine = {"aggregate": not getattr(ns, "per_connection", False),
+                "persistent_ns": getattr(ns, "persistent", None),
+                "edge_every": getattr(ns, "edge_every", None),
+                "edge_entries": getattr(ns, "edge_entries", None)}
+        self.values.update({k: v for k, v in mine.items()
+                            if k in self.values and v is not None})
         for flag, values in spec.extra.get("graph_flags", {}).items():
             if getattr(ns, flag, False):
                 self.values.update(values)
@@ -239,6 +259,9 @@ class Feed:
             try:
                 tally = gadget.tally(0.0)
                 stats.lost = {k.removeprefix("lost_"): v.count for k, v in tally.losses.items()}
+                fill = getattr(gadget, "fill", None)
+                if fill is not None:
+                    stats.fill = fill()
             except Exception:  # closing meanwhile: the counters are gone, not an error
                 pass
         return stats

@@ -42,6 +42,10 @@ SPEC = GadgetSpec(
            "graph_raw": "podsight.gadgets.tcplife.graph:observe_raw",
            "graph_recorded": "podsight.gadgets.tcplife.graph:observe_recorded",
            "graph_feeds": ("connections", "connect_failures"),
+           # aggregate: closed connections summed per edge in the kernel, read every
+           # edge_every (serve --per-connection: records, as trace tcplife writes them)
            "graph_values": {"loopback_once": True, "failed_connects": True,
-                            "ring_size": 32 << 20}},
+                            "ring_size": 32 << 20, "aggregate": True,
+                            "persistent_ns": 10 * 10**9, "edge_every": 10**9,
+                            "edge_entries": 16384}},
 )

@@ -7,7 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from podsight.analysis.graph import ClosedConnections, ConnectFailure, Connection, Observation
+from podsight.analysis.graph import (
+    ClosedConnections,
+    ConnectFailure,
+    Connection,
+    EdgeTotals,
+    Observation,
+)
 from podsight.analysis.recorded import columns as _columns
 from podsight.analysis.recorded import endpoint as _endpoint
 from podsight.analysis.recorded import wall_ns as _wall
@@ -37,6 +43,46 @@ def observe(records: Sequence[Conn]) -> list[Connection | ConnectFailure]:
 
 
 def observe_raw(raw: np.ndarray, naming: Any) -> tuple[list[Observation], int]:
+    """A raw batch as observations, and how many connections it held: kernel records
+    (CONN_DTYPE, see :func:`observe_records`), or in aggregate mode (EDGE_DTYPE) those
+    and the edges' sums (:func:`observe_edges`)."""
+    if not raw.dtype.names or "rep" not in raw.dtype.names:
+        return observe_records(raw, naming)
+    single = raw["n"] == 0
+    out, kept = observe_records(raw["rep"][single], naming)
+    more, count = observe_edges(raw[~single], naming)
+    return out + more, kept + count
+
+
+def observe_edges(edges: np.ndarray, naming: Any) -> tuple[list[Observation], int]:
+    """Edge sums read from the kernel (EDGE_DTYPE) as :class:`EdgeTotals`, each named
+    once, as its newest connection (at the read: an address another pod took within one
+    read interval names the edge by that pod)."""
+    if not len(edges):
+        return [], 0
+    reps = edges["rep"]
+    naming.sync(int(reps["ts_ns"].max()))
+    decoded = naming.decode(reps)
+    if len(decoded) != len(reps):  # the gadget's --role left some out
+        keep = [bool(naming.decode(reps[i:i + 1])) for i in range(len(reps))]
+        edges, reps = edges[keep], reps[keep]
+    out: list[Observation] = []
+    kept = 0
+    for row, rep in zip(edges.tolist(), naming.admit(decoded), strict=True):
+        if rep is None:
+            continue
+        _, n, persistent, duration, longest, first, buckets = row
+        out.append(EdgeTotals(
+            local=rep.src or Endpoint.raw(rep.saddr), remote=rep.dst or Endpoint.raw(rep.daddr),
+            local_port=rep.sport, remote_port=rep.dport, role=rep.role, count=n,
+            persistent=persistent, sent=rep.bytes_sent, received=rep.bytes_received,
+            duration_ns=duration, duration_max_ns=longest, buckets=buckets.tolist(),
+            first_ns=first, last_ns=rep.ts_ns))
+        kept += n
+    return out, kept
+
+
+def observe_records(raw: np.ndarray, naming: Any) -> tuple[list[Observation], int]:
     """A ring batch of kernel records (CONN_DTYPE) as observations, and how many records
     were kept: the same as :func:`observe` of every record decoded and named, but
     decoded and named once per group of records with the same ends, role and server

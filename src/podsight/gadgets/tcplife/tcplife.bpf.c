@@ -119,7 +119,9 @@ enum counter {
 	C_SNAPSHOT = 6,      /* open-connection records written by the iterator */
 	C_LOOPBACK_SERVER = 7, /* loopback server sides not reported (cfg.loopback_once) */
 	C_FAILED = 8,        /* failed connects written to the ring buffer (cfg.failed_connects) */
-	C_MAX = 9,
+	C_AGGREGATED = 9,    /* closed connections added to `edges` (cfg.aggregate), no record */
+	C_EDGES_FULL = 10,   /* closed connections sent as a record instead: `edges` was full */
+	C_MAX = 11,
 };
 
 /* Per socket, from its first state change we see until it closes. */
@@ -134,7 +136,11 @@ struct state {
 	u8 syn_acked;  /* bytes_acked counts our SYN (client side): 1 */
 	char comm[16];
 	s32 err;       /* an ICMP error reported while connecting (cfg.failed_connects) */
+	u64 mark;      /* M_REPORTED | M_CLOSING, set atomically: the iterator and the close
+			* agree on which of them reports a connection read open as it closes */
 };
+#define M_REPORTED 1
+#define M_CLOSING 2
 
 /* The record user space decodes in bulk (CONN_DTYPE), from the ring buffer and the
  * iterator alike. */
@@ -165,13 +171,62 @@ struct conn {
 };
 _Static_assert(sizeof(struct conn) == 128, "conn layout changed: update CONN_DTYPE");
 
+#define N_BOUNDS 14 /* podsight_tcp_connection_duration_seconds' buckets, less +Inf */
+
 const volatile struct {
 	u32 wakeup_bytes; /* force a wakeup when this much is waiting */
 	u8 filter_netns;
 	u8 loopback_once; /* report a loopback connection from its client side only */
 	u8 failed_connects; /* also report connects that failed (SYN_SENT -> CLOSE) */
-	u8 _pad;
+	u8 aggregate; /* add closed connections to `edges` instead of writing records */
+	u64 persistent_ns; /* cfg.aggregate: open longer than this is persistent */
+	u64 bounds_ns[N_BOUNDS]; /* cfg.aggregate: histogram bucket bounds (le), ns */
 } cfg = {};
+
+/*
+ * cfg.aggregate (podsight serve): closed connections summed per edge, keyed by what
+ * names both ends in user space (as graph.py's _KEY: never the ephemeral port), so that
+ * a connect storm costs a hash update per connection instead of a ring record, a wakeup
+ * and Python work. Per CPU: no atomics, no lock; user space sums the CPUs and takes the
+ * difference from its previous read.
+ */
+struct edge_key {
+	u64 cgroup_id;
+	u8 saddr[16];
+	u8 daddr[16];
+	u32 netns;
+	u16 family;
+	u16 port; /* the server's: dport of a client, sport of a server */
+	u8 role;
+	u8 _pad[7];
+};
+_Static_assert(sizeof(struct edge_key) == 56, "edge_key layout changed: update EDGE_KEY");
+
+struct edge_val {
+	u64 closed;
+	u64 persistent;
+	u64 bytes_acked;
+	u64 bytes_received;
+	u64 duration_ns;
+	u64 duration_max_ns;
+	u64 first_ns; /* the first and last close (CLOCK_BOOTTIME) */
+	u64 last_ns;
+	u64 buckets[N_BOUNDS + 1]; /* the last one: +Inf */
+	u32 pid; /* of the last connection: what user space names the edge with */
+	u32 _pad;
+	char comm[16];
+};
+_Static_assert(sizeof(struct edge_val) == 208, "edge_val layout changed: update EDGE_VAL");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384); /* resized from user space (edge_entries) */
+	__type(key, struct edge_key);
+	__type(value, struct edge_val);
+} edges SEC(".maps");
+
+/* A new edge's first value (bss: zero). */
+struct edge_val zero_edge = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -363,6 +418,53 @@ static __always_inline int emit(struct conn *c)
 	return 1;
 }
 
+/* Add a closed connection to its edge; 0 if `edges` is full (the caller writes a record
+ * instead, and C_EDGES_FULL says how often). */
+static __always_inline int aggregate(const struct conn *c)
+{
+	struct edge_key k = {};
+	struct edge_val *v;
+	u64 dur = c->ts_ns > c->start_ns ? c->ts_ns - c->start_ns : 0;
+	u32 i;
+
+	k.cgroup_id = c->cgroup_id;
+	__builtin_memcpy(k.saddr, c->saddr, sizeof(k.saddr));
+	__builtin_memcpy(k.daddr, c->daddr, sizeof(k.daddr));
+	k.netns = c->netns;
+	k.family = c->family;
+	k.role = c->role;
+	k.port = c->role == ROLE_SERVER ? c->sport : c->dport;
+	v = bpf_map_lookup_elem(&edges, &k);
+	if (!v) {
+		/* -EEXIST: another CPU added it meanwhile, fine */
+		bpf_map_update_elem(&edges, &k, &zero_edge, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&edges, &k);
+		if (!v) {
+			count(C_EDGES_FULL);
+			return 0;
+		}
+	}
+	v->closed += 1;
+	if (dur > cfg.persistent_ns)
+		v->persistent += 1;
+	v->bytes_acked += c->bytes_acked;
+	v->bytes_received += c->bytes_received;
+	v->duration_ns += dur;
+	if (dur > v->duration_max_ns)
+		v->duration_max_ns = dur;
+	if (!v->first_ns)
+		v->first_ns = c->ts_ns;
+	v->last_ns = c->ts_ns;
+	for (i = 0; i < N_BOUNDS; i++)
+		if (dur <= cfg.bounds_ns[i])
+			break;
+	v->buckets[i & 15] += 1; /* i <= N_BOUNDS; the mask is for the verifier */
+	v->pid = c->pid;
+	__builtin_memcpy(v->comm, c->comm, sizeof(v->comm));
+	count(C_AGGREGATED);
+	return 1;
+}
+
 static __always_inline int on_connect(struct sock *sk)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -436,6 +538,7 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 {
 	struct state *s;
 	struct conn c = {};
+	u8 reported;
 
 	/* A SYN_RECV child that never completed, or a listener: nothing to report. */
 	if (oldstate == TCP_SYN_RECV || oldstate == TCP_LISTEN || oldstate == TCP_CLOSE)
@@ -461,11 +564,17 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 	c.ts_ns = bpf_ktime_get_boot_ns();
 	c.cookie = bpf_get_socket_cookie(sk);
 	fill(&c, sk, s, oldstate, peer_fin_in(oldstate) || fin_queued(sk));
+	/* Ordered against the iterator (tcplife_open): whichever comes second sees the
+	 * other's bit, so a connection is either followed by its cookie or summed. */
+	reported = cfg.aggregate && (__sync_fetch_and_or(&s->mark, M_CLOSING) & M_REPORTED);
 	bpf_sk_storage_delete(&states, sk);
 	if (loopback_server(&c)) {
 		count(C_LOOPBACK_SERVER);
 		return 0;
 	}
+	/* One read open goes out as a record: user space follows it by its cookie. */
+	if (cfg.aggregate && !reported && aggregate(&c))
+		return 0;
 	if (emit(&c))
 		count(C_CLOSED);
 	return 0;
@@ -544,7 +653,7 @@ int tcplife_open(struct bpf_iter__bpf_sk_storage_map___life *ctx)
 {
 	struct seq_file *seq = ctx->meta->seq;
 	struct sock *sk = ctx->sk;
-	struct state *s = ctx->value;
+	struct state *s = ctx->value, *mine;
 	struct conn c = {};
 	u8 state;
 
@@ -559,6 +668,12 @@ int tcplife_open(struct bpf_iter__bpf_sk_storage_map___life *ctx)
 	c.flags |= F_OPEN;
 	if (loopback_server(&c))
 		return 0;
+	if (cfg.aggregate) {
+		/* A map-value pointer, for the atomic (the iterator's value is a buffer). */
+		mine = bpf_sk_storage_get(&states, sk, NULL, 0);
+		if (mine && (__sync_fetch_and_or(&mine->mark, M_REPORTED) & M_CLOSING))
+			return 0; /* closing now: its close sums it */
+	}
 	bpf_seq_write(seq, &c, sizeof(c));
 	count(C_SNAPSHOT);
 	return 0;

@@ -17,9 +17,10 @@ from typing import Any, Self
 
 import numpy as np
 
+from podsight.analysis.graph import DURATION_BUCKETS
 from podsight.ebpf import BpfObject, Link, RingBuffer
 from podsight.ebpf.iters import read_iter
-from podsight.ebpf.system import preflight
+from podsight.ebpf.system import possible_cpus, preflight
 from podsight.gadgets.tcplife.schema import Conn, schema
 from podsight.net.addresses import AddressFormatter, split16
 from podsight.net.connects import failure
@@ -61,7 +62,7 @@ CONN_DTYPE: np.dtype[Any] = np.dtype({
 })
 assert CONN_DTYPE.itemsize == 128
 
-# struct state in tcplife.bpf.c (socket-local storage, 48 bytes).
+# struct state in tcplife.bpf.c (socket-local storage, 56 bytes).
 STATE_DTYPE = np.dtype(
     [
         ("start_ns", "<u8"),
@@ -74,18 +75,42 @@ STATE_DTYPE = np.dtype(
         ("syn_acked", "u1"),
         ("comm", "S16"),
         ("err", "<i4"),
+        ("mark", "<u8"),
     ]
 )
-assert STATE_DTYPE.itemsize == 48
+assert STATE_DTYPE.itemsize == 56
 
 # The `cfg` global (.rodata) of tcplife.bpf.c.
+N_BOUNDS = len(DURATION_BUCKETS)
 CFG_DTYPE = np.dtype([("wakeup_bytes", "<u4"), ("filter_netns", "u1"),
-                      ("loopback_once", "u1"), ("failed_connects", "u1"), ("_pad", "V1")])
+                      ("loopback_once", "u1"), ("failed_connects", "u1"), ("aggregate", "u1"),
+                      ("persistent_ns", "<u8"), ("bounds_ns", "<u8", (N_BOUNDS,))])
+
+# struct edge_key and struct edge_val of tcplife.bpf.c (cfg.aggregate: the `edges` map).
+EDGE_KEY = np.dtype([("cgroup_id", "<u8"), ("saddr", "V16"), ("daddr", "V16"),
+                     ("netns", "<u4"), ("family", "<u2"), ("port", "<u2"), ("role", "u1"),
+                     ("_pad", "V7")])
+EDGE_VAL = np.dtype([("closed", "<u8"), ("persistent", "<u8"), ("bytes_acked", "<u8"),
+                     ("bytes_received", "<u8"), ("duration_ns", "<u8"),
+                     ("duration_max_ns", "<u8"), ("first_ns", "<u8"), ("last_ns", "<u8"),
+                     ("buckets", "<u8", (N_BOUNDS + 1,)), ("pid", "<u4"), ("_pad", "<u4"),
+                     ("comm", "S16")])
+assert EDGE_KEY.itemsize == 56 and EDGE_VAL.itemsize == 208
+
+# What the gadget hands a graph sink in aggregate mode: kernel records (``n`` 0: one
+# connection, as the ring gave it) and edge sums since the previous read (``n``
+# connections; ``rep`` names the edge as its last connection would, with the bytes of
+# all of them).
+EDGE_DTYPE = np.dtype([("rep", CONN_DTYPE), ("n", "<u8"), ("persistent", "<u8"),
+                       ("duration_ns", "<u8"), ("duration_max_ns", "<u8"), ("first_ns", "<u8"),
+                       ("buckets", "<u8", (N_BOUNDS + 1,))])
 
 LAYOUTS = (
     ("tcplife.bpf.o", "struct conn", CONN_DTYPE),
     ("tcplife.bpf.o", "struct state", STATE_DTYPE),
     ("tcplife.bpf.o", "cfg", CFG_DTYPE),
+    ("tcplife.bpf.o", "struct edge_key", EDGE_KEY),
+    ("tcplife.bpf.o", "struct edge_val", EDGE_VAL),
 )
 
 ROLES = ("unknown", "client", "server")
@@ -95,7 +120,7 @@ F_FAILED = 4
 
 # Counter slots (enum counter in tcplife.bpf.c).
 COUNTERS = ("opened", "closed", "lost_ringbuf", "lost_storage", "untracked", "seeded",
-            "snapshot", "loopback_server", "failed")
+            "snapshot", "loopback_server", "failed", "aggregated", "edges_full")
 
 LOSS_CAUSES = {
     "lost_ringbuf": "ring buffer full (a larger --ring-size helps)",
@@ -106,7 +131,10 @@ LOSS_CAUSES = {
 
 
 def decode(records: np.ndarray, fmt: AddressFormatter, role: str = "any") -> list[Conn]:
-    """Kernel records (CONN_DTYPE) to records: columns converted in bulk, then zipped."""
+    """Kernel records (CONN_DTYPE) to records: columns converted in bulk, then zipped.
+    Of EDGE_DTYPE, the records that name each row."""
+    if records.dtype.names and "rep" in records.dtype.names:
+        records = records["rep"]
     if role != "any" and len(records):
         records = records[records["role"] == ROLES.index(role)]
     if not len(records):
@@ -165,6 +193,9 @@ class TcpLifeConfig:
     netns_entries: int = 4096
     loopback_once: bool = False
     failed_connects: bool = False
+    aggregate: bool = False  # closed connections summed per edge in the kernel (serve)
+    persistent_ns: int = 10 * 10**9
+    edge_entries: int = 16384
 
     def rodata(self) -> bytes:
         cfg = np.zeros(1, CFG_DTYPE)
@@ -172,6 +203,10 @@ class TcpLifeConfig:
         cfg["filter_netns"] = 1 if self.filter_netns or self.netns else 0
         cfg["loopback_once"] = self.loopback_once
         cfg["failed_connects"] = self.failed_connects
+        cfg["aggregate"] = self.aggregate
+        cfg["persistent_ns"] = self.persistent_ns
+        # The graph's test is seconds <= le on duration_ns / 1e9: the same bound in ns.
+        cfg["bounds_ns"] = [round(le * 1e9) for le in DURATION_BUCKETS]
         return cfg.tobytes()
 
 
@@ -189,6 +224,8 @@ class TcpLife:
             self._obj.map(".rodata").set_initial_value(self.config.rodata())
             self._obj.map("events").resize(self.config.ring_bytes)
             self._obj.map("netns_filter").resize(self.config.netns_entries)
+            self._obj.map("edges").resize(self.config.edge_entries if self.config.aggregate
+                                          else 1)
             self._obj.load()
             self._netns: set[int] = set()
             self.set_netns(self.config.netns)
@@ -202,6 +239,10 @@ class TcpLife:
             self.close()
             raise
         self._addr = AddressFormatter()
+        self._percpu = np.dtype((EDGE_VAL, possible_cpus()))
+        self._prev_index: dict[bytes, int] = {}
+        self._prev = np.zeros(0, EDGE_VAL)
+        self.edges_read = 0  # entries in the edge table at the last read
 
     def _seed(self) -> int:
         """Give state to connections open before the tracepoint was attached: a TCP
@@ -237,6 +278,58 @@ class TcpLife:
         data = read_iter(self._open)
         usable = len(data) - len(data) % CONN_DTYPE.itemsize
         return np.frombuffer(data[:usable], dtype=CONN_DTYPE)
+
+    def edges(self) -> np.ndarray:
+        """The edges' sums since the previous call (EDGE_DTYPE, ``n`` > 0), read with one
+        batch lookup and summed over CPUs. Entries stay in the map (deleting one could
+        drop a CPU's update made meanwhile), so the difference from the previous read is
+        what is new."""
+        keys, per_cpu = self._obj.map("edges").lookup_batch(EDGE_KEY, self._percpu)
+        n = len(keys)
+        if not n:
+            return np.zeros(0, EDGE_DTYPE)
+        tot = np.zeros(n, EDGE_VAL)
+        for name in ("closed", "persistent", "bytes_acked", "bytes_received", "duration_ns",
+                     "buckets"):
+            tot[name] = per_cpu[name].sum(axis=1)
+        tot["duration_max_ns"] = per_cpu["duration_max_ns"].max(axis=1)
+        tot["last_ns"] = per_cpu["last_ns"].max(axis=1)
+        first = per_cpu["first_ns"]
+        tot["first_ns"] = np.where(first > 0, first, np.iinfo(np.uint64).max).min(axis=1)
+        latest = per_cpu["last_ns"].argmax(axis=1)
+        rows = np.arange(n)
+        tot["pid"] = per_cpu["pid"][rows, latest]
+        tot["comm"] = per_cpu["comm"][rows, latest]
+        names = [bytes(k) for k in keys.view(f"V{EDGE_KEY.itemsize}").tolist()]
+        index = np.fromiter((self._prev_index.get(k, -1) for k in names), np.int64, n)
+        prev = np.zeros(n, EDGE_VAL)
+        seen = index >= 0
+        prev[seen] = self._prev[index[seen]]
+        self._prev_index = {k: i for i, k in enumerate(names)}
+        self.edges_read = n
+        self._prev = tot
+        new = tot["closed"] > prev["closed"]
+        keys, tot, prev = keys[new], tot[new], prev[new]
+        out = np.zeros(len(keys), EDGE_DTYPE)
+        rep = out["rep"]
+        for name in ("cgroup_id", "saddr", "daddr", "netns", "family", "role"):
+            rep[name] = keys[name]
+        server = keys["role"] == ROLES.index("server")
+        rep["sport"] = np.where(server, keys["port"], 0)
+        rep["dport"] = np.where(server, 0, keys["port"])
+        rep["ts_ns"] = tot["last_ns"]
+        rep["start_ns"] = tot["last_ns"]
+        rep["pid"] = tot["pid"]
+        rep["comm"] = tot["comm"]
+        rep["flags"] = F_START_SEEN
+        rep["bytes_acked"] = tot["bytes_acked"] - prev["bytes_acked"]
+        rep["bytes_received"] = tot["bytes_received"] - prev["bytes_received"]
+        out["n"] = tot["closed"] - prev["closed"]
+        for name in ("persistent", "duration_ns", "buckets"):
+            out[name] = tot[name] - prev[name]
+        out["duration_max_ns"] = tot["duration_max_ns"]
+        out["first_ns"] = tot["first_ns"]
+        return out
 
     def decode(self, records: np.ndarray, role: str = "any") -> list[Conn]:
         return decode(records, self._addr, role)
@@ -286,11 +379,18 @@ class TcpLifeGadget:
         self.schema = schema(ctx.clock)
         self.config = TcpLifeConfig(ring_bytes=v.get("ring_size", 4 << 20),
                                     loopback_once=bool(v.get("loopback_once")),
-                                    failed_connects=bool(v.get("failed_connects")))
+                                    failed_connects=bool(v.get("failed_connects")),
+                                    aggregate=bool(v.get("aggregate")),
+                                    persistent_ns=v.get("persistent_ns", 10 * 10**9),
+                                    edge_entries=v.get("edge_entries", 16384))
         self.role: str = v.get("role", "any")
         every = v.get("open_every", 0) or 0
         self.open_every = every / 1e9 if every else 0.0
         self._next_open = 0.0
+        # aggregate: how often the edges are read (what bounds naming an edge by an IP that
+        # another pod took meanwhile)
+        self.edge_every = (v.get("edge_every", 10**9) or 10**9) / 1e9
+        self._next_edges = 0.0
         self._tracer: TcpLife | None = None
 
     @property
@@ -304,6 +404,7 @@ class TcpLifeGadget:
         self.config.netns = set(selection.netns or ())
         self._tracer = TcpLife(self.config)
         self._next_open = time.monotonic() + self.open_every
+        self._next_edges = time.monotonic() + self.edge_every
         return "tracing TCP connections"
 
     def follow(self, selection: Selection) -> None:
@@ -313,6 +414,8 @@ class TcpLifeGadget:
     def wait(self, timeout: float) -> None:
         if self.open_every:
             timeout = max(0.0, min(timeout, self._next_open - time.monotonic()))
+        if self.config.aggregate:
+            timeout = max(0.0, min(timeout, self._next_edges - time.monotonic()))
         self.tracer.wait(timeout)
 
     def collect(self, *, final: bool) -> Batch[Conn]:
@@ -321,7 +424,20 @@ class TcpLifeGadget:
         if self.open_every and not final and time.monotonic() >= self._next_open:
             self._next_open = time.monotonic() + self.open_every
             records = self.tracer.decode(self.tracer.open_connections(), self.role)
+        if self.config.aggregate:
+            raw = self._with_edges(raw, final)
         return Batch(records=records, raw=raw)
+
+    def _with_edges(self, raw: np.ndarray, final: bool) -> np.ndarray:
+        """Aggregate mode: the ring's records (``n`` 0) and, when it is time, the edges'
+        new sums, as one EDGE_DTYPE batch for the graph sink."""
+        edges = None
+        if final or time.monotonic() >= self._next_edges:
+            self._next_edges = time.monotonic() + self.edge_every
+            edges = self.tracer.edges()
+        out = np.zeros(len(raw), EDGE_DTYPE)
+        out["rep"] = raw
+        return out if edges is None or not len(edges) else np.concatenate((out, edges))
 
     def decode(self, raw: np.ndarray) -> list[Conn]:
         return self.tracer.decode(raw, self.role)
@@ -339,8 +455,19 @@ class TcpLifeGadget:
 
     def tally(self, elapsed: float) -> Tally:
         c = self.tracer.counters()
+        notes = []
+        if c["edges_full"]:
+            # not lost: they went to the ring as records, and the graph counted them
+            notes.append(f"{c['edges_full']} connections sent one by one: the kernel's edge "
+                         f"table ({self.config.edge_entries}) was full (--edge-entries)")
         return Tally(losses={k: Loss(c[k], text) for k, text in LOSS_CAUSES.items()},
-                     counters=c, skipped_runs=self.tracer.skipped_runs())
+                     counters=c, skipped_runs=self.tracer.skipped_runs(), notes=notes)
+
+    def fill(self) -> dict[str, float]:
+        """How full the kernel's edge table is (aggregate mode), as of the last read."""
+        if not self.config.aggregate or self._tracer is None:
+            return {}
+        return {"edges": self._tracer.edges_read / self.config.edge_entries}
 
     def close(self) -> None:
         if self._tracer is not None:
