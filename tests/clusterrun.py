@@ -17,7 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
-ENV = dict(os.environ, PYTHONPATH=SRC, PYTHONUNBUFFERED="1")
+# This tree first, then whatever path the tests run with: as nobody (test_noroot) the
+# interpreter is Debian's and finds the environment's packages only through PYTHONPATH.
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
+    [SRC, *filter(None, [os.environ.get("PYTHONPATH")])]))
 
 
 def free_port() -> int:

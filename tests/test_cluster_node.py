@@ -286,7 +286,8 @@ def test_discovery_and_port_forward_reach_a_loopback_listener(node: Node, agent_
 # ------------------------------------------------------------ kubectl podsight deploy|undeploy
 def run_plugin(argv: list[str], env: dict[str, str], timeout: float = 300
                ) -> subprocess.CompletedProcess[str]:
-    env = dict(env, PYTHONPATH=str(ROOT / "src"))
+    env = dict(env, PYTHONPATH=os.pathsep.join(  # as nobody, packages come only this way
+        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
     return subprocess.run([sys.executable, "-m", "podsight.cluster.cli", *argv], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
