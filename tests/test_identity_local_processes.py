@@ -33,11 +33,14 @@ def spawn(argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
     """
     proc = subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload]
     want = os.path.basename(argv[0])[:15]
+    # comm alone cannot tell a python child from its python parent: the cmdline can.
+    args = b"".join(os.fsencode(a) + b"\0" for a in argv)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
-            with open(f"/proc/{proc.pid}/comm") as f:
-                if f.read().strip() == want:
+            with open(f"/proc/{proc.pid}/comm") as f, open(f"/proc/{proc.pid}/cmdline",
+                                                           "rb") as c:
+                if f.read().strip() == want and c.read() == args:
                     return proc
         except OSError:
             pass
