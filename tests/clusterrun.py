@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 # This tree first, then whatever path the tests run with: as nobody (test_noroot) the
@@ -27,6 +28,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines in `path`. The client may be writing while a test polls, so a
+    last line without its newline is still being written and is left for the next read."""
+    text = path.read_text()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def wait_for(cond: Callable[[], object], what: str, timeout: float = 30.0) -> None:

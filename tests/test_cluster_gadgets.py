@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clusterrun import ENV, Agent, agents, client, free_port, wait_for
+from clusterrun import ENV, Agent, agents, client, free_port, json_lines, wait_for
 from conns import Server, exchange
 from packetsrun import fields, tshark
 from tracing import connect
@@ -59,9 +59,6 @@ def _local(*argv: str, **kw: Any) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "podsight.cli.main", *argv], env=ENV,
                             text=True, **kw)
 
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _tracing(err: Path, n: int) -> None:
@@ -144,7 +141,8 @@ def test_max_bytes_stops_the_cluster_run(lab: Lab, tmp_path: Path, servers: None
             _traffic(lab)
         assert proc.wait(60) == 0, err.read_text()
     assert out.stat().st_size >= 2048
-    assert all(r["node"] in _nodes(lab) for r in _lines(out))  # whole lines, valid JSON
+    assert out.read_text().endswith("\n")  # the limit stopped it between whole lines
+    assert all(r["node"] in _nodes(lab) for r in json_lines(out))  # valid JSON
     assert json.loads(summary.read_text())["stopped_by"] == "--max-bytes reached"
 
 
@@ -163,7 +161,7 @@ def test_tcplife_json_table_and_sqlite_like_the_local_command(lab: Lab, tmp_path
         _traffic(lab)
 
         def ours() -> list[dict[str, Any]]:
-            return [r for r in _lines(tmp_path / "all.json")
+            return [r for r in json_lines(tmp_path / "all.json")
                     if r.get("dport") in (PORT_WEB, PORT_BACKEND)
                     or r.get("sport") in (PORT_WEB, PORT_BACKEND)]
         # Client and server side of mypod -> web (node-a, node-b); both sides of
@@ -172,7 +170,7 @@ def test_tcplife_json_table_and_sqlite_like_the_local_command(lab: Lab, tmp_path
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, err.read_text()
     by_node: dict[str, int] = {}
-    for r in _lines(tmp_path / "all.json"):
+    for r in json_lines(tmp_path / "all.json"):
         if r.get("dport") == PORT_WEB or r.get("sport") == PORT_WEB:
             by_node[r["node"]] = by_node.get(r["node"], 0) + 1
     assert by_node.get("node-a") == 3 and by_node.get("node-b") == 3, by_node
@@ -226,7 +224,7 @@ def test_flows_through_agents(lab: Lab, tmp_path: Path, servers: None) -> None:
         _traffic(lab)
 
         def ports() -> set[tuple[str, int]]:
-            return {(r["node"], int(r.get("dport", 0))) for r in _lines(out)}
+            return {(r["node"], int(r.get("dport", 0))) for r in json_lines(out)}
         wait_for(lambda: {("node-a", PORT_WEB), ("node-b", PORT_WEB),
                           ("node-c", PORT_BACKEND)} <= ports(), "flows from every node")
         proc.send_signal(signal.SIGINT)

@@ -10,15 +10,21 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from clusterrun import agents, bpftool_links, client, connects, held_links, namespaces, wait_for
+from clusterrun import (
+    agents,
+    bpftool_links,
+    client,
+    connects,
+    held_links,
+    json_lines,
+    namespaces,
+    wait_for,
+)
 
 from podsight.lab import Lab
 
 N = 1500
 
-
-def _lines(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _ours(rows: list[dict[str, object]], ports: dict[str, int]) -> dict[str, list[object]]:
@@ -39,8 +45,8 @@ def test_three_agents_merge_without_loss_or_duplicates(lab: Lab, tmp_path: Path)
                       stdout=out.open("w"), stderr=err.open("w"))
         wait_for(lambda: err.read_text().count("tracing TCP connects") == 3, "3 nodes tracing")
         ports = {node: connects(ns, N) for node, ns in nodes.items()}
-        wait_for(lambda: all(len(v) == N for v in _ours(_lines(out), ports).values())
-                 and len(_ours(_lines(out), ports)) == 3, f"{N} connects from each node")
+        wait_for(lambda: all(len(v) == N for v in _ours(json_lines(out), ports).values())
+                 and len(_ours(json_lines(out), ports)) == 3, f"{N} connects from each node")
         links = held_links({a.proc.pid for a in running})
         assert links and links <= bpftool_links(), "the agents' gadgets hold links (bpftool)"
         proc.send_signal(signal.SIGINT)
@@ -48,7 +54,7 @@ def test_three_agents_merge_without_loss_or_duplicates(lab: Lab, tmp_path: Path)
         # Ctrl-C on the client stopped every agent's gadget: bpftool lists none of their links.
         wait_for(lambda: not links & bpftool_links(), "agents' BPF links gone")
         assert all(a.proc.poll() is None for a in running), "agents keep serving"
-    rows = _lines(out)
+    rows = json_lines(out)
     mine = _ours(rows, ports)
     for node, records in mine.items():
         keys = Counter((r["sport"], r["time"]) for r in records)  # type: ignore[index]
@@ -76,7 +82,7 @@ def test_agent_killed_mid_stream_is_reported_and_others_go_on(lab: Lab, tmp_path
         wait_for(lambda: "node node-b" in err.read_text() and "mid-stream" in err.read_text(),
                  "node-b reported")
         ports = {n: connects(nodes[n], 200) for n in ("node-a", "node-c")}
-        wait_for(lambda: all(len(_ours(_lines(out), ports).get(n, [])) == 200 for n in ports),
+        wait_for(lambda: all(len(_ours(json_lines(out), ports).get(n, [])) == 200 for n in ports),
                  "the other nodes go on")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, err.read_text()
