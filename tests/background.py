@@ -37,15 +37,19 @@ class Background:
             self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
         assert self.proc.stderr is not None
+        # Raw reads of the pipe, not readline(): readline may pull the ready line into the
+        # text wrapper's buffer together with the line before it, and select() on the pipe
+        # then waits for bytes that never come (fresh CI timed out exactly so, under load).
+        fd = self.proc.stderr.fileno()
         deadline = time.monotonic() + self._start_timeout
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.5)
+            ready, _, _ = select.select([fd], [], [], 0.5)
             if ready:
-                line = self.proc.stderr.readline()
-                self._stderr_head += line
-                if self._ready in line:
+                chunk = os.read(fd, 1 << 16)
+                self._stderr_head += chunk.decode(errors="replace")
+                if any(self._ready in line for line in self._stderr_head.splitlines()):
                     return
-                if not line:
+                if not chunk:
                     break
             if self.proc.poll() is not None:
                 break
