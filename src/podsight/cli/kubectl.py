@@ -143,6 +143,17 @@ def _check(words: Sequence[str]) -> Any:
     return build_parser().parse_args(list(words))
 
 
+def check(words: Sequence[str]) -> None:
+    """The command line's own checks (cluster flags, the command's flags by podsight's
+    parser), for the plugin to run before it asks the API server for agents: bad input
+    fails in one line before any cluster is asked."""
+    _, rest = split_cluster(words)
+    _, rest = take(rest, {"--summary": True})
+    if not rest:
+        raise UserError("no command: " + USAGE)
+    _check(rest)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     try:
