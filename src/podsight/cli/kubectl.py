@@ -214,10 +214,14 @@ def _gadget(cluster: list[str], rest: list[str]) -> int:
             factory = _capture_output(ns)
             from podsight.outputs.pcapng import PcapngOutput
 
-            del factory  # checked the -w flags; the merged file needs no identity callbacks
+            # -w checked; the merged file needs no identity callbacks: --comments are made
+            # by each agent (it knows its node's pods), and --tls-keylog is read there.
+            del factory
+            keys = sinks.ForwardedKeys() if getattr(ns, "tls_keylog", None) else None
             outputs.capture = sinks.MergedCapture(PcapngOutput(
                 ns.write, application=f"kubectl-podsight {spec.name}", force=ns.force,
-                ring=ns.ring, ring_size=ns.ring_size, max_packets=ns.max_packets))
+                ring=ns.ring, ring_size=ns.ring_size, max_packets=ns.max_packets,
+                keylog=keys), keys)
             outputs.records.append(outputs.capture)  # the merged blocks, in time order
             closers.append(outputs.capture)
         else:
