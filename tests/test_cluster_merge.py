@@ -140,6 +140,8 @@ def test_agent_refuses_other_addresses(argv: list[str], want: str) -> None:
     (["packets", "-w", "/tmp/x.pcapng"], "-w: outputs are written by the client"),
     (["trace", "tcpconnect", "--no-such-flag"], "unrecognized arguments"),
     (["packets", "--tls-keylog", " "], "--tls-keylog needs a file name"),
+    (["trace", "tcpconnect", "--kubeconfig", "/tmp/k"], "its own ServiceAccount"),
+    (["packets", "--ring-size", "1M"], "the client's capture file's"),
 ])
 def test_agent_refuses_output_files_and_bad_requests(tmp_path: Path, argv: list[str],
                                                      want: str) -> None:

@@ -29,14 +29,19 @@ from podsight.errors import PodsightError, UserError
 from podsight.runtime import StopFlag, Stopped
 from podsight.schema import json_string
 
-#: Flags (parsed attribute -> the flag as users type it) a remote run refuses.
+_OUTPUT = ("names a file on the node; outputs are written by the client (give output "
+           "flags to kubectl podsight)")
+_IDENTITY = ("the agent names pods with its own ServiceAccount; a kubeconfig of the "
+             "caller's is not on the node")
+_CAPTURE = "the client's capture file's (give it to kubectl podsight, which keeps it)"
+#: Flags a remote run refuses: parsed attribute -> (the flag as users type it, why).
 REFUSED = {
-    "sqlite": "--sqlite", "json_file": "--json",
-    "kubeconfig": "--kubeconfig", "context": "--context",
+    "sqlite": ("--sqlite", _OUTPUT), "json_file": ("--json", _OUTPUT),
+    "kubeconfig": ("--kubeconfig", _IDENTITY), "context": ("--context", _IDENTITY),
 }
 #: And for capture gadgets, the flags of the capture file (the client writes it).
-REFUSED_CAPTURE = {"ring_size": "--ring-size", "ring": "--ring",
-                   "max_packets": "--max-packets"}
+REFUSED_CAPTURE = {"ring_size": ("--ring-size", _CAPTURE), "ring": ("--ring", _CAPTURE),
+                   "max_packets": ("--max-packets", _CAPTURE)}
 REFUSED_WORDS = {"-w", "--write", "--tui", "--no-tui", "-h", "--help", "--force"}
 
 _PARSE_LOCK = threading.Lock()
@@ -98,10 +103,9 @@ def parse_request(argv: Sequence[str], scope_netns: str | None = None,
             text = line[-1].removeprefix("podsight: error: ") if line else "bad request"
             raise UserError(text) from None
     refused = {**REFUSED, **(REFUSED_CAPTURE if "capture" in spec.flag_groups else {})}
-    for attr, flag in refused.items():
+    for attr, (flag, why) in refused.items():
         if getattr(ns, attr, None) not in (None, False):
-            raise UserError(f"{flag}: names a file on the node; outputs are written by the "
-                            "client (give output flags to kubectl podsight)")
+            raise UserError(f"{flag}: {why}")
     if getattr(ns, "tls_keylog", None) is not None and not ns.tls_keylog.strip():
         raise UserError("--tls-keylog needs a file name")
     if "capture" in spec.flag_groups and outputs:
