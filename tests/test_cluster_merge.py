@@ -139,7 +139,9 @@ def test_agent_refuses_other_addresses(argv: list[str], want: str) -> None:
     (["trace", "tcpconnect", "--tui"], "--tui: outputs are written by the client"),
     (["packets", "-w", "/tmp/x.pcapng"], "-w: outputs are written by the client"),
     (["trace", "tcpconnect", "--no-such-flag"], "unrecognized arguments"),
-    (["packets", "--comments"], "--comments is not available through agents"),
+    (["packets", "--tls-keylog", " "], "--tls-keylog needs a file name"),
+    (["trace", "tcpconnect", "--kubeconfig", "/tmp/k"], "its own ServiceAccount"),
+    (["packets", "--ring-size", "1M"], "the client's capture file's"),
 ])
 def test_agent_refuses_output_files_and_bad_requests(tmp_path: Path, argv: list[str],
                                                      want: str) -> None:
@@ -165,7 +167,6 @@ def test_agent_refuses_output_files_and_bad_requests(tmp_path: Path, argv: list[
     (["--agent-addr", "127.0.0.1:1"], "no command"),
     (["--agent-addr", "127.0.0.1:1", "serve", "--listen", "0.0.0.0:9999"],
      "serving beyond loopback needs --token-file"),
-    (["--agent-addr", "127.0.0.1:1", "serve", "--flows"], "serve --flows is not available"),
     (["--agent-addr", "127.0.0.1:1", "trace", "tcpconnect", "-o", "columns=,"],
      "needs at least one column name"),
 ])
@@ -174,3 +175,25 @@ def test_client_bad_input_is_one_line(argv: list[str], want: str) -> None:
     proc = client(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and err.count("\n") == 1 and want in err, err
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["--agent-addr", "127.0.0.1:1", "serve", "--listen", "0.0.0.0:9999"],
+     "serving beyond loopback needs --token-file"),
+    (["--agent-namespace", "x", "--agent-addr=127.0.0.1:1", "--discover", "trace",
+      "tcpconnect", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_plugin_entry_point_finds_the_command_after_cluster_flags(argv: list[str],
+                                                                  want: str) -> None:
+    """``kubectl podsight --agent-addr HOST:PORT trace ...`` (kubectl runs the
+    ``kubectl-podsight`` entry point): the command comes after the cluster flags and their
+    values, and the plugin's own flags (--discover, --agent-namespace) are not passed to
+    the client. Bad input is still one line, exit 2, before any cluster is asked."""
+    import sys
+
+    from clusterrun import ENV
+
+    proc = subprocess.run([sys.executable, "-m", "podsight.cluster.cli", *argv], env=ENV,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and want in proc.stderr, \
+        proc.stderr

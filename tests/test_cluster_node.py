@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -30,11 +31,15 @@ from typing import Any
 
 import pytest
 import yaml
+from clusterrun import agents as sim_agents
+from clusterrun import json_lines
+from conns import Server, exchange
 from k8s.nodefixtures import BUSYBOX, CACHE, ROOT, Node, agent_image, node, overlay, wait_for
 
 from podsight.cluster.deploy import embedded_manifests
 from podsight.cluster.deployment import LABEL_SELECTOR, NAMESPACE
 from podsight.cluster.portforward import agent_endpoints, find_agents
+from podsight.lab import Lab
 
 __all__ = ["agent_image", "node"]  # fixtures, imported for pytest
 
@@ -124,7 +129,8 @@ def test_apply_k_to_the_real_apiserver(node: Node, rbac: None) -> None:
     ("get", "secrets", False), ("list", "secrets", False), ("create", "pods", False),
     ("create", "pods/exec", False), ("create", "pods/portforward", False),
     ("delete", "pods", False), ("patch", "nodes", False), ("list", "configmaps", False),
-    ("list", "endpoints", False), ("create", "daemonsets.apps", False),
+    ("list", "endpoints", True), ("watch", "endpoints", True), ("create", "endpoints", False),
+    ("create", "daemonsets.apps", False),
     ("use", "agents.podsight.io", False),
 ])
 def test_agent_rbac_is_least_privilege(node: Node, rbac: None, verb: str, what: str,
@@ -142,7 +148,7 @@ def test_agent_rbac_list_is_exactly_the_manifest(node: Node, rbac: None) -> None
     out = node.run("auth", "can-i", "--list", f"--as={SA}").stdout
     rows = {line.split()[0] for line in out.splitlines()[1:]
             if line.strip() and not line.split()[0].startswith("[")}
-    assert rows == {"pods", "services", "nodes", "namespaces", "replicasets.apps",
+    assert rows == {"pods", "services", "endpoints", "nodes", "namespaces", "replicasets.apps",
                     "jobs.batch", "tokenreviews.authentication.k8s.io",
                     "subjectaccessreviews.authorization.k8s.io",
                     "selfsubjectaccessreviews.authorization.k8s.io",
@@ -365,5 +371,101 @@ def test_deploy_times_out_with_the_pods_reason(node: Node, tmp_path: Path) -> No
         t0 = time.monotonic()
         proc = run_plugin(["undeploy"], env)
         print(f"undeploy with a failing agent pod took {time.monotonic() - t0:.1f} s")
+    assert proc.returncode == 0, proc.stderr
+    assert leftovers(node) == []
+
+
+# ------------------------------------------------------------ the real node with simulated ones
+def test_discover_merges_the_real_node_with_simulated_ones(node: Node, agent_image: str,
+                                                           lab: Lab, tmp_path: Path) -> None:
+    """``kubectl podsight --discover --agent-addr A --agent-addr B trace tcpconnect``: the
+    real node's agent (found by label, reached through the API server's port-forward) and
+    two simulated nodes (agents on this machine, each watching one lab pod's network
+    namespace) in one merged run: each record tagged with its node, in time order, and
+    per-node counts in --summary.
+
+    The pod selection is a label only the real client pod has: it picks the real node in
+    discovery and, on the real agent, that pod's connects; on the simulated agents it
+    matches no lab pod, so each sees just its own namespace (a selection adds to an
+    agent's --netns scope)."""
+    env = node.tool_env()
+    ov = overlay(tmp_path / "overlay", node)
+    ns = make_namespace(node)
+    label = "podsight-test=merge-" + uuid.uuid4().hex[:6]
+    key, _, value = label.partition("=")
+    out, err, summary = tmp_path / "merged.json", tmp_path / "client.err", tmp_path / "s.json"
+    sims = {"node-a": lab.pod("mypod").netns, "node-b": lab.pod("frontend").netns}
+    try:
+        proc = run_plugin(["deploy", "-k", str(ov), "--image", agent_image, "--timeout", "120"],
+                          env)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        server = busybox("server-" + uuid.uuid4().hex[:4], "exec httpd -f -p 8080 -h /var/www",
+                         namespace=ns)
+        node.run("apply", "-f", "-", stdin=json.dumps(server))
+        srv = wait_pod(node, ns, server["metadata"]["name"])
+        client_name = "client-" + uuid.uuid4().hex[:4]
+        node.run("apply", "-f", "-", stdin=json.dumps(busybox(
+            client_name, f"while true; do nc -w 1 {srv['status']['podIP']} 8080 </dev/null; "
+            "sleep 0.2; done", namespace=ns, labels={key: value})))
+        wait_pod(node, ns, client_name)
+        with Server(lab, "web", 7070), Server(lab, "backend", 7071), \
+                sim_agents(sims, tmp_path) as running:
+            argv = ["--discover", *[w for a in running for w in ("--agent-addr", a.addr)],
+                    "trace", "tcpconnect", "-A", "-l", label, "-o", "json",
+                    "--summary", str(summary), "--max-time", "120"]
+            env_ = dict(env, PYTHONPATH=os.pathsep.join(
+                [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+            with out.open("w") as o, err.open("w") as e:
+                client = subprocess.Popen([sys.executable, "-m", "podsight.cluster.cli", *argv],
+                                          env=env_, stdout=o, stderr=e, text=True)
+            try:
+                wait_for(lambda: err.read_text().count(": tracing") >= 3 or client.poll(),
+                         90, "three nodes tracing")
+                assert client.poll() is None, err.read_text()
+
+                def nodes_seen() -> set[str]:
+                    exchange(lab, "mypod", lab.pod("web").ipv4, 7070, req=10, resp=10)
+                    exchange(lab, "frontend", lab.pod("backend").ipv4, 7071, req=10, resp=10)
+                    return {r["node"] for r in json_lines(out)}
+                wait_for(lambda: nodes_seen() >= {node.name, *sims} or client.poll(), 60,
+                         "records of every node")
+                client.send_signal(signal.SIGINT)  # Ctrl-C: every agent stops, outputs whole
+                assert client.wait(60) == 0, err.read_text()
+            finally:
+                if client.poll() is None:
+                    client.kill()
+                    client.wait()
+        text = err.read_text()
+        records = json_lines(out)
+        by_node: dict[str, list[dict[str, Any]]] = {}
+        for r in records:
+            by_node.setdefault(r["node"], []).append(r)
+        assert set(by_node) == {node.name, *sims}, (set(by_node), text)
+        # The real node: the labelled busybox pod's connects, named from the API server.
+        real = by_node[node.name]
+        assert all(r["src"].get("pod") == client_name and r["src"]["namespace"] == ns
+                   for r in real), real[:3]
+        assert any(r["result"] == "ok" for r in real)
+        # Each simulated node: the lab pod whose namespace it watches, and only it.
+        assert {r["src"].get("pod") for r in by_node["node-a"]} == {"mypod"}
+        assert {r["src"].get("pod") for r in by_node["node-b"]} == {"frontend"}
+        assert {r["dport"] for r in by_node["node-a"]} == {7070}
+        # One stream, interleaved by time across the three nodes.
+        times = [r["time"] for r in records]
+        assert times == sorted(times)
+        report = json.loads(summary.read_text())
+        rows = {n["node"]: n for n in report["nodes"]}
+        assert set(rows) == {node.name, *sims}, rows
+        for name, row in rows.items():
+            assert row["state"] == "done", row
+            assert row["records"] == len(by_node[name]), (name, row)
+            assert row["lost_gaps"] == 0 and row["duplicates"] == 0, row
+        assert report["records"] == len(records)
+        assert rows[node.name]["address"].startswith("127.0.0.1:")  # its port-forward
+        assert {rows[n]["address"] for n in sims} == {a.addr for a in running}
+        assert "from 3 of 3 nodes" in text, text
+    finally:
+        node.run("delete", "namespace", ns, "--wait=false", check=False)
+        proc = run_plugin(["undeploy", "--timeout", "120"], env)
     assert proc.returncode == 0, proc.stderr
     assert leftovers(node) == []

@@ -210,3 +210,36 @@ def test_serve_runs_no_gadget_whose_graph_feeds_another_covers():
 
     names = [s.name for s in graph_specs(argparse.Namespace(tls=False, flows=False))]
     assert "tcplife" in names and "tcpconnect" not in names
+
+
+def test_flow_records_read_back_as_flows_observations():
+    """flows' recorded adapter (kubectl podsight serve --flows/--tls, graph --from): a JSON
+    line and a SQLite row of the same flow give the observations observe() gives, and a
+    record of another gadget is not a flow record."""
+    from podsight.analysis.graph import DnsResponse, Drop, FlowBytes, TlsHello
+    from podsight.gadgets.flows.graph import observe_recorded
+
+    line = {"start": "2026-01-01T00:00:01.000000000Z", "end": "2026-01-01T00:00:02.5Z",
+            "saddr": "10.0.0.2", "daddr": "203.0.113.10", "sport": 40000, "dport": 443,
+            "src": {"kind": "pod", "namespace": "default", "pod": "mypod"},
+            "dst": {"kind": "raw"}, "bytes": 900, "packets": 7, "tcp_flags": ["SYN"],
+            "drops": {"packets": 2, "reason": "NO_SOCKET"},
+            "tls": {"sni": "shop.example.test", "offered": ["TLS 1.3"], "alpn": ["h2"],
+                    "server": "203.0.113.10", "port": 443}}
+    obs = observe_recorded(line)
+    assert [type(o) for o in obs] == [FlowBytes, Drop, TlsHello]
+    assert (obs[0].bytes, obs[0].packets, obs[0].ts_ns) == (900, 7, 1767225602_500000000)
+    assert obs[0].src.name == "mypod" and obs[1].reason == "NO_SOCKET"
+    assert (obs[2].server_addr, obs[2].sni, obs[2].version, obs[2].alpn) == \
+        ("203.0.113.10", "shop.example.test", "TLS 1.3", "h2")
+    row = {"start_ns": 1, "end_ns": 2, "saddr": "10.0.0.3", "daddr": "10.96.0.53",
+           "sport": 5353, "dport": 53, "src_kind": "pod", "src_namespace": "default",
+           "src_name": "mypod", "dst_kind": "service", "bytes": 80, "packets": 1,
+           "tcp_flags": None, "drop_packets": None, "dns_rcode": "NXDOMAIN", "dns_id": 9}
+    obs = observe_recorded(row)
+    assert [type(o) for o in obs] == [FlowBytes, DnsResponse]
+    assert obs[1].client.name == "mypod" and obs[1].key == ("10.0.0.3", 5353, 9)
+    assert observe_recorded({"role": "client", "bytes_sent": 1, "state": "closed"}) is None
+    g = Graph()
+    g.add(observe_recorded(line))
+    assert {e.target.id for e in g.snapshot()} == {"x/shop.example.test"}

@@ -122,7 +122,7 @@ def _capture_output(ns: argparse.Namespace) -> Callable[[Any], Any]:
         raise UserError("--tls-keylog needs a file name")
 
     def factory(ctx: Any) -> Any:
-        from podsight.outputs.pcapng import KeyLog, PcapngOutput
+        from podsight.outputs.pcapng import PcapngOutput
 
         resolver = ctx.resolver
         def name_of(addr: str) -> str | None:
@@ -135,22 +135,31 @@ def _capture_output(ns: argparse.Namespace) -> Callable[[Any], Any]:
         def notation_of(addr: str) -> str:
             return str(resolver.endpoint(addr).notation)
 
-        keylog = None
-        if ns.tls_keylog:
-            selector = ctx.selector
-            netns = frozenset(netns_flag(ns))
-
-            def selected() -> set[int]:
-                return set(netns) | (resolver.selected_netns(selector)
-                                     if selector.selects_pods else set())
-
-            keylog = KeyLog(ns.tls_keylog, selected)
+        keylog = keylog_of(ns, ctx)
         return PcapngOutput(target, application=f"podsight {ctx.spec.name}", force=ns.force,
                             ring=ns.ring, ring_size=ns.ring_size, max_packets=ns.max_packets,
                             comments=ns.comments, keylog=keylog, name_of=name_of,
                             notation_of=notation_of)
 
     return factory
+
+
+def keylog_of(ns: argparse.Namespace, ctx: Any) -> Any:
+    """``--tls-keylog FILE`` followed as a :class:`~podsight.outputs.pcapng.KeyLog` (a
+    path on this host, else inside a selected pod), or None. Shared with
+    ``podsight agent``, which sends the keys to the client's file."""
+    if not getattr(ns, "tls_keylog", None):
+        return None
+    from podsight.outputs.pcapng import KeyLog
+
+    resolver, selector = ctx.resolver, ctx.selector
+    netns = frozenset(netns_flag(ns))
+
+    def selected() -> set[int]:
+        return set(netns) | (resolver.selected_netns(selector)
+                             if selector.selects_pods else set())
+
+    return KeyLog(ns.tls_keylog, selected)
 
 
 def _check_new_file(path: str, flag: str, *, force: bool = False) -> None:

@@ -94,13 +94,13 @@ def run(ns: argparse.Namespace) -> int:
         for row in _rows(ns.source):
             for adapt in adapters:
                 o = adapt(row)
-                if o is not None:
-                    graph.add([o])
+                if o is not None:  # one observation, or a list (a flow record: several)
+                    graph.add(o if isinstance(o, list) else [o])
                     seen += 1
                     break
         if not seen:
-            raise UserError(f"--from {ns.source}: no connection records in it (write them "
-                            "with 'podsight trace tcplife -o json' or '--sqlite')")
+            raise UserError(f"--from {ns.source}: no connection or flow records in it (write "
+                            "them with 'podsight trace tcplife -o json' or '--sqlite')")
     else:
         if ns.max_time is None:
             raise UserError("give --timeout SECONDS (trace that long) or --from FILE")

@@ -143,6 +143,17 @@ def _check(words: Sequence[str]) -> Any:
     return build_parser().parse_args(list(words))
 
 
+def check(words: Sequence[str]) -> None:
+    """The command line's own checks (cluster flags, the command's flags by podsight's
+    parser), for the plugin to run before it asks the API server for agents: bad input
+    fails in one line before any cluster is asked."""
+    _, rest = split_cluster(words)
+    _, rest = take(rest, {"--summary": True})
+    if not rest:
+        raise UserError("no command: " + USAGE)
+    _check(rest)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -203,10 +214,14 @@ def _gadget(cluster: list[str], rest: list[str]) -> int:
             factory = _capture_output(ns)
             from podsight.outputs.pcapng import PcapngOutput
 
-            del factory  # checked the -w flags; the merged file needs no identity callbacks
+            # -w checked; the merged file needs no identity callbacks: --comments are made
+            # by each agent (it knows its node's pods), and --tls-keylog is read there.
+            del factory
+            keys = sinks.ForwardedKeys() if getattr(ns, "tls_keylog", None) else None
             outputs.capture = sinks.MergedCapture(PcapngOutput(
                 ns.write, application=f"kubectl-podsight {spec.name}", force=ns.force,
-                ring=ns.ring, ring_size=ns.ring_size, max_packets=ns.max_packets))
+                ring=ns.ring, ring_size=ns.ring_size, max_packets=ns.max_packets,
+                keylog=keys), keys)
             outputs.records.append(outputs.capture)  # the merged blocks, in time order
             closers.append(outputs.capture)
         else:

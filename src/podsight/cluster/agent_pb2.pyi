@@ -115,20 +115,22 @@ class Interface(_message.Message):
     def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., snaplen: _Optional[int] = ..., linktype: _Optional[int] = ..., filter: _Optional[str] = ..., start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., closed: _Optional[bool] = ..., received: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class Frames(_message.Message):
-    __slots__ = ("first_seq", "count", "blocks", "times", "interfaces", "watermark")
+    __slots__ = ("first_seq", "count", "blocks", "times", "interfaces", "watermark", "tls_keys")
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     TIMES_FIELD_NUMBER: _ClassVar[int]
     INTERFACES_FIELD_NUMBER: _ClassVar[int]
     WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    TLS_KEYS_FIELD_NUMBER: _ClassVar[int]
     first_seq: int
     count: int
     blocks: bytes
     times: bytes
     interfaces: _containers.RepeatedCompositeFieldContainer[Interface]
     watermark: int
-    def __init__(self, first_seq: _Optional[int] = ..., count: _Optional[int] = ..., blocks: _Optional[bytes] = ..., times: _Optional[bytes] = ..., interfaces: _Optional[_Iterable[_Union[Interface, _Mapping]]] = ..., watermark: _Optional[int] = ...) -> None: ...
+    tls_keys: bytes
+    def __init__(self, first_seq: _Optional[int] = ..., count: _Optional[int] = ..., blocks: _Optional[bytes] = ..., times: _Optional[bytes] = ..., interfaces: _Optional[_Iterable[_Union[Interface, _Mapping]]] = ..., watermark: _Optional[int] = ..., tls_keys: _Optional[bytes] = ...) -> None: ...
 
 class Notice(_message.Message):
     __slots__ = ("line",)

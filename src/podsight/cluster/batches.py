@@ -168,13 +168,24 @@ class FrameBatches:
         self.bytes = 0
         self.full = ""
         self.interfaces: list[pb.Interface] = []
+        #: ``packets --comments``: each block with its comment, named on the node (where
+        #: the identity of both ends is known), so the client's file carries them as is.
+        self.annotate: Callable[[bytes], bytes] | None = None
+        #: ``packets --tls-keylog FILE``: the key log followed on the node (or in a
+        #: selected pod); new lines go with the next batch, ahead of its blocks.
+        self.keylog: Any = None
+        self._keys = b""
 
     def write_frames(self, frames: Any, interfaces: Sequence[Any]) -> int:
         n = len(frames)
         self.interfaces = [interface_message(i) for i in interfaces]
+        if self.keylog is not None:
+            self._keys += self.keylog.read_new()
         if not n:
             return 0
         blocks = [frames.block(i) for i in range(n)]
+        if self.annotate is not None:
+            blocks = [self.annotate(b) for b in blocks]
         times = np.empty(n, dtype=np.int64)
         for i, b in enumerate(blocks):  # EPB: type, length, interface, ts high, ts low
             hi, lo = _TS.unpack_from(b, 12)
@@ -183,7 +194,8 @@ class FrameBatches:
         self.bytes += len(data)
         self.emit(pb.RunReply(frames=pb.Frames(
             first_seq=self.seq.take(n), count=n, blocks=data, times=times.tobytes(),
-            interfaces=self.interfaces, watermark=time.time_ns())))
+            interfaces=self.interfaces, watermark=time.time_ns(), tls_keys=self._keys)))
+        self._keys = b""
         return n
 
     def close(self, interfaces: Sequence[Any]) -> None:

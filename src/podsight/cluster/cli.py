@@ -12,6 +12,13 @@ Two kinds of subcommands:
   server port-forward, handed to the client as ``--agent-addr 127.0.0.1:PORT``
   (the agent tells the client its node name). Nodes that cannot be reached are
   reported here, one line each, and the run goes on without them.
+  ``--discover`` asks for both: the cluster's agents found as above, merged with
+  the ``--agent-addr`` ones (agents outside the cluster's API, e.g. simulated
+  nodes, or one reached through a tunnel of the user's own). It is an explicit
+  flag rather than implied by ``-n``/``--node`` because those are also the
+  gadget's own filters, which a user passes to direct agents as well: a run
+  that asks the API server only when told keeps ``--agent-addr`` usable with
+  no cluster at all.
 
 The error boundary is podsight's own (one line, exit 2 for bad input).
 """
@@ -35,6 +42,12 @@ from podsight.cluster.kubectl import Kubectl  # noqa: E402
 from podsight.errors import EnvironmentProblem  # noqa: E402
 
 PROG = "kubectl-podsight"
+#: Flags before the command that this module handles (flag -> takes a value); the
+#: client's own cluster flags (``--agent-addr``, ...) are passed on.
+OWN_FLAGS = {"--agent-namespace": True, "--discover": False}
+#: Every flag that may come before a streaming command, and whether it takes a value.
+LEADING_FLAGS = {**OWN_FLAGS, "--agent-addr": True, "--token-file": True,
+                 "--kubeconfig": True, "--context": True, "--summary": True}
 #: The merging client's module (part A) and the subcommands it serves.
 STREAMING_MODULE = "podsight.cli.kubectl"
 STREAMING = ("trace", "flows", "packets", "graph", "serve", "advise")
@@ -136,8 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="kubectl podsight",
                            description="podsight on a Kubernetes cluster: agents on every node, "
                                        "results merged here. Streaming commands: "
-                                       f"{', '.join(STREAMING)} (flags as the local podsight's,"
-                                       " plus --agent-addr HOST:PORT, --kubeconfig, --context)")
+                                       f"{', '.join(STREAMING)} (flags as the local podsight's;"
+                                       " before the command: --kubeconfig, --context, "
+                                       "--agent-namespace NS, --agent-addr HOST:PORT "
+                                       "(repeatable: these agents instead of the cluster's), "
+                                       "--discover (the cluster's agents as well as the "
+                                       "--agent-addr ones, merged in one run))")
     parser.add_argument("--version", action="version", version=f"podsight {__version__}")
     groups = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     groups.required = True
@@ -195,13 +212,15 @@ def wanted_nodes(kubectl: Kubectl, words: Sequence[str]) -> tuple[list[str] | No
 
 
 @contextlib.contextmanager
-def discovered_addrs(words: Sequence[str]) -> Iterator[list[str]]:
-    """``--agent-addr 127.0.0.1:PORT`` for each reachable agent, forwards open meanwhile."""
+def discovered_addrs(words: Sequence[str], namespace: str | None = None,
+                     others: int = 0) -> Iterator[list[str]]:
+    """``--agent-addr 127.0.0.1:PORT`` for each reachable agent, forwards open meanwhile.
+    With ``others`` agents given directly, finding none in the cluster is said, not fatal."""
     from podsight.cluster.portforward import agent_endpoints
 
     kubeconfig = last(flag_values(words, "--kubeconfig"))
     context = last(flag_values(words, "--context"))
-    namespace = last(flag_values(words, "--agent-namespace")) or NAMESPACE
+    namespace = namespace or NAMESPACE
     kubectl = Kubectl.find(kubeconfig, context)
     nodes, why = wanted_nodes(kubectl, words)
     with agent_endpoints(kubectl, namespace=namespace, nodes=nodes) as reach:
@@ -209,28 +228,64 @@ def discovered_addrs(words: Sequence[str]) -> Iterator[list[str]]:
             sys.stderr.write(f"{PROG}: node {node} unreachable: {reason}\n")
         if not reach.endpoints:
             where = "on " + ", ".join(nodes) if nodes else "anywhere"
-            raise EnvironmentProblem(f"no ready podsight agent {where} ({why}); run "
-                                     "'kubectl podsight deploy' first")
+            text = f"no ready podsight agent {where} ({why})"
+            if not others:
+                raise EnvironmentProblem(f"{text}; run 'kubectl podsight deploy' first")
+            sys.stderr.write(f"{PROG}: --discover: {text}; going on with the "
+                             f"{others} --agent-addr agent(s)\n")
         addrs = []
         for ep in reach.endpoints:
             addrs += ["--agent-addr", f"{ep.host}:{ep.port}"]
         yield addrs
 
 
+def command_index(words: Sequence[str]) -> int:
+    """Where the command starts: after the leading flags (and their values), as kubectl's
+    global flags (``--agent-addr 127.0.0.1:7750 trace ...``); ``len(words)`` if none."""
+    i = 0
+    while i < len(words) and words[i].startswith("-"):
+        name, eq, _ = words[i].partition("=")
+        i += 2 if LEADING_FLAGS.get(name) and not eq else 1
+    return i
+
+
+def without_own_flags(words: Sequence[str]) -> tuple[list[str], bool]:
+    """``words`` without this module's leading flags (the client does not know them), and
+    whether ``--discover`` was among them. ``--agent-namespace`` is dropped anywhere,
+    as before (it was accepted after the command too)."""
+    at = command_index(words)
+    out: list[str] = []
+    discover = False
+    i = 0
+    while i < len(words):
+        name, eq, _ = words[i].partition("=")
+        if name == "--discover" and i < at:
+            discover = True
+        elif name == "--agent-namespace":
+            i += 1 if eq else 2
+            continue
+        else:
+            out.append(words[i])
+        i += 1
+    return out, discover
+
+
 def stream(words: list[str]) -> int:
-    """A streaming subcommand: the merging client, with discovered agents if none given."""
+    """A streaming subcommand: the merging client, with discovered agents if none given
+    (or if ``--discover`` asks for them too)."""
     try:
         client = importlib.import_module(STREAMING_MODULE)
     except ImportError:
         raise EnvironmentProblem(f"kubectl podsight {words[0]}: this build has no merging "
                                  f"client ({STREAMING_MODULE})") from None
-    words = [w for i, w in enumerate(words)
-             if w != "--agent-namespace" and (i == 0 or words[i - 1] != "--agent-namespace")
-             and not w.startswith("--agent-namespace=")]
-    if flag_values(words, "--agent-addr"):
+    namespace = last(flag_values(words, "--agent-namespace"))
+    words, discover = without_own_flags(words)
+    given = flag_values(words[:command_index(words)], "--agent-addr")
+    if given and not discover:
         rc: int = client.main(words)
         return rc
-    with discovered_addrs(words) as addrs:
+    client.check(words)  # bad input: one line, before the API server is asked
+    with discovered_addrs(words, namespace, len(given)) as addrs:
         rc = client.main([*addrs, *words])
         return rc
 
@@ -240,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     words = list(sys.argv[1:] if argv is None else argv)
     try:
-        first = next((w for w in words if not w.startswith("-")), None)
+        at = command_index(words)
+        first = words[at] if at < len(words) else None
         if first in STREAMING:
             return stream(words)
         args = build_parser().parse_args(words)

@@ -222,6 +222,8 @@ def run_cluster(endpoints: Sequence[NodeEndpoint], argv: Sequence[str], outputs:
         if cap is None:
             return
         cap.update(node.name, f.interfaces)
+        if f.tls_keys:
+            cap.add_keys(f.tls_keys)
         blocks = cap.renumber(node.name, f.blocks, f.count)[start:count]
         times = np.frombuffer(f.times, dtype=np.int64)[start:count]
         merge.add(node.index, times, blocks, f.watermark)

@@ -10,8 +10,9 @@ graph --from`` reads). The HTTP side is the local command's
 and ``/api/graph/*`` answer the same; the self-metrics have one source per node.
 
 A gadget without a recorded adapter cannot feed the graph through agents (its records
-carry nothing the graph could rebuild from JSON); such gadgets are named on stderr, and
-asking for one by flag (``--tls``, ``--flows``) is refused with one line. This module
+carry nothing the graph could rebuild from JSON); such gadgets are named on stderr.
+Every gadget that feeds the local ``serve`` has one today (tcplife, tcpconnect, and
+flows for ``--tls`` / ``--flows``, with the values those flags give it). This module
 knows no gadget: it asks the registry.
 """
 
@@ -69,8 +70,11 @@ class GraphFeed:
             row = orjson.loads(line)
             for adapt in self.adapters:
                 o = adapt(row)
-                if o is not None:
-                    observations.append(o)
+                if o is not None:  # one observation, or a list (a flow record: several)
+                    if isinstance(o, list):
+                        observations.extend(o)
+                    else:
+                        observations.append(o)
                     break
         with self.lock:
             self.records += len(lines)
@@ -104,10 +108,6 @@ def serve(cluster: list[str], rest: list[str]) -> int:
     wanted = graph_specs(ns)
     usable = [s for s in wanted if "graph_recorded" in s.extra]
     skipped = [s.name for s in wanted if "graph_recorded" not in s.extra]
-    for flag in ("tls", "flows"):
-        if getattr(ns, flag, False):
-            raise UserError(f"serve --{flag} is not available through agents yet: the "
-                            "gadget it runs has no recorded-records adapter")
     if not usable:
         raise UserError("no gadget that feeds the graph can do so through agents (none has "
                         "a recorded-records adapter)")
@@ -115,6 +115,9 @@ def serve(cluster: list[str], rest: list[str]) -> int:
     argvs = []
     for spec in usable:
         values = {**spec.extra.get("graph_values", {}), "open_every": ns.open_every}
+        for flag, more in spec.extra.get("graph_flags", {}).items():  # --tls, --flows
+            if getattr(ns, flag, False):
+                values.update(more)
         argvs.append(agent_argv(spec, values, pods))
         _check(argvs[-1])  # bad pod flags fail here, before any node is asked
     endpoints = _endpoints(cluster)

@@ -1,10 +1,12 @@
 """One gadget run on the agent, asked for by a client.
 
 The request is the local command line (``trace tcpconnect -n shop``), parsed by the
-same parser, so a flag means the same on a node as on a laptop. Flags that name files
-or terminals on the agent's machine make no sense for a remote caller and are refused
-with one line; outputs are the agent's own (JSON lines and pcapng blocks down the
-stream, see :mod:`.batches`). The run is the one pipeline
+same parser, so a flag means the same on a node as on a laptop. Flags that name output
+files or terminals on the agent's machine make no sense for a remote caller and are
+refused with one line; outputs are the agent's own (JSON lines and pcapng blocks down
+the stream, see :mod:`.batches`). ``packets --comments`` and ``--tls-keylog FILE`` are
+done here, where they can be: the node's identity names both ends of each packet, and
+the key log is a file on the node (or in one of its pods). The run is the one pipeline
 (:class:`podsight.pipeline.Run`) with its own stop flag: a client that stops, cancels or
 goes away sets it, and the pipeline's normal end detaches the gadget.
 """
@@ -27,14 +29,19 @@ from podsight.errors import PodsightError, UserError
 from podsight.runtime import StopFlag, Stopped
 from podsight.schema import json_string
 
-#: Flags (parsed attribute -> the flag as users type it) a remote run refuses.
+_OUTPUT = ("names a file on the node; outputs are written by the client (give output "
+           "flags to kubectl podsight)")
+_IDENTITY = ("the agent names pods with its own ServiceAccount; a kubeconfig of the "
+             "caller's is not on the node")
+_CAPTURE = "the client's capture file's (give it to kubectl podsight, which keeps it)"
+#: Flags a remote run refuses: parsed attribute -> (the flag as users type it, why).
 REFUSED = {
-    "sqlite": "--sqlite", "json_file": "--json", "tls_keylog": "--tls-keylog",
-    "kubeconfig": "--kubeconfig", "context": "--context",
+    "sqlite": ("--sqlite", _OUTPUT), "json_file": ("--json", _OUTPUT),
+    "kubeconfig": ("--kubeconfig", _IDENTITY), "context": ("--context", _IDENTITY),
 }
 #: And for capture gadgets, the flags of the capture file (the client writes it).
-REFUSED_CAPTURE = {"ring_size": "--ring-size", "ring": "--ring", "comments": "--comments",
-                   "max_packets": "--max-packets"}
+REFUSED_CAPTURE = {"ring_size": ("--ring-size", _CAPTURE), "ring": ("--ring", _CAPTURE),
+                   "max_packets": ("--max-packets", _CAPTURE)}
 REFUSED_WORDS = {"-w", "--write", "--tui", "--no-tui", "-h", "--help", "--force"}
 
 _PARSE_LOCK = threading.Lock()
@@ -96,13 +103,11 @@ def parse_request(argv: Sequence[str], scope_netns: str | None = None,
             text = line[-1].removeprefix("podsight: error: ") if line else "bad request"
             raise UserError(text) from None
     refused = {**REFUSED, **(REFUSED_CAPTURE if "capture" in spec.flag_groups else {})}
-    for attr, flag in refused.items():
+    for attr, (flag, why) in refused.items():
         if getattr(ns, attr, None) not in (None, False):
-            if attr == "comments":
-                raise UserError("--comments is not available through agents yet (the "
-                                "comments are written with the capture file, on the client)")
-            raise UserError(f"{flag}: names a file on the node; outputs are written by the "
-                            "client (give output flags to kubectl podsight)")
+            raise UserError(f"{flag}: {why}")
+    if getattr(ns, "tls_keylog", None) is not None and not ns.tls_keylog.strip():
+        raise UserError("--tls-keylog needs a file name")
     if "capture" in spec.flag_groups and outputs:
         raise UserError("a capture gadget sends frames: no table or SQLite rows")
     return Request(spec, ns, tuple(outputs), columns.strip() or None)
@@ -118,6 +123,22 @@ class Session:
         self.emit = emit
         self.stop = StopFlag()
         self.seq = SeqCounter()
+
+    def _frames(self, frames: FrameBatches, ctx: Any) -> FrameBatches:
+        """The frame output, once the gadget started: comments named by this node's
+        identity, and the key log (``--tls-keylog``) read here, on the node."""
+        from podsight.cli.gadget import keylog_of
+        from podsight.outputs.pcapng import commented
+
+        ns = self.request.ns
+        if getattr(ns, "comments", False):
+            notation = ctx.resolver.endpoint
+
+            def annotate(block: bytes) -> bytes:
+                return commented(block, lambda addr: str(notation(addr).notation))
+            frames.annotate = annotate
+        frames.keylog = keylog_of(ns, ctx)
+        return frames
 
     def run(self) -> pb.Summary:
         from podsight.cli.gadget import build_run
@@ -139,7 +160,8 @@ class Session:
             columns=self.request.columns, check_columns="table" in outputs,
             json_prefix=prefix,
             sinks=(rows,) if rows is not None else (),
-            frame_outputs=((lambda ctx: frames),) if frames is not None else ())
+            frame_outputs=((lambda ctx: self._frames(frames, ctx)),) if frames is not None
+            else ())
         result = RunResult()
         failure = ""
         bad_input = False

@@ -148,11 +148,35 @@ class SqliteSink:
             self.writer.close()
 
 
+class ForwardedKeys:
+    """The TLS keys the agents read on their nodes (``packets --tls-keylog FILE``), given to
+    the client's :class:`~podsight.outputs.pcapng.PcapngOutput` as its key source: it
+    writes what is new as a Decryption Secrets Block before the next packets it writes.
+    Keys come with the batch whose packets need them and are added before that batch
+    is merged, so they always precede those packets in the file."""
+
+    def __init__(self) -> None:
+        self.keys = b""
+        self._new = b""
+
+    def add(self, data: bytes) -> None:
+        if data:
+            if not data.endswith(b"\n"):
+                data += b"\n"
+            self.keys += data
+            self._new += data
+
+    def read_new(self) -> bytes:
+        new, self._new = self._new, b""
+        return new
+
+
 class MergedCapture:
     """Frames of every node into one pcapng: each node's interface ids renumbered."""
 
-    def __init__(self, output: Any) -> None:
+    def __init__(self, output: Any, keys: ForwardedKeys | None = None) -> None:
         self.output = output
+        self.keys = keys
         self.interfaces: list[CaptureInterface] = []
         self._ids: dict[tuple[str, int], CaptureInterface] = {}
 
@@ -170,6 +194,11 @@ class MergedCapture:
                 self.interfaces.append(iface)
             iface.end_ns, iface.closed = m.end_ns, m.closed
             iface.received, iface.dropped = m.received, m.dropped
+
+    def add_keys(self, data: bytes) -> None:
+        """A node's new TLS key log lines (a batch's ``tls_keys``)."""
+        if self.keys is not None:
+            self.keys.add(data)
 
     def renumber(self, node: str, blocks: bytes, count: int) -> list[bytes]:
         """The batch's blocks, each with its interface id in the merged numbering."""

@@ -22,7 +22,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -259,7 +259,7 @@ class PcapngOutput:
     def __init__(self, target: str, *, application: str = "podsight", force: bool = False,
                  ring: int | None = None, ring_size: int | None = None,
                  max_packets: int | None = None, comments: bool = False,
-                 keylog: KeyLog | None = None,
+                 keylog: KeySource | None = None,
                  name_of: Callable[[str], str | None] = lambda addr: None,
                  notation_of: Callable[[str], str] = lambda addr: addr) -> None:
         self.target = target
@@ -439,22 +439,43 @@ class PcapngOutput:
         self.bytes += n
 
     def _commented(self, epb: bytes) -> bytes:
-        """The block with a comment naming both ends (``p/ns/pod:port -> s/ns/svc:port``)."""
-        caplen = struct.unpack_from("<I", epb, 20)[0]
-        ends = packet_ends(epb[EPB_HEADER: EPB_HEADER + caplen])
-        if ends is None:
-            return epb
-        (src, sport), (dst, dport) = ends
-        text = (f"{self.notation_of(src)}:{sport} -> {self.notation_of(dst)}:{dport}").encode()
-        body = epb[8:-8] + option(OPT_COMMENT, text) + struct.pack("<HH", OPT_END, 0)
-        total = len(body) + 12
-        return struct.pack("<II", EPB, total) + body + struct.pack("<I", total)
+        return commented(epb, self.notation_of)
 
     def close(self, interfaces: Sequence[Any]) -> None:
         self._interfaces = interfaces
         if self._file is not None:
             self._put(b"".join(self._describe(interfaces)))
         self._close_file(interfaces)
+
+
+def commented(epb: bytes, notation_of: Callable[[str], str]) -> bytes:
+    """The Enhanced Packet Block with a comment naming both ends
+    (``p/ns/pod:port -> s/ns/svc:port``); as it was if the packet is not IP.
+    Also what ``podsight agent`` does to each block for ``packets --comments``: the
+    names are the node's, the file is the client's."""
+    caplen = struct.unpack_from("<I", epb, 20)[0]
+    ends = packet_ends(epb[EPB_HEADER: EPB_HEADER + caplen])
+    if ends is None:
+        return epb
+    (src, sport), (dst, dport) = ends
+    text = (f"{notation_of(src)}:{sport} -> {notation_of(dst)}:{dport}").encode()
+    body = epb[8:-8] + option(OPT_COMMENT, text) + struct.pack("<HH", OPT_END, 0)
+    total = len(body) + 12
+    return struct.pack("<II", EPB, total) + body + struct.pack("<I", total)
+
+
+class KeySource(Protocol):
+    """Where TLS keys come from: a :class:`KeyLog` followed here, or the keys agents
+    send (``kubectl podsight packets --tls-keylog``)."""
+
+    @property
+    def keys(self) -> bytes:
+        """Every key line so far (each file of a ring starts with them all)."""
+        ...
+
+    def read_new(self) -> bytes:
+        """Key lines added since the last call."""
+        ...
 
 
 class _Slice:

@@ -36,5 +36,6 @@ SPEC = GadgetSpec(
     # In `podsight serve` only with its --tls (TLS names for external peers) or --flows
     # (bytes on the wire, drops, DNS), with the values each turns on.
     extra={"graph": "podsight.gadgets.flows.graph:observe",
+           "graph_recorded": "podsight.gadgets.flows.graph:observe_recorded",
            "graph_flags": {"tls": {"tls": True}, "flows": {"drops": True, "dns": True}}},
 )

@@ -188,9 +188,24 @@ class FlowsGadget:
         records = self._assembler.assemble(harvest, final=final)
         if self.tls:
             self._join_tls(records)
+        records = self._in_scope(records)
         if self.drops_only:
             records = [r for r in records if r.drops is not None]
         return Batch(records=records)
+
+    def _in_scope(self, records: list[FlowRecord]) -> list[FlowRecord]:
+        """Drops are traced for the whole kernel (skb:kfree_skb) and a drop of a flow no
+        observed interface saw is its own record. When the run observes chosen network
+        namespaces (pod flags, ``--netns``), such a record is kept only if the drop
+        happened in one of them: else a ``--netns`` run reported the host's and other
+        pods' drops too (two agents of one machine, as simulated nodes, both counted a
+        pod's drops)."""
+        sel = self._last_selection
+        if not self.drops or sel is None or sel.netns is None or sel.host or self.include:
+            return records
+        scope = sel.netns
+        return [r for r in records
+                if r.interfaces or r.drops is None or r.drops.netns in scope]
 
     def _join_tls(self, records: list[FlowRecord]) -> None:
         """Parse the TLS hellos seen, remember them per connection (client addr and port,

@@ -114,6 +114,9 @@ def _tls_json(r: FlowRecord) -> str | None:
         members["version"] = t.version
     if t.cipher:
         members["cipher"] = t.cipher
+    if t.server:  # which end is the server: the graph names it by the SNI (serve --tls)
+        members["server"] = t.server
+        members["port"] = t.port
     return _obj(members)
 
 
