@@ -21,8 +21,8 @@
  *                   writev from the ring mapping.
  *   capture_stream  larger snap lengths: each CPU appends exact-length EPBs
  *                   to its own byte stream (elements of an mmapable array,
- *                   one producer per CPU, no lock) and puts a 16-byte index
- *                   entry {pos, len, cpu} in `pkt_index`. User space turns the
+ *                   one producer per CPU, no lock) and puts an index entry
+ *                   {pos, len, cpu, head} in `pkt_index`. User space turns the
  *                   index into iovecs into the mapped streams: no per-packet
  *                   Python work for any packet size.
  *
@@ -54,6 +54,7 @@ struct config {
 	u32 slot;            /* capture_slot: the record size (a multiple of 8) */
 	u32 wakeup_bytes;    /* force a wakeup once this much waits in the ring */
 	u32 elems_per_cpu;   /* capture_stream: STREAM_ELEM elements per CPU */
+	u32 stream_wake;     /* capture_stream: wake the reader once this much waits in a CPU's stream */
 };
 const volatile struct config cfg = { .snaplen = 96 };
 
@@ -69,11 +70,20 @@ struct ifstats {
 	u64 lost_other;      /* the skb could not be read */
 };
 
-/* capture_stream's index entry: INDEX_DTYPE in capture.py. */
+/*
+ * capture_stream's index entry: INDEX_DTYPE in capture.py. `head` is a copy of
+ * the block's first HEAD_BYTES (its header and the packet's first 60 bytes:
+ * Ethernet + IPv6 addresses fit), taken while the block is in this CPU's cache:
+ * user space reads the addresses for the Name Resolution Block from these dense
+ * entries instead of one cache miss per block in the streams (bytes past the
+ * captured length are stale: readers check caplen).
+ */
+#define HEAD_BYTES 88
 struct index_entry {
 	u64 pos;
 	u32 len;
 	u32 cpu;
+	u8 head[HEAD_BYTES];
 };
 
 /* One per CPU, in an mmapable array: `cons` is written by user space. */
@@ -171,9 +181,16 @@ static __always_inline struct ifstats *begin(u32 *ifid, u32 *flags)
 	return st;
 }
 
-static __always_inline void fill_header(u32 *h, u32 total, u32 ifid, u32 cap, u32 len)
+/* The timestamp is read right after the reservation (not after the copy): the
+ * records' order in the ring is their reservation order, and a time read a copy
+ * later could be out of order with another CPU's. */
+static __always_inline u64 now_ns(void)
 {
-	u64 ts = bpf_ktime_get_ns() + wall_offset_ns;
+	return bpf_ktime_get_ns() + wall_offset_ns;
+}
+
+static __always_inline void fill_header(u32 *h, u32 total, u32 ifid, u32 cap, u32 len, u64 ts)
+{
 	h[0] = 6;
 	h[1] = total;
 	h[2] = ifid;
@@ -205,6 +222,7 @@ int capture_slot(struct __sk_buff *skb)
 		st->lost_ring++;
 		return TC_ACT_UNSPEC;
 	}
+	u64 ts = now_ns();
 	u64 n = ((u64)(cap - 1) & (SLOT_MAX - 1)) + 1;   /* [1, SLOT_MAX] for the verifier */
 	if (n > cfg.slot - EPB_HDR - EPB_TAIL || bpf_skb_load_bytes(skb, 0, rec + EPB_HDR, n) < 0) {
 		bpf_ringbuf_discard(rec, 0);
@@ -221,7 +239,7 @@ int capture_slot(struct __sk_buff *skb)
 	if (n & 3)
 		*(u32 *)(rec + ((EPB_HDR + n) & ~3u)) &= 0xffffffffu >> (8 * (4 - (n & 3)));
 	u32 total = off + EPB_TAIL;
-	fill_header((u32 *)rec, total, ifid, n, len);
+	fill_header((u32 *)rec, total, ifid, n, len, ts);
 	u32 *o = (u32 *)(rec + off);
 	o[0] = 2 | (4 << 16);   /* epb_flags, 4 bytes */
 	o[1] = flags;
@@ -272,6 +290,7 @@ int capture_stream(struct __sk_buff *skb)
 		st->lost_ring++;
 		return TC_ACT_UNSPEC;
 	}
+	u64 ts = now_ns();
 	u32 key = cpu * cfg.elems_per_cpu + (u32)((pos / STREAM_ELEM) % cfg.elems_per_cpu);
 	struct stream *s = bpf_map_lookup_elem(&streams, &key);
 	if (!s || off >= STREAM_USABLE) {
@@ -285,7 +304,7 @@ int capture_stream(struct __sk_buff *skb)
 		st->lost_other++;
 		return TC_ACT_UNSPEC;
 	}
-	fill_header((u32 *)rec, need, ifid, n, len);
+	fill_header((u32 *)rec, need, ifid, n, len, ts);
 	if (n & 3) {
 		u32 padpos = (EPB_HDR + n) & ~3u;
 		if (padpos < MAX_REC - 4)
@@ -299,17 +318,28 @@ int capture_stream(struct __sk_buff *skb)
 		t[2] = 0;
 		t[3] = need;
 	}
+	{
+		u32 *from = (u32 *)rec, *to = (u32 *)ie->head;
+		for (int i = 0; i < HEAD_BYTES / 4; i++)
+			to[i] = from[i];
+	}
 	sp->prod = pos + need;
 	ie->pos = pos;
 	ie->len = need;
 	ie->cpu = cpu;
 	st->written++;
 	st->bytes += n;
-	/* This CPU's stream crossing a quarter full (exact: one producer per stream), or
-	 * the index ring crossing a mark. */
-	u64 wake = (pos + need - cons > total / 4 && pos - cons <= total / 4) ?
+	/* This CPU's stream crossing cfg.stream_wake (exact: one producer per stream), or
+	 * the index ring crossing a mark. The stream's mark is small (a few hundred
+	 * blocks), not a share of the stream: the reader then copies blocks that are still
+	 * in the cache (the producer's L2) into the file, and the rest of the stream is
+	 * headroom for the times it is off its CPU. */
+	u64 mark = cfg.stream_wake;
+	if (!mark || mark > total / 4)
+		mark = total / 4;
+	u64 wake = (pos + need - cons > mark && pos - cons <= mark) ?
 		BPF_RB_FORCE_WAKEUP :
-		wake_flags(bpf_ringbuf_query(&pkt_index, BPF_RB_AVAIL_DATA), 24);
+		wake_flags(bpf_ringbuf_query(&pkt_index, BPF_RB_AVAIL_DATA), sizeof(*ie) + 8);
 	bpf_ringbuf_submit(ie, wake);
 	return TC_ACT_UNSPEC;
 }
