@@ -98,6 +98,19 @@ def task_cpu_ns(pid: int) -> int:
     return total
 
 
+def thread_cpu_ns(pid: int) -> dict[str, int]:
+    """CPU ns so far per thread name (summed over threads of one name) of ``pid``."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                base = f"/proc/{pid}/task/{task}"
+                name = Path(f"{base}/comm").read_text().strip()
+                ns = int(Path(f"{base}/schedstat").read_text().split()[0])
+                out[name] = out.get(name, 0) + ns
+    return out
+
+
 PODSIGHT_EXTRA: list[str] = []  # --podsight-args: more flags for every podsight run
 
 
@@ -146,6 +159,7 @@ def one(children: Children, label: str, kind: str | None, snaplen: int, expr: st
         stats = RunTimeStats()
         ns0, runs0 = prog_run_time()
     cpu0 = task_cpu_ns(proc.pid) if proc else 0
+    threads0 = thread_cpu_ns(proc.pid) if proc else {}
     pk0 = iface_packets()
     t0 = time.monotonic()
     limit = ["-b", f"{bitrate:.0f}", "--pacing-timer", "200"] if bitrate else []
@@ -160,6 +174,8 @@ def one(children: Children, label: str, kind: str | None, snaplen: int, expr: st
         stats.close()
         prog_ns = round((ns1 - ns0) / max(runs1 - runs0, 1), 1)
     cpu = (task_cpu_ns(proc.pid) - cpu0) / 1e9 if proc else 0.0
+    threads = ({name: round((ns - threads0.get(name, 0)) / 1e9, 3)
+                for name, ns in thread_cpu_ns(proc.pid).items()} if proc else {})
     if client.returncode:
         raise BenchError(f"iperf3 failed: {client.stdout[-300:]} {client.stderr[-300:]}")
     gbps = json.loads(client.stdout)["end"]["sum_sent"]["bits_per_second"] / 1e9
@@ -187,6 +203,8 @@ def one(children: Children, label: str, kind: str | None, snaplen: int, expr: st
         row.update(captured=captured, kernel_drops=drops, cpu_s=round(cpu, 3),
                    total_cpu_s=round(total_cpu or 0.0, 3),
                    cpu_s_per_mpkt=round(cpu / max(packets, 1) * 1e6, 3),
+                   cpu_s_per_mcaptured=round(cpu / max(captured, 1) * 1e6, 3),
+                   thread_cpu_s={k: v for k, v in threads.items() if v >= 0.005},
                    captured_pps=round(captured / elapsed),
                    file_packets=int(in_file[1]) if in_file else -1,
                    file_bytes=out.stat().st_size if out.exists() else 0)

@@ -89,10 +89,6 @@ class Frames:
     offsets: np.ndarray  # int64
     lengths: np.ndarray  # int64
     release: Callable[[], None] = field(default=lambda: None)
-    #: optionally, block i's first bytes (at least its header and the packet's first 60)
-    #: denser than ``data``, for readers of headers only (the Name Resolution Block's
-    #: addresses): the gadget's kernel program copied them while they were in its cache.
-    heads: Frames | None = None
 
     def __len__(self) -> int:
         return len(self.offsets)

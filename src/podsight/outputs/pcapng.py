@@ -466,8 +466,6 @@ class _Slice:
         self.lengths = frames.lengths[start:stop]
         self._frames = frames
         self._start = start
-        heads = getattr(frames, "heads", None)
-        self.heads = None if heads is None else _Slice(heads, start, stop)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -493,9 +491,6 @@ def packet_addresses(frames: Any, linktypes: Sequence[int]) -> list[bytes]:
     """
     if not len(frames):
         return []
-    heads = getattr(frames, "heads", None)
-    if heads is not None:  # the blocks' first bytes, copied densely by the kernel
-        frames = heads
     data = frames.data
     offs = frames.offsets.astype(np.int64)
     fast = _evenly_spaced(frames, linktypes)

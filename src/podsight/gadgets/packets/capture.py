@@ -32,12 +32,14 @@ SLOT_MAX = 2048
 SLOT_RING_DEFAULT = 32 << 20
 EPB_OVERHEAD = 28 + 16
 STREAM_ELEM = 4 << 20
-#: capture_stream wakes the reader when this much waits in one CPU's stream (see
-#: packets.bpf.c): small, so that the blocks are still in the cache when they are copied.
-STREAM_WAKE_DEFAULT = 1 << 20
+#: capture_stream wakes the reader when this much waits in one CPU's stream (0: a quarter
+#: of it). A smaller mark (1M: blocks still in the cache when copied) made the copy no
+#: cheaper and the batches more numerous (bench/packets_path.py --wake).
+STREAM_WAKE_DEFAULT = 0
 #: capture_stream: with this many blocks already waiting, the reader goes on without
-#: sleeping (it may be past the mark, which then wakes it no more).
-STREAM_BUSY_RECORDS = 256
+#: sleeping: past its mark a stream wakes no one, and a reader that slept its 50 ms there
+#: would let 30M arrive at 600 MB/s.
+STREAM_BUSY_RECORDS = 1024
 MAX_SNAP = 65536
 MAX_IFACES = 1024
 
@@ -47,12 +49,10 @@ CFG_DTYPE = np.dtype([("snaplen", "<u4"), ("slot", "<u4"), ("wakeup_bytes", "<u4
 # struct ifstats: per interface, per CPU.
 IFSTATS_DTYPE = np.dtype([("matched", "<u8"), ("written", "<u8"), ("bytes", "<u8"),
                           ("lost_ring", "<u8"), ("lost_other", "<u8")])
-# struct index_entry: one capture_stream block, and a copy of its first HEAD_BYTES.
-HEAD_BYTES = 88
-INDEX_DTYPE = np.dtype([("pos", "<u8"), ("len", "<u4"), ("cpu", "<u4"),
-                        ("head", "u1", (HEAD_BYTES,))])
+# struct index_entry: one capture_stream block.
+INDEX_DTYPE = np.dtype([("pos", "<u8"), ("len", "<u4"), ("cpu", "<u4"), ("ts", "<u8")])
 #: the index ring holds one entry per this many stream bytes (whole Ethernet frames: ~1.5 KiB)
-INDEX_PER_STREAM_BYTES = 1024
+INDEX_PER_STREAM_BYTES = 512
 # struct stream_pos: one per CPU.
 POS_DTYPE = np.dtype([("prod", "<u8"), ("cons", "<u8")])
 
@@ -118,8 +118,8 @@ class Capture:
             self.elems = max(1, min(64, per_cpu))
             cfg["elems_per_cpu"] = self.elems
             cfg["stream_wake"] = self.stream_wake
-            # Room for an entry per KiB of the streams (8M for two CPUs' 32M each): the
-            # index is not what fills first on whole packets (112 bytes an entry).
+            # Room for an entry per 512 bytes of the streams (4M for two CPUs' 32M each):
+            # the index is not what fills first on whole packets (32 bytes an entry).
             index = _pow2(self.ncpu * self.elems * STREAM_ELEM // INDEX_PER_STREAM_BYTES
                           * (INDEX_DTYPE.itemsize + 8))
             index = max(2 << 20, min(index, 256 << 20))
@@ -238,58 +238,48 @@ class Capture:
         return Frames(data, offsets, lengths, self.release)
 
     def _stream_frames(self) -> Frames:
-        """The blocks the index names, in place in the streams, with ``heads``: the
-        index entries' copies of their first bytes, in place in the index ring (both
-        are given back on release). The index is read as strided columns (no
-        structured copy), and each CPU's release mark is its last entry's end (one
-        producer per stream: its entries come in stream order)."""
+        """The blocks the index names, in place in the streams, in time order.
+
+        The index is read as strided columns (no structured copy) and given back
+        at once (what is kept of it is copied); each CPU's stream is given back on
+        release, up to its last entry's end (one producer per stream: its entries
+        come in stream order)."""
         data, at, end = self.ring.peek()
         n = len(at)
         if not n:
             self.ring.advance(end)
             empty = np.zeros(0, dtype=np.int64)
             return Frames(self._streams, empty, empty)
-        step = self.ring.record_size
-        first = int(at[0])
+        step, first = self.ring.record_size, int(at[0])
         if int(at[-1]) == first + step * (n - 1):  # none discarded: strided columns
-            pos = np.ndarray((n,), "<u8", buffer=data, offset=first,
-                             strides=(step,)).astype(np.int64)
-            word = np.ndarray((n,), "<u8", buffer=data, offset=first + 8, strides=(step,))
+            pos, word, ts = (np.ndarray((n,), "<u8", buffer=data, offset=first + k,
+                                        strides=(step,)) for k in (0, 8, 16))
         else:
             longs = data[: (len(data) // 8) * 8].view("<u8")
-            pos = longs[at // 8].astype(np.int64)
-            word = longs[at // 8 + 1]
+            pos, word, ts = (longs[at // 8 + k] for k in (0, 1, 2))
+        pos = pos.astype(np.int64)
         lengths = (word & np.uint64(0xFFFFFFFF)).astype(np.int64)
         cpu = (word >> np.uint64(32)).astype(np.int64)
+        # Two CPUs' blocks can be a few ns out of time order (a timestamp is read just
+        # after its entry's reservation): put the batch in time order when it is not.
+        order = (np.argsort(ts, kind="stable")
+                 if n > 1 and bool((ts[1:] < ts[:-1]).any()) else None)
+        self.ring.advance(end)
         offsets = ((cpu * self.elems + (pos // STREAM_ELEM) % self.elems) * STREAM_ELEM
                    + pos % STREAM_ELEM)
-        ends = pos + lengths
         last = np.full(self.ncpu, -1, dtype=np.int64)
-        np.maximum.at(last, np.minimum(cpu, self.ncpu - 1), ends)
-        marks = [(c, int(e)) for c, e in enumerate(last.tolist()) if e >= 0]
-        cons, ring = self._cons, self.ring
+        np.maximum.at(last, np.minimum(cpu, self.ncpu - 1), pos + lengths)
+        marks = [(c, e) for c, e in enumerate(last.tolist()) if e >= 0]
+        if order is not None:
+            offsets, lengths = offsets[order], lengths[order]
+        cons = self._cons
 
         def release() -> None:
             for c, mark in marks:
                 cons[c].value = mark
-            ring.advance(end)
 
         self._pending_release = release
-        head_at = at + 16
-        # Two CPUs' blocks can be a few ns out of time order (a timestamp is read just
-        # after its entry's reservation): put the batch in time order when it is not.
-        if first + step * (n - 1) == int(at[-1]):
-            hi = np.ndarray((n,), "<u4", buffer=data, offset=first + 28, strides=(step,))
-            lo = np.ndarray((n,), "<u4", buffer=data, offset=first + 32, strides=(step,))
-        else:
-            words = data[: (len(data) // 4) * 4].view("<u4")
-            hi, lo = words[(head_at + 12) // 4], words[(head_at + 16) // 4]
-        ts = (hi.astype(np.uint64) << np.uint64(32)) | lo
-        if n > 1 and bool((ts[1:] < ts[:-1]).any()):
-            order = np.argsort(ts, kind="stable")
-            offsets, lengths, head_at = offsets[order], lengths[order], head_at[order]
-        heads = Frames(data, head_at, np.full(n, HEAD_BYTES, dtype=np.int64))
-        return Frames(self._streams, offsets, lengths, self.release, heads=heads)
+        return Frames(self._streams, offsets, lengths, self.release)
 
     def release(self) -> None:
         """Give the space of the last frames back to the kernel (idempotent)."""

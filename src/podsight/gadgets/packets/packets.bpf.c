@@ -22,7 +22,7 @@
  *   capture_stream  larger snap lengths: each CPU appends exact-length EPBs
  *                   to its own byte stream (elements of an mmapable array,
  *                   one producer per CPU, no lock) and puts an index entry
- *                   {pos, len, cpu, head} in `pkt_index`. User space turns the
+ *                   {pos, len, cpu, ts} in `pkt_index`. User space turns the
  *                   index into iovecs into the mapped streams: no per-packet
  *                   Python work for any packet size.
  *
@@ -71,19 +71,16 @@ struct ifstats {
 };
 
 /*
- * capture_stream's index entry: INDEX_DTYPE in capture.py. `head` is a copy of
- * the block's first HEAD_BYTES (its header and the packet's first 60 bytes:
- * Ethernet + IPv6 addresses fit), taken while the block is in this CPU's cache:
- * user space reads the addresses for the Name Resolution Block from these dense
- * entries instead of one cache miss per block in the streams (bytes past the
- * captured length are stale: readers check caplen).
+ * capture_stream's index entry: INDEX_DTYPE in capture.py. `ts` repeats the
+ * block's timestamp, so user space can check a batch's time order from the
+ * dense index (two CPUs' entries can cross by a few ns) without touching the
+ * streams.
  */
-#define HEAD_BYTES 88
 struct index_entry {
 	u64 pos;
 	u32 len;
 	u32 cpu;
-	u8 head[HEAD_BYTES];
+	u64 ts;
 };
 
 /* One per CPU, in an mmapable array: `cons` is written by user space. */
@@ -181,16 +178,13 @@ static __always_inline struct ifstats *begin(u32 *ifid, u32 *flags)
 	return st;
 }
 
-/* The timestamp is read right after the reservation (not after the copy): the
- * records' order in the ring is their reservation order, and a time read a copy
- * later could be out of order with another CPU's. */
-static __always_inline u64 now_ns(void)
+/* Returns the timestamp. It is read after the copy, not right after the reservation
+ * (which would keep the records' time order across CPUs): read early it cost 50 ns
+ * more per whole packet (bench/packets_path.py), and user space puts a batch of
+ * capture_stream's blocks in time order anyway. */
+static __always_inline u64 fill_header(u32 *h, u32 total, u32 ifid, u32 cap, u32 len)
 {
-	return bpf_ktime_get_ns() + wall_offset_ns;
-}
-
-static __always_inline void fill_header(u32 *h, u32 total, u32 ifid, u32 cap, u32 len, u64 ts)
-{
+	u64 ts = bpf_ktime_get_ns() + wall_offset_ns;
 	h[0] = 6;
 	h[1] = total;
 	h[2] = ifid;
@@ -198,6 +192,7 @@ static __always_inline void fill_header(u32 *h, u32 total, u32 ifid, u32 cap, u3
 	h[4] = (u32)ts;
 	h[5] = cap;
 	h[6] = len;
+	return ts;
 }
 
 SEC("tc")
@@ -222,7 +217,6 @@ int capture_slot(struct __sk_buff *skb)
 		st->lost_ring++;
 		return TC_ACT_UNSPEC;
 	}
-	u64 ts = now_ns();
 	u64 n = ((u64)(cap - 1) & (SLOT_MAX - 1)) + 1;   /* [1, SLOT_MAX] for the verifier */
 	if (n > cfg.slot - EPB_HDR - EPB_TAIL || bpf_skb_load_bytes(skb, 0, rec + EPB_HDR, n) < 0) {
 		bpf_ringbuf_discard(rec, 0);
@@ -239,7 +233,7 @@ int capture_slot(struct __sk_buff *skb)
 	if (n & 3)
 		*(u32 *)(rec + ((EPB_HDR + n) & ~3u)) &= 0xffffffffu >> (8 * (4 - (n & 3)));
 	u32 total = off + EPB_TAIL;
-	fill_header((u32 *)rec, total, ifid, n, len, ts);
+	fill_header((u32 *)rec, total, ifid, n, len);
 	u32 *o = (u32 *)(rec + off);
 	o[0] = 2 | (4 << 16);   /* epb_flags, 4 bytes */
 	o[1] = flags;
@@ -290,7 +284,6 @@ int capture_stream(struct __sk_buff *skb)
 		st->lost_ring++;
 		return TC_ACT_UNSPEC;
 	}
-	u64 ts = now_ns();
 	u32 key = cpu * cfg.elems_per_cpu + (u32)((pos / STREAM_ELEM) % cfg.elems_per_cpu);
 	struct stream *s = bpf_map_lookup_elem(&streams, &key);
 	if (!s || off >= STREAM_USABLE) {
@@ -304,7 +297,7 @@ int capture_stream(struct __sk_buff *skb)
 		st->lost_other++;
 		return TC_ACT_UNSPEC;
 	}
-	fill_header((u32 *)rec, need, ifid, n, len, ts);
+	u64 ts = fill_header((u32 *)rec, need, ifid, n, len);
 	if (n & 3) {
 		u32 padpos = (EPB_HDR + n) & ~3u;
 		if (padpos < MAX_REC - 4)
@@ -318,22 +311,15 @@ int capture_stream(struct __sk_buff *skb)
 		t[2] = 0;
 		t[3] = need;
 	}
-	{
-		u32 *from = (u32 *)rec, *to = (u32 *)ie->head;
-		for (int i = 0; i < HEAD_BYTES / 4; i++)
-			to[i] = from[i];
-	}
 	sp->prod = pos + need;
+	ie->ts = ts;
 	ie->pos = pos;
 	ie->len = need;
 	ie->cpu = cpu;
 	st->written++;
 	st->bytes += n;
-	/* This CPU's stream crossing cfg.stream_wake (exact: one producer per stream), or
-	 * the index ring crossing a mark. The stream's mark is small (a few hundred
-	 * blocks), not a share of the stream: the reader then copies blocks that are still
-	 * in the cache (the producer's L2) into the file, and the rest of the stream is
-	 * headroom for the times it is off its CPU. */
+	/* This CPU's stream crossing cfg.stream_wake (a quarter of it when 0 or larger;
+	 * exact: one producer per stream), or the index ring crossing a mark. */
 	u64 mark = cfg.stream_wake;
 	if (!mark || mark > total / 4)
 		mark = total / 4;
