@@ -112,6 +112,7 @@ def thread_cpu_ns(pid: int) -> dict[str, int]:
 
 
 PODSIGHT_EXTRA: list[str] = []  # --podsight-args: more flags for every podsight run
+BASE_SRC: list[str] = []  # --base-src: a second podsight's source tree, run as podsight-base
 
 
 def capturer(kind: str, snaplen: int, expr: str, out: Path) -> list[str]:
@@ -148,9 +149,12 @@ def one(children: Children, label: str, kind: str | None, snaplen: int, expr: st
     err = work / f"{label}.err"
     proc = None
     if kind is not None:
+        env = None
+        if kind == "podsight-base":
+            env = {**os.environ, "PYTHONPATH": BASE_SRC[0]}
         with err.open("wb") as ferr:
             proc = children.start(capturer(kind, snaplen, expr, out), stdout=subprocess.DEVNULL,
-                                  stderr=ferr, stdin=subprocess.DEVNULL)
+                                  stderr=ferr, stdin=subprocess.DEVNULL, env=env)
         wait_ready(proc, err, "listening on" if kind == "tcpdump" else "capturing packets")
     stats = None
     if prog_stats and kind == "podsight":
@@ -275,6 +279,8 @@ def rate_round(children: Children, args: argparse.Namespace, rnd: int, port: int
     when both get the same load, rather than whatever rate each lets the sender reach."""
     per_bit = packets_per_bit(rows, rnd, args.seconds)
     tools = [("tcpdump -s 0", "tcpdump"), ("podsight full", "podsight")]
+    if BASE_SRC:
+        tools.append(("podsight-base full", "podsight-base"))
     if rnd % 2:
         tools.reverse()
     out = []
@@ -294,17 +300,19 @@ def summarize_rates(rated: list[dict[str, Any]], rates: list[int]) -> dict[str, 
     """Per target rate and tool: the wire rate reached (median), drops (sum over rounds,
     and the worst round's share); and each tool's lossless ceiling: the highest rate
     below which no round of it lost a packet."""
+    kinds = sorted({r["tool"] for r in rated}, key=["tcpdump", "podsight",
+                                                    "podsight-base"].index)
     print(f"\nwhole packets, iperf3 rate-limited ({len({r['round'] for r in rated})} rounds):")
-    print(f"{'target pps':>10} | {'tcpdump -s 0: wire pps':>22} {'drops':>9} {'worst %':>8} "
-          f"{'CPU s/Mpkt':>10} | {'podsight: wire pps':>18} {'drops':>9} {'worst %':>8} "
-          f"{'CPU s/Mpkt':>10}")
+    print(f"{'target pps':>10} | " + " | ".join(
+        f"{kind + ': wire pps':>22} {'drops':>9} {'worst %':>8} {'CPU s/Mpkt':>10}"
+        for kind in kinds))
     table = []
-    ceiling = {"tcpdump": 0, "podsight": 0}
-    clean = {"tcpdump": True, "podsight": True}
+    ceiling = dict.fromkeys(kinds, 0)
+    clean = dict.fromkeys(kinds, True)
     for pps in rates:
         entry: dict[str, Any] = {"target_pps": pps}
         cells = []
-        for kind in ("tcpdump", "podsight"):
+        for kind in kinds:
             mine = [r for r in rated if r["target_pps"] == pps and r["tool"] == kind]
             wire = statistics.median(r["pps"] for r in mine)
             drops = sum(r["kernel_drops"] for r in mine)
@@ -319,9 +327,9 @@ def summarize_rates(rated: list[dict[str, Any]], rates: list[int]) -> dict[str, 
                 clean[kind] = False
             cells.append(f"{wire:>22,.0f} {drops:>9,} {worst:>8.2f} {cpu:>10.3f}")
         table.append(entry)
-        print(f"{pps:>10,} | {cells[0]} | {cells[1][4:]}")
-    print(f"lossless up to (wire packets/s, every round): tcpdump -s 0 {ceiling['tcpdump']:,}, "
-          f"podsight {ceiling['podsight']:,}")
+        print(f"{pps:>10,} | " + " | ".join(cells))
+    print("lossless up to (wire packets/s, every round): "
+          + ", ".join(f"{kind} {ceiling[kind]:,}" for kind in kinds))
     return {"table": table, "lossless_up_to_pps": ceiling}
 
 
@@ -403,10 +411,14 @@ def main() -> int:
     parser.add_argument("--rates", type=rates_arg, default=[],
                         help="also whole packets at these wire packet rates, iperf3 limited, "
                              "e.g. 100k,200k,400k")
+    parser.add_argument("--base-src", type=Path,
+                        help="with --rates: also run the podsight of this src tree "
+                             "(podsight-base), for a before/after in the same run")
     parser.add_argument("--podsight-args", default="",
                         help="more flags for podsight, e.g. '-B 2M'")
     args = parser.parse_args()
     PODSIGHT_EXTRA[:] = args.podsight_args.split()
+    BASE_SRC[:] = [str(args.base_src.resolve())] if args.base_src else []
     if os.geteuid() != 0:
         print("packets bench: run as root", file=sys.stderr)
         return 1
