@@ -50,7 +50,8 @@ CFG_DTYPE = np.dtype([("snaplen", "<u4"), ("slot", "<u4"), ("wakeup_bytes", "<u4
 IFSTATS_DTYPE = np.dtype([("matched", "<u8"), ("written", "<u8"), ("bytes", "<u8"),
                           ("lost_ring", "<u8"), ("lost_other", "<u8")])
 # struct index_entry: one capture_stream block.
-INDEX_DTYPE = np.dtype([("pos", "<u8"), ("len", "<u4"), ("cpu", "<u4"), ("ts", "<u8")])
+INDEX_DTYPE = np.dtype([("pos", "<u8"), ("len", "<u4"), ("cpu", "<u4"), ("ts", "<u8"),
+                        ("saddr", "<u4"), ("daddr", "<u4")])
 #: the index ring holds one entry per this many stream bytes (whole Ethernet frames: ~1.5 KiB)
 INDEX_PER_STREAM_BYTES = 512
 # struct stream_pos: one per CPU.
@@ -252,14 +253,16 @@ class Capture:
             return Frames(self._streams, empty, empty)
         step, first = self.ring.record_size, int(at[0])
         if int(at[-1]) == first + step * (n - 1):  # none discarded: strided columns
-            pos, word, ts = (np.ndarray((n,), "<u8", buffer=data, offset=first + k,
-                                        strides=(step,)) for k in (0, 8, 16))
+            pos, word, ts, pair = (np.ndarray((n,), "<u8", buffer=data, offset=first + k,
+                                              strides=(step,)) for k in (0, 8, 16, 24))
         else:
             longs = data[: (len(data) // 8) * 8].view("<u8")
-            pos, word, ts = (longs[at // 8 + k] for k in (0, 1, 2))
+            pos, word, ts, pair = (longs[at // 8 + k] for k in (0, 1, 2, 3))
         pos = pos.astype(np.int64)
         lengths = (word & np.uint64(0xFFFFFFFF)).astype(np.int64)
         cpu = (word >> np.uint64(32)).astype(np.int64)
+        saddr = (pair & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        daddr = (pair >> np.uint64(32)).astype(np.uint32)
         # Two CPUs' blocks can be a few ns out of time order (a timestamp is read just
         # after its entry's reservation): put the batch in time order when it is not.
         order = (np.argsort(ts, kind="stable")
@@ -272,6 +275,7 @@ class Capture:
         marks = [(c, e) for c, e in enumerate(last.tolist()) if e >= 0]
         if order is not None:
             offsets, lengths = offsets[order], lengths[order]
+            saddr, daddr = saddr[order], daddr[order]
         cons = self._cons
 
         def release() -> None:
@@ -279,7 +283,7 @@ class Capture:
                 cons[c].value = mark
 
         self._pending_release = release
-        return Frames(self._streams, offsets, lengths, self.release)
+        return Frames(self._streams, offsets, lengths, self.release, ipv4=(saddr, daddr))
 
     def release(self) -> None:
         """Give the space of the last frames back to the kernel (idempotent)."""

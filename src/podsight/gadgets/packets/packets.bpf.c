@@ -22,7 +22,7 @@
  *   capture_stream  larger snap lengths: each CPU appends exact-length EPBs
  *                   to its own byte stream (elements of an mmapable array,
  *                   one producer per CPU, no lock) and puts an index entry
- *                   {pos, len, cpu, ts} in `pkt_index`. User space turns the
+ *                   {pos, len, cpu, ts, addresses} in `pkt_index`. User space turns the
  *                   index into iovecs into the mapped streams: no per-packet
  *                   Python work for any packet size.
  *
@@ -74,13 +74,18 @@ struct ifstats {
  * capture_stream's index entry: INDEX_DTYPE in capture.py. `ts` repeats the
  * block's timestamp, so user space can check a batch's time order from the
  * dense index (two CPUs' entries can cross by a few ns) without touching the
- * streams.
+ * streams; `saddr`/`daddr` are the IPv4 addresses of an Ethernet + IPv4 packet
+ * (as they lie in the packet; both 0 otherwise), read here while the block is in
+ * this CPU's cache, for the Name Resolution Block: user space would otherwise
+ * take a cache miss per block to find them (~200 ns per whole packet).
  */
 struct index_entry {
 	u64 pos;
 	u32 len;
 	u32 cpu;
 	u64 ts;
+	u32 saddr;
+	u32 daddr;
 };
 
 /* One per CPU, in an mmapable array: `cons` is written by user space. */
@@ -311,6 +316,16 @@ int capture_stream(struct __sk_buff *skb)
 		t[2] = 0;
 		t[3] = need;
 	}
+	u32 sa = 0, da = 0;
+	if (n >= 34) {   /* Ethernet + IPv4 (the bytes as they lie: 0x0008 is ETH_P_IP) */
+		u8 *p = rec + EPB_HDR;
+		if (*(u16 *)(p + 12) == 0x0008 && (p[14] >> 4) == 4) {
+			sa = *(u16 *)(p + 26) | ((u32) * (u16 *)(p + 28) << 16);
+			da = *(u16 *)(p + 30) | ((u32) * (u16 *)(p + 32) << 16);
+		}
+	}
+	ie->saddr = sa;
+	ie->daddr = da;
 	sp->prod = pos + need;
 	ie->ts = ts;
 	ie->pos = pos;
