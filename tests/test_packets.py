@@ -95,13 +95,16 @@ def test_whole_packets_of_every_size_are_exact(lab, tmp_path):
 
 
 PINNED_SENDER = r"""
-import os, socket, struct, sys
+import os, socket, struct, sys, time
 host, port, who, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 os.sched_setaffinity(0, {who})
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sys.stdin.read(1)  # both senders start together
+print("ready", flush=True)
+sys.stdin.read(1)  # both senders start together, once both are ready
 for seq in range(count):
     s.sendto(struct.pack("!BI", who, seq) + bytes([who]) * 995, (host, port))
+    if seq % 200 == 199:
+        time.sleep(0.0005)  # a busy machine's scheduler then still lets them overlap
 """
 
 
@@ -113,10 +116,16 @@ def test_whole_packets_from_two_cpus_are_all_in_one_file_in_time_order(lab, tmp_
         pytest.skip("needs two CPUs")
     out = tmp_path / "cpus.pcapng"
     count = 20000
+    # Resolve backend's address first: packets held while ARP resolves are sent later
+    # from the CPU that gets the reply, after the sender's next ones (the wire order).
+    send_udp(lab, "frontend", BACKEND, 7212, 1, 10)
     with PacketsRun("-p", "frontend", "-B", "64M", "-w", str(out), "udp dst port 7211") as run:
         senders = [lab.popen("frontend", [sys.executable, "-c", PINNED_SENDER, BACKEND, "7211",
-                                          str(cpu), str(count)], stdin=subprocess.PIPE)
+                                          str(cpu), str(count)], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE)
                    for cpu in (0, 1)]
+        for proc in senders:
+            assert proc.stdout.readline() == b"ready\n"
         for proc in senders:
             proc.stdin.write(b"g")
             proc.stdin.close()
