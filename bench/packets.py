@@ -113,14 +113,16 @@ def thread_cpu_ns(pid: int) -> dict[str, int]:
 
 PODSIGHT_EXTRA: list[str] = []  # --podsight-args: more flags for every podsight run
 BASE_SRC: list[str] = []  # --base-src: a second podsight's source tree, run as podsight-base
+BASE_EXTRA: list[str] = []  # --base-args: podsight-base's flags instead of --podsight-args
 
 
 def capturer(kind: str, snaplen: int, expr: str, out: Path) -> list[str]:
     if kind == "tcpdump":
         return ["ip", "netns", "exec", SERVER_NS, "tcpdump", "-i", "eth0", "-s", str(snaplen),
                 "-w", str(out), *([expr] if expr else [])]
+    extra = BASE_EXTRA if kind == "podsight-base" and BASE_EXTRA else PODSIGHT_EXTRA
     return [*PODSIGHT, "packets", "--netns", SERVER_NS, "-s", str(snaplen or 262144),
-            "-w", str(out), *PODSIGHT_EXTRA, *([expr] if expr else [])]
+            "-w", str(out), *extra, *([expr] if expr else [])]
 
 
 def wait_ready(proc: subprocess.Popen[bytes], err: Path, words: str) -> None:
@@ -414,11 +416,14 @@ def main() -> int:
     parser.add_argument("--base-src", type=Path,
                         help="with --rates: also run the podsight of this src tree "
                              "(podsight-base), for a before/after in the same run")
+    parser.add_argument("--base-args", default="",
+                        help="podsight-base's flags (default: --podsight-args)")
     parser.add_argument("--podsight-args", default="",
                         help="more flags for podsight, e.g. '-B 2M'")
     args = parser.parse_args()
     PODSIGHT_EXTRA[:] = args.podsight_args.split()
     BASE_SRC[:] = [str(args.base_src.resolve())] if args.base_src else []
+    BASE_EXTRA[:] = args.base_args.split()
     if os.geteuid() != 0:
         print("packets bench: run as root", file=sys.stderr)
         return 1
