@@ -98,15 +98,31 @@ def task_cpu_ns(pid: int) -> int:
     return total
 
 
+def thread_cpu_ns(pid: int) -> dict[str, int]:
+    """CPU ns so far per thread name (summed over threads of one name) of ``pid``."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                base = f"/proc/{pid}/task/{task}"
+                name = Path(f"{base}/comm").read_text().strip()
+                ns = int(Path(f"{base}/schedstat").read_text().split()[0])
+                out[name] = out.get(name, 0) + ns
+    return out
+
+
 PODSIGHT_EXTRA: list[str] = []  # --podsight-args: more flags for every podsight run
+BASE_SRC: list[str] = []  # --base-src: a second podsight's source tree, run as podsight-base
+BASE_EXTRA: list[str] = []  # --base-args: podsight-base's flags instead of --podsight-args
 
 
 def capturer(kind: str, snaplen: int, expr: str, out: Path) -> list[str]:
     if kind == "tcpdump":
         return ["ip", "netns", "exec", SERVER_NS, "tcpdump", "-i", "eth0", "-s", str(snaplen),
                 "-w", str(out), *([expr] if expr else [])]
+    extra = BASE_EXTRA if kind == "podsight-base" and BASE_EXTRA else PODSIGHT_EXTRA
     return [*PODSIGHT, "packets", "--netns", SERVER_NS, "-s", str(snaplen or 262144),
-            "-w", str(out), *PODSIGHT_EXTRA, *([expr] if expr else [])]
+            "-w", str(out), *extra, *([expr] if expr else [])]
 
 
 def wait_ready(proc: subprocess.Popen[bytes], err: Path, words: str) -> None:
@@ -129,14 +145,18 @@ def prog_run_time() -> tuple[int, int]:
 
 
 def one(children: Children, label: str, kind: str | None, snaplen: int, expr: str,
-        seconds: float, port: int, work: Path, prog_stats: bool = False) -> dict[str, Any]:
+        seconds: float, port: int, work: Path, prog_stats: bool = False,
+        bitrate: float = 0.0) -> dict[str, Any]:
     out = work / f"{label}.pcap"
     err = work / f"{label}.err"
     proc = None
     if kind is not None:
+        env = None
+        if kind == "podsight-base":
+            env = {**os.environ, "PYTHONPATH": BASE_SRC[0]}
         with err.open("wb") as ferr:
             proc = children.start(capturer(kind, snaplen, expr, out), stdout=subprocess.DEVNULL,
-                                  stderr=ferr, stdin=subprocess.DEVNULL)
+                                  stderr=ferr, stdin=subprocess.DEVNULL, env=env)
         wait_ready(proc, err, "listening on" if kind == "tcpdump" else "capturing packets")
     stats = None
     if prog_stats and kind == "podsight":
@@ -145,10 +165,12 @@ def one(children: Children, label: str, kind: str | None, snaplen: int, expr: st
         stats = RunTimeStats()
         ns0, runs0 = prog_run_time()
     cpu0 = task_cpu_ns(proc.pid) if proc else 0
+    threads0 = thread_cpu_ns(proc.pid) if proc else {}
     pk0 = iface_packets()
     t0 = time.monotonic()
+    limit = ["-b", f"{bitrate:.0f}", "--pacing-timer", "200"] if bitrate else []
     client = subprocess.run(["ip", "netns", "exec", CLIENT_NS, "iperf3", "-c", SERVER_ADDR,
-                             "-p", str(port), "-t", str(seconds), "-J"],
+                             "-p", str(port), "-t", str(seconds), "-J", *limit],
                             capture_output=True, text=True, check=False)
     elapsed = time.monotonic() - t0
     packets = iface_packets() - pk0
@@ -158,6 +180,8 @@ def one(children: Children, label: str, kind: str | None, snaplen: int, expr: st
         stats.close()
         prog_ns = round((ns1 - ns0) / max(runs1 - runs0, 1), 1)
     cpu = (task_cpu_ns(proc.pid) - cpu0) / 1e9 if proc else 0.0
+    threads = ({name: round((ns - threads0.get(name, 0)) / 1e9, 3)
+                for name, ns in thread_cpu_ns(proc.pid).items()} if proc else {})
     if client.returncode:
         raise BenchError(f"iperf3 failed: {client.stdout[-300:]} {client.stderr[-300:]}")
     gbps = json.loads(client.stdout)["end"]["sum_sent"]["bits_per_second"] / 1e9
@@ -185,6 +209,8 @@ def one(children: Children, label: str, kind: str | None, snaplen: int, expr: st
         row.update(captured=captured, kernel_drops=drops, cpu_s=round(cpu, 3),
                    total_cpu_s=round(total_cpu or 0.0, 3),
                    cpu_s_per_mpkt=round(cpu / max(packets, 1) * 1e6, 3),
+                   cpu_s_per_mcaptured=round(cpu / max(captured, 1) * 1e6, 3),
+                   thread_cpu_s={k: v for k, v in threads.items() if v >= 0.005},
                    captured_pps=round(captured / elapsed),
                    file_packets=int(in_file[1]) if in_file else -1,
                    file_bytes=out.stat().st_size if out.exists() else 0)
@@ -218,6 +244,7 @@ def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
                                 stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         rows: list[dict[str, Any]] = []
+        rated: list[dict[str, Any]] = []
         with tempfile.TemporaryDirectory(prefix="podsight-bench-") as tmp:
             for rnd in range(args.rounds):
                 for label, kind, snap, expr in configs(args.only):
@@ -226,10 +253,86 @@ def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
                     row["round"] = rnd
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr)
+                if args.rates:
+                    rated += rate_round(children, args, rnd, port, Path(tmp), rows)
         server.kill()
         teardown()
     table = summarize(rows, configs(args.only))
-    return {"rows": rows, "table": table}
+    out: dict[str, Any] = {"rows": rows, "table": table}
+    if args.rates:
+        out.update(rated=rated, ceilings=summarize_rates(rated, args.rates))
+    return out
+
+
+def packets_per_bit(rows: list[dict[str, Any]], rnd: int, seconds: float) -> float:
+    """Wire packets (both directions) per bit of iperf3 payload, from this round's run
+    without capture: turns a packet rate into the bitrate iperf3 is given."""
+    base = [r for r in rows if r["label"] == "none" and r["round"] == rnd]
+    if not base:
+        raise BenchError("rate-limited rounds need the uncaptured run (do not --only it away)")
+    r = base[0]
+    return float(r["iface_packets"]) / (r["gbps"] * 1e9 * seconds)
+
+
+def rate_round(children: Children, args: argparse.Namespace, rnd: int, port: int, tmp: Path,
+               rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Whole packets at each of ``args.rates`` (packets/s on the wire), tcpdump -s 0 and
+    podsight in turn (which goes first alternates by round): where each one starts to drop
+    when both get the same load, rather than whatever rate each lets the sender reach."""
+    per_bit = packets_per_bit(rows, rnd, args.seconds)
+    tools = [("tcpdump -s 0", "tcpdump"), ("podsight full", "podsight")]
+    if BASE_SRC:
+        tools.append(("podsight-base full", "podsight-base"))
+    if rnd % 2:
+        tools.reverse()
+    out = []
+    for pps in args.rates:
+        for label, kind in tools:
+            row = one(children, f"{label} @{pps // 1000}k", kind, 0, "", args.seconds, port,
+                      tmp, bitrate=pps / per_bit)
+            row.update(round=rnd, tool=kind, target_pps=pps,
+                       drop_pct=round(100 * row["kernel_drops"]
+                                      / max(row["kernel_drops"] + row["captured"], 1), 3))
+            out.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    return out
+
+
+def summarize_rates(rated: list[dict[str, Any]], rates: list[int]) -> dict[str, Any]:
+    """Per target rate and tool: the wire rate reached (median), drops (sum over rounds,
+    and the worst round's share); and each tool's lossless ceiling: the highest rate
+    below which no round of it lost a packet."""
+    kinds = sorted({r["tool"] for r in rated}, key=["tcpdump", "podsight",
+                                                    "podsight-base"].index)
+    print(f"\nwhole packets, iperf3 rate-limited ({len({r['round'] for r in rated})} rounds):")
+    print(f"{'target pps':>10} | " + " | ".join(
+        f"{kind + ': wire pps':>22} {'drops':>9} {'worst %':>8} {'CPU s/Mpkt':>10}"
+        for kind in kinds))
+    table = []
+    ceiling = dict.fromkeys(kinds, 0)
+    clean = dict.fromkeys(kinds, True)
+    for pps in rates:
+        entry: dict[str, Any] = {"target_pps": pps}
+        cells = []
+        for kind in kinds:
+            mine = [r for r in rated if r["target_pps"] == pps and r["tool"] == kind]
+            wire = statistics.median(r["pps"] for r in mine)
+            drops = sum(r["kernel_drops"] for r in mine)
+            worst = max(r["drop_pct"] for r in mine)
+            cpu = statistics.median(r["cpu_s_per_mpkt"] for r in mine)
+            entry[kind] = {"wire_pps": wire, "drops": drops, "worst_drop_pct": worst,
+                           "cpu_s_per_mpkt": cpu,
+                           "file_ok": all(r["file_packets"] == r["captured"] for r in mine)}
+            if drops == 0 and clean[kind]:
+                ceiling[kind] = int(wire)
+            elif drops:
+                clean[kind] = False
+            cells.append(f"{wire:>22,.0f} {drops:>9,} {worst:>8.2f} {cpu:>10.3f}")
+        table.append(entry)
+        print(f"{pps:>10,} | " + " | ".join(cells))
+    print("lossless up to (wire packets/s, every round): "
+          + ", ".join(f"{kind} {ceiling[kind]:,}" for kind in kinds))
+    return {"table": table, "lossless_up_to_pps": ceiling}
 
 
 def configs(only: str | None) -> list[tuple[str, str | None, int, str]]:
@@ -286,6 +389,19 @@ def summarize(rows: list[dict[str, Any]],
     return out
 
 
+def rates_arg(text: str) -> list[int]:
+    """``100k,250k,1M`` -> [100000, 250000, 1000000]."""
+    out = []
+    for word in text.split(","):
+        word = word.strip().lower()
+        mult = {"k": 1000, "m": 1000000}.get(word[-1:], 1)
+        try:
+            out.append(int(float(word.rstrip("km")) * mult))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a rate: {word!r}") from None
+    return sorted(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -294,10 +410,20 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated config labels to run (default all)")
     parser.add_argument("--prog-stats", action="store_true",
                         help="also measure podsight's kernel programs per packet (bpf_stats)")
+    parser.add_argument("--rates", type=rates_arg, default=[],
+                        help="also whole packets at these wire packet rates, iperf3 limited, "
+                             "e.g. 100k,200k,400k")
+    parser.add_argument("--base-src", type=Path,
+                        help="with --rates: also run the podsight of this src tree "
+                             "(podsight-base), for a before/after in the same run")
+    parser.add_argument("--base-args", default="",
+                        help="podsight-base's flags (default: --podsight-args)")
     parser.add_argument("--podsight-args", default="",
                         help="more flags for podsight, e.g. '-B 2M'")
     args = parser.parse_args()
     PODSIGHT_EXTRA[:] = args.podsight_args.split()
+    BASE_SRC[:] = [str(args.base_src.resolve())] if args.base_src else []
+    BASE_EXTRA[:] = args.base_args.split()
     if os.geteuid() != 0:
         print("packets bench: run as root", file=sys.stderr)
         return 1

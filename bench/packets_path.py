@@ -105,11 +105,12 @@ def kernel_side() -> dict[str, float]:
     return out
 
 
-def user_side(snaplen: int, seconds: float, rate: float) -> dict[str, Any]:
+def user_side(snaplen: int, seconds: float, rate: float,
+              buffer: int | None = None, wake: int | None = None) -> dict[str, Any]:
     """The frame path's CPU per packet while another CPU fills the ring at ``rate``."""
     if len(os.sched_getaffinity(0)) < 2:
         raise BenchError("needs two CPUs")
-    cap = Capture(snaplen)
+    cap = Capture(snaplen, buffer) if wake is None else Capture(snaplen, buffer, wake)
     prog = RawProgram(BPF_PROG_TYPE_SCHED_CLS, entry_program(
         None, "ingress", cap.jump_fd, cap.meta_fd, 0), "bench_accept")
     iface = CaptureInterface(id=0, name="bench", description="bench", snaplen=snaplen)
@@ -161,20 +162,20 @@ def user_side(snaplen: int, seconds: float, rate: float) -> dict[str, Any]:
 
 
 def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
-    kernel = kernel_side()
+    kernel = kernel_side() if not args.no_kernel else {}
     print("kernel side (BPF_PROG_TEST_RUN, 1514-byte frame, ns per packet):")
     for label, ns in kernel.items():
         print(f"  {label:34} {ns:6.0f}")
     rows = []
     for rnd in range(args.rounds):
-        for snap in (96, 65535):
-            row = user_side(snap, args.seconds, args.rate)
+        for snap in args.snaplens:
+            row = user_side(snap, args.seconds, args.rate, args.buffer, args.wake)
             row["round"] = rnd
             rows.append(row)
             print(row, file=sys.stderr)
     print(f"user side (frame path, {args.rate:,.0f} packets/s from CPU 1, CPU s per Mpkt; "
           f"median and range of {args.rounds}):")
-    for snap in (96, 65535):
+    for snap in args.snaplens:
         mine = [r for r in rows if r["snaplen"] == snap]
         for key in ("user_us", "sys_us"):
             v = [r[key] for r in mine]
@@ -190,6 +191,14 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=400e3, help="packets/s the producer sends")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--snaplens", type=lambda t: [int(w) for w in t.split(",")],
+                        default=[96, 65535], help="user side: these snap lengths")
+    parser.add_argument("--buffer", type=lambda t: int(float(t.rstrip("M")) * (1 << 20)),
+                        help="user side: --buffer-size, e.g. 8M (default: podsight's)")
+    parser.add_argument("--wake", type=lambda t: int(float(t.rstrip("K")) * 1024),
+                        help="user side, whole packets: the stream's wake mark, e.g. 256K "
+                             "(0: a quarter of the stream)")
+    parser.add_argument("--no-kernel", action="store_true", help="skip the kernel side")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("packets path bench: run as root", file=sys.stderr)

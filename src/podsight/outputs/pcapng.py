@@ -479,12 +479,17 @@ class KeySource(Protocol):
 
 
 class _Slice:
-    """The first blocks of a :class:`podsight.pipeline.Frames` (``--max-packets``)."""
+    """The first blocks of a :class:`podsight.pipeline.Frames` (``--max-packets``), or
+    (``which``: indices) some of them, for reading only."""
 
-    def __init__(self, frames: Any, start: int, stop: int) -> None:
+    def __init__(self, frames: Any, start: int, stop: int,
+                 which: np.ndarray | None = None) -> None:
+        pick: Any = slice(start, stop) if which is None else which
         self.data = frames.data
-        self.offsets = frames.offsets[start:stop]
-        self.lengths = frames.lengths[start:stop]
+        self.offsets = frames.offsets[pick]
+        self.lengths = frames.lengths[pick]
+        pairs = getattr(frames, "ipv4", None)
+        self.ipv4 = None if pairs is None else (pairs[0][pick], pairs[1][pick])
         self._frames = frames
         self._start = start
 
@@ -512,6 +517,9 @@ def packet_addresses(frames: Any, linktypes: Sequence[int]) -> list[bytes]:
     """
     if not len(frames):
         return []
+    pairs = getattr(frames, "ipv4", None)
+    if pairs is not None and set(linktypes) <= {LINKTYPE_ETHERNET}:
+        return _kernel_addresses(frames, pairs, linktypes)
     data = frames.data
     offs = frames.offsets.astype(np.int64)
     fast = _evenly_spaced(frames, linktypes)
@@ -521,6 +529,20 @@ def packet_addresses(frames: Any, linktypes: Sequence[int]) -> list[bytes]:
     if (set(linktypes) or {LINKTYPE_ETHERNET}) == {LINKTYPE_ETHERNET}:
         return _ethernet_addresses(data, words, offs)
     return _general_addresses(data, words, offs, linktypes)
+
+
+def _kernel_addresses(frames: Any, pairs: tuple[np.ndarray, np.ndarray],
+                      linktypes: Sequence[int]) -> list[bytes]:
+    """The addresses the kernel read for each block (Ethernet + IPv4), and those of the
+    other blocks (IPv6, ARP, ...) read from the blocks themselves."""
+    src, dst = pairs
+    known = (src | dst) != 0
+    out = set(_address_pairs(src[known], dst[known])) if known.any() else set()
+    if not known.all():
+        rest = _Slice(frames, 0, len(frames), np.flatnonzero(~known))
+        rest.ipv4 = None
+        out.update(packet_addresses(rest, linktypes))
+    return sorted(out)
 
 
 def _general_addresses(data: np.ndarray, words: np.ndarray, offs: np.ndarray,

@@ -32,17 +32,28 @@ SLOT_MAX = 2048
 SLOT_RING_DEFAULT = 32 << 20
 EPB_OVERHEAD = 28 + 16
 STREAM_ELEM = 4 << 20
+#: capture_stream wakes the reader when this much waits in one CPU's stream (0: a quarter
+#: of it). A smaller mark (1M: blocks still in the cache when copied) made the copy no
+#: cheaper and the batches more numerous (bench/packets_path.py --wake).
+STREAM_WAKE_DEFAULT = 0
+#: capture_stream: with this many blocks already waiting, the reader goes on without
+#: sleeping: past its mark a stream wakes no one, and a reader that slept its 50 ms there
+#: would let 30M arrive at 600 MB/s.
+STREAM_BUSY_RECORDS = 1024
 MAX_SNAP = 65536
 MAX_IFACES = 1024
 
 # The `cfg` global of packets.bpf.c (.rodata).
 CFG_DTYPE = np.dtype([("snaplen", "<u4"), ("slot", "<u4"), ("wakeup_bytes", "<u4"),
-                      ("elems_per_cpu", "<u4")])
+                      ("elems_per_cpu", "<u4"), ("stream_wake", "<u4")])
 # struct ifstats: per interface, per CPU.
 IFSTATS_DTYPE = np.dtype([("matched", "<u8"), ("written", "<u8"), ("bytes", "<u8"),
                           ("lost_ring", "<u8"), ("lost_other", "<u8")])
 # struct index_entry: one capture_stream block.
-INDEX_DTYPE = np.dtype([("pos", "<u8"), ("len", "<u4"), ("cpu", "<u4")])
+INDEX_DTYPE = np.dtype([("pos", "<u8"), ("len", "<u4"), ("cpu", "<u4"), ("ts", "<u8"),
+                        ("saddr", "<u4"), ("daddr", "<u4")])
+#: the index ring holds one entry per this many stream bytes (whole Ethernet frames: ~1.5 KiB)
+INDEX_PER_STREAM_BYTES = 512
 # struct stream_pos: one per CPU.
 POS_DTYPE = np.dtype([("prod", "<u8"), ("cons", "<u8")])
 
@@ -82,12 +93,14 @@ class Attachment:
 class Capture:
     """The loaded capture object and its attachments."""
 
-    def __init__(self, snaplen: int, buffer_bytes: int | None = None) -> None:
+    def __init__(self, snaplen: int, buffer_bytes: int | None = None,
+                 stream_wake: int = STREAM_WAKE_DEFAULT) -> None:
         self.snaplen = min(snaplen, MAX_SNAP)
         self.stream = self.snaplen > SLOT_MAX_SNAP
         self.ncpu = possible_cpus()
         self.attachments: dict[int, Attachment] = {}
         self._pending_release: Callable[[], None] | None = None
+        self.stream_wake = stream_wake
         obj = BpfObject.from_package("podsight.gadgets.packets", "packets.bpf.o")
         self.obj = obj
         try:
@@ -105,7 +118,14 @@ class Capture:
             per_cpu = (buffer_bytes or 32 << 20) // STREAM_ELEM
             self.elems = max(1, min(64, per_cpu))
             cfg["elems_per_cpu"] = self.elems
-            cfg["wakeup_bytes"] = obj.map("pkt_index").max_entries // 4
+            cfg["stream_wake"] = self.stream_wake
+            # Room for an entry per 512 bytes of the streams (4M for two CPUs' 32M each):
+            # the index is not what fills first on whole packets (32 bytes an entry).
+            index = _pow2(self.ncpu * self.elems * STREAM_ELEM // INDEX_PER_STREAM_BYTES
+                          * (INDEX_DTYPE.itemsize + 8))
+            index = max(2 << 20, min(index, 256 << 20))
+            obj.map("pkt_index").resize(index)
+            cfg["wakeup_bytes"] = index // 4
             obj.map("streams").resize(self.ncpu * self.elems)
             obj.map("positions").resize(self.ncpu)
             obj.map("ring").resize(page)
@@ -191,6 +211,11 @@ class Capture:
     # -- blocks ------------------------------------------------------------------------
 
     def wait(self, timeout: float) -> None:
+        """Sleep until the kernel wakes us or ``timeout``; not at all in stream mode when
+        blocks are waiting already (a CPU's stream past its mark wakes no one)."""
+        if self.stream and self.ring.pending_bytes() >= STREAM_BUSY_RECORDS * (
+                INDEX_DTYPE.itemsize + 8):
+            return
         self.ring.wait(timeout)
 
     def frames(self) -> Frames:
@@ -214,26 +239,51 @@ class Capture:
         return Frames(data, offsets, lengths, self.release)
 
     def _stream_frames(self) -> Frames:
-        index = self.ring.drain()
-        if not len(index):
+        """The blocks the index names, in place in the streams, in time order.
+
+        The index is read as strided columns (no structured copy) and given back
+        at once (what is kept of it is copied); each CPU's stream is given back on
+        release, up to its last entry's end (one producer per stream: its entries
+        come in stream order)."""
+        data, at, end = self.ring.peek()
+        n = len(at)
+        if not n:
+            self.ring.advance(end)
             empty = np.zeros(0, dtype=np.int64)
             return Frames(self._streams, empty, empty)
-        cpu = index["cpu"].astype(np.int64)
-        pos = index["pos"].astype(np.int64)
-        lengths = index["len"].astype(np.int64)
+        step, first = self.ring.record_size, int(at[0])
+        if int(at[-1]) == first + step * (n - 1):  # none discarded: strided columns
+            pos, word, ts, pair = (np.ndarray((n,), "<u8", buffer=data, offset=first + k,
+                                              strides=(step,)) for k in (0, 8, 16, 24))
+        else:
+            longs = data[: (len(data) // 8) * 8].view("<u8")
+            pos, word, ts, pair = (longs[at // 8 + k] for k in (0, 1, 2, 3))
+        pos = pos.astype(np.int64)
+        lengths = (word & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        cpu = (word >> np.uint64(32)).astype(np.int64)
+        saddr = (pair & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        daddr = (pair >> np.uint64(32)).astype(np.uint32)
+        # Two CPUs' blocks can be a few ns out of time order (a timestamp is read just
+        # after its entry's reservation): put the batch in time order when it is not.
+        order = (np.argsort(ts, kind="stable")
+                 if n > 1 and bool((ts[1:] < ts[:-1]).any()) else None)
+        self.ring.advance(end)
         offsets = ((cpu * self.elems + (pos // STREAM_ELEM) % self.elems) * STREAM_ELEM
                    + pos % STREAM_ELEM)
-        ends = pos + lengths
-        marks = {int(c): int(ends[cpu == c].max()) for c in np.unique(cpu)}
+        last = np.full(self.ncpu, -1, dtype=np.int64)
+        np.maximum.at(last, np.minimum(cpu, self.ncpu - 1), pos + lengths)
+        marks = [(c, e) for c, e in enumerate(last.tolist()) if e >= 0]
+        if order is not None:
+            offsets, lengths = offsets[order], lengths[order]
+            saddr, daddr = saddr[order], daddr[order]
         cons = self._cons
 
         def release() -> None:
-            for c, end in marks.items():
-                if c < len(cons):
-                    cons[c].value = end
+            for c, mark in marks:
+                cons[c].value = mark
 
         self._pending_release = release
-        return Frames(self._streams, offsets, lengths, self.release)
+        return Frames(self._streams, offsets, lengths, self.release, ipv4=(saddr, daddr))
 
     def release(self) -> None:
         """Give the space of the last frames back to the kernel (idempotent)."""
