@@ -44,7 +44,7 @@ BLOCK = 1 << 18
 _NULL = Raw(b"null")
 
 
-class Who(Struct):
+class Who(Struct, gc=False):
     """A record's ``src``/``dst`` object: the fields identity reads, the rest skipped."""
 
     kind: str = ""
@@ -56,7 +56,7 @@ class Who(Struct):
     workload: Raw = _NULL
 
 
-class Record(Struct):
+class Record(Struct, gc=False):
     """The fields of a tcpconnect, flows or bare record a check or advise reads."""
 
     saddr: str

@@ -39,6 +39,10 @@ except ImportError:  # pragma: no cover - orjson is a dependency, but optional h
 #: Verdict.reason when neither end is a pod, escaped for JSON (it needs no escaping)
 _NO_POD_END = "no pod end: NetworkPolicy does not apply"
 
+#: A direction's judgement for one pod, rendered: (the judgement, held so its id stays its
+#: own; its reason, escaped; its JSON object; denied?; the pod's "src"/"dst" member)
+_Rendered = tuple[object, str, str, bool, str]
+
 #: Rendered tails kept: they are per (client, server) pair, so a big capture mostly misses;
 #: a bound on memory (a tail is ~0.5 KB), not a hit rate.
 TAILS = 1 << 15
@@ -84,9 +88,9 @@ class JsonReport:
         self._srcs: dict[End, str] = {}  # end -> its member ("src"), rendered
         self._dsts: dict[End, str] = {}
         # (id(judged), subject[, peer, port, protocol]) -> (judged, escaped reason, JSON,
-        # denied): one dict per direction
-        self._egress: dict[tuple[object, ...], tuple[object, str, str, bool]] = {}
-        self._ingress: dict[tuple[object, ...], tuple[object, str, str, bool]] = {}
+        # denied, the subject's member): one dict per direction (egress: the client's)
+        self._egress: dict[tuple[object, ...], _Rendered] = {}
+        self._ingress: dict[tuple[object, ...], _Rendered] = {}
 
     def write(self, conn: Connection, src: End, dst: End, verdict: Verdict) -> None:
         head = (f'{{"saddr":"{conn.saddr}","sport":{conn.sport},"daddr":"{conn.daddr}",'
@@ -114,12 +118,6 @@ class JsonReport:
         """Everything after the connection's own fields, and the line's end."""
         if decision.backend is not None or decision.loopback:
             return self._whole(decision, src, dst, port, proto)
-        s = self._srcs.get(src)
-        if s is None:
-            s = self._note(self._srcs, src, ',"src":')
-        d = self._dsts.get(dst)
-        if d is None:
-            d = self._note(self._dsts, dst, ',"dst":')
         judged = decision.egress
         egress = None
         if judged is not None and src.pod is not None:
@@ -128,6 +126,9 @@ class JsonReport:
             egress = self._egress.get(key)
             if egress is None:
                 egress = self._side(self._egress, key, EGRESS, judged, src, dst, port, proto)
+            s = egress[4]
+        else:
+            s = self._srcs.get(src) or self._note(self._srcs, src, ',"src":')
         judged = decision.ingress
         ingress = None
         if judged is not None and dst.pod is not None:
@@ -137,6 +138,9 @@ class JsonReport:
             if ingress is None:
                 ingress = self._side(self._ingress, key, INGRESS, judged, dst, src, port,
                                      proto)
+            d = ingress[4]
+        else:
+            d = self._dsts.get(dst) or self._note(self._dsts, dst, ',"dst":')
         verdict = decision.verdict
         if egress is not None and ingress is not None:
             if verdict == ALLOWED:
@@ -160,15 +164,16 @@ class JsonReport:
         return text
 
     @staticmethod
-    def _side(cache: dict[tuple[object, ...], tuple[object, str, str, bool]],
-              key: tuple[object, ...], direction: str, judged: Judged, subject: End,
-              peer: End, port: int, proto: str) -> tuple[object, str, str, bool]:
+    def _side(cache: dict[tuple[object, ...], _Rendered], key: tuple[object, ...],
+              direction: str, judged: Judged, subject: End, peer: End, port: int,
+              proto: str) -> _Rendered:
         side = _side(direction, judged, subject, peer, port, proto)
         assert side is not None
         if len(cache) > TAILS:
             cache.clear()
+        name = ',"src":' if direction == EGRESS else ',"dst":'
         got = cache[key] = (judged, _dumps(side.reason)[1:-1], _dumps(side_json(side)),
-                            side.verdict == DENIED)
+                            side.verdict == DENIED, name + _dumps(subject.notation))
         return got
 
     def _whole(self, decision: Decision, src: End, dst: End, port: int, proto: str) -> str:
