@@ -28,7 +28,7 @@ from msgspec import UNSET
 
 from podsight.analysis.policy.checker import ALLOWED, Checker, Verdict
 from podsight.analysis.policy.ends import End
-from podsight.analysis.policy.jsonlines import Block, Who
+from podsight.analysis.policy.jsonlines import Block, Who, own
 from podsight.analysis.policy.records import _ADDRS, PROTOCOLS, Connection, Hint, _addr
 
 #: Held per address text: the identity the record gave, the end, the address as printed,
@@ -64,7 +64,7 @@ class BlockJudge:
         checker = self.checker
         end = checker.ends(text, hint)
         plain = end.kind != "service" and end.kind != "loopback"
-        held: Held = (who, end, text, checker.class_of(end),
+        held: Held = (None if who is None else own(who), end, text, checker.class_of(end),
                       end.pod.ref if end.pod is not None else None, plain, hint)
         if len(self._held) > self.LIMIT:
             self._held.clear()

@@ -97,13 +97,23 @@ class _Pods:
             hint = pod_hint(who.namespace, who.pod, who.node, labels, workload)
             if len(self.held) > 1 << 16:
                 self.held.clear()
-            self.held[who.pod] = (who, hint)
+            self.held[who.pod] = (own(who), hint)
             return hint
         if kind == "service":
             return Hint("service", who.namespace, who.service)
         if kind == "node":
             return Hint("node", name=who.node)
         return None
+
+
+def own(who: Who) -> Who:
+    """``who`` with its raw labels and workload copied out of the decoded text: a ``Raw``
+    refers to the whole buffer it was decoded from (a block, 256 KiB), and an identity
+    held for later records must not keep every block it was first seen in."""
+    labels, workload = who.labels, who.workload
+    return msgspec.structs.replace(
+        who, labels=labels if labels is _NULL else Raw(bytes(labels)),
+        workload=workload if workload is _NULL else Raw(bytes(workload)))
 
 
 def blocks(f: BinaryIO, start: int, end: int | None) -> Iterator[tuple[list[bytes], bool]]:
