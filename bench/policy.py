@@ -330,6 +330,10 @@ def main() -> int:
             runs[f"check {label}, --jobs 1"] = [*check, "--from", str(paths[key]), "--jobs",
                                                  "1"]
         runs.update({
+            # -o json on the records with identity too: one object per connection, each
+            # with both ends' judgements (the issue's target holds for it as for the table)
+            "check tcpconnect JSON lines, -o json": [*check, "--from", str(paths["json"]),
+                                                     "-o", "json"],
             "check bare records, -o json": [*check, "--from", str(paths["bare"]), "-o",
                                             "json"],
             "advise from tcpconnect JSON lines": [

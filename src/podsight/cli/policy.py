@@ -214,7 +214,7 @@ def _check(ns: argparse.Namespace) -> int:
                                lambda: "" if ns.output == "json" else
                                TableReport(out, diff=diff).header_text, STOP.is_set)
     if tally is None:  # one CPU: small or unsplittable input, or --jobs 1
-        tally = work(reader, make_report(out))
+        tally = work(reader.items(), make_report(out))
         tally.records, tally.skipped = reader.stats.records, reader.stats.skipped
     out.flush()
     n, denied, changed = tally.connections, tally.denied, tally.changed

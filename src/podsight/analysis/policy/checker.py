@@ -212,6 +212,9 @@ class Checker:
         self._selecting: dict[Pod, tuple[list[NetworkPolicy], list[NetworkPolicy]]] = {}
         self._decisions: dict[tuple[object, ...], Decision] = {}
         self._peer_memo: dict[tuple[int, int], bool] = {}
+        self._judged: dict[Judged, Judged] = {}
+        self._selecting_class: dict[int, tuple[list[NetworkPolicy], list[NetworkPolicy],
+                                               tuple[str, ...], tuple[str, ...]]] = {}
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -242,6 +245,16 @@ class Checker:
         if decision is None:
             decision = self.decide(src, dst, conn.dport, conn.proto)
         return decision, src, dst
+
+    @property
+    def decisions(self) -> dict[tuple[object, ...], Decision]:
+        """(client class, server class, port, protocol) -> the decision made: the hot loops'
+        lookup (a miss, or an end that is not a plain class, goes through :meth:`decide`)."""
+        return self._decisions
+
+    def class_of(self, end: End) -> int:
+        """The number of ``end``'s class (what a decision can depend on about it)."""
+        return self._class(end)
 
     @property
     def distinct(self) -> int:
@@ -368,19 +381,33 @@ class Checker:
                    proto: str) -> Judged:
         pod = subject.pod
         assert pod is not None
-        ingress, egress = self.selecting(pod)
-        policies = egress if direction == EGRESS else ingress
-        refs = tuple(p.ref for p in policies)
+        # By class: pods of one class share namespace and labels, so the policies selecting
+        # them (a class of unknown labels is one pod). A few hundred classes instead of a
+        # selector scan per pod of every class pair judged.
+        cls = self._class(subject)
+        got = self._selecting_class.get(cls)
+        if got is None:
+            ingress, egress = self.selecting(pod)
+            got = self._selecting_class[cls] = (ingress, egress,
+                                                tuple(p.ref for p in ingress),
+                                                tuple(p.ref for p in egress))
+        policies, refs = (got[1], got[3]) if direction == EGRESS else (got[0], got[2])
         if not policies:
-            return Judged((), (), ALLOWED, "not-isolated")
+            return self._one(Judged((), (), ALLOWED, "not-isolated"))
         if _is_own_node(pod, peer):
-            return Judged(refs, (), ALLOWED, "own-node")
+            return self._one(Judged(refs, (), ALLOWED, "own-node"))
         # A named port is resolved against the pod the connection goes to.
         server = peer.pod if direction == EGRESS else pod
         allowed = tuple(p.ref for p in policies
                         if any(self._rule_matches(p, rule, peer, port, proto, server)
                                for rule in p.rules(direction)))
-        return Judged(refs, allowed, ALLOWED if allowed else DENIED, "isolated")
+        return self._one(Judged(refs, allowed, ALLOWED if allowed else DENIED, "isolated"))
+
+    def _one(self, judged: Judged) -> Judged:
+        """The one object for every judgement alike: pods of many classes share a
+        direction's judgement (the same policies, the same outcome), and the JSON report
+        renders a judgement once per pod by its identity."""
+        return self._judged.setdefault(judged, judged)
 
     def _rule_matches(self, policy: NetworkPolicy, rule: Rule, peer: End, port: int,
                       proto: str, server: Pod | None) -> bool:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO
 
 from podsight.analysis.policy.checker import ALLOWED, Checker, Verdict
+from podsight.analysis.policy.jsonlines import Block
 from podsight.analysis.policy.records import Chunk, Connection, NeedsWholeInput, Reader
 from podsight.errors import RunFailure
 
@@ -60,33 +61,68 @@ class Tally:
             self.skipped[proto] = self.skipped.get(proto, 0) + n
 
 
-def judge(conns: Iterable[Connection], checker: Checker, before: Checker | None,
+def judge(conns: Iterable[Connection | Block], checker: Checker, before: Checker | None,
           report: Any, every: bool, stop: Callable[[], bool]) -> Tally:
-    """Judge every connection into ``report``; ``every``: write the allowed ones too."""
+    """Judge every connection into ``report``; ``every``: write the allowed ones too.
+
+    ``conns`` may hold blocks of decoded JSON lines (:meth:`Reader.items`): without
+    ``--diff`` they are judged by :class:`~podsight.analysis.policy.blockjudge.BlockJudge`,
+    with it one connection at a time like the rest."""
+    from podsight.analysis.policy.blockjudge import BlockJudge
+
     tally = Tally()
     denied = changed = n = 0
     check, decide, write = checker.check, checker.decision, report.write
+
+    def one(conn: Connection) -> bool:
+        """Judge and write one connection; True when denied."""
+        nonlocal changed
+        if not every:
+            decision, src, dst = decide(conn)
+            if decision.verdict == ALLOWED:
+                return False
+            write(conn, src, dst, Verdict(decision, src, dst, conn.dport, conn.proto))
+            return True
+        verdict = check(conn)
+        if before is not None:
+            old = before.check(conn)
+            if old.verdict != verdict.verdict:
+                changed += 1
+                report.write_diff(conn, verdict.src, verdict.dst, old, verdict)
+        else:
+            write(conn, verdict.src, verdict.dst, verdict)
+        return verdict.decision.verdict != ALLOWED
+
+    blocks = BlockJudge(checker, report, every, one) if before is None else None
     try:
-        for n, conn in enumerate(conns, 1):  # n is counted after the loop too
+        for conn in conns:
+            if conn.__class__ is Block:
+                assert isinstance(conn, Block)
+                if stop():
+                    raise KeyboardInterrupt
+                if blocks is not None:
+                    k, d = blocks.run(conn)
+                    n += k
+                    denied += d
+                    continue
+                for i in range(len(conn.records)):
+                    got = conn.connection(i)
+                    if got is not None:
+                        n += 1
+                        denied += one(got)
+                continue
+            assert isinstance(conn, Connection)
+            n += 1
             if not n & STOP_MASK and stop():
                 raise KeyboardInterrupt
-            if not every:
+            if not every:  # inline: the hot path of a table of the denied ones
                 decision, src, dst = decide(conn)
                 if decision.verdict == ALLOWED:
                     continue
                 denied += 1
                 write(conn, src, dst, Verdict(decision, src, dst, conn.dport, conn.proto))
                 continue
-            verdict = check(conn)
-            if verdict.decision.verdict != ALLOWED:
-                denied += 1
-            if before is not None:
-                old = before.check(conn)
-                if old.verdict != verdict.verdict:
-                    changed += 1
-                    report.write_diff(conn, verdict.src, verdict.dst, old, verdict)
-            else:
-                write(conn, verdict.src, verdict.dst, verdict)
+            denied += one(conn)
     finally:
         tally.connections, tally.denied, tally.changed = n, denied, changed
         tally.rows = getattr(report, "rows", 0)
@@ -138,10 +174,11 @@ class Part:
 
 
 def run_parts(chunks: list[Chunk], jobs: int, reader: Reader,
-              task: Callable[[int, Iterable[Connection]], Any], stop: Callable[[], bool]
-              ) -> list[Part] | None:
+              task: Callable[[int, Iterable[Any]], Any], stop: Callable[[], bool],
+              items: bool = False) -> list[Part] | None:
     """``task(index, connections)`` for every part in forked workers, ``jobs`` at a time;
-    the parts in input order. None when a part cannot be read alone (flow records)."""
+    the parts in input order. None when a part cannot be read alone (flow records).
+    ``items``: the task gets :meth:`Reader.chunk_items` (blocks where it can)."""
     parts: list[Part | None] = [None] * len(chunks)
     running: dict[int, _Worker] = {}
     todo = list(range(len(chunks)))
@@ -151,7 +188,7 @@ def run_parts(chunks: list[Chunk], jobs: int, reader: Reader,
         while todo or running:
             while todo and len(running) < jobs:
                 i = todo.pop(0)
-                worker = _fork(i, chunks[i], reader, task, stop)
+                worker = _fork(i, chunks[i], reader, task, stop, items)
                 running[worker.pipe] = worker
             if stop():
                 raise KeyboardInterrupt
@@ -181,8 +218,8 @@ def run_parts(chunks: list[Chunk], jobs: int, reader: Reader,
 
 
 def judge_parallel(chunks: list[Chunk], jobs: int, reader: Reader,
-                   make_report: Callable[[TextIO], Any], work: Callable[[Iterable[Connection],
-                                                                        Any], Tally],
+                   make_report: Callable[[TextIO], Any],
+                   work: Callable[[Iterable[Connection | Block], Any], Tally],
                    out: TextIO, header: Callable[[], str], stop: Callable[[], bool]
                    ) -> Tally | None:
     """Judge ``chunks`` in forked workers; their reports to ``out`` in order, after
@@ -191,7 +228,7 @@ def judge_parallel(chunks: list[Chunk], jobs: int, reader: Reader,
     with ExitStack() as files:
         outputs = [files.enter_context(tempfile.TemporaryFile()) for _ in chunks]
 
-        def task(index: int, conns: Iterable[Connection]) -> Tally:
+        def task(index: int, conns: Iterable[Connection | Block]) -> Tally:
             text = open(outputs[index].fileno(), "w", encoding="utf-8",  # noqa: SIM115
                         closefd=False, buffering=1 << 16)
             try:
@@ -199,7 +236,7 @@ def judge_parallel(chunks: list[Chunk], jobs: int, reader: Reader,
             finally:
                 text.flush()
 
-        parts = run_parts(chunks, jobs, reader, task, stop)
+        parts = run_parts(chunks, jobs, reader, task, stop, items=True)
         if parts is None:
             return None
         total = Tally()
@@ -267,8 +304,8 @@ def advise_parallel(chunks: list[Chunk], jobs: int, reader: Reader, advisor: Any
 
 
 def _fork(index: int, chunk: Chunk, reader: Reader,
-          task: Callable[[int, Iterable[Connection]], Any], stop: Callable[[], bool]
-          ) -> _Worker:
+          task: Callable[[int, Iterable[Any]], Any], stop: Callable[[], bool],
+          items: bool) -> _Worker:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:
@@ -279,7 +316,7 @@ def _fork(index: int, chunk: Chunk, reader: Reader,
     code = 0
     try:
         mine = Reader([], server_port=reader.server_port)
-        conns = _Guarded(mine.chunk(chunk))
+        conns = _Guarded(mine.chunk_items(chunk) if items else mine.chunk(chunk))
         part = Part()
         result: tuple[str, Any]
         try:
@@ -312,11 +349,11 @@ class _Guarded:
     """A part's connections; a reading error ends them and is kept (the task's result so
     far still counts, as it would on one CPU), except one that needs the whole input."""
 
-    def __init__(self, conns: Iterable[Connection]) -> None:
+    def __init__(self, conns: Iterable[Any]) -> None:
         self.conns = conns
         self.error: BaseException | None = None
 
-    def __iter__(self) -> Iterator[Connection]:
+    def __iter__(self) -> Iterator[Any]:
         try:
             yield from self.conns
         except NeedsWholeInput:

@@ -28,9 +28,12 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 from podsight.errors import UserError
+
+if TYPE_CHECKING:
+    from podsight.analysis.policy.jsonlines import Block
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 
@@ -155,11 +158,21 @@ class Reader:
 
     def __iter__(self) -> Iterator[Connection]:
         for path in self.paths:
-            yield from self._one(path)
+            yield from self._one(path, False)
         yield from self.flow_merger.connections()
         self.stats.flows_merged = self.flow_merger.merged
 
-    def _one(self, path: str) -> Iterator[Connection]:
+    def items(self) -> Iterator[Connection | Block]:
+        """The connections, except that JSON lines files come a
+        :class:`~podsight.analysis.policy.jsonlines.Block` of decoded records at a time
+        where their lines decode: ``policy check`` judges those without making a
+        :class:`Connection` each."""
+        for path in self.paths:
+            yield from self._one(path, True)
+        yield from self.flow_merger.connections()
+        self.stats.flows_merged = self.flow_merger.merged
+
+    def _one(self, path: str, batch: bool) -> Iterator[Any]:
         if path == "-":
             yield from self._json_lines(self._stdin, "<stdin>")
             return
@@ -179,7 +192,7 @@ class Reader:
         from podsight.analysis.policy import jsonlines
 
         with p.open("rb") as f:
-            yield from jsonlines.read(self, f, path)
+            yield from jsonlines.read(self, f, path, batch=batch)
 
     # JSON lines --------------------------------------------------------------------------
 
@@ -270,13 +283,21 @@ class Reader:
         """The connections of one part of a file: lines [start, end) of JSON lines (by
         byte offset, on line starts) or rows with ids in [start, end] of a trace tcpconnect
         SQLite file. Flow records raise :class:`NeedsWholeInput`."""
+        return self._chunk(part, False)
+
+    def chunk_items(self, part: Chunk) -> Iterator[Connection | Block]:
+        """:meth:`chunk`, in blocks where it can (as :meth:`items`)."""
+        return self._chunk(part, True)
+
+    def _chunk(self, part: Chunk, batch: bool) -> Iterator[Any]:
         if part.sqlite:
             yield from self._sqlite(part.path, (part.start, part.end))
             return
         from podsight.analysis.policy import jsonlines
 
         with open(part.path, "rb") as f:
-            yield from jsonlines.read(self, f, part.path, part.start, part.end, flows=False)
+            yield from jsonlines.read(self, f, part.path, part.start, part.end, flows=False,
+                                      batch=batch)
 
     # SQLite -------------------------------------------------------------------------------
 
