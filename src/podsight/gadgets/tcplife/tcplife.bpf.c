@@ -574,7 +574,6 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 		return 0;
 	}
 	c.ts_ns = bpf_ktime_get_boot_ns();
-	c.cookie = bpf_get_socket_cookie(sk);
 	fill(&c, sk, s, oldstate, peer_fin_in(oldstate) || fin_queued(sk));
 	/* Ordered against the iterator (tcplife_open): whichever comes second sees the
 	 * other's bit, so a connection is either followed by its cookie or summed. */
@@ -591,6 +590,7 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 	/* One read open goes out as a record: user space follows it by its cookie. */
 	if (cfg.aggregate && !reported && aggregate(&c))
 		return 0;
+	c.cookie = bpf_get_socket_cookie(sk); /* only a record needs it (not an edge) */
 	if (emit(&c))
 		count(C_CLOSED);
 	return 0;
