@@ -3,6 +3,7 @@ like Ctrl-C."""
 
 from __future__ import annotations
 
+import codecs
 import os
 import select
 import signal
@@ -37,15 +38,22 @@ class Background:
             self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
         assert self.proc.stderr is not None
+        # Read the file descriptor itself, not the text stream: its readline() can take
+        # the ready line into Python's buffer along with the line before it, and select()
+        # on the descriptor then waits for output that never comes (serve's two start
+        # lines come from two threads a few ms apart: seen as "did not start" on a loaded
+        # machine). Everything read stays in _stderr_head; the stream itself is untouched.
+        fd = self.proc.stderr.fileno()
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         deadline = time.monotonic() + self._start_timeout
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.5)
+            ready, _, _ = select.select([fd], [], [], 0.5)
             if ready:
-                line = self.proc.stderr.readline()
-                self._stderr_head += line
-                if self._ready in line:
+                chunk = os.read(fd, 1 << 16)
+                self._stderr_head += text.decode(chunk, final=not chunk)
+                if self._ready in self._stderr_head:
                     return
-                if not line:
+                if not chunk:
                     break
             if self.proc.poll() is not None:
                 break
