@@ -1,6 +1,6 @@
 """Benchmark: what ``podsight serve`` costs a connection storm, and how it holds up.
 
-Run as root (under the shared lock: ``flock /run/podsight-tests.lock ...``)::
+Run as root (under the bench lock: ``flock /run/podsight-bench.lock ...``; it takes none)::
 
     .venv/bin/python bench/graph.py [--seconds 10] [--repeat 3] [--long 1000000] [--json F]
 

@@ -6,6 +6,8 @@ small for the traffic sends the rest as records, counted, with the graph still e
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -113,4 +115,60 @@ def test_full_edge_table_sends_records_and_counts_them(lab):
     note = re.search(r"(\d+) connections sent one by one: the kernel's edge table \(2\) was "
                      r"full", s.err)
     assert note and int(note[1]) == 2 * 4, s.err
+    assert re.search(r"connections, 0 lost", s.err), s.err
+
+
+REUSE = r"""
+import ctypes, socket, struct, sys
+host, port = sys.argv[1], int(sys.argv[2])
+libc = ctypes.CDLL(None, use_errno=True)
+
+def exactly(c, n):
+    got = 0
+    while got < n:
+        d = c.recv(n - got)
+        assert d, "peer closed early"
+        got += len(d)
+
+c = socket.socket()
+for req, resp in ((100, 3000), (200, 5000)):
+    c.connect((host, port))
+    c.sendall(struct.pack("!II", req, resp) + b"q" * req)
+    exactly(c, resp)
+    print("exchanged", flush=True)
+    sys.stdin.readline()
+    if req == 100:  # connect(AF_UNSPEC): back to CLOSE, the same socket connects again
+        assert libc.connect(c.fileno(), (ctypes.c_ubyte * 16)(), 16) == 0
+c.close()
+"""
+
+
+def test_a_socket_read_open_then_connecting_again_is_summed_exactly(lab):
+    """The kernel keeps a socket's state past its close (marked closed, not deleted): one
+    socket whose first connection is read open (so it closes as a record, followed by its
+    cookie) and then connects again (same cookie) has its second connection summed in the
+    kernel; the edge counts both, with exact bytes."""
+    web = lab.pod("web")
+    with Server(lab, "web", PORT), \
+            Serve("-n", "default", "--open-every", "200ms", "--edge-every", "200ms") as s:
+        client = lab.popen("mypod", [sys.executable, "-c", REUSE, web.ipv4, str(PORT)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert client.stdin is not None and client.stdout is not None
+        try:
+            assert client.stdout.readline().strip() == "exchanged"
+            s.wait_edge(EDGE, connections=1, active=1, bytes_sent=108, bytes_received=3000)
+            client.stdin.write("\n")
+            client.stdin.flush()
+            assert client.stdout.readline().strip() == "exchanged"
+            client.stdin.write("\n")
+            client.stdin.close()
+            assert client.wait(timeout=30) == 0
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        edge = s.wait_edge(EDGE, connections=2, active=0)
+        assert (edge["detail__bytes_sent"], edge["detail__bytes_received"]) == (108 + 208, 8000)
+        _wait_metric(s, PORT, "podsight_tcp_connections_total", 2)
+    assert s.returncode == 0, s.err
     assert re.search(r"connections, 0 lost", s.err), s.err

@@ -3,6 +3,7 @@ the bytes each socket really sent as the oracle."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import re
@@ -226,6 +227,58 @@ def test_loopback_once_reports_the_client_side_only(lab, host):
     assert {(e["role"], e["state"]) for e in mine} <= {("client", "open"), ("client", "closed")}
     client = by_side(events, sport, port)["client"]
     assert (client["bytes_sent"], client["bytes_received"]) == (300, 7000)
+    assert summary(res.stderr)["lost"] == 0
+
+
+def _disconnect(sock: socket.socket) -> None:
+    """connect(AF_UNSPEC): the kernel's tcp_disconnect, the socket back to CLOSE, reusable
+    (Python's connect() cannot pass AF_UNSPEC)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    unspec = (ctypes.c_ubyte * 16)()  # sa_family 0 (AF_UNSPEC)
+    if libc.connect(sock.fileno(), unspec, len(unspec)) != 0:
+        raise OSError(ctypes.get_errno(), "connect(AF_UNSPEC)")
+
+
+def test_one_socket_connecting_again_gives_one_record_per_connection(lab):
+    """The kernel keeps a closed socket's state until the socket goes (no delete at close):
+    one socket that fails to connect, connects, is disconnected and connects again gives
+    exactly one record per attempt, each with its own bytes and start, as serve runs
+    tcplife (--loopback-once --failed-connects)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    refused = socket.create_server(("127.0.0.1", 0))
+    closed_port = refused.getsockname()[1]
+    refused.close()
+    with srv, Life("--loopback-once", "--failed-connects", "--open-every", "200ms") as t:
+        port = srv.getsockname()[1]
+        c = socket.socket()
+        with c:
+            assert c.connect_ex(("127.0.0.1", closed_port)) == errno.ECONNREFUSED
+            sports = []
+            for req, resp in ((111, 2222), (333, 4444)):
+                c.connect(("127.0.0.1", port))
+                sports.append(c.getsockname()[1])
+                a, _ = srv.accept()
+                with a:
+                    c.sendall(b"q" * req)
+                    _recv_exactly(a, req)
+                    a.sendall(b"r" * resp)
+                    _recv_exactly(c, resp)
+                    _disconnect(c)  # an RST: the server side closes too
+        _wait_records(t, lambda ev: all("client" in by_side(ev, p, port) for p in sports)
+                      and any(e["state"] == "refused" for e in ev))
+    res = t.stop()
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    failed = [e for e in events if e["state"] == "refused" and e["dport"] == closed_port]
+    assert len(failed) == 1, failed
+    cookie = failed[0]["cookie"]
+    mine = [e for e in events if e["cookie"] == cookie and e["state"] != "open"]
+    assert [e["state"] for e in mine] == ["refused", "closed", "closed"], mine
+    first, second = mine[1], mine[2]
+    assert (first["bytes_sent"], first["bytes_received"]) == (111, 2222)
+    assert (second["bytes_sent"], second["bytes_received"]) == (333, 4444)
+    assert first["role"] == second["role"] == "client"
+    assert first["start_seen"] and second["start_seen"]
+    assert second["duration_ns"] > 0 and first["duration_ns"] > 0
     assert summary(res.stderr)["lost"] == 0
 
 
