@@ -166,6 +166,7 @@ def _check(ns: argparse.Namespace) -> int:
     from podsight.analysis.policy import kube as kube_api
     from podsight.analysis.policy.checkrun import (
         MAX_AUTO_JOBS,
+        Skip,
         Tally,
         judge,
         judge_parallel,
@@ -206,15 +207,19 @@ def _check(ns: argparse.Namespace) -> int:
         return judge(conns, checker, before, report, every, STOP.is_set)
 
     tally: Tally | None = None
+    written = 0  # characters of the one-CPU output already written
     chunks = plan(ns.sources, ns.jobs)
     if chunks is not None:
         jobs = ns.jobs or min(os.cpu_count() or 1, MAX_AUTO_JOBS)
-        tally = judge_parallel(chunks, jobs, reader,
-                               lambda stream: make_report(stream, header=False), work, out,
-                               lambda: "" if ns.output == "json" else
-                               TableReport(out, diff=diff).header_text, STOP.is_set)
+        got = judge_parallel(chunks, jobs, reader, make_report, work, out,
+                             lambda: "" if ns.output == "json" else
+                             TableReport(out, diff=diff).header_text, STOP.is_set)
+        if isinstance(got, Tally):
+            tally = got
+        else:
+            written = got
     if tally is None:  # one CPU: small or unsplittable input, or --jobs 1
-        tally = work(reader.items(), make_report(out))
+        tally = work(reader.items(), make_report(Skip(out, written) if written else out))
         tally.records, tally.skipped = reader.stats.records, reader.stats.skipped
     out.flush()
     n, denied, changed = tally.connections, tally.denied, tally.changed
