@@ -191,3 +191,41 @@ def test_ctrl_c_stops_every_worker(tmp_path: Path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert workers() == []
+
+
+@pytest.mark.parametrize("output", ["columns", "json"])
+@pytest.mark.parametrize("where", [0.3, 0.9])
+def test_a_flow_record_after_rows_were_written(files: Path, output: str, where: float):
+    """A flow record in the first part (which the parent writes straight to stdout) after
+    rows were written, or in the last part: the check is judged whole, and its output is
+    still one CPU's, each row once."""
+    connects = (files / "t.json").read_text().splitlines(keepends=True)
+    write_json(files / "f.json", "flows",
+               [flow(MY, WEB_A, "10.244.0.2", 50000, "10.244.0.3", 8080, flags=0x02)])
+    at = int(len(connects) * where)
+    (files / "mixed.json").write_text(
+        "".join(connects[:at]) + (files / "f.json").read_text() + "".join(connects[at:]))
+    proc = both(files, "--policies", str(files / "policies"), "--from",
+                str(files / "mixed.json"), "-o", output, jobs="2")
+    assert "361 connections checked: 120 allowed, 241 denied" in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == (361 if output == "json" else 242)
+
+
+@pytest.mark.parametrize("output", ["columns", "json"])
+def test_stdout_to_a_file_in_append_mode(files: Path, output: str):
+    """Workers' parts are copied to stdout by sendfile, which cannot write to a file opened
+    for appending (``>>``): copied the usual way, after what the file held."""
+    base = [sys.executable, "-m", "podsight.cli.main", "policy", "check", "--objects",
+            str(files / "objects.yaml"), "--policies", str(files / "policies"), "--from",
+            str(files / "t.json"), "-o", output]
+    texts = []
+    for jobs in ("1", "3"):
+        out = files / f"out-{jobs}.txt"
+        out.write_text("before\n")
+        with out.open("a") as f:
+            subprocess.run([*base, "--jobs", jobs], stdout=f, stderr=subprocess.DEVNULL,
+                           timeout=120, env={**os.environ, "KUBECONFIG": ""})
+        texts.append(out.read_text())
+    assert texts[0] == texts[1] and texts[0].startswith("before\n")
+    assert len(texts[0].splitlines()) == (361 if output == "json" else 242)
