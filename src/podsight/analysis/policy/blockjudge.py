@@ -83,6 +83,9 @@ class BlockJudge:
         end_of = self._end
         results = self._results
         time_json = self.report.time_json if every else None
+        # the pieces of -o json's common tail (both ends pods, allowed both ways), read here
+        # as JsonReport.tail reads them (a hit: rendered for an allowed judgement)
+        egress_pieces, ingress_pieces = self.report.pieces() if every else ({}, {})
         try:
             for i, rec in enumerate(block.records):
                 proto = rec.proto
@@ -150,18 +153,32 @@ class BlockJudge:
                             src, dst, Verdict(decision, src, dst, dp, proto))
                     continue
                 assert tail is not None
-                head = (f'{{"saddr":"{s[2]}","sport":{sp},"daddr":"{d[2]}","dport":{dp},'
-                        f'"proto":"{proto}"')
-                if when:
-                    assert time_json is not None
-                    head += time_json(when)
+                r = ""
                 if result:
-                    r = results.get(result)
-                    if r is None:
+                    rj = results.get(result)
+                    if rj is None:
                         if len(results) > 64:  # a handful of outcomes, unless a file lies
                             results.clear()
-                        r = results[result] = self.report.result_json(result)
+                        rj = results[result] = self.report.result_json(result)
+                    r = rj
+                if when and when.isprintable() and '"' not in when and "\\" not in when:
+                    # JsonReport.time_json's text as it is, in one string with the rest
+                    head = (f'{{"saddr":"{s[2]}","sport":{sp},"daddr":"{d[2]}","dport":{dp},'
+                            f'"proto":"{proto}","time":"{when}"{r}')
+                else:
+                    head = (f'{{"saddr":"{s[2]}","sport":{sp},"daddr":"{d[2]}","dport":{dp},'
+                            f'"proto":"{proto}"')
+                    if when:
+                        assert time_json is not None
+                        head += time_json(when)
                     head += r
+                if allowed and decision.backend is None and not decision.loopback:
+                    e = egress_pieces.get((id(decision.egress), src))
+                    g = ingress_pieces.get((id(decision.ingress), dst))
+                    if e is not None and g is not None:  # JsonReport.tail's first case, inline
+                        out.append(f'{head}{e[4]}{g[4]},"verdict":"{ALLOWED}","reason":"'
+                                   f'{e[1]}; {g[1]}","egress":{e[2]},"ingress":{g[2]}}}\n')
+                        continue
                 out.append(head + tail(decision, src, dst, dp, proto))
         finally:  # what was judged is written, also when a record stops the check
             if out:

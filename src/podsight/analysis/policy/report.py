@@ -101,6 +101,14 @@ class JsonReport:
             head += self.result_json(conn.result)
         self.out.write(head + self.tail(verdict.decision, src, dst, conn.dport, conn.proto))
 
+    def pieces(self) -> tuple[dict[tuple[object, ...], _Rendered],
+                              dict[tuple[object, ...], _Rendered]]:
+        """The rendered judgements, egress and ingress, as :meth:`tail` keeps them: a hit on
+        ``(id(judged), end)`` is an allowed judgement of that end's pod (the dicts stay
+        these, also when emptied). For a caller composing :meth:`tail`'s common case
+        inline (:class:`~podsight.analysis.policy.blockjudge.BlockJudge`)."""
+        return self._egress, self._ingress
+
     @staticmethod
     def time_json(when: str) -> str:
         """The ``"time"`` member (after a comma): the text as it is when JSON would not
