@@ -190,3 +190,16 @@ def test_bad_command_lines(tmp_path: Path):
     # refused whole: the other policy was not written either
     assert [p.name for p in (tmp_path / "exists").iterdir()] == ["default.server-network.yaml"]
     assert (tmp_path / "exists" / "default.server-network.yaml").read_text() == "x"
+
+
+def test_plain_yaml_is_what_pyyaml_makes_of_it():
+    """Policies' YAML is built without PyYAML's constructor and its tags memoised
+    (documents._load_all): the same objects as yaml.safe_load_all, also read twice (the
+    second time from the memo), for every implicit type and for quoted look-alikes."""
+    from podsight.analysis.policy.documents import _load_all
+
+    text = ("a: yes\nb: \"yes\"\nc: 1\nd: \"1\"\ne: 1.5\nf: ~\ng: null\nh: 0o17\n"
+            "i: [on, off, \"on\"]\nj: 2026-01-01\nk: '2026-01-01'\nl: .inf\nm: -.nan\n"
+            "n: 0x1f\no: 1_000\np: !!str 12\nq: ''\n---\n- &a {x: 1}\n- *a\n- !!str 12\n")
+    for _ in range(2):
+        assert repr(list(_load_all(text))) == repr(list(yaml.safe_load_all(text)))
