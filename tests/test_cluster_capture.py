@@ -13,6 +13,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,49 @@ def test_packets_tls_keylog_read_on_the_node(lab: Lab, tmp_path: Path) -> None:
     assert fields(out, "http.request.method", "http.request.uri",
                   display="http.request") == want
     assert {r[0].split("/", 1)[0] for r in fields(out, "frame.interface_name")} == {"node-a"}
+
+
+def test_keys_written_after_the_last_packet_go_before_the_mark_passes(
+        lab: Lab, tmp_path: Path) -> None:
+    """An application writes a TLS session's secrets after the packets they decrypt were
+    captured (curl: after the server's handshake flight), often after the last packet of
+    the exchange. The agent's session sends them at its next collect, in a batch of no
+    frames, before its mark (the watermark of later batches and heartbeats) passes the
+    moment they were written; the client's merge then holds the packets until the keys
+    are in. Before, keys waited for the next packet and the mark was the clock: a short
+    exchange's file had its packets but not their keys (a flaky CI decryption test)."""
+    from podsight.cluster import agent_pb2 as pb
+    from podsight.cluster.session import Session, parse_request
+
+    keys = tmp_path / "keys.log"
+    keys.write_bytes(b"")
+    replies: list[pb.RunReply] = []
+    request = parse_request(["packets", "--tls-keylog", str(keys), "udp port 7205"],
+                            lab.pod("mypod").netns)
+    session = Session(request, "node-a", replies.append)
+    runner = threading.Thread(target=session.run)
+    runner.start()
+    try:
+        wait_for(lambda: any(r.HasField("started") for r in replies), "the capture started",
+                 timeout=60)
+        send_udp(lab, "mypod", EXTERNAL_WEB, 7205, 1, 10)
+        wait_for(lambda: any(r.frames.count for r in replies if r.HasField("frames")),
+                 "the packet sent")
+        line = b"CLIENT_RANDOM " + b"ab" * 32 + b" " + b"cd" * 48 + b"\n"
+        written = time.time_ns()
+        with keys.open("ab") as f:
+            f.write(line)
+        wait_for(lambda: any(r.frames.tls_keys for r in replies if r.HasField("frames")),
+                 "the keys sent with no packet after them")
+        wait_for(lambda: session.seq.mark > written, "the mark past the keys")
+    finally:
+        session.stop.set()
+        runner.join(60)
+    frames = [r.frames for r in replies if r.HasField("frames")]
+    carrying = next(i for i, f in enumerate(frames) if f.tls_keys)
+    assert frames[carrying].tls_keys == line and frames[carrying].count == 0
+    assert all(f.watermark < written for f in frames[:carrying + 1])
+    assert [f.count for f in frames] == [1, 0] and replies[-1].HasField("summary")
 
 
 def test_packets_tls_keylog_inside_a_pod_through_the_agent(lab: Lab, tmp_path: Path) -> None:

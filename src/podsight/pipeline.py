@@ -286,6 +286,12 @@ class OutputOptions:
     check_columns: bool = False
     #: Members every JSON line starts with (``"node":"node-a",``, from ``podsight agent``).
     json_prefix: str = ""
+    #: Called after each collect's records are written, with the wall-clock ns taken just
+    #: before that collect: everything the gadget held by then has reached the outputs.
+    #: ``podsight agent`` tells its client this, so the client's merge never releases
+    #: records ahead of ones the node still holds (a clock read when the node is idle
+    #: would claim records it has not collected yet).
+    progress: Callable[[int], None] | None = None
 
 
 R_contra = TypeVar("R_contra", contravariant=True)
@@ -863,7 +869,10 @@ class Run(Generic[R]):
         self.err.flush()
         while not stop.is_set():
             gadget.wait(stop.remaining(0.05))
+            collecting = time.time_ns()
             self._write(gadget.collect(final=False), admission)
+            if self.options.progress is not None:
+                self.options.progress(collecting)
             self._tell()
             if self.feed is not None:
                 self.feed.tick(self.result.records, self._live_tally)

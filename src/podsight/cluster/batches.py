@@ -27,11 +27,19 @@ _FIRST_TIME = re.compile(r'^[^\n]*?"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9})Z"', 
 
 
 class SeqCounter:
-    """The run's sequence numbers, shared by records and frames (one counter per node run)."""
+    """The run's sequence numbers, shared by records and frames (one counter per node run),
+    and how far the run has got: :attr:`mark`."""
 
     def __init__(self) -> None:
         self.next = 0
         self.lock = threading.Lock()
+        #: Wall-clock ns before which every record and frame of the run has been sent:
+        #: the start of the last collect whose batch is out (the pipeline's ``progress``).
+        #: Batches and heartbeats carry it as their watermark: the client's merge holds
+        #: other nodes' records until this passes them, so it must never run ahead of
+        #: what the gadget has actually collected (as the clock would while the run
+        #: thread is stalled and the kernel still holds older events).
+        self.mark = 0
 
     def take(self, n: int) -> int:
         with self.lock:
@@ -142,7 +150,7 @@ class RecordBatches:
         table, rows = self.rows.take(count) if self.rows is not None else (b"", b"")
         self.emit(pb.RunReply(records=pb.Records(
             first_seq=first, count=count, lines=data, times=times.tobytes(),
-            watermark=time.time_ns(), table=table, rows=rows)))
+            watermark=self.seq.mark, table=table, rows=rows)))
         return len(text)
 
     def flush(self) -> None:
@@ -194,12 +202,30 @@ class FrameBatches:
         self.bytes += len(data)
         self.emit(pb.RunReply(frames=pb.Frames(
             first_seq=self.seq.take(n), count=n, blocks=data, times=times.tobytes(),
-            interfaces=self.interfaces, watermark=time.time_ns(), tls_keys=self._keys)))
+            interfaces=self.interfaces, watermark=self.seq.mark, tls_keys=self._keys)))
         self._keys = b""
         return n
 
+    def send_keys(self) -> None:
+        """Key log lines written since the last batch, sent now in a batch of no frames.
+
+        An application writes a TLS session's secrets only after the packets they decrypt
+        (the server's handshake flight) were captured, often after the last packet of a
+        short exchange: waiting for the next frames could hold them past the moment the
+        client writes those packets, and tshark would not decrypt them. Called after each
+        collect, before the run's mark moves past it: keys written before a mark reach
+        the client before the mark does, so the client's reorder window covers them."""
+        if self.keylog is not None:
+            self._keys += self.keylog.read_new()
+        if self._keys:
+            self.emit(pb.RunReply(frames=pb.Frames(
+                first_seq=self.seq.take(0), count=0, interfaces=self.interfaces,
+                watermark=self.seq.mark, tls_keys=self._keys)))
+            self._keys = b""
+
     def close(self, interfaces: Sequence[Any]) -> None:
         self.interfaces = [interface_message(i) for i in interfaces]
+        self.send_keys()
 
 
 class NoticeLines:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import queue
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -131,7 +130,7 @@ class AgentService:
                 try:
                     item = replies.get(timeout=HEARTBEAT)
                 except queue.Empty:
-                    yield pb.RunReply(heartbeat=pb.Heartbeat(watermark=time.time_ns()))
+                    yield pb.RunReply(heartbeat=pb.Heartbeat(watermark=session.seq.mark))
                     continue
                 if item is _DONE:
                     break

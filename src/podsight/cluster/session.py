@@ -140,6 +140,16 @@ class Session:
         frames.keylog = keylog_of(ns, ctx)
         return frames
 
+    def _progress(self, frames: FrameBatches | None) -> Callable[[int], None]:
+        """After each collect: keys the application wrote meanwhile, then the new mark."""
+        seq = self.seq
+
+        def progress(collecting: int) -> None:
+            if frames is not None:
+                frames.send_keys()
+            seq.mark = collecting
+        return progress
+
     def run(self) -> pb.Summary:
         from podsight.cli.gadget import build_run
         from podsight.pipeline import OutputOptions, RunResult, summary_line
@@ -158,7 +168,7 @@ class Session:
             mode="none" if capture else "json", max_time=ns.max_time, max_bytes=None,
             command="podsight agent: " + " ".join(spec.command),
             columns=self.request.columns, check_columns="table" in outputs,
-            json_prefix=prefix,
+            json_prefix=prefix, progress=self._progress(frames),
             sinks=(rows,) if rows is not None else (),
             frame_outputs=((lambda ctx: self._frames(frames, ctx)),) if frames is not None
             else ())
