@@ -153,12 +153,13 @@ def test_packets_tls_keylog_inside_a_pod_through_the_agent(lab: Lab, tmp_path: P
                       "-w", str(out), "tcp port 443", stderr=err.open("w"))
         _started(err, 1)
         pod = lab.popen("mypod", ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                                  script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                  script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                        start_new_session=True)
         try:
             wait_for(lambda: _rows(out, "http.request.uri", display="http.request")
                      == [["/in-pod"]], "the in-pod request decrypted")
         finally:
-            pod.kill()
+            os.killpg(pod.pid, signal.SIGKILL)  # sh and sleep too: they hold /mnt alive
             pod.wait()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, err.read_text()

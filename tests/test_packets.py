@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from background import PODSIGHT
 from flowsrun import send_udp
@@ -285,6 +286,59 @@ def test_tls_keys_go_into_the_file_and_tshark_decrypts_with_nothing_else(lab, tm
     assert requests == [["GET", "/tls-check", "HTTP/1.1"]]
 
 
+def test_keys_written_after_their_packets_still_go_before_them(lab, tmp_path):
+    """curl writes a session's secrets after the server's handshake flight was captured;
+    a capture that drains the ring in between writes that flight before the keys, and
+    tshark then decrypts nothing of the session. With --tls-keylog the file takes
+    packets only once they are half a second old (KeyedHold). Replayed exactly: a real
+    exchange's packets, the keys appearing after all of them were handed over, the
+    hold's clock moved by hand; the same sequence without the hold is shown to fail."""
+    from podsight.outputs.keyhold import HOLD_NS, KeyedHold
+    from podsight.outputs.pcapng import KeyLog, PcapngOutput
+    from podsight.pipeline import CaptureInterface, Frames
+
+    capture, private = tmp_path / "exchange.pcapng", tmp_path / "curl-keys.log"
+    with PacketsRun("-p", "mypod", "-w", str(capture), "tcp port 443") as run:
+        proc = lab.exec("mypod", ["curl", "-sk", "--http1.1", "-o", "/dev/null",
+                                  f"https://{EXTERNAL}/late-keys"],
+                        env=dict(os.environ, SSLKEYLOGFILE=str(private)),
+                        capture_output=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+    assert run.stop().returncode == 0
+    epbs = [struct.pack("<II", 6, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+            for kind, body in blocks(capture) if kind == 6]
+    assert len(epbs) >= 10
+    last = max(struct.unpack_from("<II", b, 12) for b in epbs)
+    last_ns = (last[0] << 32) | last[1]
+    data = np.frombuffer(b"".join(epbs), dtype=np.uint8)
+    lengths = np.array([len(b) for b in epbs], dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    iface = [CaptureInterface(id=0, name="eth0", description="mypod", snaplen=262144)]
+
+    def replay(name: str, hold: bool) -> Path:
+        out, followed = tmp_path / f"{name}.pcapng", tmp_path / f"{name}.keys"
+        followed.write_bytes(b"")
+        now = [last_ns + 1_000_000]
+        inner = PcapngOutput(str(out), keylog=KeyLog(str(followed)))
+        output = KeyedHold(inner, clock=lambda: now[0]) if hold else inner
+        assert output.write_frames(Frames(data, offsets, lengths), iface) == len(epbs)
+        followed.write_bytes(private.read_bytes())  # the keys, after every packet
+        now[0] += HOLD_NS
+        output.write_frames(Frames(data, offsets[:0], lengths[:0]), iface)
+        output.close(iface)
+        return out
+
+    def requests(path: Path) -> list[list[str]]:
+        return fields(path, "http.request.uri", display="http.request")
+
+    assert requests(replay("unheld", hold=False)) == []  # the failure the hold prevents
+    held = replay("held", hold=True)
+    assert requests(held) == [["/late-keys"]]
+    kinds = [kind for kind, _ in blocks(held)]
+    assert kinds.index(0x0A) < kinds.index(6)
+    assert len([k for k in kinds if k == 6]) == len(epbs)
+
+
 def test_comments_name_both_ends(lab, tmp_path):
     out = tmp_path / "comments.pcapng"
     with PacketsRun("-p", "frontend", "--comments", "-w", str(out), "udp port 7204") as run:
@@ -474,7 +528,8 @@ def test_a_key_log_inside_a_pod_is_read_through_its_processes_root(lab, tmp_path
     with PacketsRun("-p", "mypod", "-w", str(out), "--tls-keylog", "/mnt/podsight-keys.log",
                     "tcp port 443") as run:
         proc = lab.popen("mypod", ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                                   script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                   script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                        start_new_session=True)
         try:
             deadline = time.monotonic() + 30
             while not Path(f"/proc/{proc.pid}/root/mnt/done").exists():
@@ -483,7 +538,7 @@ def test_a_key_log_inside_a_pod_is_read_through_its_processes_root(lab, tmp_path
             time.sleep(0.5)  # a few batches: the key log is read with each
             result = run.stop()
         finally:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # sh and sleep too: they hold /mnt alive
             proc.wait()
     assert result.returncode == 0, result.stderr
     requests = fields(out, "http.request.uri", display="http.request")

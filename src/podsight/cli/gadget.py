@@ -136,10 +136,16 @@ def _capture_output(ns: argparse.Namespace) -> Callable[[Any], Any]:
             return str(resolver.endpoint(addr).notation)
 
         keylog = keylog_of(ns, ctx)
-        return PcapngOutput(target, application=f"podsight {ctx.spec.name}", force=ns.force,
-                            ring=ns.ring, ring_size=ns.ring_size, max_packets=ns.max_packets,
-                            comments=ns.comments, keylog=keylog, name_of=name_of,
-                            notation_of=notation_of)
+        output = PcapngOutput(target, application=f"podsight {ctx.spec.name}", force=ns.force,
+                              ring=ns.ring, ring_size=ns.ring_size, max_packets=ns.max_packets,
+                              comments=ns.comments, keylog=keylog, name_of=name_of,
+                              notation_of=notation_of)
+        if keylog is None:
+            return output
+        from podsight.outputs.keyhold import KeyedHold
+
+        # Keys are written after the packets they decrypt: hold packets until they can be.
+        return KeyedHold(output, max_packets=ns.max_packets)
 
     return factory
 
