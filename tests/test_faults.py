@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tracing import refused_connects
 
 pytestmark = pytest.mark.root
 
@@ -40,24 +40,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def connect_storm() -> Iterator[None]:
-    stop = threading.Event()
-
-    def storm() -> None:
-        while not stop.is_set():
-            s = socket.socket()
-            try:
-                s.connect(("127.0.0.1", 9))
-            except OSError:
-                pass
-            finally:
-                s.close()
-            time.sleep(0.0005)  # a few thousand a second: many small batches, not one huge
-
-    worker = threading.Thread(target=storm, daemon=True)
-    worker.start()
-    yield
-    stop.set()
-    worker.join()
+    with refused_connects(0.0005):  # a few thousand a second: many small batches, not one huge
+        yield
 
 
 def test_json_to_a_full_disk(small_disk, connect_storm):

@@ -25,11 +25,9 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +36,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tc_filters_of_ours
+from tracing import refused_connects
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -99,24 +98,8 @@ def check(o: Outcome, noun: str) -> None:
 @pytest.fixture
 def connect_storm() -> Iterator[None]:
     """Refused connects on loopback, a few hundred a second, for trace to see."""
-    stop = threading.Event()
-
-    def storm() -> None:
-        while not stop.is_set():
-            s = socket.socket()
-            try:
-                s.connect(("127.0.0.1", 9))
-            except OSError:
-                pass
-            finally:
-                s.close()
-            time.sleep(0.002)
-
-    worker = threading.Thread(target=storm, daemon=True)
-    worker.start()
-    yield
-    stop.set()
-    worker.join()
+    with refused_connects(0.002):
+        yield
 
 
 @pytest.fixture

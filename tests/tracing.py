@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,3 +141,29 @@ class Capture:
         self.proc.send_signal(signal.SIGINT)
         out, _ = self.proc.communicate(timeout=30)
         self.packets = [float(x) for x in out.split()]
+
+
+@contextlib.contextmanager
+def refused_connects(pause: float) -> Iterator[None]:
+    """Refused connects to 127.0.0.1:9 from a thread, one every ``pause`` seconds or so,
+    while the block runs: records for trace to see, in many small batches."""
+    stop = threading.Event()
+
+    def storm() -> None:
+        while not stop.is_set():
+            s = socket.socket()
+            try:
+                s.connect(("127.0.0.1", 9))
+            except OSError:
+                pass
+            finally:
+                s.close()
+            time.sleep(pause)
+
+    worker = threading.Thread(target=storm, daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()
