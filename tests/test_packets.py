@@ -337,6 +337,14 @@ def test_keys_written_after_their_packets_still_go_before_them(lab, tmp_path):
     kinds = [kind for kind, _ in blocks(held)]
     assert kinds.index(0x0A) < kinds.index(6)
     assert len([k for k in kinds if k == 6]) == len(epbs)
+    # --max-packets and --max-bytes count what the hold accepted, not what it wrote yet.
+    limited = KeyedHold(PcapngOutput(str(tmp_path / "limited.pcapng")), max_packets=3,
+                        clock=lambda: last_ns)
+    assert limited.write_frames(Frames(data, offsets, lengths), iface) == 3
+    assert limited.full == "--max-packets reached" and limited.held == 3
+    assert limited.bytes == limited.inner.bytes + int(lengths[:3].sum())
+    limited.close(iface)
+    assert len(fields(tmp_path / "limited.pcapng", "frame.number")) == 3
 
 
 def test_comments_name_both_ends(lab, tmp_path):

@@ -83,7 +83,9 @@ class KeyedHold:
 
     @property
     def bytes(self) -> int:
-        return int(self.inner.bytes)
+        """The file's size once what is held is in it: ``--max-bytes`` counts what was
+        accepted, so the hold does not let the file grow past the limit."""
+        return int(self.inner.bytes) + sum(int(h.frames.lengths.sum()) for h in self._held)
 
     @property
     def full(self) -> str:
