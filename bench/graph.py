@@ -223,8 +223,9 @@ sys.stdin.read()
 
 
 def open_read(children: Children, n: int = 5000, rounds: int = 20) -> dict[str, Any]:
-    """Reading every open connection: the sk_storage iterator (what tcplife does, one walk
-    for every network namespace) against sock_diag (``ss -tinH``, which must run in each
+    """Reading every open connection: tcplife's iterator over its table of open sockets
+    (iter/bpf_map_elem, each socket read through its address: one walk for every network
+    namespace) against sock_diag (``ss -tinH``, which must run in each
     namespace) and a TCP iterator, both for this namespace only."""
     from podsight.ebpf.iters import read_iter
     from podsight.gadgets.tcplife.tcplife import TcpLife
@@ -240,8 +241,8 @@ def open_read(children: Children, n: int = 5000, rounds: int = 20) -> dict[str, 
             t0 = time.perf_counter()
             found = len(life.open_connections())
             times.append(time.perf_counter() - t0)
-        out["sk_storage_iter_ms"] = statistics.median(times) * 1000
-        out["sk_storage_iter_records"] = found
+        out["open_iter_ms"] = statistics.median(times) * 1000
+        out["open_iter_records"] = found
         seed = life._obj.program("tcplife_seed").attach_iter()
         try:
             times = []
@@ -378,8 +379,8 @@ def report(r: dict[str, Any]) -> None:
                  if "ref_ratio" in r else "") + f"; base spread {spread:.0%} (noise)")
     if "open_read" in r:
         o = r["open_read"]
-        print(f"reading {o['connections']:,} open connections ({o['sk_storage_iter_records']:,} "
-              f"records): sk_storage iterator {o['sk_storage_iter_ms']:.1f} ms for every "
+        print(f"reading {o['connections']:,} open connections ({o['open_iter_records']:,} "
+              f"records): map iterator {o['open_iter_ms']:.1f} ms for every "
               f"namespace at once; per namespace, TCP iterator {o['tcp_iter_per_netns_ms']:.1f}"
               f" ms, sock_diag (ss -tin) {o['sock_diag_ss_per_netns_ms']:.1f} ms")
     if "api" in r:
