@@ -484,7 +484,9 @@ class TcpLifeGadget:
         them) and, in aggregate mode, edges (as of the last read of those)."""
         if self._tracer is None:
             return {}
-        out = {"states": self._tracer.open_read / self.config.max_open}
+        # An entry shown again after the read's buffer filled is counted twice (one per
+        # ~256 records): the ratio is capped at full.
+        out = {"states": min(1.0, self._tracer.open_read / self.config.max_open)}
         if self.config.aggregate:
             out["edges"] = self._tracer.edges_read / self.config.edge_entries
         return out
