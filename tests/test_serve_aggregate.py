@@ -207,7 +207,7 @@ def test_open_connection_is_in_the_graph_with_exact_bytes_before_it_closes(lab, 
     with Server(lab, "web", PORT), \
             Serve("-n", "default", "--open-every", "200ms", "--edge-every", "200ms") as s, \
             Held(lab, "mypod", host, PORT, req=700, resp=9000) as held:
-        s.wait_edge(EDGE, connections=0, active=1, bytes_sent=708, bytes_received=9000)
+        s.wait_edge(EDGE, connections=1, active=1, bytes_sent=708, bytes_received=9000)
         _wait_self_metric(s, "podsight_map_fill_ratio", 2 / 131072, gadget="tcplife",
                           map="states")
         held.close()
