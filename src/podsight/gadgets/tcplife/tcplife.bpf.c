@@ -35,7 +35,8 @@
  * list. Its size is --max-open: a connection that does not fit is counted (lost_full).
  * The iterator reads each socket through its stored address: TCP sockets are
  * SLAB_TYPESAFE_BY_RCU and the reads are fault-safe (probe loads), and the socket's
- * cookie, stored at ESTABLISHED, tells whether the address still holds that connection.
+ * cookie, stored at SYN_SENT or ESTABLISHED, tells whether the address still holds that
+ * connection.
  *
  * Cost: the tracepoint fires about 8 times per connection (both sockets, every
  * transition), so the program decides from its arguments alone whether a
@@ -146,8 +147,9 @@ enum counter {
 struct state {
 	u64 start_ns;  /* ESTABLISHED (CLOCK_BOOTTIME), or when first seen if open before */
 	u64 cgroup_id; /* of the connecting process (client), 0 if not known */
-	u64 cookie;    /* the socket's cookie, from ESTABLISHED: the record's, and what tells
-			* the iterator that the socket at this address is still this one */
+	u64 cookie;    /* the socket's cookie, from SYN_SENT (a client) or ESTABLISHED: the
+			* record's, and what tells the iterator that the socket at this
+			* address is still this one */
 	u32 pid;
 	u32 netns;
 	u8 role;
@@ -536,6 +538,7 @@ static __always_inline int on_connect(struct sock *sk)
 	s.start_ns = cfg.failed_connects ? bpf_ktime_get_boot_ns() : 0; /* the attempt;
 									 * ESTABLISHED overwrites it */
 	bpf_get_current_comm(s.comm, sizeof(s.comm));
+	s.cookie = bpf_get_socket_cookie(sk);
 	/* Full: not counted yet; ESTABLISHED tries again and counts (a failed connect is
 	 * counted at its close). */
 	if (bpf_map_update_elem(&states, &key, &s, BPF_ANY))
@@ -596,7 +599,8 @@ static __always_inline int on_established(struct sock *sk, int oldstate)
 	s->role = oldstate == TCP_SYN_SENT ? ROLE_CLIENT : ROLE_SERVER;
 	s->syn_acked = s->role == ROLE_CLIENT;
 	s->start_ns = bpf_ktime_get_boot_ns();
-	s->cookie = bpf_get_socket_cookie(sk);
+	if (!s->cookie)
+		s->cookie = bpf_get_socket_cookie(sk); /* a client's is from SYN_SENT */
 	s->established = 1;
 	s->flags = F_START_SEEN;
 	s->mark = 0; /* nothing has read this connection yet */
@@ -763,11 +767,18 @@ int tcplife_open(struct bpf_iter__bpf_map_elem___life *ctx)
 	count(C_TABLE_SEEN);
 	/* A map-value pointer, for the atomic (the iterator's value is a buffer). */
 	s = bpf_map_lookup_elem(&states, &key);
-	if (!s || !s->established)
+	if (!s)
 		return 0;
 	tp = bpf_rdonly_cast((void *)key, bpf_core_type_id_kernel(struct tcp_sock));
 	sk = (const void *)tp;
 	cookie = ((const struct sock_common___life *)sk)->skc_cookie.counter;
+	if (!s->established) {
+		/* Connecting: skipped, unless another socket is at this address now (this one
+		 * went while its close run was skipped). */
+		if (s->cookie && cookie != s->cookie && bpf_map_delete_elem(&states, &key) == 0)
+			count(C_STALE);
+		return 0;
+	}
 	state = sk->__sk_common.skc_state;
 	if (cookie != s->cookie || state == TCP_CLOSE) {
 		/* Another socket at this address now, or this one closed with its close run
