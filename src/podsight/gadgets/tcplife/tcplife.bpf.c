@@ -624,7 +624,9 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 		 * fit), a loopback server side left out (on_established), not stored (full:
 		 * counted when refused), or never seen. */
 		if (oldstate == TCP_SYN_SENT) {
-			if (cfg.failed_connects && unstored_take(key))
+			/* Taken either way: a mark left behind could excuse a later socket at
+			 * this address. */
+			if (unstored_take(key) && cfg.failed_connects)
 				count(C_LOST_FULL); /* its failure cannot be reported */
 			return 0;
 		}
