@@ -112,9 +112,24 @@ class Served:
                     ids.add(int(m[1]))
         return ids
 
-    def stop(self) -> None:
+    def lost_causes(self) -> dict[str, float]:
+        """podsight_lost_events_total by gadget/cause, the non-zero ones."""
+        text = self.get("/metrics").decode()
+        out = {}
+        for m in re.finditer(r'^podsight_lost_events_total\{([^}]*)\} (\S+)$', text, re.M):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m[1]))
+            if float(m[2]):
+                out[f"{labels.get('gadget')}/{labels.get('cause')}"] = float(m[2])
+        return out
+
+    def stop(self) -> str:
+        """Stop it; its summary lines (losses, program runs the kernel skipped)."""
         self.proc.send_signal(signal.SIGINT)
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read().decode(errors="replace")
         self.proc.wait(timeout=60)
+        return "\n".join(line for line in err.splitlines() if line.startswith("podsight: ")
+                         and ("lost" in line or "skipped" in line))
 
 
 def prog_runs(ids: set[int]) -> dict[str, tuple[int, int]]:
@@ -223,8 +238,9 @@ sys.stdin.read()
 
 
 def open_read(children: Children, n: int = 5000, rounds: int = 20) -> dict[str, Any]:
-    """Reading every open connection: the sk_storage iterator (what tcplife does, one walk
-    for every network namespace) against sock_diag (``ss -tinH``, which must run in each
+    """Reading every open connection: tcplife's iterator over its table of open sockets
+    (iter/bpf_map_elem, each socket read through its address: one walk for every network
+    namespace) against sock_diag (``ss -tinH``, which must run in each
     namespace) and a TCP iterator, both for this namespace only."""
     from podsight.ebpf.iters import read_iter
     from podsight.gadgets.tcplife.tcplife import TcpLife
@@ -240,8 +256,8 @@ def open_read(children: Children, n: int = 5000, rounds: int = 20) -> dict[str, 
             t0 = time.perf_counter()
             found = len(life.open_connections())
             times.append(time.perf_counter() - t0)
-        out["sk_storage_iter_ms"] = statistics.median(times) * 1000
-        out["sk_storage_iter_records"] = found
+        out["open_iter_ms"] = statistics.median(times) * 1000
+        out["open_iter_records"] = found
         seed = life._obj.program("tcplife_seed").attach_iter()
         try:
             times = []
@@ -312,9 +328,11 @@ def work(args: argparse.Namespace, children: Children) -> dict[str, Any]:
                 out["serve"].append(storm.rate)
                 out["cpu_us"]["serve"].append(
                     (storm.cpu_s + served.cpu_s() - cpu0) / storm.connects * 1e6)
-                out["records"].append({"connects": storm.connects, "in_graph": got,
-                                       "lost": served.lost()})
-                served.stop()
+                record: dict[str, Any] = {"connects": storm.connects, "in_graph": got,
+                                          "lost": served.lost(),
+                                          "causes": served.lost_causes()}
+                record["summary"] = served.stop()
+                out["records"].append(record)
             print(f"round {round_no + 1} {config}: {storm.rate:,.0f} connects/s",
                   file=sys.stderr)
     base, serve = statistics.median(out["base"]), statistics.median(out["serve"])
@@ -378,8 +396,8 @@ def report(r: dict[str, Any]) -> None:
                  if "ref_ratio" in r else "") + f"; base spread {spread:.0%} (noise)")
     if "open_read" in r:
         o = r["open_read"]
-        print(f"reading {o['connections']:,} open connections ({o['sk_storage_iter_records']:,} "
-              f"records): sk_storage iterator {o['sk_storage_iter_ms']:.1f} ms for every "
+        print(f"reading {o['connections']:,} open connections ({o['open_iter_records']:,} "
+              f"records): map iterator {o['open_iter_ms']:.1f} ms for every "
               f"namespace at once; per namespace, TCP iterator {o['tcp_iter_per_netns_ms']:.1f}"
               f" ms, sock_diag (ss -tin) {o['sock_diag_ss_per_netns_ms']:.1f} ms")
     if "api" in r:
@@ -394,6 +412,10 @@ def report(r: dict[str, Any]) -> None:
               "(target >= 0.90)")
         print(f"connection records: {sum(x['connects'] for x in r['records']):,} storm "
               f"connects, {missing} missing from the graph, {lost:.0f} lost (target 0)")
+        for i, x in enumerate(r["records"]):
+            if x.get("causes") or x["connects"] != x["in_graph"]:
+                print(f"  round {i + 1}: {x['connects'] - x['in_graph']} missing, lost "
+                      f"{x.get('causes')}; {x.get('summary', '')}")
     if "rss" in r:
         rss = r["rss"]
         print(f"rss: {rss['at_100k_kib'] / 1024:.1f} MiB at 100k connections, "

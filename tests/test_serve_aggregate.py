@@ -172,3 +172,73 @@ def test_a_socket_read_open_then_connecting_again_is_summed_exactly(lab):
         _wait_metric(s, PORT, "podsight_tcp_connections_total", 2)
     assert s.returncode == 0, s.err
     assert re.search(r"connections, 0 lost", s.err), s.err
+
+
+def _self_metric(s: Serve, name: str, **labels: str) -> float | None:
+    """One self-metric of /metrics, by its labels (None if it is not there)."""
+    status, body = s.get("/metrics")
+    assert status == 200
+    for m in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", body.decode(), re.M):
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m[1]))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(m[2])
+    return None
+
+
+def _wait_self_metric(s: Serve, name: str, value: float, timeout: float = 30,
+                      **labels: str) -> None:
+    deadline = time.monotonic() + timeout
+    got = None
+    while time.monotonic() < deadline:
+        got = _self_metric(s, name, **labels)
+        if got == value:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{name}{labels} never was {value}: {got}")
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_open_connection_is_in_the_graph_with_exact_bytes_before_it_closes(lab, family):
+    """A persistent connection is read from the kernel's table of open connections (the
+    socket read through its stored address): the edge has it active, with the bytes each
+    side sent so far, before it closes; its close then counts it once, the bytes unchanged."""
+    web = lab.pod("web")
+    host = web.ipv4 if family == "ipv4" else web.ipv6
+    with Server(lab, "web", PORT), \
+            Serve("-n", "default", "--open-every", "200ms", "--edge-every", "200ms") as s, \
+            Held(lab, "mypod", host, PORT, req=700, resp=9000) as held:
+        s.wait_edge(EDGE, connections=1, active=1, bytes_sent=708, bytes_received=9000)
+        _wait_self_metric(s, "podsight_map_fill_ratio", 2 / 131072, gadget="tcplife",
+                          map="states")
+        held.close()
+        edge = s.wait_edge(EDGE, connections=1, active=0)
+        assert (edge["detail__bytes_sent"], edge["detail__bytes_received"]) == (708, 9000)
+    assert s.returncode == 0, s.err
+    assert re.search(r"connections, 0 lost", s.err), s.err
+
+
+def test_full_open_table_counts_each_connection_not_followed_once(lab):
+    """--max-open 16 with 12 connections held open between two lab pods (24 sockets): the
+    first 8 connections take the 16 entries, each side of the other 4 is counted lost once
+    (lost_full, in the summary and /metrics), also when it closes; the table reads full,
+    serve goes on, and the 8 followed connections are exact."""
+    web = lab.pod("web")
+    with Server(lab, "web", PORT), \
+            Serve("-n", "default", "--open-every", "200ms", "--edge-every", "200ms",
+                  "--max-open", "16") as s:
+        with Held(lab, "mypod", web.ipv4, PORT, req=10, resp=20, count=12) as held:
+            s.wait_edge(EDGE, active=8, bytes_sent=8 * 18, bytes_received=8 * 20)
+            _wait_self_metric(s, "podsight_map_fill_ratio", 1.0, gadget="tcplife",
+                              map="states")
+            _wait_self_metric(s, "podsight_lost_events_total", 8, gadget="tcplife",
+                              cause="full")
+            held.close()
+        edge = s.wait_edge(EDGE, connections=8, active=0)
+        assert (edge["detail__bytes_sent"], edge["detail__bytes_received"]) == (8 * 18, 160)
+        # the table is free again: a connection after them is followed
+        exchange(lab, "mypod", web.ipv4, PORT, req=1, resp=2)
+        s.wait_edge(EDGE, connections=9, bytes_sent=8 * 18 + 9, bytes_received=162)
+        _wait_self_metric(s, "podsight_lost_events_total", 8, gadget="tcplife", cause="full")
+    assert s.returncode == 0, s.err
+    assert re.search(r"connections, 8 lost", s.err), s.err
+    assert "the table of open connections was full (a larger --max-open helps)" in s.err, s.err

@@ -79,6 +79,12 @@ def add_graph_flags(p: argparse.ArgumentParser) -> None:
                    default=16384, metavar="N",
                    help="edges the kernel can sum (default 16384); connections of edges "
                         "beyond it come as records, counted in the summary (edges_full)")
+    g.add_argument("--max-open", type=lambda v: A.integer(v, 16, 1 << 24), default=131072,
+                   metavar="N",
+                   help="sockets the kernel follows at once, each side of a connection one "
+                        "(default 131072, ~17 MiB of kernel memory); a connection beyond it "
+                        "is counted lost (lost_full) and its fill is in "
+                        "podsight_map_fill_ratio{map=\"states\"}")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -199,7 +205,8 @@ class Feed:
         mine = {"aggregate": not getattr(ns, "per_connection", False),
                 "persistent_ns": getattr(ns, "persistent", None),
                 "edge_every": getattr(ns, "edge_every", None),
-                "edge_entries": getattr(ns, "edge_entries", None)}
+                "edge_entries": getattr(ns, "edge_entries", None),
+                "max_open": getattr(ns, "max_open", None)}
         self.values.update({k: v for k, v in mine.items()
                             if k in self.values and v is not None})
         for flag, values in spec.extra.get("graph_flags", {}).items():

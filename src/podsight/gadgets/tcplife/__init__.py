@@ -2,7 +2,7 @@
 (``podsight trace tcplife``). This module only declares the gadget; its code is imported
 to run it."""
 
-from podsight.spec import FLAG, GadgetSpec, Param, choice, duration, power_of_two
+from podsight.spec import FLAG, GadgetSpec, Param, choice, duration, integer, power_of_two
 
 SPEC = GadgetSpec(
     name="tcplife",
@@ -28,6 +28,9 @@ SPEC = GadgetSpec(
         Param(("--failed-connects",), "also report connects that failed before they were "
               "established, with state refused, timeout, unreachable, error or aborted (from "
               "the socket error) and the attempt's duration", FLAG, False),
+        Param(("--max-open",), "sockets followed at once, each side of a connection one "
+              "(default 131072, ~17 MiB of kernel memory); a connection beyond it is not "
+              "reported and is counted lost", integer(16, 1 << 24), 131072, "N"),
         Param(("--ring-size",), "ring buffer size (power of two, 4K to 1G; default 4M)",
               power_of_two(4096, 1 << 30), 4 << 20, "BYTES"),
     ),

@@ -20,16 +20,23 @@
  *   tp_btf/inet_sk_error_report while SYN_SENT (with cfg.failed_connects): keep an ICMP
  *                               error that the connecting process may consume with
  *                               SO_ERROR before it closes the socket
- *   iter/bpf_sk_storage_map     every connection still open: the same record,
- *                               flagged OPEN (user space reads it periodically;
- *                               one read covers every network namespace)
+ *   iter/bpf_map_elem           every connection still open: the same record,
+ *                               flagged OPEN, read from each socket in `states`
+ *                               through bpf_rdonly_cast (user space reads it
+ *                               periodically; one read covers every network namespace)
  *   iter/tcp                    at start, per network namespace: connections
  *                               that were open before podsight started get their
  *                               state too (role from the listening sockets)
  *
- * What is remembered per socket lives in socket-local storage (sk_storage), so
- * it goes away with the socket and needs no table size. A close marks it closed
- * instead of deleting it (the socket frees it when it goes: cheaper than a delete).
+ * What is remembered per socket lives in `states`, a preallocated hash keyed by the
+ * socket's address, from SYN_SENT (or ESTABLISHED) until the close deletes it. Socket-
+ * local storage needed no size but cost ~425 ns per connection to create (an allocation
+ * and its RCU free); an insert into a preallocated hash takes an element from a free
+ * list. Its size is --max-open: a connection that does not fit is counted (lost_full).
+ * The iterator reads each socket through its stored address: TCP sockets are
+ * SLAB_TYPESAFE_BY_RCU and the reads are fault-safe (probe loads), and the socket's
+ * cookie, stored at SYN_SENT or ESTABLISHED, tells whether the address still holds that
+ * connection.
  *
  * Cost: the tracepoint fires about 8 times per connection (both sockets, every
  * transition), so the program decides from its arguments alone whether a
@@ -47,6 +54,8 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -83,11 +92,17 @@ struct bpf_iter__tcp___life {
 	struct bpf_iter_meta___life *meta;
 	struct sock_common *sk_common;
 };
-struct bpf_iter__bpf_sk_storage_map___life {
+struct bpf_iter__bpf_map_elem___life {
 	struct bpf_iter_meta___life *meta;
 	void *map;
-	struct sock *sk;
+	void *key;
 	void *value;
+};
+/* skc_cookie is an atomic64_t: a struct with one s64 (only the kind is matched). */
+struct sock_common___life {
+	struct {
+		s64 counter;
+	} skc_cookie;
 };
 #pragma clang attribute pop
 
@@ -114,7 +129,7 @@ enum counter {
 	C_OPENED = 0,        /* connections established while tracing */
 	C_CLOSED = 1,        /* records of closed connections written to the ring buffer */
 	C_LOST_RINGBUF = 2,  /* records dropped: ring buffer full */
-	C_LOST_STORAGE = 3,  /* connections whose state could not be stored (no memory) */
+	C_LOST_FULL = 3,     /* connections (one side each) not followed: `states` was full */
 	C_UNTRACKED = 4,     /* closed without stored state (open before, in a netns not seen) */
 	C_SEEDED = 5,        /* connections open before start, found by iter/tcp */
 	C_SNAPSHOT = 6,      /* open-connection records written by the iterator */
@@ -122,24 +137,31 @@ enum counter {
 	C_FAILED = 8,        /* failed connects written to the ring buffer (cfg.failed_connects) */
 	C_AGGREGATED = 9,    /* closed connections added to `edges` (cfg.aggregate), no record */
 	C_EDGES_FULL = 10,   /* closed connections sent as a record instead: `edges` was full */
-	C_MAX = 11,
+	C_STALE = 11,        /* entries of sockets closed without a close seen (a skipped run),
+			      * found and deleted by the iterator */
+	C_TABLE_SEEN = 12,   /* entries of `states` the iterator walked (its fill, per read) */
+	C_MAX = 13,
 };
 
 /* Per socket, from its first state change we see until it closes. */
 struct state {
 	u64 start_ns;  /* ESTABLISHED (CLOCK_BOOTTIME), or when first seen if open before */
 	u64 cgroup_id; /* of the connecting process (client), 0 if not known */
+	u64 cookie;    /* the socket's cookie, from SYN_SENT (a client) or ESTABLISHED: the
+			* record's, and what tells the iterator that the socket at this
+			* address is still this one */
 	u32 pid;
 	u32 netns;
 	u8 role;
 	u8 established;
 	u8 flags;
 	u8 syn_acked;  /* bytes_acked counts our SYN (client side): 1 */
-	char comm[16];
 	s32 err;       /* an ICMP error reported while connecting (cfg.failed_connects) */
+	char comm[16];
 	u64 mark;      /* M_REPORTED | M_CLOSING, set atomically: the iterator and the close
 			* agree on which of them reports a connection read open as it closes */
 };
+_Static_assert(sizeof(struct state) == 64, "state layout changed: update STATE_DTYPE");
 #define M_REPORTED 1
 #define M_CLOSING 2
 
@@ -229,12 +251,25 @@ struct {
 /* A new edge's first value (bss: zero). */
 struct edge_val zero_edge = {};
 
+/* Keyed by the socket's address. Preallocated: an insert takes an element from a free
+ * list (no allocation per connection); full, it fails and the connection is counted. */
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072); /* resized from user space (--max-open) */
+	__type(key, u64);
 	__type(value, struct state);
 } states SEC(".maps");
+
+/* Sockets whose insert into `states` failed (full), so that their close is not counted a
+ * second time as untracked. Touched only when `states` is full or a close finds no state
+ * for a socket that is not a loopback server side. An LRU: an eviction here can only make
+ * such a close count twice (lost_full and untracked), never hide one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, u64);
+	__type(value, u8);
+} unstored SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -362,11 +397,13 @@ static __always_inline int loopback_peer(const struct sock *sk)
 }
 
 /* The record for one socket and its state, read now; `state` is the TCP state it is in
- * (or closes from), `peer_fin` whether the peer's FIN came in. */
-static __always_inline void fill(struct conn *c, const struct sock *sk, const struct state *s,
+ * (or closes from), `peer_fin` whether the peer's FIN came in. `tp` is the socket as a
+ * tcp_sock (NULL if it is not a full one); the iterator passes an untrusted `sk` and `tp`
+ * (bpf_rdonly_cast: every load is fault-safe), the tracepoint its own. */
+static __always_inline void fill(struct conn *c, const struct sock *sk,
+				 const struct tcp_sock___life *tp, const struct state *s,
 				 int state, int peer_fin)
 {
-	const struct tcp_sock___life *tp = (const void *)bpf_skc_to_tcp_sock((void *)sk);
 	u16 family = sk->__sk_common.skc_family;
 
 	c->start_ns = s->start_ns;
@@ -466,32 +503,46 @@ static __always_inline int aggregate(const struct conn *c)
 	return 1;
 }
 
+/* Remember that a socket's state did not fit in `states` (see `unstored`). */
+static __always_inline void unstored_mark(u64 key)
+{
+	u8 one = 1;
+
+	bpf_map_update_elem(&unstored, &key, &one, BPF_ANY);
+}
+
+/* Was this socket's state refused for want of room? Forgets it. */
+static __always_inline int unstored_take(u64 key)
+{
+	if (!bpf_map_lookup_elem(&unstored, &key))
+		return 0;
+	bpf_map_delete_elem(&unstored, &key);
+	return 1;
+}
+
 static __always_inline int on_connect(struct sock *sk)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u64 key = (u64)sk;
 	u32 netns = netns_of(sk);
-	struct state *s;
+	struct state s = {};
 
 	if (!wanted(netns))
 		return 0;
-	s = bpf_sk_storage_get(&states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!s) {
-		count(C_LOST_STORAGE);
-		return 0;
-	}
-	/* The storage outlives a close (see on_close): a socket connecting again starts
-	 * from a clean state. */
-	s->pid = pid_tgid >> 32;
-	s->netns = netns;
-	s->cgroup_id = bpf_get_current_cgroup_id();
-	s->role = ROLE_CLIENT;
-	s->established = 0;
-	s->flags = 0;
-	s->err = 0;
-	s->mark = 0;
-	s->start_ns = cfg.failed_connects ? bpf_ktime_get_boot_ns() : 0; /* the attempt;
-									  * ESTABLISHED overwrites it */
-	bpf_get_current_comm(s->comm, sizeof(s->comm));
+	/* A whole new state (a socket connecting again starts from a clean one), written
+	 * with one insert. */
+	s.pid = pid_tgid >> 32;
+	s.netns = netns;
+	s.cgroup_id = bpf_get_current_cgroup_id();
+	s.role = ROLE_CLIENT;
+	s.start_ns = cfg.failed_connects ? bpf_ktime_get_boot_ns() : 0; /* the attempt;
+									 * ESTABLISHED overwrites it */
+	bpf_get_current_comm(s.comm, sizeof(s.comm));
+	s.cookie = bpf_get_socket_cookie(sk);
+	/* Full: not counted yet; ESTABLISHED tries again and counts (a failed connect is
+	 * counted at its close). */
+	if (bpf_map_update_elem(&states, &key, &s, BPF_ANY))
+		unstored_mark(key);
 	return 0;
 }
 
@@ -508,7 +559,7 @@ static __always_inline void failed_connect(struct sock *sk, const struct state *
 		err = s->err;
 	c.ts_ns = bpf_ktime_get_boot_ns();
 	c.cookie = bpf_get_socket_cookie(sk);
-	fill(&c, sk, s, TCP_SYN_SENT, 0);
+	fill(&c, sk, (const void *)bpf_skc_to_tcp_sock(sk), s, TCP_SYN_SENT, 0);
 	c.flags |= F_FAILED | F_START_SEEN;
 	c.err = err;
 	if (emit(&c))
@@ -517,24 +568,39 @@ static __always_inline void failed_connect(struct sock *sk, const struct state *
 
 static __always_inline int on_established(struct sock *sk, int oldstate)
 {
+	u64 key = (u64)sk;
 	u32 netns = netns_of(sk);
-	struct state *s;
+	struct state *s = NULL, init = {};
 
 	if (!wanted(netns))
 		return 0;
 	/* The server side of a loopback connection, left out with loopback_once: no state
-	 * (on_close counts it), which spares a storage insert and delete per connection. */
+	 * (on_close counts it), which spares an insert and a delete per connection. */
 	if (oldstate == TCP_SYN_RECV && cfg.loopback_once && loopback_peer(sk))
 		return 0;
-	s = bpf_sk_storage_get(&states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+	/* A client's state comes from SYN_SENT (the connecting process); a server side's is
+	 * new (an entry its address may have kept from a socket closed unseen is replaced). */
+	if (oldstate == TCP_SYN_SENT)
+		s = bpf_map_lookup_elem(&states, &key);
 	if (!s) {
-		count(C_LOST_STORAGE);
-		return 0;
+		init.netns = netns;
+		if (bpf_map_update_elem(&states, &key, &init, oldstate == TCP_SYN_SENT ?
+					BPF_NOEXIST : BPF_ANY) == 0)
+			s = bpf_map_lookup_elem(&states, &key);
+		if (!s) {
+			count(C_LOST_FULL);
+			unstored_mark(key);
+			return 0;
+		}
+		if (oldstate == TCP_SYN_SENT)
+			unstored_take(key); /* SYN_SENT's insert failed, this one did not */
 	}
 	s->netns = netns;
 	s->role = oldstate == TCP_SYN_SENT ? ROLE_CLIENT : ROLE_SERVER;
 	s->syn_acked = s->role == ROLE_CLIENT;
 	s->start_ns = bpf_ktime_get_boot_ns();
+	if (!s->cookie)
+		s->cookie = bpf_get_socket_cookie(sk); /* a client's is from SYN_SENT */
 	s->established = 1;
 	s->flags = F_START_SEEN;
 	s->mark = 0; /* nothing has read this connection yet */
@@ -544,6 +610,7 @@ static __always_inline int on_established(struct sock *sk, int oldstate)
 
 static __always_inline int on_close(struct sock *sk, int oldstate)
 {
+	u64 key = (u64)sk;
 	struct state *s;
 	struct conn c = {};
 	u8 reported;
@@ -551,39 +618,48 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 	/* A SYN_RECV child that never completed, or a listener: nothing to report. */
 	if (oldstate == TCP_SYN_RECV || oldstate == TCP_LISTEN || oldstate == TCP_CLOSE)
 		return 0;
-	s = bpf_sk_storage_get(&states, sk, NULL, 0);
+	s = bpf_map_lookup_elem(&states, &key);
 	if (!s) {
-		/* Never established (a failed connect: tcpconnect's), a loopback server side
-		 * left out (on_established), or never seen. */
-		if (oldstate == TCP_SYN_SENT || !wanted(netns_of(sk)))
+		/* Never established (a failed connect before podsight, or whose state did not
+		 * fit), a loopback server side left out (on_established), not stored (full:
+		 * counted when refused), or never seen. */
+		if (oldstate == TCP_SYN_SENT) {
+			/* Taken either way: a mark left behind could excuse a later socket at
+			 * this address. */
+			if (unstored_take(key) && cfg.failed_connects)
+				count(C_LOST_FULL); /* its failure cannot be reported */
+			return 0;
+		}
+		if (!wanted(netns_of(sk)))
 			return 0;
 		if (cfg.loopback_once && loopback_peer(sk))
 			count(C_LOOPBACK_SERVER);
-		else
+		else if (!unstored_take(key))
 			count(C_UNTRACKED);
 		return 0;
 	}
 	if (!s->established) {
-		/* A connect that failed, or the state an earlier connection of this socket
-		 * left (see below) while this one was not followed. */
+		/* A connect that failed, or a connection this socket made that was not
+		 * followed (its ESTABLISHED run was skipped). */
 		if (oldstate == TCP_SYN_SENT) {
 			if (cfg.failed_connects)
 				failed_connect(sk, s);
 		} else if (wanted(netns_of(sk))) {
 			count(C_UNTRACKED);
 		}
+		bpf_map_delete_elem(&states, &key);
 		return 0;
 	}
 	c.ts_ns = bpf_ktime_get_boot_ns();
-	fill(&c, sk, s, oldstate, peer_fin_in(oldstate) || fin_queued(sk));
+	fill(&c, sk, (const void *)bpf_skc_to_tcp_sock(sk), s, oldstate,
+	     peer_fin_in(oldstate) || fin_queued(sk));
+	c.cookie = s->cookie;
 	/* Ordered against the iterator (tcplife_open): whichever comes second sees the
 	 * other's bit, so a connection is either followed by its cookie or summed. */
 	reported = cfg.aggregate && (__sync_fetch_and_or(&s->mark, M_CLOSING) & M_REPORTED);
-	/* Not deleted: the socket frees its storage when it goes (bpf_sk_storage_free, at
-	 * once), which costs less than a delete here (~200 ns per connection in the storm,
-	 * and two RCU Tasks Trace callbacks). Marked closed instead: the iterator skips it,
-	 * and a socket that connects again starts over (on_connect, on_established). */
-	s->established = 0;
+	/* Everything is read: the element goes back to the free list (and may serve another
+	 * socket at once). */
+	bpf_map_delete_elem(&states, &key);
 	if (loopback_server(&c)) {
 		count(C_LOOPBACK_SERVER);
 		return 0;
@@ -591,7 +667,6 @@ static __always_inline int on_close(struct sock *sk, int oldstate)
 	/* One read open goes out as a record: user space follows it by its cookie. */
 	if (cfg.aggregate && !reported && aggregate(&c))
 		return 0;
-	c.cookie = bpf_get_socket_cookie(sk); /* only a record needs it (not an edge) */
 	if (emit(&c))
 		count(C_CLOSED);
 	return 0;
@@ -648,10 +723,11 @@ int BPF_PROG(tcplife_error, struct sock *sk)
 {
 	struct state *s;
 	int err;
+	u64 key = (u64)sk;
 
 	if (sk->__sk_common.skc_state != TCP_SYN_SENT)
 		return 0;
-	s = bpf_sk_storage_get(&states, sk, NULL, 0);
+	s = bpf_map_lookup_elem(&states, &key);
 	if (!s)
 		return 0;
 	err = sk->sk_err;
@@ -664,33 +740,67 @@ int BPF_PROG(tcplife_error, struct sock *sk)
 	return 0;
 }
 
-/* Every connection still open, as a record flagged F_OPEN. */
-SEC("iter/bpf_sk_storage_map")
-int tcplife_open(struct bpf_iter__bpf_sk_storage_map___life *ctx)
+/*
+ * Every connection still open, as a record flagged F_OPEN: each entry of `states`, its
+ * socket read through the address it is keyed by. The socket may have gone since it was
+ * stored (closed while its close run was skipped): bpf_rdonly_cast makes every load
+ * fault-safe, TCP sockets' memory is SLAB_TYPESAFE_BY_RCU (a freed one is reused for
+ * another TCP socket), and the cookie read from the socket must be the one stored at
+ * ESTABLISHED, else the entry is stale: counted and deleted.
+ */
+SEC("iter/bpf_map_elem")
+int tcplife_open(struct bpf_iter__bpf_map_elem___life *ctx)
 {
 	struct seq_file *seq = ctx->meta->seq;
-	struct sock *sk = ctx->sk;
-	struct state *s = ctx->value, *mine;
+	const struct tcp_sock___life *tp;
+	const struct sock *sk;
+	struct state *s;
 	struct conn c = {};
+	const u64 *kp;
+	u64 key, cookie;
 	u8 state;
 
-	if (!sk || !s || !s->established)
+	kp = ctx->key;
+	/* Kept in its register: a second load of ctx->key would be unchecked again. */
+	asm volatile("" : "+r"(kp));
+	if (!kp)
 		return 0;
+	key = *kp;
+	count(C_TABLE_SEEN);
+	/* A map-value pointer, for the atomic (the iterator's value is a buffer). */
+	s = bpf_map_lookup_elem(&states, &key);
+	if (!s)
+		return 0;
+	tp = bpf_rdonly_cast((void *)key, bpf_core_type_id_kernel(struct tcp_sock));
+	sk = (const void *)tp;
+	cookie = ((const struct sock_common___life *)sk)->skc_cookie.counter;
+	if (!s->established) {
+		/* Connecting: skipped, unless another socket is at this address now (this one
+		 * went while its close run was skipped). */
+		if (s->cookie && cookie != s->cookie && bpf_map_delete_elem(&states, &key) == 0)
+			count(C_STALE);
+		return 0;
+	}
 	state = sk->__sk_common.skc_state;
-	if (state == TCP_CLOSE)
+	if (cookie != s->cookie || state == TCP_CLOSE) {
+		/* Another socket at this address now, or this one closed with its close run
+		 * skipped (the close itself deletes the entry before the state changes). */
+		if (bpf_map_delete_elem(&states, &key) == 0)
+			count(C_STALE);
 		return 0;
+	}
 	c.ts_ns = bpf_ktime_get_boot_ns();
-	c.cookie = bpf_get_socket_cookie(sk);
-	fill(&c, sk, s, state, peer_fin_in(state));
+	c.cookie = cookie;
+	fill(&c, sk, tp, s, state, peer_fin_in(state));
 	c.flags |= F_OPEN;
 	if (loopback_server(&c))
 		return 0;
-	if (cfg.aggregate) {
-		/* A map-value pointer, for the atomic (the iterator's value is a buffer). */
-		mine = bpf_sk_storage_get(&states, sk, NULL, 0);
-		if (mine && (__sync_fetch_and_or(&mine->mark, M_REPORTED) & M_CLOSING))
-			return 0; /* closing now: its close sums it */
-	}
+	if (cfg.aggregate && (__sync_fetch_and_or(&s->mark, M_REPORTED) & M_CLOSING))
+		return 0; /* closing now: its close sums it */
+	/* The element may have been deleted and taken by another socket meanwhile (a
+	 * preallocated hash reuses elements at once): then it is not this connection. */
+	if (s->cookie != cookie)
+		return 0;
 	bpf_seq_write(seq, &c, sizeof(c));
 	count(C_SNAPSHOT);
 	return 0;
@@ -707,9 +817,10 @@ int tcplife_seed(struct bpf_iter__tcp___life *ctx)
 	struct listener l = {};
 	struct tcp_sock *tp;
 	struct sock *sk;
-	struct state *s;
+	struct state *s, init = {};
 	u8 one = 1, state;
 	u32 netns;
+	u64 key;
 
 	if (!skc)
 		return 0;
@@ -730,23 +841,24 @@ int tcplife_seed(struct bpf_iter__tcp___life *ctx)
 	if (!tp)
 		return 0;
 	sk = (struct sock *)tp;
-	s = bpf_sk_storage_get(&states, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!s) {
-		count(C_LOST_STORAGE);
-		return 0;
-	}
-	if (s->established)
+	key = (u64)sk;
+	s = bpf_map_lookup_elem(&states, &key);
+	if (s && s->established)
 		return 0; /* seen by the tracepoint already */
 	l.netns = netns;
 	l.port = BPF_CORE_READ(skc, skc_num);
-	s->flags = 0;
-	s->mark = 0;
-	s->role = bpf_map_lookup_elem(&listeners, &l) ? ROLE_SERVER : ROLE_CLIENT;
-	s->syn_acked = s->role == ROLE_CLIENT;
+	init.role = bpf_map_lookup_elem(&listeners, &l) ? ROLE_SERVER : ROLE_CLIENT;
+	init.syn_acked = init.role == ROLE_CLIENT;
 	/* FINs already exchanged are told at close from the state (fin_sent_in). */
-	s->netns = netns;
-	s->start_ns = bpf_ktime_get_boot_ns();
-	s->established = 1;
+	init.netns = netns;
+	init.start_ns = bpf_ktime_get_boot_ns();
+	init.cookie = bpf_get_socket_cookie(sk);
+	init.established = 1;
+	if (bpf_map_update_elem(&states, &key, &init, BPF_ANY)) {
+		count(C_LOST_FULL);
+		unstored_mark(key);
+		return 0;
+	}
 	count(C_SEEDED);
 	return 0;
 }

@@ -2,9 +2,10 @@
 
 Kernel side (tcplife.bpf.c): a record per connection when it closes, through
 the ring buffer; connections still open are read with a BPF iterator over the
-per-socket storage (one read covers every network namespace), every
-``--open-every`` and at the end. At start a TCP iterator run in each network
-namespace gives state to connections that were open before.
+table of per-socket state (``--max-open`` entries, keyed by the socket's address;
+one read covers every network namespace), every ``--open-every`` and at the end. At
+start a TCP iterator run in each network namespace gives state to connections that were
+open before.
 :class:`TcpLifeGadget` is what the pipeline runs; :class:`TcpLife` owns the
 kernel objects.
 """
@@ -62,23 +63,24 @@ CONN_DTYPE: np.dtype[Any] = np.dtype({
 })
 assert CONN_DTYPE.itemsize == 128
 
-# struct state in tcplife.bpf.c (socket-local storage, 56 bytes).
+# struct state in tcplife.bpf.c (the `states` hash's value, 64 bytes).
 STATE_DTYPE = np.dtype(
     [
         ("start_ns", "<u8"),
         ("cgroup_id", "<u8"),
+        ("cookie", "<u8"),
         ("pid", "<u4"),
         ("netns", "<u4"),
         ("role", "u1"),
         ("established", "u1"),
         ("flags", "u1"),
         ("syn_acked", "u1"),
-        ("comm", "S16"),
         ("err", "<i4"),
+        ("comm", "S16"),
         ("mark", "<u8"),
     ]
 )
-assert STATE_DTYPE.itemsize == 56
+assert STATE_DTYPE.itemsize == 64
 
 # The `cfg` global (.rodata) of tcplife.bpf.c.
 N_BOUNDS = len(DURATION_BUCKETS)
@@ -119,12 +121,18 @@ F_START_SEEN = 2
 F_FAILED = 4
 
 # Counter slots (enum counter in tcplife.bpf.c).
-COUNTERS = ("opened", "closed", "lost_ringbuf", "lost_storage", "untracked", "seeded",
-            "snapshot", "loopback_server", "failed", "aggregated", "edges_full")
+COUNTERS = ("opened", "closed", "lost_ringbuf", "lost_full", "untracked", "seeded",
+            "snapshot", "loopback_server", "failed", "aggregated", "edges_full", "stale",
+            "table_seen")
+
+# --max-open's default: the sockets (each side of a connection is one) that can be open
+# at once. 131072 covers a busy node; its preallocated table takes ~17 MiB of kernel
+# memory (memlock, docs/tcplife.md).
+MAX_OPEN = 131072
 
 LOSS_CAUSES = {
     "lost_ringbuf": "ring buffer full (a larger --ring-size helps)",
-    "lost_storage": "no memory for a socket's state",
+    "lost_full": "the table of open connections was full (a larger --max-open helps)",
     "untracked": "closed without known state (open before podsight, in a network namespace "
                  "it could not enter)",
 }
@@ -196,6 +204,7 @@ class TcpLifeConfig:
     aggregate: bool = False  # closed connections summed per edge in the kernel (serve)
     persistent_ns: int = 10 * 10**9
     edge_entries: int = 16384
+    max_open: int = MAX_OPEN  # entries of `states`: sockets followed at once
 
     def rodata(self) -> bytes:
         cfg = np.zeros(1, CFG_DTYPE)
@@ -224,6 +233,7 @@ class TcpLife:
             self._obj.map(".rodata").set_initial_value(self.config.rodata())
             self._obj.map("events").resize(self.config.ring_bytes)
             self._obj.map("netns_filter").resize(self.config.netns_entries)
+            self._obj.map("states").resize(self.config.max_open)
             self._obj.map("edges").resize(self.config.edge_entries if self.config.aggregate
                                           else 1)
             self._obj.load()
@@ -243,6 +253,7 @@ class TcpLife:
         self._prev_index: dict[bytes, int] = {}
         self._prev = np.zeros(0, EDGE_VAL)
         self.edges_read = 0  # entries in the edge table at the last read
+        self.open_read = 0  # entries in the table of open connections at the last read
 
     def _seed(self) -> int:
         """Give state to connections open before the tracepoint was attached: a TCP
@@ -274,8 +285,12 @@ class TcpLife:
         return self._ring.drain()
 
     def open_connections(self) -> np.ndarray:
-        """Every connection still open, read now (CONN_DTYPE, flagged open)."""
+        """Every connection still open, read now (CONN_DTYPE, flagged open). Also notes
+        how many entries the table held (the iterator counts those it walks)."""
+        slot = COUNTERS.index("table_seen")
+        before = int(self._obj.map("counters").percpu_u64_sums()[slot])
         data = read_iter(self._open)
+        self.open_read = int(self._obj.map("counters").percpu_u64_sums()[slot]) - before
         usable = len(data) - len(data) % CONN_DTYPE.itemsize
         return np.frombuffer(data[:usable], dtype=CONN_DTYPE)
 
@@ -382,7 +397,8 @@ class TcpLifeGadget:
                                     failed_connects=bool(v.get("failed_connects")),
                                     aggregate=bool(v.get("aggregate")),
                                     persistent_ns=v.get("persistent_ns", 10 * 10**9),
-                                    edge_entries=v.get("edge_entries", 16384))
+                                    edge_entries=v.get("edge_entries", 16384),
+                                    max_open=v.get("max_open", MAX_OPEN))
         self.role: str = v.get("role", "any")
         every = v.get("open_every", 0) or 0
         self.open_every = every / 1e9 if every else 0.0
@@ -464,10 +480,16 @@ class TcpLifeGadget:
                      counters=c, skipped_runs=self.tracer.skipped_runs(), notes=notes)
 
     def fill(self) -> dict[str, float]:
-        """How full the kernel's edge table is (aggregate mode), as of the last read."""
-        if not self.config.aggregate or self._tracer is None:
+        """How full the kernel's tables are: open connections (as of the last read of
+        them) and, in aggregate mode, edges (as of the last read of those)."""
+        if self._tracer is None:
             return {}
-        return {"edges": self._tracer.edges_read / self.config.edge_entries}
+        # An entry shown again after the read's buffer filled is counted twice (one per
+        # ~256 records): the ratio is capped at full.
+        out = {"states": min(1.0, self._tracer.open_read / self.config.max_open)}
+        if self.config.aggregate:
+            out["edges"] = self._tracer.edges_read / self.config.edge_entries
+        return out
 
     def close(self) -> None:
         if self._tracer is not None:
