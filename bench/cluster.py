@@ -2,18 +2,30 @@
 
 Run as root (takes /run/podsight-tests.lock itself, like the tests)::
 
-    .venv/bin/python bench/cluster.py [--seconds 8] [--replay 600000]
+    .venv/bin/python bench/cluster.py [--seconds 8] [--rate 30000] [--refused-pct 0]
+        [--replay 600000]
 
 The target (issue 13): three agents each producing 30k connect events/s, the client
 merging at least 90k events/s with 0 lost and 0 duplicated, its CPU per event beside the
-local command's. On a 2-core machine the storms, three agents and the client share two
-cores, so the phases separate what limits what, all in one run:
+local command's. Each storm is paced (``connstorm -r``) to ``--rate`` connect attempts/s
+in its node's namespace, so the nodes *offer* exactly the target and the question is
+whether the pipeline keeps up with it (every event merged, in step with the storms), not
+how fast a generator racing the tracers for the same two cores happens to go.
+``--refused-pct`` sends that share of the attempts to a closed port: refused connects
+are real connect events (result ``refused``) at about 40% of a full connect's CPU, which
+leaves the agents and the client more of the machine. ``--rate 0``: unpaced storms, as
+fast as they go (the former bench).
 
-1. ``storm_alone``: the three storms (``bench/connstorm``, one per namespace) with no
-   tracing at all: the load generator's own ceiling on this machine.
-2. ``cluster``: the same storms with three agents (``podsight agent --netns``) and the
-   client merging (``-o json`` to /dev/null): events/s merged, lost (kernel + sequence
-   gaps), duplicates, CPU per event of the client and of each agent.
+The phases separate what limits what, all in one run:
+
+1. ``storm_alone``: the three storms with no tracing, unpaced (the generator's ceiling on
+   this machine) and paced at ``--rate`` (what the offered load itself costs).
+2. ``cluster``: the paced storms with three agents (``podsight agent --netns``) and the
+   client merging (``-o json`` to a file): attempts offered and made, records merged,
+   missing (made - merged), lost (kernel + sequence gaps), duplicates; the merged rate in
+   step with the storms (growth of the client's output while they run) and how long the
+   client took after the storms ended to write the last record (its merge window is 1 s);
+   CPU per event of the client, of each agent and of the storms, and the machine's.
 3. ``local``: the local command (``podsight trace tcpconnect -o json --netns`` of the
    three namespaces) on the same storms: its CPU per event and rate, beside 2.
 4. ``replay``: the client's own capacity, free of the load generator: three processes
@@ -32,10 +44,13 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,17 +62,104 @@ from tcpconnect import CONNSTORM, build_connstorm
 NODES = {"node-a": "ps-bench-a", "node-b": "ps-bench-b", "node-c": "ps-bench-c"}
 
 
-def storm(netns: str, seconds: float, threads: int = 1) -> subprocess.Popen[str]:
-    return subprocess.Popen(["ip", "netns", "exec", netns, str(CONNSTORM), "-t", str(threads),
-                             "-d", str(seconds)], stdout=subprocess.PIPE, text=True)
+@dataclass
+class Load:
+    """What the three storms are asked for: attempts/s per node (0: unpaced), refused %."""
+
+    seconds: float
+    rate: float
+    refused_pct: int
+
+    def unpaced(self) -> Load:
+        return Load(self.seconds, 0, self.refused_pct)
 
 
-def storms(seconds: float) -> tuple[list[int], float]:
-    """The three storms at once: connects of each, and the wall time they took."""
+@dataclass
+class Storms:
+    """What the three storms did: attempts each made (connects + refused), their rates,
+    errors, their window, the generator's CPU, and the machine's busy CPU meanwhile."""
+
+    made: list[int]
+    rates: list[float]
+    errors: int
+    seconds: float
+    started: float  # time.monotonic() when the first one was started
+    cpu_s: float
+    machine_busy_s: float
+
+    @property
+    def rate(self) -> float:
+        return sum(self.rates)
+
+    def row(self, load: Load) -> dict[str, object]:
+        return {"offered_per_s": load.rate * len(self.made) if load.rate else "unpaced",
+                "attempts": sum(self.made), "rate": self.rate,
+                "per_node_rate": [round(r) for r in self.rates], "errors": self.errors,
+                "seconds": self.seconds, "storms_cpu_s": self.cpu_s,
+                "storms_us_per_event": 1e6 * self.cpu_s / max(sum(self.made), 1),
+                "machine_busy_cores": self.machine_busy_s / self.seconds}
+
+
+def storm(netns: str, load: Load) -> subprocess.Popen[str]:
+    return subprocess.Popen(["ip", "netns", "exec", netns, str(CONNSTORM), "-t", "1",
+                             "-d", str(load.seconds), "-r", str(load.rate),
+                             "-x", str(load.refused_pct)], stdout=subprocess.PIPE, text=True)
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def storms(load: Load) -> Storms:
+    """The three storms at once (``ip netns exec`` execs connstorm: its rusage is theirs)."""
+    busy0 = machine_busy()
     t0 = time.monotonic()
-    procs = [storm(ns, seconds) for ns in NODES.values()]
-    made = [int(json.loads(s.communicate()[0])["connects"]) for s in procs]
-    return made, time.monotonic() - t0
+    procs = [storm(ns, load) for ns in NODES.values()]
+    outs = []
+    cpu = 0.0
+    for proc in procs:
+        assert proc.stdout is not None
+        outs.append(json.loads(proc.stdout.read()))
+        cpu += child_cpu(proc)
+    busy = machine_busy() - busy0
+    return Storms([int(o["connects"]) + int(o["refused"]) for o in outs],
+                  [float(o["rate"]) for o in outs], sum(int(o["errors"]) for o in outs),
+                  max(float(o["seconds"]) for o in outs), t0, cpu, busy)
+
+
+class Growth:
+    """The size of a growing output file sampled every 50 ms in a thread (a stat: no
+    reading), to tell the merged rate in step with the storms from the rate averaged over
+    a run that may have caught up after them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.samples.append((time.monotonic(), self.path.stat().st_size))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def bytes_per_s(self, t0: float, t1: float) -> float:
+        inside = [(t, b) for t, b in self.samples if t0 <= t <= t1]
+        if len(inside) < 2:
+            return 0.0
+        (ta, ba), (tb, bb) = inside[0], inside[-1]
+        return (bb - ba) / (tb - ta)
+
+    def last_growth(self) -> float:
+        """When the file reached its final size."""
+        final = self.samples[-1][1] if self.samples else 0
+        return next((t for t, b in self.samples if b == final), 0.0)
 
 
 def child_cpu(proc: subprocess.Popen[str]) -> float:
@@ -79,7 +181,25 @@ def _report(text: str) -> dict[str, int]:
     return {"records": got, "lost": lost, "duplicates": dups}
 
 
-def cluster_phase(seconds: float, tmp: Path) -> dict[str, object]:
+def settle(growth: Growth, quiet: float = 2.0, limit: float = 60.0) -> None:
+    """Wait until the output has not grown for ``quiet`` seconds (the merge window is 1 s)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if growth.samples and time.monotonic() - growth.last_growth() >= quiet:
+            return
+
+
+def in_step(growth: Growth, out: Path, records: int, s: Storms) -> dict[str, object]:
+    """The merged rate while the storms ran (their second second to their end: start-up
+    and the merge window left out), and how long after their end the last record came."""
+    line = out.stat().st_size / max(records, 1)
+    end = s.started + s.seconds
+    return {"merged_in_step_per_s": growth.bytes_per_s(s.started + 1.5, end) / line,
+            "last_record_after_storms_s": max(growth.last_growth() - end, 0.0)}
+
+
+def cluster_phase(load: Load, tmp: Path) -> dict[str, object]:
     with agents(NODES, tmp) as running:
         err = tmp / "client.err"
         merged = tmp / "merged.json"
@@ -90,39 +210,50 @@ def cluster_phase(seconds: float, tmp: Path) -> dict[str, object]:
             env=ENV, stdout=merged.open("w"), stderr=err.open("w"), text=True)
         wait_for(lambda: err.read_text().count("tracing TCP connects") == 3, "3 nodes tracing")
         cpu0 = {a.node: _cpu(a.proc.pid) for a in running}
-        made, elapsed = storms(seconds)
+        client_cpu0 = _cpu(client.pid)
+        growth = Growth(merged)
+        s = storms(load)
+        client_cpu_storm = _cpu(client.pid) - client_cpu0
+        settle(growth)
+        growth.stop()
         agent_cpu = {a.node: _cpu(a.proc.pid) - cpu0[a.node] for a in running}
-        time.sleep(2.0)  # the merge window and the last batches
         client.send_signal(signal.SIGINT)
         client_cpu = child_cpu(client)
         text = err.read_text()
     r = _report(text)
-    return {"storm_connects": sum(made), "per_node": made, "seconds": elapsed,
-            "storm_rate": sum(made) / elapsed, "records_merged": r["records"],
-            "events_per_s": r["records"] / elapsed, "lost": r["lost"],
-            "duplicates": r["duplicates"], "client_cpu_s": client_cpu,
+    return {**s.row(load), "records_merged": r["records"],
+            "missing": sum(s.made) - r["records"], "lost": r["lost"],
+            "duplicates": r["duplicates"],
+            "merged_per_s": r["records"] / s.seconds,
+            **in_step(growth, merged, r["records"], s),
+            "client_cpu_s": client_cpu, "client_cpu_during_storms_s": client_cpu_storm,
             "client_us_per_event": 1e6 * client_cpu / max(r["records"], 1),
             "agent_us_per_event": {n: 1e6 * c / max(m, 1) for (n, c), m in
-                                   zip(agent_cpu.items(), made, strict=True)},
+                                   zip(agent_cpu.items(), s.made, strict=True)},
             "_merged": str(merged)}
 
 
-def local_phase(seconds: float, tmp: Path) -> dict[str, object]:
+def local_phase(load: Load, tmp: Path) -> dict[str, object]:
     err = tmp / "local.err"
+    out = tmp / "local.json"
     local = subprocess.Popen([sys.executable, "-m", "podsight.cli.main", "trace",
                               "tcpconnect", "-o", "json", "--netns", ",".join(NODES.values())],
-                             env=ENV, stdout=subprocess.DEVNULL, stderr=err.open("w"), text=True)
+                             env=ENV, stdout=out.open("w"), stderr=err.open("w"), text=True)
     wait_for(lambda: "tracing" in err.read_text(), "local tracing")
-    made, elapsed = storms(seconds)
-    time.sleep(1.0)
+    growth = Growth(out)
+    s = storms(load)
+    settle(growth)
+    growth.stop()
     local.send_signal(signal.SIGINT)
     cpu = child_cpu(local)
     m = re.search(r"podsight: (\d+) events, (\d+) lost", err.read_text())
     events = int(m.group(1)) if m else 0
-    return {"storm_connects": sum(made), "seconds": elapsed, "storm_rate": sum(made) / elapsed,
-            "events": events, "events_per_s": events / elapsed,
-            "lost": int(m.group(2)) if m else None, "cpu_s": cpu,
-            "us_per_event": 1e6 * cpu / max(events, 1)}
+    row = {**s.row(load), "events": events, "missing": sum(s.made) - events,
+           "events_per_s": events / s.seconds, **in_step(growth, out, events, s),
+           "lost": int(m.group(2)) if m else None, "cpu_s": cpu,
+           "us_per_event": 1e6 * cpu / max(events, 1)}
+    out.unlink()
+    return row
 
 
 # -- replay: the client alone, fed at full speed by agent-protocol servers -------------------
@@ -211,24 +342,36 @@ def replay_phase(merged: Path, total: int, batch: int, tmp: Path) -> dict[str, o
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--rate", type=float, default=30_000.0,
+                    help="connect attempts/s each node's storm offers (0: unpaced)")
+    ap.add_argument("--refused-pct", type=int, default=0, choices=range(101),
+                    metavar="0-100", help="share of the attempts refused (closed port)")
     ap.add_argument("--replay", type=int, default=600_000, help="events per node replayed")
     ap.add_argument("--replay-batch", type=int, default=1500)
+    ap.add_argument("--keep", action="store_true", help="keep the run's files in /tmp")
     args = ap.parse_args()
     build_connstorm()
     lock = open(os.environ.get("PODSIGHT_TEST_LOCK", "/run/podsight-tests.lock"), "w")  # noqa: SIM115
     fcntl.flock(lock, fcntl.LOCK_EX)
     tmp = Path(f"/tmp/podsight-bench-cluster-{os.getpid()}")
     tmp.mkdir()
-    out: dict[str, object] = {"cpus": os.cpu_count()}
-    with namespaces(*NODES.values()):
-        made, elapsed = storms(args.seconds)
-        out["storm_alone"] = {"storm_connects": sum(made), "seconds": elapsed,
-                              "storm_rate": sum(made) / elapsed, "per_node": made}
-        cluster = cluster_phase(args.seconds, tmp)
-        merged = Path(str(cluster.pop("_merged")))
-        out["cluster"] = cluster
-        out["local"] = local_phase(args.seconds, tmp)
-    out["replay"] = replay_phase(merged, args.replay, args.replay_batch, tmp)
+    load = Load(args.seconds, args.rate, args.refused_pct)
+    out: dict[str, object] = {"cpus": os.cpu_count(), "load_average": os.getloadavg(),
+                              "rate_per_node": args.rate, "refused_pct": args.refused_pct}
+    try:
+        with namespaces(*NODES.values()):
+            alone = {"unpaced": storms(load.unpaced()).row(load.unpaced())}
+            if load.rate:
+                alone["paced"] = storms(load).row(load)
+            out["storm_alone"] = alone
+            cluster = cluster_phase(load, tmp)
+            merged = Path(str(cluster.pop("_merged")))
+            out["cluster"] = cluster
+            out["local"] = local_phase(load, tmp)
+        out["replay"] = replay_phase(merged, args.replay, args.replay_batch, tmp)
+    finally:
+        if not args.keep:  # the merged records alone are ~0.3 GB a run
+            shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out, indent=1))
     return 0
 
