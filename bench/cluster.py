@@ -26,6 +26,9 @@ The phases separate what limits what, all in one run:
    step with the storms (growth of the client's output while they run) and how long the
    client took after the storms ended to write the last record (its merge window is 1 s);
    CPU per event of the client, of each agent and of the storms, and the machine's.
+   ``keeps_up``: the storms made the offered rate (within 1%) and every attempt they made
+   was merged, none lost, none duplicated. ``rest_cores`` (every phase): cores busy
+   meanwhile with anything but the storms and the tracers (other work on the machine).
 3. ``local``: the local command (``podsight trace tcpconnect -o json --netns`` of the
    three namespaces) on the same storms: its CPU per event and rate, beside 2.
 4. ``replay``: the client's own capacity, free of the load generator: three processes
@@ -83,6 +86,7 @@ class Storms:
     rates: list[float]
     errors: int
     seconds: float
+    windows: list[float]  # each storm's own window
     started: float  # time.monotonic() when the first one was started
     cpu_s: float
     machine_busy_s: float
@@ -98,6 +102,11 @@ class Storms:
                 "seconds": self.seconds, "storms_cpu_s": self.cpu_s,
                 "storms_us_per_event": 1e6 * self.cpu_s / max(sum(self.made), 1),
                 "machine_busy_cores": self.machine_busy_s / self.seconds}
+
+    def rest_cores(self, tracers_cpu_s: float) -> float:
+        """Cores busy meanwhile with neither the storms nor the tracers measured: other
+        work on this shared machine and kernel threads (the noise column)."""
+        return (self.machine_busy_s - self.cpu_s - tracers_cpu_s) / self.seconds
 
 
 def storm(netns: str, load: Load) -> subprocess.Popen[str]:
@@ -126,7 +135,8 @@ def storms(load: Load) -> Storms:
     busy = machine_busy() - busy0
     return Storms([int(o["connects"]) + int(o["refused"]) for o in outs],
                   [float(o["rate"]) for o in outs], sum(int(o["errors"]) for o in outs),
-                  max(float(o["seconds"]) for o in outs), t0, cpu, busy)
+                  max(float(o["seconds"]) for o in outs), [float(o["seconds"]) for o in outs],
+                  t0, cpu, busy)
 
 
 class Growth:
@@ -173,6 +183,12 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _per_node(text: str) -> dict[str, int]:
+    """Records each node's line of the client's report counts."""
+    return {n: int(c) for n, c in re.findall(r"node (\S+) \([^)]*\): (?:ok|done): (\d+) records",
+                                             text)}
+
+
 def _report(text: str) -> dict[str, int]:
     got = sum(int(m) for m in re.findall(r": (?:ok|done): (\d+) records", text))
     lost = sum(int(a) + int(b) for a, b in re.findall(
@@ -214,6 +230,7 @@ def cluster_phase(load: Load, tmp: Path) -> dict[str, object]:
         growth = Growth(merged)
         s = storms(load)
         client_cpu_storm = _cpu(client.pid) - client_cpu0
+        agents_cpu_storm = sum(_cpu(a.proc.pid) - cpu0[a.node] for a in running)
         settle(growth)
         growth.stop()
         agent_cpu = {a.node: _cpu(a.proc.pid) - cpu0[a.node] for a in running}
@@ -221,12 +238,19 @@ def cluster_phase(load: Load, tmp: Path) -> dict[str, object]:
         client_cpu = child_cpu(client)
         text = err.read_text()
     r = _report(text)
+    per_node = _per_node(text)
+    merged_rate = sum(per_node.get(n, 0) / w for n, w in zip(NODES, s.windows, strict=True))
+    keeps_up = (s.rate >= 0.99 * load.rate * len(NODES) and r["records"] == sum(s.made)
+                and r["lost"] == 0 and r["duplicates"] == 0) if load.rate else None
     return {**s.row(load), "records_merged": r["records"],
             "missing": sum(s.made) - r["records"], "lost": r["lost"],
             "duplicates": r["duplicates"],
-            "merged_per_s": r["records"] / s.seconds,
+            "merged_per_s": merged_rate,
+            "keeps_up": keeps_up,
             **in_step(growth, merged, r["records"], s),
             "client_cpu_s": client_cpu, "client_cpu_during_storms_s": client_cpu_storm,
+            "agents_cpu_during_storms_s": agents_cpu_storm,
+            "rest_cores": s.rest_cores(client_cpu_storm + agents_cpu_storm),
             "client_us_per_event": 1e6 * client_cpu / max(r["records"], 1),
             "agent_us_per_event": {n: 1e6 * c / max(m, 1) for (n, c), m in
                                    zip(agent_cpu.items(), s.made, strict=True)},
@@ -241,7 +265,9 @@ def local_phase(load: Load, tmp: Path) -> dict[str, object]:
                              env=ENV, stdout=out.open("w"), stderr=err.open("w"), text=True)
     wait_for(lambda: "tracing" in err.read_text(), "local tracing")
     growth = Growth(out)
+    cpu0 = _cpu(local.pid)
     s = storms(load)
+    cpu_storm = _cpu(local.pid) - cpu0
     settle(growth)
     growth.stop()
     local.send_signal(signal.SIGINT)
@@ -251,6 +277,7 @@ def local_phase(load: Load, tmp: Path) -> dict[str, object]:
     row = {**s.row(load), "events": events, "missing": sum(s.made) - events,
            "events_per_s": events / s.seconds, **in_step(growth, out, events, s),
            "lost": int(m.group(2)) if m else None, "cpu_s": cpu,
+           "rest_cores": s.rest_cores(cpu_storm),
            "us_per_event": 1e6 * cpu / max(events, 1)}
     out.unlink()
     return row
@@ -360,9 +387,11 @@ def main() -> int:
                               "rate_per_node": args.rate, "refused_pct": args.refused_pct}
     try:
         with namespaces(*NODES.values()):
-            alone = {"unpaced": storms(load.unpaced()).row(load.unpaced())}
-            if load.rate:
-                alone["paced"] = storms(load).row(load)
+            alone = {}
+            for name, what in (("unpaced", load.unpaced()), ("paced", load)):
+                if name == "unpaced" or load.rate:
+                    s = storms(what)
+                    alone[name] = {**s.row(what), "rest_cores": s.rest_cores(0.0)}
             out["storm_alone"] = alone
             cluster = cluster_phase(load, tmp)
             merged = Path(str(cluster.pop("_merged")))
