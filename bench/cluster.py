@@ -25,10 +25,12 @@ The phases separate what limits what, all in one run:
    missing (made - merged), lost (kernel + sequence gaps), duplicates; the merged rate in
    step with the storms (growth of the client's output while they run) and how long the
    client took after the storms ended to write the last record (its merge window is 1 s);
-   CPU per event of the client, of each agent and of the storms, and the machine's.
+   CPU per event of the client, of each agent and of the storms; ``ours_cores``: the
+   cores the storms and tracers used together (/proc/stat's tick samples are not used:
+   on this VM they missed up to half a core against the processes' own accounting).
    ``keeps_up``: the storms made the offered rate (within 1%) and every attempt they made
-   was merged, none lost, none duplicated. ``rest_cores`` (every phase): cores busy
-   meanwhile with anything but the storms and the tracers (other work on the machine).
+   was merged, none lost, none duplicated. ``others_cores`` (every phase): cores other
+   processes used meanwhile (other work on this shared machine, kernel threads).
 3. ``local``: the local command (``podsight trace tcpconnect -o json --netns`` of the
    three namespaces) on the same storms: its CPU per event and rate, beside 2.
 4. ``replay``: the client's own capacity, free of the load generator: three processes
@@ -80,7 +82,7 @@ class Load:
 @dataclass
 class Storms:
     """What the three storms did: attempts each made (connects + refused), their rates,
-    errors, their window, the generator's CPU, and the machine's busy CPU meanwhile."""
+    errors, their window, the generator's CPU, and the other processes' meanwhile."""
 
     made: list[int]
     rates: list[float]
@@ -89,7 +91,7 @@ class Storms:
     windows: list[float]  # each storm's own window
     started: float  # time.monotonic() when the first one was started
     cpu_s: float
-    machine_busy_s: float
+    others_cores: float
 
     @property
     def rate(self) -> float:
@@ -101,12 +103,7 @@ class Storms:
                 "per_node_rate": [round(r) for r in self.rates], "errors": self.errors,
                 "seconds": self.seconds, "storms_cpu_s": self.cpu_s,
                 "storms_us_per_event": 1e6 * self.cpu_s / max(sum(self.made), 1),
-                "machine_busy_cores": self.machine_busy_s / self.seconds}
-
-    def rest_cores(self, tracers_cpu_s: float) -> float:
-        """Cores busy meanwhile with neither the storms nor the tracers measured: other
-        work on this shared machine and kernel threads (the noise column)."""
-        return (self.machine_busy_s - self.cpu_s - tracers_cpu_s) / self.seconds
+                "others_cores": self.others_cores}
 
 
 def storm(netns: str, load: Load) -> subprocess.Popen[str]:
@@ -115,15 +112,43 @@ def storm(netns: str, load: Load) -> subprocess.Popen[str]:
                              "-x", str(load.refused_pct)], stdout=subprocess.PIPE, text=True)
 
 
-def machine_busy() -> float:
-    """CPU seconds the whole machine has been busy (all but idle and iowait)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+def all_cpu() -> dict[int, tuple[int, float]]:
+    """Parent and CPU seconds of every process (kernel threads too), with its reaped
+    children's."""
+    out: dict[int, tuple[int, float]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[int(d.name)] = (int(f[1]), sum(int(v) for v in f[11:15]) / os.sysconf(
+                "SC_CLK_TCK"))
+    return out
 
 
-def storms(load: Load) -> Storms:
-    """The three storms at once (``ip netns exec`` execs connstorm: its rusage is theirs)."""
-    busy0 = machine_busy()
+class Others:
+    """CPU the rest of the machine used meanwhile (other sessions' work, kernel threads):
+    the noise column. Per process (the same accounting as the storms' and tracers' CPU,
+    which /proc/stat's tick samples are not); this process (it reaps the storms) and
+    ``ours`` are left out, processes that both started and ended meanwhile under a parent
+    that ended too are missed: a lower bound. Children of ``ours`` are ours."""
+
+    def __init__(self, ours: set[int]) -> None:
+        self.ours = {os.getpid(), *ours}
+        self.start = all_cpu()
+
+    def cores(self, seconds: float) -> float:
+        end = all_cpu()
+        used = sum(c - self.start.get(p, (0, 0.0))[1] for p, (parent, c) in end.items()
+                   if p not in self.ours and parent not in self.ours)
+        return max(used, 0.0) / seconds
+
+
+def storms(load: Load, ours: set[int] | None = None) -> Storms:
+    """The three storms at once (``ip netns exec`` execs connstorm: its rusage is theirs);
+    ``ours``: the tracers' processes, left out of the rest of the machine."""
+    others = Others(ours or set())
     t0 = time.monotonic()
     procs = [storm(ns, load) for ns in NODES.values()]
     outs = []
@@ -132,11 +157,11 @@ def storms(load: Load) -> Storms:
         assert proc.stdout is not None
         outs.append(json.loads(proc.stdout.read()))
         cpu += child_cpu(proc)
-    busy = machine_busy() - busy0
+    seconds = max(float(o["seconds"]) for o in outs)
+    rest = others.cores(seconds)
     return Storms([int(o["connects"]) + int(o["refused"]) for o in outs],
                   [float(o["rate"]) for o in outs], sum(int(o["errors"]) for o in outs),
-                  max(float(o["seconds"]) for o in outs), [float(o["seconds"]) for o in outs],
-                  t0, cpu, busy)
+                  seconds, [float(o["seconds"]) for o in outs], t0, cpu, rest)
 
 
 class Growth:
@@ -228,7 +253,7 @@ def cluster_phase(load: Load, tmp: Path) -> dict[str, object]:
         cpu0 = {a.node: _cpu(a.proc.pid) for a in running}
         client_cpu0 = _cpu(client.pid)
         growth = Growth(merged)
-        s = storms(load)
+        s = storms(load, {client.pid, *(a.proc.pid for a in running)})
         client_cpu_storm = _cpu(client.pid) - client_cpu0
         agents_cpu_storm = sum(_cpu(a.proc.pid) - cpu0[a.node] for a in running)
         settle(growth)
@@ -250,7 +275,7 @@ def cluster_phase(load: Load, tmp: Path) -> dict[str, object]:
             **in_step(growth, merged, r["records"], s),
             "client_cpu_s": client_cpu, "client_cpu_during_storms_s": client_cpu_storm,
             "agents_cpu_during_storms_s": agents_cpu_storm,
-            "rest_cores": s.rest_cores(client_cpu_storm + agents_cpu_storm),
+            "ours_cores": (s.cpu_s + client_cpu_storm + agents_cpu_storm) / s.seconds,
             "client_us_per_event": 1e6 * client_cpu / max(r["records"], 1),
             "agent_us_per_event": {n: 1e6 * c / max(m, 1) for (n, c), m in
                                    zip(agent_cpu.items(), s.made, strict=True)},
@@ -266,7 +291,7 @@ def local_phase(load: Load, tmp: Path) -> dict[str, object]:
     wait_for(lambda: "tracing" in err.read_text(), "local tracing")
     growth = Growth(out)
     cpu0 = _cpu(local.pid)
-    s = storms(load)
+    s = storms(load, {local.pid})
     cpu_storm = _cpu(local.pid) - cpu0
     settle(growth)
     growth.stop()
@@ -277,7 +302,7 @@ def local_phase(load: Load, tmp: Path) -> dict[str, object]:
     row = {**s.row(load), "events": events, "missing": sum(s.made) - events,
            "events_per_s": events / s.seconds, **in_step(growth, out, events, s),
            "lost": int(m.group(2)) if m else None, "cpu_s": cpu,
-           "rest_cores": s.rest_cores(cpu_storm),
+           "cpu_during_storms_s": cpu_storm, "ours_cores": (s.cpu_s + cpu_storm) / s.seconds,
            "us_per_event": 1e6 * cpu / max(events, 1)}
     out.unlink()
     return row
@@ -391,7 +416,7 @@ def main() -> int:
             for name, what in (("unpaced", load.unpaced()), ("paced", load)):
                 if name == "unpaced" or load.rate:
                     s = storms(what)
-                    alone[name] = {**s.row(what), "rest_cores": s.rest_cores(0.0)}
+                    alone[name] = s.row(what)
             out["storm_alone"] = alone
             cluster = cluster_phase(load, tmp)
             merged = Path(str(cluster.pop("_merged")))
