@@ -113,8 +113,8 @@ def storm(netns: str, load: Load) -> subprocess.Popen[str]:
 
 
 def all_cpu() -> dict[int, tuple[int, float]]:
-    """Parent and CPU seconds of every process (kernel threads too), with its reaped
-    children's."""
+    """Parent and CPU seconds of every process (kernel threads too). Without its reaped
+    children's: a parent reaping a child that ran for minutes would count them all."""
     out: dict[int, tuple[int, float]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -122,7 +122,7 @@ def all_cpu() -> dict[int, tuple[int, float]]:
                 f = (d / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            out[int(d.name)] = (int(f[1]), sum(int(v) for v in f[11:15]) / os.sysconf(
+            out[int(d.name)] = (int(f[1]), (int(f[11]) + int(f[12])) / os.sysconf(
                 "SC_CLK_TCK"))
     return out
 
@@ -130,9 +130,8 @@ def all_cpu() -> dict[int, tuple[int, float]]:
 class Others:
     """CPU the rest of the machine used meanwhile (other sessions' work, kernel threads):
     the noise column. Per process (the same accounting as the storms' and tracers' CPU,
-    which /proc/stat's tick samples are not); this process (it reaps the storms) and
-    ``ours`` are left out, processes that both started and ended meanwhile under a parent
-    that ended too are missed: a lower bound. Children of ``ours`` are ours."""
+    which /proc/stat's tick samples are not); this process and ``ours`` (and their
+    children) are left out. Processes that ended meanwhile are missed: a lower bound."""
 
     def __init__(self, ours: set[int]) -> None:
         self.ours = {os.getpid(), *ours}
