@@ -12,7 +12,7 @@ in its node's namespace, so the nodes *offer* exactly the target and the questio
 whether the pipeline keeps up with it (every event merged, in step with the storms), not
 how fast a generator racing the tracers for the same two cores happens to go.
 ``--refused-pct`` sends that share of the attempts to a closed port: refused connects
-are real connect events (result ``refused``) at about 40% of a full connect's CPU, which
+are real connect events (result ``refused``) at about half a full connect's CPU, which
 leaves the agents and the client more of the machine. ``--rate 0``: unpaced storms, as
 fast as they go (the former bench).
 
@@ -390,10 +390,20 @@ def replay_phase(merged: Path, total: int, batch: int, tmp: Path) -> dict[str, o
             "batch": batch, "note": "wall time includes the client's start (~1 s)"}
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate (connects/s, 0 or more)")
+    return value
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--rate", type=float, default=30_000.0,
+    ap.add_argument("--rate", type=_rate, default=30_000.0,
                     help="connect attempts/s each node's storm offers (0: unpaced)")
     ap.add_argument("--refused-pct", type=int, default=0, choices=range(101),
                     metavar="0-100", help="share of the attempts refused (closed port)")

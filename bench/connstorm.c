@@ -209,7 +209,7 @@ int main(int argc, char **argv)
 		default: usage(argv[0]);
 		}
 	}
-	if (threads < 1 || seconds <= 0 || port < 0 || port > 65535 || rate < 0 ||
+	if (threads < 1 || seconds <= 0 || port < 0 || port > 65535 || !(rate >= 0 && rate < 1e9) ||
 	    refused_pct < 0 || refused_pct > 100)
 		usage(argv[0]);
 	per_thread_rate = rate / threads;
