@@ -139,6 +139,20 @@ def connects(netns: str, n: int) -> int:
     return int(out.stdout.strip())
 
 
+def build_connstorm(where: Path) -> Path:
+    """bench/connstorm, built in ``where`` (gcc)."""
+    src = Path(__file__).resolve().parent.parent / "bench" / "connstorm.c"
+    exe = where / "connstorm"
+    subprocess.run(["gcc", "-O2", "-pthread", "-Wall", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+def storm(exe: Path, netns: str, *args: str) -> subprocess.Popen[str]:
+    """connstorm with ``args`` inside ``netns``; its one JSON line is on its stdout."""
+    return subprocess.Popen(["ip", "netns", "exec", netns, str(exe), *args],
+                            stdout=subprocess.PIPE, text=True)
+
+
 def client(*argv: str, **kw: object) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "podsight.cli.kubectl", *argv], env=ENV,
                             text=True, **kw)  # type: ignore[call-overload]

@@ -13,11 +13,13 @@ import pytest
 from clusterrun import (
     agents,
     bpftool_links,
+    build_connstorm,
     client,
     connects,
     held_links,
     json_lines,
     namespaces,
+    storm,
     wait_for,
 )
 
@@ -67,6 +69,46 @@ def test_three_agents_merge_without_loss_or_duplicates(lab: Lab, tmp_path: Path)
     text = err.read_text()
     for node in nodes:
         assert f"node {node} (" in text and "0 lost on the way, 0 duplicates dropped" in text
+    assert "from 3 of 3 nodes, 0 lost" in text, text
+
+
+def test_paced_storms_with_refused_connects_merge_exactly(lab: Lab, tmp_path: Path) -> None:
+    """bench/cluster.py's load, small: each node's connstorm paced (-r) with a share of its
+    connects refused (-x). Every attempt it made is merged once, refused ones as
+    ``refused``: the bench's offered/made/merged counts rest on this."""
+    exe = build_connstorm(tmp_path)
+    nodes = {"node-a": "ps-cl-a", "node-b": "ps-cl-b", "node-c": "ps-cl-c"}
+    rate, seconds = 4000, 2.0
+    out, err = tmp_path / "merged.json", tmp_path / "client.err"
+    with namespaces(*nodes.values()), agents(nodes, tmp_path) as running:
+        proc = client(*[w for a in running for w in ("--agent-addr", a.addr)],
+                      "trace", "tcpconnect", "-o", "json",
+                      stdout=out.open("w"), stderr=err.open("w"))
+        wait_for(lambda: err.read_text().count("tracing TCP connects") == 3, "3 nodes tracing")
+        storms = {n: storm(exe, ns, "-t", "2", "-r", str(rate), "-x", "40", "-d", str(seconds))
+                  for n, ns in nodes.items()}
+        made = {n: json.loads(s.communicate()[0]) for n, s in storms.items()}
+        for r in made.values():
+            assert r["errors"] == 0 and r["connects"] and r["refused"], r
+            # Paced: never ahead of the rate by more than a batch (a millisecond's worth
+            # per thread, at most one attempt per thread past the stop).
+            assert r["connects"] + r["refused"] <= rate * r["seconds"] + 2 * (rate // 2000 + 1)
+            # 40% of the attempts, spread evenly: at most one off per thread.
+            assert abs(r["refused"] - 0.4 * (r["connects"] + r["refused"])) <= 2
+        total = sum(r["connects"] + r["refused"] for r in made.values())
+        wait_for(lambda: len(json_lines(out)) >= total, f"{total} records merged")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, err.read_text()
+    rows = json_lines(out)
+    for node, r in made.items():
+        mine = [x for x in rows if x["node"] == node]
+        results = Counter((x["dport"], x["result"]) for x in mine)
+        assert results == {(r["port"], "ok"): r["connects"],
+                           (r["closed_port"], "refused"): r["refused"]}, (node, results)
+        assert len({(x["sport"], x["time"]) for x in mine}) == len(mine), node
+    assert len(rows) == total
+    text = err.read_text()
+    assert text.count("0 lost on the way, 0 duplicates dropped") == 3, text
     assert "from 3 of 3 nodes, 0 lost" in text, text
 
 
