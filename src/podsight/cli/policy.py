@@ -300,15 +300,17 @@ def _advise(ns: argparse.Namespace) -> int:
         def make_advisor() -> Advisor:
             return Advisor(world, subjects=subjects, aggregate4=four, aggregate6=six)
 
-        advisor = make_advisor()
         reader = Reader(ns.sources, server_port=_server_port(world))
         _settle_gc()
         # Big captures are read on every CPU, as policy check reads them (same threshold).
         chunks = plan(ns.sources, None)
         jobs = min(os.cpu_count() or 1, MAX_AUTO_JOBS)
-        if chunks is None or not advise_parallel(chunks, jobs, reader, advisor, make_advisor,
-                                                 STOP.is_set):
-            advisor.add_all(reader)
+        advisor = None if chunks is None else \
+            advise_parallel(chunks, jobs, reader, make_advisor, STOP.is_set)
+        if advisor is None:  # one CPU (what the parts read is not counted twice)
+            reader = Reader(ns.sources, server_port=_server_port(world))
+            advisor = make_advisor()
+            advisor.add_items(reader.items())
         records = reader.stats.records
         skipped = reader.stats.skipped_text()
     else:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podsight.analysis.policy.ends import End, Ends
+from podsight.analysis.policy.jsonlines import Block
 from podsight.analysis.policy.model import NAMESPACE_NAME_LABEL
 from podsight.analysis.policy.policies import API_VERSION, KIND
 from podsight.analysis.policy.records import Connection
@@ -193,6 +194,25 @@ class Advisor:
     def add_all(self, conns: Iterable[Connection]) -> None:
         for conn in conns:
             self.add(conn)
+
+    def add_items(self, items: Iterable[Connection | Block],
+                  stop: Callable[[], bool] | None = None) -> None:
+        """:meth:`add_all` for :meth:`Reader.items`: blocks of decoded JSON lines are counted
+        by :class:`~podsight.analysis.policy.blockadvise.BlockAdvisor` (the same as adding
+        their connections one by one, faster); ``stop()`` is asked before each block."""
+        from podsight.analysis.policy.blockadvise import BlockAdvisor
+
+        blocks = BlockAdvisor(self)
+        add = self.add
+        for item in items:
+            if item.__class__ is Block:
+                assert isinstance(item, Block)
+                if stop is not None and stop():
+                    raise KeyboardInterrupt
+                blocks.run(item)
+                continue
+            assert isinstance(item, Connection)
+            add(item)
 
     def add(self, conn: Connection) -> None:
         """Count one connection. Ends alike in everything a policy rule is made of (a pod's
