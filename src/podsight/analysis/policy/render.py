@@ -35,7 +35,7 @@ _SCALARS: dict[str, str] = {}
 
 def scalar(value: object) -> str:
     if value.__class__ is str:
-        known = _SCALARS.get(value)  # type: ignore[call-overload]
+        known = _SCALARS.get(value)
         if known is not None:
             return known
     if isinstance(value, bool) or value is None:
