@@ -243,3 +243,21 @@ def test_advise_stops_at_an_error_inside_a_block(setup: dict[str, Path], tmp_pat
     assert got.returncode == want.returncode == 2
     assert got.stderr.replace(str(path), "<stdin>") == want.stderr
     assert f"{path}:201:" in got.stderr
+
+
+def test_utf8_blocks_are_blocks_too(setup: dict[str, Path], tmp_path: Path):
+    """A block with non-ASCII text (here a process name) is read as a block when every line
+    is UTF-8, with the outputs of the line-by-line reading (stdin)."""
+    from podsight.analysis.policy import Reader
+    from podsight.analysis.policy.jsonlines import Block
+
+    lines = [line.replace('"comm":"', '"comm":"caf\u00e9-') if i % 3 == 0 else line
+             for i, line in enumerate(tcpconnect_lines(tmp_path))]
+    assert "\u00e9" in lines[0]
+    path = tmp_path / "utf8.json"
+    path.write_text("\n".join(lines + ODD[:-1]) + "\n", encoding="utf-8")
+    assert any(isinstance(x, Block) for x in Reader([str(path)]).items())
+    for jobs in ("1", "2"):
+        same_as_stdin(setup, path, "-o", "json", "--jobs", jobs)
+    one, blocks = advised_both_ways(setup, path)
+    assert blocks == one and one[2] == len(lines) + len(ODD) - 1
