@@ -228,23 +228,6 @@ class _Pool:
         self.running.clear()
 
 
-def run_parts(chunks: list[Chunk], jobs: int, reader: Reader,
-              task: Callable[[int, Iterable[Any]], Any], stop: Callable[[], bool],
-              items: bool = False) -> list[Part] | None:
-    """``task(index, connections)`` for every part in forked workers, ``jobs`` at a time;
-    the parts in input order. None when a part cannot be read alone (flow records).
-    ``items``: the task gets :meth:`Reader.chunk_items` (blocks where it can)."""
-    pool = _Pool(chunks, list(range(len(chunks))), reader, task, stop, items)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        if not pool.finish(jobs):
-            return None
-        return [pool.parts[i] for i in range(len(chunks))]
-    finally:
-        pool.close()
-
-
 def judge_parallel(chunks: list[Chunk], jobs: int, reader: Reader,
                    make_report: Callable[[Any, bool], Any],
                    work: Callable[[Iterable[Connection | Block], Any], Tally],
