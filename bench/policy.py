@@ -17,8 +17,11 @@ the checker is also timed alone on connections already read. Advise runs on
 the JSON lines. Targets (issue 10): check >= 200k connections/s, advise
 < 10 s, memory < 500 MB. Never run as a timed test.
 
-    .venv/bin/python bench/policy.py [--connections 1000000] [--pods 5000]
-        [--policies 1000] [--keep DIR] [--json results.json]
+    flock /run/podsight-bench.lock .venv/bin/python bench/policy.py
+        [--connections 1000000] [--pods 5000] [--policies 1000] [--keep DIR [--reuse]]
+        [--json results.json]
+
+It takes no lock itself: wrap it in the bench lock as above.
 """
 
 from __future__ import annotations
@@ -291,6 +294,20 @@ def checker_alone(d: Path, n: int) -> dict[str, float]:
             "cached_per_s": len(conns) / warm, "distinct": checker.distinct}
 
 
+def generate(args: argparse.Namespace, d: Path) -> None:
+    """The cluster, the policies and the records, written into ``d``."""
+    wls = workloads(args.pods)
+    # JSON, as kubectl get -o json prints it (PyYAML reads 5,000 pods in ~4 s, libyaml's
+    # parser included: its constructor is Python; JSON takes 0.1 s)
+    (d / "objects.json").write_text(json.dumps(objects(wls)))
+    pol = d / "policies"
+    pol.mkdir(exist_ok=True)
+    (pol / "all.yaml").write_text(yaml.safe_dump_all(policies(wls, args.policies),
+                                                     sort_keys=False))
+    records = connects(wls, args.connections)
+    write_records(records, d)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--connections", type=int, default=1_000_000)
@@ -298,25 +315,26 @@ def main() -> int:
     p.add_argument("--policies", type=int, default=1000)
     p.add_argument("--keep", metavar="DIR", help="keep the generated files here")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --keep DIR: use the files a run with the same sizes left there "
+                        "(generating them takes minutes)")
     args = p.parse_args()
+    if args.reuse and not args.keep:
+        p.error("--reuse needs --keep DIR")
     sys.path.insert(0, str(ROOT / "src"))
     d = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="podsight-bench-"))
     d.mkdir(parents=True, exist_ok=True)
     try:
         t = time.perf_counter()
-        wls = workloads(args.pods)
-        # JSON, as kubectl get -o json prints it (PyYAML reads 5,000 pods in ~4 s, libyaml's
-        # parser included: its constructor is Python; JSON takes 0.1 s)
-        (d / "objects.json").write_text(json.dumps(objects(wls)))
+        paths = {"json": d / "connects.json", "sqlite": d / "connects.db", "bare": d / "bare.json"}
         pol = d / "policies"
-        pol.mkdir(exist_ok=True)
-        (pol / "all.yaml").write_text(yaml.safe_dump_all(policies(wls, args.policies),
-                                                         sort_keys=False))
-        records = connects(wls, args.connections)
-        paths = write_records(records, d)
-        del records
+        if args.reuse and all(f.exists() for f in [*paths.values(), pol, d / "objects.json"]):
+            print(f"reusing the files in {d} (made with these sizes: the rates assume them)",
+                  flush=True)
+        else:
+            generate(args, d)
         sizes = {k: v.stat().st_size / 1e6 for k, v in paths.items()}
-        print(f"generated in {time.perf_counter() - t:.1f}s: {args.pods} pods, "
+        print(f"ready in {time.perf_counter() - t:.1f}s: {args.pods} pods, "
               f"{args.policies} policies, {args.connections} connections "
               f"(json {sizes['json']:.0f} MB, sqlite {sizes['sqlite']:.0f} MB, "
               f"bare {sizes['bare']:.0f} MB)", flush=True)

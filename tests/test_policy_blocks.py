@@ -170,3 +170,94 @@ def test_json_lines_are_the_verdicts_rendered_whole(setup: dict[str, Path], tmp_
     got = check(setup, str(path), "-o", "json")
     assert got.stdout.split("\n") == [*want, ""]  # (U+2028 in a time is no line end)
     assert {"allowed", "denied"} <= {json.loads(line)["verdict"] for line in want}
+
+
+# -- advise network-policy: blocks counted by BlockAdvisor, the rest by Advisor.add ---------
+
+def advise(setup: dict[str, Path], source: str, stdin: str | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "podsight.cli.main", "advise", "network-policy", "--objects",
+         str(setup["objects"]), "--from", source],
+        input=stdin, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "KUBECONFIG": ""})
+
+
+def advised_both_ways(setup: dict[str, Path], path: Path) -> tuple[Any, Any]:
+    """In one process: (policies, warnings, connections, records) counted a connection at a
+    time (``add_all``, the reference) and a block at a time (``add_items``), or the error
+    each raised."""
+    from podsight.analysis.policy import Advisor, Reader, render
+    from podsight.analysis.policy.documents import documents
+    from podsight.analysis.policy.world import from_documents
+
+    world = from_documents(documents(str(setup["objects"]), "--objects"), "objects")
+
+    def run(blocks: bool) -> Any:
+        advisor, reader = Advisor(world), Reader([str(path)])
+        try:
+            if blocks:
+                advisor.add_items(reader.items())
+            else:
+                advisor.add_all(reader)
+            return (render.documents(advisor.policies()), advisor.warnings,
+                    advisor.connections, reader.stats.records)
+        except Exception as exc:  # compared: the same error either way
+            return type(exc).__name__, str(exc)
+
+    return run(False), run(True)
+
+
+def test_advise_counts_blocks_as_it_counts_connections(setup: dict[str, Path],
+                                                       tmp_path: Path):
+    from podsight.analysis.policy import Reader
+    from podsight.analysis.policy.jsonlines import Block
+
+    lines = tcpconnect_lines(tmp_path)
+    # odd records inside blocks, a loopback one and a pod's connection to itself (the
+    # advisor's way), a record whose time sorts before every other (first seen moves)
+    early = json.loads(lines[5])
+    early["time"] = "2000-01-01T00:00:00Z"
+    loop = bare(saddr="127.0.0.1", daddr="127.0.0.1")
+    mixed = lines[:100] + ODD[:-1] + [loop, json.dumps(early)] + lines[100:] + ODD[:3]
+    path = tmp_path / "mixed.json"
+    path.write_text("\n".join(mixed) + "\n")
+    assert any(isinstance(x, Block) for x in Reader([str(path)]).items())  # the block path
+    one, blocks = advised_both_ways(setup, path)
+    assert blocks == one
+    assert one[2] == len(mixed) and "2000-01-01T00:00:00Z" in one[0]
+    got = advise(setup, str(path))
+    want = advise(setup, "-", stdin=path.read_text())  # line by line
+    assert (got.returncode, got.stdout) == (want.returncode, want.stdout) == (0, one[0])
+    assert got.stderr == want.stderr
+
+
+def test_advise_stops_at_an_error_inside_a_block(setup: dict[str, Path], tmp_path: Path):
+    lines = tcpconnect_lines(tmp_path)
+    path = tmp_path / "bad.json"
+    path.write_text("\n".join([*lines[:200], ODD[-1], *lines[200:]]) + "\n")
+    one, blocks = advised_both_ways(setup, path)
+    assert blocks == one == ("UserError", f"{path}:201: 70000 is not a port (0-65535)")
+    got = advise(setup, str(path))
+    want = advise(setup, "-", stdin=path.read_text())
+    assert got.returncode == want.returncode == 2
+    assert got.stderr.replace(str(path), "<stdin>") == want.stderr
+    assert f"{path}:201:" in got.stderr
+
+
+def test_utf8_blocks_are_blocks_too(setup: dict[str, Path], tmp_path: Path):
+    """A block with non-ASCII text (here a process name) is read as a block when every line
+    is UTF-8, with the outputs of the line-by-line reading (stdin)."""
+    from podsight.analysis.policy import Reader
+    from podsight.analysis.policy.jsonlines import Block
+
+    lines = [line.replace('"comm":"', '"comm":"caf\u00e9-') if i % 3 == 0 else line
+             for i, line in enumerate(tcpconnect_lines(tmp_path))]
+    assert "\u00e9" in lines[0]
+    path = tmp_path / "utf8.json"
+    path.write_text("\n".join(lines + ODD[:-1]) + "\n", encoding="utf-8")
+    assert any(isinstance(x, Block) for x in Reader([str(path)]).items())
+    for jobs in ("1", "2"):
+        same_as_stdin(setup, path, "-o", "json", "--jobs", jobs)
+    one, blocks = advised_both_ways(setup, path)
+    assert blocks == one and one[2] == len(lines) + len(ODD) - 1

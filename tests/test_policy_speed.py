@@ -174,8 +174,9 @@ def advise_both(path: Path, objects: Path | None, parts: int) -> tuple[Any, Any]
             if parallel:
                 chunks = plan([str(path)], parts)
                 assert chunks is not None and len(chunks) == parts
-                assert advise_parallel(chunks, 2, reader, advisor, lambda: Advisor(world),
-                                       lambda: False)
+                advisor = advise_parallel(chunks, 2, reader, lambda: Advisor(world),
+                                          lambda: False)
+                assert advisor is not None
             else:
                 advisor.add_all(reader)
             return render.documents(advisor.policies()), advisor.connections, \

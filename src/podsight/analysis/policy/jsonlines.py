@@ -186,7 +186,7 @@ def read(reader: Reader, f: BinaryIO, name: str, start: int = 0, end: int | None
          flows: bool = True, batch: bool = False) -> Iterator[Connection | Block]:
     """The connections of the JSON lines of ``f`` in [start, end) (flows: merged by the
     reader, at the end; ``flows`` False: a flow record raises ``NeedsWholeInput``).
-    ``batch``: ASCII blocks whose every line decodes come out as one :class:`Block`."""
+    ``batch``: UTF-8 blocks whose every line decodes come out as one :class:`Block`."""
     stats = reader.stats
     merge = reader.flow_merger.add
     slow_line = reader.line
@@ -263,7 +263,10 @@ def read(reader: Reader, f: BinaryIO, name: str, start: int = 0, end: int | None
     try:
         for lines, ascii in blocks(f, start, end):
             base = n
-            if batch and ascii:
+            bad = -1  # the index of the first line that is not UTF-8
+            if not ascii:
+                bad = next((i for i, line in enumerate(lines) if not _utf8(line)), -1)
+            if batch and bad < 0:  # (a block of UTF-8 text: ASCII, or every line checked)
                 try:
                     records = _decode_list(b"[" + b",".join(lines) + b"]")
                 except Exception:  # some line is odd: each is read alone, below
@@ -277,73 +280,19 @@ def read(reader: Reader, f: BinaryIO, name: str, start: int = 0, end: int | None
                         slow_lines += block.slow
                     at += sum(map(len, lines)) + len(lines)
                     continue
-            bad = -1  # the index of the first line that is not UTF-8
-            if not ascii:
-                bad = next((i for i, line in enumerate(lines) if not _utf8(line)), -1)
-                if bad >= 0:
-                    at += sum(map(len, lines[:bad])) + bad
-                    try:
-                        lines[bad].decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        at += exc.start
-                    del lines[bad:]
-            # One line at a time: what :func:`convert` does, inlined as before blocks (a call
-            # per line and its closure's variables measured ~10% slower advise on the
-            # benchmark's million lines). Keep the two alike.
+            if bad >= 0:
+                at += sum(map(len, lines[:bad])) + bad
+                try:
+                    lines[bad].decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    at += exc.start
+                del lines[bad:]
+            # One line at a time (a block with an odd line, or not UTF-8): each decoded alone
+            # and made a connection by :func:`convert`, as a decoded block's records are.
             for i, line in enumerate(lines):
                 n += 1
-                conn: Connection | None = None
                 try:
-                    rec = decode(line)
-                    sa, da, sp, dp = rec.saddr, rec.daddr, rec.sport, rec.dport
-                    saddr = addrs.get(sa)
-                    if saddr is None:
-                        saddr = _addr(sa)
-                    daddr = addrs.get(da)
-                    if daddr is None:
-                        daddr = _addr(da)
-                    if not 0 <= sp <= 65535 or not 0 <= dp <= 65535:
-                        raise ValueError
-                    w = rec.src
-                    held = None if w is None else held_pods.get(w.pod)
-                    src = held[1] if held is not None and held[0] == w else \
-                        None if w is None else hint(w)
-                    w = rec.dst
-                    held = None if w is None else held_pods.get(w.pod)
-                    dst = held[1] if held is not None and held[0] == w else \
-                        None if w is None else hint(w)
-                    proto = rec.proto
-                    if proto is UNSET:  # trace tcpconnect
-                        result = rec.result
-                        when = rec.time
-                        if result is UNSET:
-                            raise ValueError
-                        if when is UNSET:
-                            when = ""
-                        conn = Connection("tcp", saddr, sp, daddr, dp, src, dst, when, when,
-                                          1, result)
-                    else:
-                        if proto not in protocols:
-                            proto = proto.lower()
-                        if rec.start is not UNSET:  # flows
-                            if not flows:
-                                raise NeedsWholeInput(name)
-                            if proto not in protocols:
-                                stats.skip(proto)
-                                continue
-                            end_ = rec.end
-                            merge(proto, saddr, sp, daddr, dp, src, dst, rec.start,
-                                  "" if end_ is UNSET else end_, rec.tcp_flags or ())
-                            continue
-                        six = ":" in saddr
-                        version = rec.ip
-                        if proto not in protocols or six != (":" in daddr) or \
-                                (version is not UNSET and version != (6 if six else 4)):
-                            raise ValueError
-                        when = rec.time
-                        if when is UNSET:
-                            when = ""
-                        conn = Connection(proto, saddr, sp, daddr, dp, src, dst, when, when)
+                    conn = convert(decode(line))
                 except NeedsWholeInput:
                     raise
                 except Exception:  # the generic reader says what it is, or reads it
