@@ -310,9 +310,10 @@ def test_keys_written_after_their_packets_still_go_before_them(lab, tmp_path):
     assert len(epbs) >= 10
     last = max(struct.unpack_from("<II", b, 12) for b in epbs)
     last_ns = (last[0] << 32) | last[1]
-    data = np.frombuffer(b"".join(epbs), dtype=np.uint8)
+    # Laid out as in the kernel's ring: an 8-byte record header before every block.
+    data = np.frombuffer(b"".join(b"\xee" * 8 + b for b in epbs), dtype=np.uint8)
     lengths = np.array([len(b) for b in epbs], dtype=np.int64)
-    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    offsets = (np.concatenate(([0], np.cumsum(lengths + 8)[:-1])) + 8).astype(np.int64)
     iface = [CaptureInterface(id=0, name="eth0", description="mypod", snaplen=262144)]
 
     def replay(name: str, hold: bool) -> Path:
