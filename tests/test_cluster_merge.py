@@ -3,11 +3,14 @@ merged by kubectl-podsight through --agent-addr. Real kernel, real sockets, real
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clusterrun import (
@@ -26,6 +29,20 @@ from clusterrun import (
 from podsight.lab import Lab
 
 N = 1500
+NODES = {"node-a": "ps-cl-a", "node-b": "ps-cl-b", "node-c": "ps-cl-c"}
+
+
+@contextlib.contextmanager
+def _three_tracing(tmp_path: Path, *extra: str) -> Iterator[tuple[list[Any], Any, Path, Path]]:
+    """Three agents, each its own node and namespace, and the client tracing connects on
+    all of them (``-o json`` to a file, plus ``extra``): (agents, client, out, err)."""
+    out, err = tmp_path / "merged.json", tmp_path / "client.err"
+    with namespaces(*NODES.values()), agents(NODES, tmp_path) as running:
+        proc = client(*[w for a in running for w in ("--agent-addr", a.addr)],
+                      "trace", "tcpconnect", "-o", "json", *extra,
+                      stdout=out.open("w"), stderr=err.open("w"))
+        wait_for(lambda: err.read_text().count("tracing TCP connects") == 3, "3 nodes tracing")
+        yield running, proc, out, err
 
 
 
@@ -39,13 +56,8 @@ def _ours(rows: list[dict[str, object]], ports: dict[str, int]) -> dict[str, lis
 
 
 def test_three_agents_merge_without_loss_or_duplicates(lab: Lab, tmp_path: Path) -> None:
-    nodes = {"node-a": "ps-cl-a", "node-b": "ps-cl-b", "node-c": "ps-cl-c"}
-    out, err = tmp_path / "merged.json", tmp_path / "client.err"
-    with namespaces(*nodes.values()), agents(nodes, tmp_path) as running:
-        proc = client(*[w for a in running for w in ("--agent-addr", a.addr)],
-                      "trace", "tcpconnect", "-o", "json",
-                      stdout=out.open("w"), stderr=err.open("w"))
-        wait_for(lambda: err.read_text().count("tracing TCP connects") == 3, "3 nodes tracing")
+    nodes = NODES
+    with _three_tracing(tmp_path) as (running, proc, out, err):
         ports = {node: connects(ns, N) for node, ns in nodes.items()}
         wait_for(lambda: all(len(v) == N for v in _ours(json_lines(out), ports).values())
                  and len(_ours(json_lines(out), ports)) == 3, f"{N} connects from each node")
@@ -77,14 +89,9 @@ def test_paced_storms_with_refused_connects_merge_exactly(lab: Lab, tmp_path: Pa
     connects refused (-x). Every attempt it made is merged once, refused ones as
     ``refused``: the bench's offered/made/merged counts rest on this."""
     exe = build_connstorm(tmp_path)
-    nodes = {"node-a": "ps-cl-a", "node-b": "ps-cl-b", "node-c": "ps-cl-c"}
     rate, seconds = 4000, 2.0
-    out, err = tmp_path / "merged.json", tmp_path / "client.err"
-    with namespaces(*nodes.values()), agents(nodes, tmp_path) as running:
-        proc = client(*[w for a in running for w in ("--agent-addr", a.addr)],
-                      "trace", "tcpconnect", "-o", "json",
-                      stdout=out.open("w"), stderr=err.open("w"))
-        wait_for(lambda: err.read_text().count("tracing TCP connects") == 3, "3 nodes tracing")
+    nodes = NODES
+    with _three_tracing(tmp_path) as (_agents, proc, out, err):
         storms = {n: storm(exe, ns, "-t", "2", "-r", str(rate), "-x", "40", "-d", str(seconds))
                   for n, ns in nodes.items()}
         made = {n: json.loads(s.communicate()[0]) for n, s in storms.items()}
@@ -113,13 +120,8 @@ def test_paced_storms_with_refused_connects_merge_exactly(lab: Lab, tmp_path: Pa
 
 
 def test_agent_killed_mid_stream_is_reported_and_others_go_on(lab: Lab, tmp_path: Path) -> None:
-    nodes = {"node-a": "ps-cl-a", "node-b": "ps-cl-b", "node-c": "ps-cl-c"}
-    out, err = tmp_path / "merged.json", tmp_path / "client.err"
-    with namespaces(*nodes.values()), agents(nodes, tmp_path) as running:
-        proc = client(*[w for a in running for w in ("--agent-addr", a.addr)],
-                      "trace", "tcpconnect", "-o", "json", "--sqlite", str(tmp_path / "c.db"),
-                      stdout=out.open("w"), stderr=err.open("w"))
-        wait_for(lambda: err.read_text().count("tracing TCP connects") == 3, "3 nodes tracing")
+    nodes = NODES
+    with _three_tracing(tmp_path, "--sqlite", str(tmp_path / "c.db")) as (running, proc, out, err):
         running[1].proc.kill()  # SIGKILL node-b's agent
         wait_for(lambda: "node node-b" in err.read_text() and "mid-stream" in err.read_text(),
                  "node-b reported")
