@@ -116,13 +116,16 @@ def own(who: Who) -> Who:
         workload=workload if workload is _NULL else Raw(bytes(workload)))
 
 
-def blocks(f: BinaryIO, start: int, end: int | None) -> Iterator[tuple[list[bytes], bool]]:
+def blocks(f: BinaryIO, start: int, end: int | None) -> Iterator[tuple[bytes, int, bool]]:
     """The lines of ``f`` from offset ``start`` (a line start) to ``end`` (None: the end of
-    the file), without their line ends, a list per :data:`BLOCK` bytes read, each with
-    whether its bytes are all ASCII (then they are UTF-8; otherwise the lines say).
+    the file), a block of whole lines per :data:`BLOCK` bytes read: the lines' text joined
+    by their line ends (without the last one), how many lines it holds, and whether its
+    bytes are all ASCII (then they are UTF-8; otherwise the lines say).
 
-    Why lists: a block is split once, and the line cut by its end is carried to the next
-    (no block is sliced or joined: copying ~1 MB twice a block cost as much as splitting).
+    Why not a list of lines: most blocks are decoded whole (the lines as one JSON array,
+    :func:`read`), and splitting each block into ~300 bytes objects only to join them
+    again cost as much as decoding; a block is split only when a line must be read alone.
+    The line cut by a block's end is carried to the next.
     """
     f.seek(start)
     left = None if end is None else end - start
@@ -134,14 +137,15 @@ def blocks(f: BinaryIO, start: int, end: int | None) -> Iterator[tuple[list[byte
             left -= len(data)
         if not data:
             if carry:
-                yield [carry], carry.isascii()
+                yield carry, 1, carry.isascii()
             return
-        lines = data.split(b"\n")
-        if carry:
-            lines[0] = carry + lines[0]
-        carry = lines.pop()  # what follows the last line end: the start of a line
-        if lines:
-            yield lines, data.isascii()
+        cut = data.rfind(b"\n")
+        if cut < 0:  # no line ends in this block: all of it belongs to the carried line
+            carry += data
+            continue
+        text = carry + data[:cut] if carry else data[:cut]
+        carry = data[cut + 1:]  # what follows the last line end: the start of a line
+        yield text, text.count(b"\n") + 1, text.isascii()
 
 
 class Block:
@@ -151,14 +155,15 @@ class Block:
     take as it is, with the same errors and line numbers); a consumer that takes records
     itself reads their ends through :attr:`hint` as :func:`read` does."""
 
-    __slots__ = ("_convert", "_slow", "hint", "lines", "records", "slow")
+    __slots__ = ("_convert", "_lines", "_slow", "_text", "hint", "records", "slow")
 
-    def __init__(self, records: list[Record], lines: list[bytes],
+    def __init__(self, records: list[Record], text: bytes,
                  convert: Callable[[Record], Connection | None],
                  slow: Callable[[bytes, int], Connection | None],
                  hint: Callable[[Who], Hint | None]) -> None:
         self.records = records
-        self.lines = lines
+        self._text = text
+        self._lines: list[bytes] | None = None
         self.hint = hint
         self._convert = convert
         self._slow = slow
@@ -175,10 +180,18 @@ class Block:
             self.slow += 1
             return self._slow(self.lines[i], i)
 
+    @property
+    def lines(self) -> list[bytes]:
+        """The block's lines (split when one is first read alone: most blocks never are)."""
+        if self._lines is None:
+            self._lines = self._text.split(b"\n")
+        return self._lines
 
-#: A block's lines as one JSON array: one call into msgspec per block instead of one per
-#: line. Lines joined by commas cannot decode into as many records unless each line is one
-#: JSON value (an empty or doubled line is a syntax error or a count that differs).
+
+#: A block's lines as one JSON array (its line ends made commas): one call into msgspec per
+#: block instead of one per line. Lines joined by commas cannot decode into as many records
+#: unless each line is one JSON value (an empty or doubled line is a syntax error or a
+#: count that differs).
 _decode_list = msgspec.json.Decoder(list[Record]).decode
 
 
@@ -261,25 +274,29 @@ def read(reader: Reader, f: BinaryIO, name: str, start: int = 0, end: int | None
         return slow_line(line, name, first + base + index, flows)
 
     try:
-        for lines, ascii in blocks(f, start, end):
+        for text, count, ascii in blocks(f, start, end):
             base = n
+            lines: list[bytes] | None = None
             bad = -1  # the index of the first line that is not UTF-8
             if not ascii:
+                lines = text.split(b"\n")
                 bad = next((i for i, line in enumerate(lines) if not _utf8(line)), -1)
             if batch and bad < 0:  # (a block of UTF-8 text: ASCII, or every line checked)
                 try:
-                    records = _decode_list(b"[" + b",".join(lines) + b"]")
+                    records = _decode_list(b"".join((b"[", text.replace(b"\n", b","), b"]")))
                 except Exception:  # some line is odd: each is read alone, below
                     records = None
-                if records is not None and len(records) == len(lines):
-                    block = Block(records, lines, convert, slow, hint)
+                if records is not None and len(records) == count:
+                    block = Block(records, text, convert, slow, hint)
                     try:
                         yield block
                     finally:
-                        n += len(lines)
+                        n += count
                         slow_lines += block.slow
-                    at += sum(map(len, lines)) + len(lines)
+                    at += len(text) + 1
                     continue
+            if lines is None:
+                lines = text.split(b"\n")
             if bad >= 0:
                 at += sum(map(len, lines[:bad])) + bad
                 try:
@@ -303,7 +320,7 @@ def read(reader: Reader, f: BinaryIO, name: str, start: int = 0, end: int | None
             if bad >= 0:
                 raise UserError(f"--from {name}: not UTF-8 text (byte {at}); give JSON lines "
                                 "or a SQLite file")
-            at += sum(map(len, lines)) + len(lines)
+            at += len(text) + 1
     finally:  # counted once, not per record; also when the reader stops early
         stats.records += n - slow_lines
 
