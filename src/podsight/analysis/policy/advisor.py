@@ -39,7 +39,7 @@ from podsight.analysis.policy.ends import End, Ends
 from podsight.analysis.policy.jsonlines import Block
 from podsight.analysis.policy.model import NAMESPACE_NAME_LABEL
 from podsight.analysis.policy.policies import API_VERSION, KIND
-from podsight.analysis.policy.records import Connection
+from podsight.analysis.policy.records import Connection, Rows
 from podsight.analysis.policy.world import GENERATED_LABELS, Pod, Unknown, World
 
 DNS_NAMESPACE = "kube-system"
@@ -195,7 +195,7 @@ class Advisor:
         for conn in conns:
             self.add(conn)
 
-    def add_items(self, items: Iterable[Connection | Block],
+    def add_items(self, items: Iterable[Connection | Block | Rows],
                   stop: Callable[[], bool] | None = None) -> None:
         """:meth:`add_all` for :meth:`Reader.items`: blocks of decoded JSON lines are counted
         by :class:`~podsight.analysis.policy.blockadvise.BlockAdvisor` (the same as adding
@@ -210,6 +210,13 @@ class Advisor:
                 if stop is not None and stop():
                     raise KeyboardInterrupt
                 blocks.run(item)
+                continue
+            if item.__class__ is Rows:
+                assert isinstance(item, Rows)
+                if stop is not None and stop():
+                    raise KeyboardInterrupt
+                for conn in item.connections():
+                    add(conn)
                 continue
             assert isinstance(item, Connection)
             add(item)

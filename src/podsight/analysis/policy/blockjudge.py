@@ -29,12 +29,22 @@ from msgspec import UNSET
 from podsight.analysis.policy.checker import ALLOWED, Checker, Verdict
 from podsight.analysis.policy.ends import End
 from podsight.analysis.policy.jsonlines import Block, Who, own
-from podsight.analysis.policy.records import _ADDRS, PROTOCOLS, Connection, Hint, _addr
+from podsight.analysis.policy.records import (
+    _ADDRS,
+    PROTOCOLS,
+    Connection,
+    Hint,
+    Rows,
+    _addr,
+    hint_from_columns,
+)
 
 #: Held per address text: the identity the record gave, the end, the address as printed,
 #: the end's class, its pod's name (or None) and whether the class decides alone (not a
 #: Service, not loopback), and the record's hint.
 Held = tuple[Who | None, End, str, int, str | None, bool, Hint | None]
+#: The same for a SQLite row's end, held under its address with its identity columns.
+RowHeld = tuple[tuple[Any, ...], End, str, int, str | None, bool, Hint | None]
 
 
 class BlockJudge:
@@ -52,6 +62,7 @@ class BlockJudge:
         self.every = every
         self.generic = generic
         self._held: dict[str, Held] = {}
+        self._held_rows: dict[str, RowHeld] = {}
         self._results: dict[str, str] = {}
 
     def _end(self, addr: str, who: Who | None, block: Block) -> Held:
@@ -70,6 +81,78 @@ class BlockJudge:
             self._held.clear()
         self._held[addr] = held
         return held
+
+    def _row_end(self, addr: Any, ident: tuple[Any, ...]) -> RowHeld:
+        """The end of ``addr`` as a SQLite row names it (``ident``: its kind, namespace,
+        name, workload and node columns); raises on an address that is not written as
+        the reader writes it (the row then goes the reader's way)."""
+        text = _ADDRS.get(addr)
+        if text is None:
+            text = _addr(addr)
+        if text != addr:  # printed as the row has it: the reader's way
+            raise ValueError(addr)
+        hint = hint_from_columns(*ident)
+        checker = self.checker
+        end = checker.ends(text, hint)
+        plain = end.kind != "service" and end.kind != "loopback"
+        held: RowHeld = (ident, end, text, checker.class_of(end),
+                         end.pod.ref if end.pod is not None else None, plain, hint)
+        if len(self._held_rows) > self.LIMIT:
+            self._held_rows.clear()
+        self._held_rows[addr] = held
+        return held
+
+    def run_rows(self, rows: Rows) -> tuple[int, int]:
+        """Judge a batch of trace tcpconnect SQLite rows (``records.ROW_COLUMNS``) as
+        :meth:`run` judges a block: an end is one dict hit on the row's address and one
+        comparison of its five identity columns with those held; the decision one dict hit.
+        With ``-o json``, and for any row whose ports or addresses are not as the gadget
+        writes them, each row's connection is judged the generic way, in its place."""
+        n = denied = 0
+        generic = self.generic
+        if self.every:
+            for conn in rows.connections():
+                n += 1
+                denied += generic(conn)
+            return n, denied
+        held_ends = self._held_rows
+        decisions = self.checker.decisions
+        decide = self.checker.decide
+        end_of = self._row_end
+        write = self.report.write
+        for i, row in enumerate(rows.records):
+            sp, dp = row[2], row[4]
+            s = d = None
+            if sp.__class__ is int and dp.__class__ is int and 0 <= sp <= 65535 \
+                    and 0 <= dp <= 65535:
+                try:
+                    ident = row[6:11]
+                    s = held_ends.get(row[1])
+                    if s is None or s[0] != ident:
+                        s = end_of(row[1], ident)
+                    ident = row[11:16]
+                    d = held_ends.get(row[3])
+                    if d is None or d[0] != ident:
+                        d = end_of(row[3], ident)
+                except Exception:
+                    s = None
+            n += 1
+            if s is None or d is None:  # the reader's way, in its place
+                denied += generic(rows.connection(i))
+                continue
+            src, dst = s[1], d[1]
+            if s[5] and d[5] and s[2] != d[2] and (s[4] is None or s[4] != d[4]):
+                decision = decisions.get((s[3], d[3], dp, "tcp"))
+                if decision is None:
+                    decision = decide(src, dst, dp, "tcp")
+            else:
+                decision = decide(src, dst, dp, "tcp")
+            if decision.verdict != ALLOWED:
+                denied += 1
+                when = row[0] or ""
+                write(Connection("tcp", s[2], sp, d[2], dp, s[6], d[6], when, when, 1,
+                                 row[5] or ""), src, dst, Verdict(decision, src, dst, dp, "tcp"))
+        return n, denied
 
     def run(self, block: Block) -> tuple[int, int]:
         """Judge ``block``; (connections judged, denied)."""

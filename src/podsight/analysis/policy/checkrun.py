@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, TextIO
 
 from podsight.analysis.policy.checker import ALLOWED, Checker, Verdict
 from podsight.analysis.policy.jsonlines import Block
-from podsight.analysis.policy.records import Chunk, Connection, NeedsWholeInput, Reader
+from podsight.analysis.policy.records import Chunk, Connection, NeedsWholeInput, Reader, Rows
 from podsight.errors import RunFailure
 
 #: How often (records, minus one) a long check looks whether Ctrl-C was pressed.
@@ -62,13 +62,14 @@ class Tally:
             self.skipped[proto] = self.skipped.get(proto, 0) + n
 
 
-def judge(conns: Iterable[Connection | Block], checker: Checker, before: Checker | None,
+def judge(conns: Iterable[Connection | Block | Rows], checker: Checker, before: Checker | None,
           report: Any, every: bool, stop: Callable[[], bool]) -> Tally:
     """Judge every connection into ``report``; ``every``: write the allowed ones too.
 
-    ``conns`` may hold blocks of decoded JSON lines (:meth:`Reader.items`): without
-    ``--diff`` they are judged by :class:`~podsight.analysis.policy.blockjudge.BlockJudge`,
-    with it one connection at a time like the rest."""
+    ``conns`` may hold blocks of decoded JSON lines or batches of SQLite rows
+    (:meth:`Reader.items`): without ``--diff`` they are judged by
+    :class:`~podsight.analysis.policy.blockjudge.BlockJudge`, with it one connection at a
+    time like the rest."""
     from podsight.analysis.policy.blockjudge import BlockJudge
 
     tally = Tally()
@@ -97,12 +98,13 @@ def judge(conns: Iterable[Connection | Block], checker: Checker, before: Checker
     blocks = BlockJudge(checker, report, every, one) if before is None else None
     try:
         for conn in conns:
-            if conn.__class__ is Block:
-                assert isinstance(conn, Block)
+            if conn.__class__ is Block or conn.__class__ is Rows:
+                assert isinstance(conn, (Block, Rows))
                 if stop():
                     raise KeyboardInterrupt
                 if blocks is not None:
-                    k, d = blocks.run(conn)
+                    k, d = blocks.run(conn) if isinstance(conn, Block) else \
+                        blocks.run_rows(conn)
                     n += k
                     denied += d
                     continue
@@ -230,7 +232,7 @@ class _Pool:
 
 def judge_parallel(chunks: list[Chunk], jobs: int, reader: Reader,
                    make_report: Callable[[Any, bool], Any],
-                   work: Callable[[Iterable[Connection | Block], Any], Tally],
+                   work: Callable[[Iterable[Connection | Block | Rows], Any], Tally],
                    out: TextIO, header: Callable[[], str], stop: Callable[[], bool]
                    ) -> Tally | int:
     """Judge ``chunks``: the first here, straight into ``out``, the others meanwhile in
@@ -252,7 +254,7 @@ def judge_parallel(chunks: list[Chunk], jobs: int, reader: Reader,
         outputs: list[BinaryIO | None] = [None] + [
             files.enter_context(tempfile.TemporaryFile()) for _ in chunks[1:]]
 
-        def task(index: int, conns: Iterable[Connection | Block]) -> Tally:
+        def task(index: int, conns: Iterable[Connection | Block | Rows]) -> Tally:
             output = outputs[index]
             assert output is not None
             text = open(output.fileno(), "w", encoding="utf-8",  # noqa: SIM115
@@ -356,7 +358,7 @@ def advise_parallel(chunks: list[Chunk], jobs: int, reader: Reader,
     would have raised it. (Before, the parent only waited, then replayed every part's
     journal, the first one's too: ~0.5 s of the benchmark's advise.)
     """
-    def task(index: int, conns: Iterable[Connection | Block]) -> tuple[Any, ...]:
+    def task(index: int, conns: Iterable[Connection | Block | Rows]) -> tuple[Any, ...]:
         part = make_advisor()
         part.journal = []
         error: BaseException | None = None
