@@ -197,8 +197,9 @@ class Advisor:
 
     def add_items(self, items: Iterable[Connection | Block | Rows],
                   stop: Callable[[], bool] | None = None) -> None:
-        """:meth:`add_all` for :meth:`Reader.items`: blocks of decoded JSON lines are counted
-        by :class:`~podsight.analysis.policy.blockadvise.BlockAdvisor` (the same as adding
+        """:meth:`add_all` for :meth:`Reader.items`: blocks of decoded JSON lines and batches
+        of SQLite rows are counted by
+        :class:`~podsight.analysis.policy.blockadvise.BlockAdvisor` (the same as adding
         their connections one by one, faster); ``stop()`` is asked before each block."""
         from podsight.analysis.policy.blockadvise import BlockAdvisor
 
@@ -215,8 +216,7 @@ class Advisor:
                 assert isinstance(item, Rows)
                 if stop is not None and stop():
                     raise KeyboardInterrupt
-                for conn in item.connections():
-                    add(conn)
+                blocks.run_rows(item)
                 continue
             assert isinstance(item, Connection)
             add(item)

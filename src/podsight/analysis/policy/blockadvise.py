@@ -25,13 +25,13 @@ the same order, so the policies are the same byte for byte.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET
 
 from podsight.analysis.policy.ends import End
 from podsight.analysis.policy.jsonlines import Block, Who, own
-from podsight.analysis.policy.records import _ADDRS, PROTOCOLS, _addr
+from podsight.analysis.policy.records import _ADDRS, PROTOCOLS, Rows, _addr, hint_from_columns
 
 if TYPE_CHECKING:
     from podsight.analysis.policy.advisor import Advisor
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 #: normalised, the end's pod's name (or None), and whether the end can take part in a
 #: route without the advisor's checks (not loopback).
 Held = tuple[Who | None, End, str, str | None, bool]
+#: The same for a SQLite row's end, held under its address with its identity columns.
+RowHeld = tuple[tuple[Any, ...], End, str, str | None, bool]
 
 
 class BlockAdvisor:
@@ -50,6 +52,7 @@ class BlockAdvisor:
     def __init__(self, advisor: Advisor) -> None:
         self.advisor = advisor
         self._held: dict[str, Held] = {}
+        self._held_rows: dict[str, RowHeld] = {}
 
     def _end(self, addr: str, who: Who | None, block: Block) -> Held:
         """The end of ``addr`` as this record names it, as :meth:`Advisor.add` finds it
@@ -64,6 +67,68 @@ class BlockAdvisor:
             self._held.clear()
         self._held[addr] = held
         return held
+
+    def _row_end(self, addr: Any, ident: tuple[Any, ...]) -> RowHeld:
+        """The end of ``addr`` as a SQLite row names it (``ident``: its kind, namespace,
+        name, workload and node columns); raises on an address not written as the reader
+        writes it (the row then goes the reader's way)."""
+        text = _ADDRS.get(addr)
+        if text is None:
+            text = _addr(addr)
+        if text != addr:
+            raise ValueError(addr)
+        end = self.advisor.ends(text, hint_from_columns(*ident))
+        held: RowHeld = (ident, end, text, end.pod.ref if end.pod is not None else None,
+                         end.kind != "loopback")
+        if len(self._held_rows) > self.LIMIT:
+            self._held_rows.clear()
+        self._held_rows[addr] = held
+        return held
+
+    def run_rows(self, rows: Rows) -> None:
+        """Count every connection of a batch of trace tcpconnect SQLite rows
+        (``records.ROW_COLUMNS``), as :meth:`run` counts a block's."""
+        advisor = self.advisor
+        routes = advisor._routes
+        add = advisor.add
+        held_ends = self._held_rows
+        end_of = self._row_end
+        n = 0
+        try:
+            for i, row in enumerate(rows.records):
+                sp, dp = row[2], row[4]
+                route = None
+                if sp.__class__ is int and dp.__class__ is int and 0 <= sp <= 65535 \
+                        and 0 <= dp <= 65535:
+                    try:
+                        ident = row[6:11]
+                        s = held_ends.get(row[1])
+                        if s is None or s[0] != ident:
+                            s = end_of(row[1], ident)
+                        ident = row[11:16]
+                        d = held_ends.get(row[3])
+                        if d is None or d[0] != ident:
+                            d = end_of(row[3], ident)
+                    except Exception:
+                        pass
+                    else:  # Advisor.add's own tests, in its order (as in run)
+                        sc, dc = s[1].cls, d[1].cls
+                        if sc >= 0 and dc >= 0 and s[4] and d[4] and s[2] != d[2] and \
+                                (s[3] is None or s[3] != d[3]):
+                            route = routes.get((sc, dc, dp, "tcp"))
+                if route is None:  # the reader's and the advisor's way, in its place
+                    add(rows.connection(i))
+                    continue
+                n += 1
+                route.count += 1
+                when = row[0]
+                if when:
+                    if not route.first or when < route.first:
+                        route.first = when
+                    if when > route.last:
+                        route.last = when
+        finally:  # what was counted counts, also when a row stops the advice
+            advisor.connections += n
 
     def run(self, block: Block) -> None:
         """Count every connection of ``block`` into the advisor."""
