@@ -206,17 +206,14 @@ class Advisor:
         blocks = BlockAdvisor(self)
         add = self.add
         for item in items:
-            if item.__class__ is Block:
-                assert isinstance(item, Block)
+            if item.__class__ is Block or item.__class__ is Rows:
                 if stop is not None and stop():
                     raise KeyboardInterrupt
-                blocks.run(item)
-                continue
-            if item.__class__ is Rows:
-                assert isinstance(item, Rows)
-                if stop is not None and stop():
-                    raise KeyboardInterrupt
-                blocks.run_rows(item)
+                if isinstance(item, Block):
+                    blocks.run(item)
+                else:
+                    assert isinstance(item, Rows)
+                    blocks.run_rows(item)
                 continue
             assert isinstance(item, Connection)
             add(item)
