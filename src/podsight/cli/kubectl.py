@@ -39,7 +39,8 @@ CLUSTER_FLAGS = {"--agent-addr": True, "--token-file": True, "--kubeconfig": Tru
 #: Output flags of gadget commands: kept on the client. flag -> takes a value.
 OUTPUT_FLAGS = {"-o": True, "--output": True, "--json": True, "--sqlite": True, "-w": True,
                 "--write": True, "--force": False, "--tui": False, "--no-tui": False,
-                "--max-bytes": True, "--max-packets": True, "--ring": True, "--ring-size": True}
+                "--max-bytes": True, "--max-packets": True, "--ring": True, "--ring-size": True,
+                "--page-cache": False}
 GRAPH_FLAGS = {"-o": True, "--output": True, "--stats-type": True, "--persistent": True,
                "--aggregate-cidr": True, "--aggregate-cidr6": True, "--tls": False,
                "--flows": False, "--open-every": True, "--timeout": True, "--max-time": True,
@@ -221,7 +222,7 @@ def _gadget(cluster: list[str], rest: list[str]) -> int:
             outputs.capture = sinks.MergedCapture(PcapngOutput(
                 ns.write, application=f"kubectl-podsight {spec.name}", force=ns.force,
                 ring=ns.ring, ring_size=ns.ring_size, max_packets=ns.max_packets,
-                keylog=keys), keys)
+                keylog=keys, direct=not ns.page_cache), keys)
             outputs.records.append(outputs.capture)  # the merged blocks, in time order
             closers.append(outputs.capture)
         else:

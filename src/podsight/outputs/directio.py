@@ -1,0 +1,250 @@
+"""A capture file written around the page cache (``O_DIRECT``), for whole packets at line rate.
+
+Why: a capture of whole packets writes hundreds of MB/s, and every byte
+written through the page cache lands in a page the kernel must first find
+and zero: on a VM whose host takes freed guest memory back (virtio-balloon
+free page reporting), that costs a host fault per page, and ``write`` into
+the page cache ran at ~360 MB/s there at a full CPU, where ``O_DIRECT`` to the
+same disk took 1.8 GB/s (bench/packets.py, README). On any node it also keeps
+gigabytes of capture from pushing the workload's own files out of the cache.
+
+How: the blocks are gathered by the kernel (``pwritev``) into a staging
+buffer (a memfd mapped here: the same pages every time, so they stay
+resident), and the buffer's whole 4 KiB pages go to the file with one
+``O_DIRECT`` write. What is left (less than a page) is written at once through
+a second, ordinary descriptor of the same file, and written again, page
+aligned, with the next batch (an ``O_DIRECT`` write flushes and drops the
+cached page first, so the two never disagree). So after every
+:meth:`DirectFile.append` call the file ends where the appended data ends,
+on a block boundary, as with plain writes; a failure cuts the file back to
+where the call began.
+
+Filesystems that refuse ``O_DIRECT`` (tmpfs, some FUSE) make :func:`open_direct`
+return None, and the caller writes as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import mmap
+import os
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+from podsight.outputs.stream import IOV_MAX
+
+ALIGN = 4096
+#: Each half of the staging buffer: a batch larger than this goes out in several writes.
+STAGE = 8 << 20
+HALF = STAGE + ALIGN
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.pwritev.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_long]
+_libc.pwritev.restype = ctypes.c_ssize_t
+
+
+class DirectFile:
+    """Appends to ``fd`` (opened with ``O_DIRECT``) through a staging buffer; ``plain``
+    is the same file opened without it, for the tail that is not a whole page.
+
+    The buffer has two halves: while one half's pages are being written (by a
+    thread: the write waits for the disk, and the capture must go on reading
+    meanwhile), the next blocks are gathered into the other."""
+
+    def __init__(self, fd: int, plain: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.fd = fd
+        self.plain = plain
+        self.size = 0  # bytes appended (in the file once every write is done)
+        self._memfd = os.memfd_create("podsight-pcapng", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self._memfd, 2 * HALF)
+            self._mm = mmap.mmap(self._memfd, 2 * HALF)
+        except BaseException:
+            os.close(self._memfd)
+            raise
+        self._view = memoryview(self._mm)
+        self._half = 0  # the half being filled; its byte 0 is at file offset self._base
+        self._staged = 0
+        self._base = 0
+        self._writing: list[Future[None] | None] = [None, None]
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="podsight-direct")
+        #: appends' ends since the oldest write that may still fail: where to cut back to
+        self._ends: list[int] = [0]
+
+    @property
+    def _at(self) -> int:
+        return self._half * HALF + self._staged
+
+    def append(self, data: bytes) -> int:
+        """Write ``data`` at the end of the file."""
+        if not data:
+            return 0
+        start = self.size
+        try:
+            done = 0
+            while done < len(data):
+                k = min(len(data) - done, STAGE - self._staged)
+                self._view[self._at:self._at + k] = data[done:done + k]
+                self._staged += k
+                done += k
+                if self._staged >= STAGE:
+                    self._out()
+            self._commit(start + len(data))
+        except BaseException:
+            self._cut(start)
+            raise
+        return len(data)
+
+    def append_iov(self, iov: np.ndarray) -> int:
+        """Write the buffers of ``iov`` ((n, 2) uint64: address, length) at the end of the
+        file, in order; the kernel gathers them into the staging buffer."""
+        import numpy as np
+
+        n = len(iov)
+        if not n:
+            return 0
+        iov = np.ascontiguousarray(iov, dtype=np.uint64)
+        lengths = iov[:, 1].astype(np.int64)
+        total = int(lengths.sum())
+        start = self.size
+        try:
+            i = 0
+            while i < n:
+                # As many buffers as fit the half (at least one: none is larger than it).
+                ends = np.cumsum(lengths[i:i + IOV_MAX])
+                k = int(np.searchsorted(ends, STAGE - self._staged, side="right"))
+                if k == 0:
+                    self._out()
+                    continue
+                want = int(ends[k - 1])
+                while True:
+                    got = _libc.pwritev(self._memfd, iov.ctypes.data + i * 16, k, self._at)
+                    if got >= 0 or ctypes.get_errno() != errno.EINTR:
+                        break
+                if got < 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+                if got != want:  # a memfd write within its size is never short
+                    raise OSError(errno.EIO, "short write into the staging buffer")
+                self._staged += want
+                i += k
+                if self._staged >= STAGE:
+                    self._out()
+            self._commit(start + total)
+        except BaseException:
+            self._cut(start)
+            raise
+        return total
+
+    def _write(self, at: int, length: int, offset: int) -> None:
+        done = 0
+        while done < length:
+            done += os.pwrite(self.fd, self._view[at + done:at + length], offset + done)
+
+    def _wait(self, half: int) -> None:
+        """Until the write from ``half`` is done; its error, if it failed."""
+        job, self._writing[half] = self._writing[half], None
+        if job is not None:
+            job.result()
+
+    def _out(self) -> None:
+        """The half's whole pages to the file (by the thread); the rest to the other half."""
+        whole = self._staged // ALIGN * ALIGN
+        if not whole:
+            return
+        half = self._half
+        other = 1 - half
+        self._wait(other)  # its buffer is reused now: its write must be over
+        self._writing[half] = self._pool.submit(self._write, half * HALF, whole, self._base)
+        rest = self._staged - whole
+        if rest:
+            self._mm.move(other * HALF, half * HALF + whole, rest)
+        self._half = other
+        self._base += whole
+        self._staged = rest
+
+    def _commit(self, size: int) -> None:
+        """Everything appended so far on its way to the file: whole pages by the thread, the
+        tail through the page cache now (rewritten with the next pages)."""
+        self._out()
+        if self._staged:
+            at = self._half * HALF
+            done = 0
+            while done < self._staged:
+                done += os.pwrite(self.plain, self._view[at + done:at + self._staged],
+                                  self._base + done)
+        self.size = size
+        if all(job is None or job.done() for job in self._writing):
+            self._ends = [size]
+        else:
+            self._ends.append(size)
+
+    def flush(self) -> None:
+        """Wait until every page appended is in the file."""
+        self._wait(0)
+        self._wait(1)
+        self._ends = [self.size]
+
+    def _cut(self, size: int) -> None:
+        """After a failure: the file back to the last append's end that is surely in it
+        (``size`` or earlier), the buffer to that end's page."""
+        good = size
+        for half in (0, 1):
+            try:
+                self._wait(half)
+            except OSError:
+                good = min(good, self._ends[0])
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.plain, good)
+        self._half = 0
+        self._base = good // ALIGN * ALIGN
+        self._staged = 0
+        with contextlib.suppress(OSError):
+            self._staged = good - self._base
+            if self._staged:
+                self._view[:self._staged] = os.pread(self.plain, self._staged, self._base)
+        self.size = good
+        self._ends = [good]
+
+    def close(self) -> None:
+        """Wait for the writes, then close both descriptors."""
+        try:
+            self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
+            view, self._view = self._view, memoryview(b"")
+            view.release()
+            self._mm.close()
+            os.close(self._memfd)
+            os.close(self.fd)
+            os.close(self.plain)
+
+
+def open_direct(fd: int, path: str) -> DirectFile | None:
+    """A :class:`DirectFile` for ``fd`` (a new, empty regular file opened for writing at
+    ``path``), or None where the filesystem does not take ``O_DIRECT`` (``fd`` is then
+    left as it was)."""
+    try:
+        direct = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        probe = mmap.mmap(-1, ALIGN)
+        try:
+            os.pwrite(direct, memoryview(probe), 0)  # EINVAL here on some filesystems
+        finally:
+            probe.close()
+        os.ftruncate(fd, 0)
+        return DirectFile(direct, fd)
+    except OSError:
+        os.close(direct)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        return None
