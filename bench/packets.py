@@ -14,6 +14,11 @@ capturer's own CPU time while iperf3 ran, from /proc/PID/task/*/schedstat,
 divided by the packets that crossed the interface), and iperf3's throughput
 relative to the run without capture and to tcpdump's.
 
+``--variant 'podsight full,podsight -s 96:rr1:chrt -r 1'`` adds rows after the configs
+named: the same capturer under a command prefix (``chrt -r 1``, ``nice -n -10``, ``env
+X=1``) and/or with more podsight flags (``'podsight full:page-cache::--page-cache'``), in
+every round, with podsight's ratio to the same round's tcpdump.
+
 With ``--prog-stats`` the kernel's run-time statistics (BPF_ENABLE_STATS) are
 on while iperf3 runs beside podsight, and the rows say how long podsight's
 programs ran per packet in the kernel (``prog_ns``: the entry program with
