@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from podsight.outputs.directio import DirectFile, open_direct
+from podsight.outputs.directio import DirectFile, Stage, open_direct
 
 SHB, IDB, EPB, NRB, ISB, DSB = 0x0A0D0D0A, 0x00000001, 0x00000006, 0x00000004, 0x00000005, 0x0A
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
@@ -268,6 +268,7 @@ class PcapngOutput:
                  direct: bool = False) -> None:
         self.target = target
         self.direct = direct
+        self._stage: Stage | None = None  # O_DIRECT's staging buffer, shared by ring files
         self.application = application
         self.force = force
         self.ring = ring
@@ -307,7 +308,7 @@ class PcapngOutput:
             fd = os.open(path, flags, 0o600)
             os.fchmod(fd, 0o600)  # an existing file overwritten with --force keeps no wider mode
         self._seq += 1
-        self._file = _File(fd, path, open_direct(fd, path) if self.direct and fd != 1 else None)
+        self._file = _File(fd, path, self._open_direct(fd, path))
         self.files.append(path)
         if self.ring is not None:
             while len(self.files) > self.ring:
@@ -322,6 +323,13 @@ class PcapngOutput:
         if self.keylog is not None and self.keylog.keys:
             head.append(decryption_secrets(self.keylog.keys))
         self._put(b"".join(head))
+
+    def _open_direct(self, fd: int, path: str) -> DirectFile | None:
+        if not self.direct or fd == 1:
+            return None
+        if self._stage is None:
+            self._stage = Stage()
+        return open_direct(fd, path, self._stage)
 
     def _close_file(self, interfaces: Sequence[Any]) -> None:
         f = self._file
@@ -454,9 +462,14 @@ class PcapngOutput:
 
     def close(self, interfaces: Sequence[Any]) -> None:
         self._interfaces = interfaces
-        if self._file is not None:
-            self._put(b"".join(self._describe(interfaces)))
-        self._close_file(interfaces)
+        try:
+            if self._file is not None:
+                self._put(b"".join(self._describe(interfaces)))
+            self._close_file(interfaces)
+        finally:
+            stage, self._stage = self._stage, None
+            if stage is not None:
+                stage.close()
 
 
 def commented(epb: bytes, notation_of: Callable[[str], str]) -> bytes:
