@@ -9,15 +9,18 @@ same disk took 1.8 GB/s (bench/packets.py, README). On any node it also keeps
 gigabytes of capture from pushing the workload's own files out of the cache.
 
 How: the blocks are gathered by the kernel (``pwritev``) into a staging
-buffer (a memfd mapped here: the same pages every time, so they stay
-resident), and the buffer's whole 4 KiB pages go to the file with one
-``O_DIRECT`` write. What is left (less than a page) is written at once through
-a second, ordinary descriptor of the same file, and written again, page
-aligned, with the next batch (an ``O_DIRECT`` write flushes and drops the
-cached page first, so the two never disagree). So after every
-:meth:`DirectFile.append` call the file ends where the appended data ends,
-on a block boundary, as with plain writes; a failure cuts the file back to
-where the call began.
+buffer (a memfd mapped here, its pages touched once: the same pages every
+time, so they stay resident) of two halves; a thread writes one half's whole
+4 KiB pages to the file with one ``O_DIRECT`` write while the next blocks are
+gathered into the other. The last part page waits in the buffer for the next
+batch; :meth:`DirectFile.flush` (at the file's end) writes it through a
+second, ordinary descriptor of the same file. It is not written at each
+batch: while an ``O_DIRECT`` write extends the file, the inode is locked,
+and that write would make the capture wait for the disk (bench: the reader
+spent ~10% of its time there). So while a capture runs the file ends on a
+page boundary, up to two halves behind; once flushed (Ctrl-C, SIGTERM, a
+limit, rotation) it is whole. A failed write cuts the file back to the end
+of an append that is wholly in it.
 
 Filesystems that refuse ``O_DIRECT`` (tmpfs, some FUSE) make :func:`open_direct`
 return None, and the caller writes as before.
@@ -72,8 +75,9 @@ class DirectFile:
         self._base = 0
         self._writing: list[Future[None] | None] = [None, None]
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="podsight-direct")
-        #: appends' ends since the oldest write that may still fail: where to cut back to
+        #: appends' ends, from the last one wholly in the file on: where a failure cuts to
         self._ends: list[int] = [0]
+        self._written = 0  # the file is whole up to here (the thread's last write's end)
 
     @property
     def _at(self) -> int:
@@ -141,9 +145,11 @@ class DirectFile:
         return total
 
     def _write(self, at: int, length: int, offset: int) -> None:
+        """(The thread) pages of the buffer to the file; the writes are done in order."""
         done = 0
         while done < length:
             done += os.pwrite(self.fd, self._view[at + done:at + length], offset + done)
+        self._written = offset + length
 
     def _wait(self, half: int) -> None:
         """Until the write from ``half`` is done; its error, if it failed."""
@@ -168,45 +174,52 @@ class DirectFile:
         self._staged = rest
 
     def _commit(self, size: int) -> None:
-        """Everything appended so far on its way to the file: whole pages by the thread, the
-        tail through the page cache now (rewritten with the next pages)."""
+        """The append's whole pages on their way to the file; its last part page waits in
+        the buffer for the next append (or :meth:`flush`). Not written now through the
+        page cache: that write would wait for the thread's (the inode is locked while an
+        ``O_DIRECT`` write extends the file), and the capture with it."""
         self._out()
-        if self._staged:
-            at = self._half * HALF
-            done = 0
-            while done < self._staged:
-                done += os.pwrite(self.plain, self._view[at + done:at + self._staged],
-                                  self._base + done)
         self.size = size
-        if all(job is None or job.done() for job in self._writing):
-            self._ends = [size]
-        else:
-            self._ends.append(size)
+        self._ends.append(size)
+        while len(self._ends) > 1 and self._ends[1] <= self._written:
+            self._ends.pop(0)
 
     def flush(self) -> None:
-        """Wait until every page appended is in the file."""
+        """Every byte appended into the file: wait for the thread, then write the last part
+        page through the page cache (rewritten, page aligned, by the next pages if any)."""
         self._wait(0)
         self._wait(1)
+        at = self._half * HALF
+        done = 0
+        while done < self._staged:
+            done += os.pwrite(self.plain, self._view[at + done:at + self._staged],
+                              self._base + done)
         self._ends = [self.size]
 
     def _cut(self, size: int) -> None:
-        """After a failure: the file back to the last append's end that is surely in it
-        (``size`` or earlier), the buffer to that end's page."""
-        good = size
+        """After a failure: the file back to the end of the last append that is wholly in
+        it (``size`` at most), the buffer to that end's page."""
         for half in (0, 1):
-            try:
+            with contextlib.suppress(OSError):
                 self._wait(half)
+        tail = b""
+        good = 0
+        for end in sorted({0, *self._ends}, reverse=True):
+            if end > min(size, self._written):
+                continue
+            try:  # the end's part page, for the next pages (the file is write-only here)
+                tail = _read(self.plain, end // ALIGN * ALIGN, end % ALIGN)
             except OSError:
-                good = min(good, self._ends[0])
+                continue
+            good = end
+            break
         with contextlib.suppress(OSError):
             os.ftruncate(self.plain, good)
         self._half = 0
         self._base = good // ALIGN * ALIGN
-        self._staged = 0
-        with contextlib.suppress(OSError):
-            self._staged = good - self._base
-            if self._staged:
-                self._view[:self._staged] = os.pread(self.plain, self._staged, self._base)
+        self._written = self._base
+        self._staged = len(tail)
+        self._view[:len(tail)] = tail
         self.size = good
         self._ends = [good]
 
@@ -249,6 +262,20 @@ class Stage:
     def close(self) -> None:
         self.mm.close()
         os.close(self.memfd)
+
+
+def _read(fd: int, offset: int, length: int) -> bytes:
+    """``length`` bytes at ``offset`` of the file ``fd`` (open for writing only) names."""
+    if not length:
+        return b""
+    rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.pread(rfd, length, offset)
+    finally:
+        os.close(rfd)
+    if len(data) != length:
+        raise OSError(errno.EIO, "short read")
+    return data
 
 
 def open_direct(fd: int, path: str, stage: Stage | None = None) -> DirectFile | None:
