@@ -61,6 +61,21 @@ def test_appends_of_every_size_land_in_order(tmp_path):
     assert path.read_bytes() == bytes(want)
 
 
+def test_a_quiet_capture_file_ends_on_each_append(tmp_path):
+    """Appends that fill no page: no page write is in flight, so each one is in the file at
+    once (a reader of the growing file sees whole blocks)."""
+    path = tmp_path / "q.bin"
+    f = _new(path)
+    want = b""
+    for i in range(30):  # 3075 bytes in all
+        data = bytes([i]) * (1 + i * 7)
+        f.append(data)
+        want += data
+        assert path.read_bytes() == want
+    f.close()
+    assert path.read_bytes() == want
+
+
 def _frames(n: int, payload: int):  # type: ignore[no-untyped-def]
     from podsight.pipeline import Frames
 

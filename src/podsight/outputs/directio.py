@@ -12,15 +12,17 @@ How: the blocks are gathered by the kernel (``pwritev``) into a staging
 buffer (a memfd mapped here, its pages touched once: the same pages every
 time, so they stay resident) of two halves; a thread writes one half's whole
 4 KiB pages to the file with one ``O_DIRECT`` write while the next blocks are
-gathered into the other. The last part page waits in the buffer for the next
-batch; :meth:`DirectFile.flush` (at the file's end) writes it through a
-second, ordinary descriptor of the same file. It is not written at each
-batch: while an ``O_DIRECT`` write extends the file, the inode is locked,
-and that write would make the capture wait for the disk (bench: the reader
-spent ~10% of its time there). So while a capture runs the file ends on a
-page boundary, up to two halves behind; once flushed (Ctrl-C, SIGTERM, a
-limit, rotation) it is whole. A failed write cuts the file back to the end
-of an append that is wholly in it.
+gathered into the other. The last part page is written
+through a second, ordinary descriptor of the same file when no page write
+is in flight (a capture that is not busy: the file then ends where the
+batch ends), and again, page aligned, with the next pages; while a page
+write is in flight it waits for the next batch or :meth:`DirectFile.flush`,
+because an ``O_DIRECT`` write that extends the file holds the inode's lock
+and the capture would wait for the disk with it (bench: the reader spent
+~10% of its time there). So under load the file ends on a page boundary, up
+to two halves behind; once flushed (Ctrl-C, SIGTERM, a limit, rotation) it
+is whole. A failed write cuts the file back to the end of an append that is
+wholly in it.
 
 Filesystems that refuse ``O_DIRECT`` (tmpfs, some FUSE) make :func:`open_direct`
 return None, and the caller writes as before.
@@ -174,19 +176,22 @@ class DirectFile:
         self._staged = rest
 
     def _commit(self, size: int) -> None:
-        """The append's whole pages on their way to the file; its last part page waits in
-        the buffer for the next append (or :meth:`flush`). Not written now through the
-        page cache: that write would wait for the thread's (the inode is locked while an
-        ``O_DIRECT`` write extends the file), and the capture with it."""
+        """The append's whole pages on their way to the file; its last part page written
+        through the page cache too when no page write is in flight (a capture that is not
+        busy: the file then ends on the append's end, for a reader of the growing file).
+        Not while one is: an ``O_DIRECT`` write that extends the file holds the inode's
+        lock, and the capture would wait for the disk with it."""
         self._out()
         self.size = size
         self._ends.append(size)
+        if self._staged and all(job is None or job.done() for job in self._writing):
+            self._tail()
         while len(self._ends) > 1 and self._ends[1] <= self._written:
             self._ends.pop(0)
 
-    def flush(self) -> None:
-        """Every byte appended into the file: wait for the thread, then write the last part
-        page through the page cache (rewritten, page aligned, by the next pages if any)."""
+    def _tail(self) -> None:
+        """Wait for the page writes; then the part page through the page cache (an
+        ``O_DIRECT`` write of the same page later flushes and drops the cached one)."""
         self._wait(0)
         self._wait(1)
         at = self._half * HALF
@@ -194,6 +199,11 @@ class DirectFile:
         while done < self._staged:
             done += os.pwrite(self.plain, self._view[at + done:at + self._staged],
                               self._base + done)
+        self._written = self._base + self._staged
+
+    def flush(self) -> None:
+        """Every byte appended into the file."""
+        self._tail()
         self._ends = [self.size]
 
     def _cut(self, size: int) -> None:
