@@ -40,7 +40,7 @@ CLUSTER_FLAGS = {"--agent-addr": True, "--token-file": True, "--kubeconfig": Tru
 OUTPUT_FLAGS = {"-o": True, "--output": True, "--json": True, "--sqlite": True, "-w": True,
                 "--write": True, "--force": False, "--tui": False, "--no-tui": False,
                 "--max-bytes": True, "--max-packets": True, "--ring": True, "--ring-size": True,
-                "--page-cache": False}
+                "--page-cache": False}  # the client's file is always written through it
 GRAPH_FLAGS = {"-o": True, "--output": True, "--stats-type": True, "--persistent": True,
                "--aggregate-cidr": True, "--aggregate-cidr6": True, "--tls": False,
                "--flows": False, "--open-every": True, "--timeout": True, "--max-time": True,
@@ -215,6 +215,9 @@ def _gadget(cluster: list[str], rest: list[str]) -> int:
             factory = _capture_output(ns)
             from podsight.outputs.pcapng import PcapngOutput
 
+            # Through the page cache (no O_DIRECT: outputs/directio.py): the merged frames
+            # come over the network in batches only as they arrive, with no idle turn to
+            # end the file on its last block for a reader of the growing file.
             # -w checked; the merged file needs no identity callbacks: --comments are made
             # by each agent (it knows its node's pods), and --tls-keylog is read there.
             del factory
@@ -222,7 +225,7 @@ def _gadget(cluster: list[str], rest: list[str]) -> int:
             outputs.capture = sinks.MergedCapture(PcapngOutput(
                 ns.write, application=f"kubectl-podsight {spec.name}", force=ns.force,
                 ring=ns.ring, ring_size=ns.ring_size, max_packets=ns.max_packets,
-                keylog=keys, direct=not ns.page_cache), keys)
+                keylog=keys), keys)
             outputs.records.append(outputs.capture)  # the merged blocks, in time order
             closers.append(outputs.capture)
         else:

@@ -80,6 +80,7 @@ class DirectFile:
         #: appends' ends, from the last one wholly in the file on: where a failure cuts to
         self._ends: list[int] = [0]
         self._written = 0  # the file is whole up to here (the thread's last write's end)
+        self._dirty = False  # the part page has bytes the file has not
 
     @property
     def _at(self) -> int:
@@ -184,7 +185,13 @@ class DirectFile:
         self._out()
         self.size = size
         self._ends.append(size)
-        if self._staged and all(job is None or job.done() for job in self._writing):
+        self._dirty = True
+        self.settle()
+
+    def settle(self) -> None:
+        """The part page into the file if it is not and no page write is in flight (the
+        caller's idle turns end a quiet capture's file on its last block)."""
+        if self._dirty and all(job is None or job.done() for job in self._writing):
             self._tail()
         while len(self._ends) > 1 and self._ends[1] <= self._written:
             self._ends.pop(0)
@@ -200,6 +207,7 @@ class DirectFile:
             done += os.pwrite(self.plain, self._view[at + done:at + self._staged],
                               self._base + done)
         self._written = self._base + self._staged
+        self._dirty = False
 
     def flush(self) -> None:
         """Every byte appended into the file."""

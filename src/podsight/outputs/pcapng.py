@@ -439,6 +439,8 @@ class PcapngOutput:
                 self._open_next()
         # Interfaces that went away: their statistics after their last packets.
         self._put(b"".join(self._statistics(self._file, interfaces, everyone=False)))
+        if self._file.direct is not None:
+            self._file.direct.settle()  # called every turn, frames or not: see .directio
         self.packets += n
         if self.max_packets is not None and self.packets >= self.max_packets:
             self.full = "--max-packets reached"
