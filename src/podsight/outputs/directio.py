@@ -24,7 +24,7 @@ to two halves behind; once flushed (Ctrl-C, SIGTERM, a limit, rotation) it
 is whole. A failed write cuts the file back to the end of an append that is
 wholly in it.
 
-Filesystems that refuse ``O_DIRECT`` (tmpfs, some FUSE) make :func:`open_direct`
+Filesystems that refuse ``O_DIRECT`` (tmpfs before Linux 6.6, some FUSE) make :func:`open_direct`
 return None, and the caller writes as before.
 """
 
