@@ -14,6 +14,11 @@ capturer's own CPU time while iperf3 ran, from /proc/PID/task/*/schedstat,
 divided by the packets that crossed the interface), and iperf3's throughput
 relative to the run without capture and to tcpdump's.
 
+``--variant 'podsight full,podsight -s 96:rr1:chrt -r 1'`` adds rows after the configs
+named: the same capturer under a command prefix (``chrt -r 1``, ``nice -n -10``, ``env
+X=1``) and/or with more podsight flags (``'podsight full:page-cache::--page-cache'``), in
+every round, with podsight's ratio to the same round's tcpdump.
+
 With ``--prog-stats`` the kernel's run-time statistics (BPF_ENABLE_STATS) are
 on while iperf3 runs beside podsight, and the rows say how long podsight's
 programs ran per packet in the kernel (``prog_ns``: the entry program with
@@ -114,15 +119,18 @@ def thread_cpu_ns(pid: int) -> dict[str, int]:
 PODSIGHT_EXTRA: list[str] = []  # --podsight-args: more flags for every podsight run
 BASE_SRC: list[str] = []  # --base-src: a second podsight's source tree, run as podsight-base
 BASE_EXTRA: list[str] = []  # --base-args: podsight-base's flags instead of --podsight-args
+#: --variant: config label -> (command prefix, more podsight flags) of the extra rows
+VARIANTS: dict[str, tuple[list[str], list[str]]] = {}
 
 
-def capturer(kind: str, snaplen: int, expr: str, out: Path) -> list[str]:
+def capturer(kind: str, snaplen: int, expr: str, out: Path, label: str = "") -> list[str]:
+    prefix, more = VARIANTS.get(label, ([], []))
     if kind == "tcpdump":
-        return ["ip", "netns", "exec", SERVER_NS, "tcpdump", "-i", "eth0", "-s", str(snaplen),
-                "-w", str(out), *([expr] if expr else [])]
+        return ["ip", "netns", "exec", SERVER_NS, *prefix, "tcpdump", "-i", "eth0", "-s",
+                str(snaplen), "-w", str(out), *([expr] if expr else [])]
     extra = BASE_EXTRA if kind == "podsight-base" and BASE_EXTRA else PODSIGHT_EXTRA
-    return [*PODSIGHT, "packets", "--netns", SERVER_NS, "-s", str(snaplen or 262144),
-            "-w", str(out), *extra, *([expr] if expr else [])]
+    return [*prefix, *PODSIGHT, "packets", "--netns", SERVER_NS, "-s", str(snaplen or 262144),
+            "-w", str(out), *extra, *more, *([expr] if expr else [])]
 
 
 def wait_ready(proc: subprocess.Popen[bytes], err: Path, words: str) -> None:
@@ -155,8 +163,9 @@ def one(children: Children, label: str, kind: str | None, snaplen: int, expr: st
         if kind == "podsight-base":
             env = {**os.environ, "PYTHONPATH": BASE_SRC[0]}
         with err.open("wb") as ferr:
-            proc = children.start(capturer(kind, snaplen, expr, out), stdout=subprocess.DEVNULL,
-                                  stderr=ferr, stdin=subprocess.DEVNULL, env=env)
+            proc = children.start(capturer(kind, snaplen, expr, out, label),
+                                  stdout=subprocess.DEVNULL, stderr=ferr,
+                                  stdin=subprocess.DEVNULL, env=env)
         wait_ready(proc, err, "listening on" if kind == "tcpdump" else "capturing packets")
     stats = None
     if prog_stats and kind == "podsight":
@@ -337,10 +346,17 @@ def summarize_rates(rated: list[dict[str, Any]], rates: list[int]) -> dict[str, 
 
 def configs(only: str | None) -> list[tuple[str, str | None, int, str]]:
     """CONFIGS, or those whose label is in the comma-separated ``only`` ("none" always)."""
-    if not only:
-        return CONFIGS
-    wanted = {w.strip() for w in only.split(",")} | {"none"}
-    return [c for c in CONFIGS if c[0] in wanted]
+    chosen = CONFIGS
+    if only:
+        wanted = {w.strip() for w in only.split(",")} | {"none"}
+        chosen = [c for c in CONFIGS if c[0] in wanted]
+    out = []
+    for c in chosen:
+        out.append(c)
+        for label in VARIANTS:
+            if label.startswith(c[0] + " ["):
+                out.append((label, c[1], c[2], c[3]))
+    return out
 
 
 def summarize(rows: list[dict[str, Any]],
@@ -365,7 +381,7 @@ def summarize(rows: list[dict[str, Any]],
           f"{'iperf3 Gbit/s':>18} {'vs none':>7} {'vs tcpdump, per round':>24}")
     for label, kind, _, _ in chosen:
         gbps = med(label, "gbps")
-        peer = label.replace("podsight", "tcpdump").replace("full", "-s 0")
+        peer = label.split(" [")[0].replace("podsight", "tcpdump").replace("full", "-s 0")
         ratios = []
         if kind == "podsight":
             ref = {r["round"]: r["gbps"] for r in rows if r["label"] == peer}
@@ -420,7 +436,21 @@ def main() -> int:
                         help="podsight-base's flags (default: --podsight-args)")
     parser.add_argument("--podsight-args", default="",
                         help="more flags for podsight, e.g. '-B 2M'")
+    parser.add_argument("--variant", action="append", default=[],
+                        metavar="CONFIGS:NAME:PREFIX[:FLAGS]",
+                        help="extra rows after each of the comma-separated configs (e.g. "
+                             "'podsight full,podsight -s 96:rr1:chrt -r 1'): the same capturer "
+                             "run under the command PREFIX and with podsight FLAGS, labelled "
+                             "'CONFIG [NAME]'")
     args = parser.parse_args()
+    for text in args.variant:
+        parts = text.split(":")
+        if len(parts) not in (3, 4) or not parts[1]:
+            parser.error(f"--variant {text!r}: use CONFIGS:NAME:PREFIX[:FLAGS]")
+        for base in parts[0].split(","):
+            VARIANTS[f"{base.strip()} [{parts[1]}]"] = (parts[2].split(),
+                                                         parts[3].split() if len(parts) == 4
+                                                         else [])
     PODSIGHT_EXTRA[:] = args.podsight_args.split()
     BASE_SRC[:] = [str(args.base_src.resolve())] if args.base_src else []
     BASE_EXTRA[:] = args.base_args.split()

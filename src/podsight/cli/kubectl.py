@@ -39,7 +39,8 @@ CLUSTER_FLAGS = {"--agent-addr": True, "--token-file": True, "--kubeconfig": Tru
 #: Output flags of gadget commands: kept on the client. flag -> takes a value.
 OUTPUT_FLAGS = {"-o": True, "--output": True, "--json": True, "--sqlite": True, "-w": True,
                 "--write": True, "--force": False, "--tui": False, "--no-tui": False,
-                "--max-bytes": True, "--max-packets": True, "--ring": True, "--ring-size": True}
+                "--max-bytes": True, "--max-packets": True, "--ring": True, "--ring-size": True,
+                "--page-cache": False}  # the client's file is always written through it
 GRAPH_FLAGS = {"-o": True, "--output": True, "--stats-type": True, "--persistent": True,
                "--aggregate-cidr": True, "--aggregate-cidr6": True, "--tls": False,
                "--flows": False, "--open-every": True, "--timeout": True, "--max-time": True,
@@ -214,6 +215,9 @@ def _gadget(cluster: list[str], rest: list[str]) -> int:
             factory = _capture_output(ns)
             from podsight.outputs.pcapng import PcapngOutput
 
+            # Through the page cache (no O_DIRECT: outputs/directio.py): the merged frames
+            # come over the network in batches only as they arrive, with no idle turn to
+            # end the file on its last block for a reader of the growing file.
             # -w checked; the merged file needs no identity callbacks: --comments are made
             # by each agent (it knows its node's pods), and --tls-keylog is read there.
             del factory

@@ -41,7 +41,8 @@ REFUSED = {
 }
 #: And for capture gadgets, the flags of the capture file (the client writes it).
 REFUSED_CAPTURE = {"ring_size": ("--ring-size", _CAPTURE), "ring": ("--ring", _CAPTURE),
-                   "max_packets": ("--max-packets", _CAPTURE)}
+                   "max_packets": ("--max-packets", _CAPTURE),
+                   "page_cache": ("--page-cache", _CAPTURE)}
 REFUSED_WORDS = {"-w", "--write", "--tui", "--no-tui", "-h", "--help", "--force"}
 
 _PARSE_LOCK = threading.Lock()

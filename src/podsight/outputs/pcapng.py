@@ -26,6 +26,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from podsight.outputs.directio import DirectFile, Stage, open_direct
+
 SHB, IDB, EPB, NRB, ISB, DSB = 0x0A0D0D0A, 0x00000001, 0x00000006, 0x00000004, 0x00000005, 0x0A
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 LINKTYPE_ETHERNET = 1
@@ -236,6 +238,7 @@ class KeyLog:
 class _File:
     fd: int
     path: str
+    direct: DirectFile | None = None  # written around the page cache (see .directio)
     bytes: int = 0
     declared: int = 0  # interfaces described so far (ids 0..declared-1)
     stats_written: set[int] = field(default_factory=set)
@@ -261,8 +264,11 @@ class PcapngOutput:
                  max_packets: int | None = None, comments: bool = False,
                  keylog: KeySource | None = None,
                  name_of: Callable[[str], str | None] = lambda addr: None,
-                 notation_of: Callable[[str], str] = lambda addr: addr) -> None:
+                 notation_of: Callable[[str], str] = lambda addr: addr,
+                 direct: bool = False) -> None:
         self.target = target
+        self.direct = direct
+        self._stage: Stage | None = None  # O_DIRECT's staging buffer, shared by ring files
         self.application = application
         self.force = force
         self.ring = ring
@@ -302,7 +308,7 @@ class PcapngOutput:
             fd = os.open(path, flags, 0o600)
             os.fchmod(fd, 0o600)  # an existing file overwritten with --force keeps no wider mode
         self._seq += 1
-        self._file = _File(fd, path)
+        self._file = _File(fd, path, self._open_direct(fd, path))
         self.files.append(path)
         if self.ring is not None:
             while len(self.files) > self.ring:
@@ -318,6 +324,13 @@ class PcapngOutput:
             head.append(decryption_secrets(self.keylog.keys))
         self._put(b"".join(head))
 
+    def _open_direct(self, fd: int, path: str) -> DirectFile | None:
+        if not self.direct or fd == 1:
+            return None
+        if self._stage is None:
+            self._stage = Stage()
+        return open_direct(fd, path, self._stage)
+
     def _close_file(self, interfaces: Sequence[Any]) -> None:
         f = self._file
         if f is None:
@@ -326,7 +339,9 @@ class PcapngOutput:
         try:
             self._put_to(f, b"".join(self._statistics(f, interfaces, everyone=True)))
         finally:
-            if f.fd != 1:
+            if f.direct is not None:
+                f.direct.close()
+            elif f.fd != 1:
                 os.close(f.fd)
 
     def _put(self, data: bytes) -> None:
@@ -336,9 +351,12 @@ class PcapngOutput:
     def _put_to(self, f: _File, data: bytes) -> None:
         if not data:
             return
-        from podsight.outputs.stream import write_fd
+        if f.direct is not None:
+            f.direct.append(data)
+        else:
+            from podsight.outputs.stream import write_fd
 
-        write_fd(f.fd, data)
+            write_fd(f.fd, data)
         f.bytes += len(data)
         self.bytes += len(data)
 
@@ -421,6 +439,8 @@ class PcapngOutput:
                 self._open_next()
         # Interfaces that went away: their statistics after their last packets.
         self._put(b"".join(self._statistics(self._file, interfaces, everyone=False)))
+        if self._file.direct is not None:
+            self._file.direct.settle()  # called every turn, frames or not: see .directio
         self.packets += n
         if self.max_packets is not None and self.packets >= self.max_packets:
             self.full = "--max-packets reached"
@@ -434,7 +454,8 @@ class PcapngOutput:
             return
         from podsight.outputs.stream import writev_all
 
-        n = writev_all(f.fd, frames.iovecs(start, stop))
+        iov = frames.iovecs(start, stop)
+        n = f.direct.append_iov(iov) if f.direct is not None else writev_all(f.fd, iov)
         f.bytes += n
         self.bytes += n
 
@@ -443,9 +464,14 @@ class PcapngOutput:
 
     def close(self, interfaces: Sequence[Any]) -> None:
         self._interfaces = interfaces
-        if self._file is not None:
-            self._put(b"".join(self._describe(interfaces)))
-        self._close_file(interfaces)
+        try:
+            if self._file is not None:
+                self._put(b"".join(self._describe(interfaces)))
+            self._close_file(interfaces)
+        finally:
+            stage, self._stage = self._stage, None
+            if stage is not None:
+                stage.close()
 
 
 def commented(epb: bytes, notation_of: Callable[[str], str]) -> bytes:
