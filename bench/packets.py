@@ -16,8 +16,9 @@ relative to the run without capture and to tcpdump's.
 
 ``--variant 'podsight full,podsight -s 96:rr1:chrt -r 1'`` adds rows after the configs
 named: the same capturer under a command prefix (``chrt -r 1``, ``nice -n -10``, ``env
-X=1``) and/or with more podsight flags (``'podsight full:page-cache::--page-cache'``), in
-every round, with podsight's ratio to the same round's tcpdump.
+X=1``) and/or with more flags of its own (``'podsight full:page-cache::--page-cache'``,
+``'tcpdump -s 0:B128::-B 131072'``), in every round, with podsight's ratio to the same
+round's tcpdump.
 
 With ``--prog-stats`` the kernel's run-time statistics (BPF_ENABLE_STATS) are
 on while iperf3 runs beside podsight, and the rows say how long podsight's
@@ -127,7 +128,7 @@ def capturer(kind: str, snaplen: int, expr: str, out: Path, label: str = "") -> 
     prefix, more = VARIANTS.get(label, ([], []))
     if kind == "tcpdump":
         return ["ip", "netns", "exec", SERVER_NS, *prefix, "tcpdump", "-i", "eth0", "-s",
-                str(snaplen), "-w", str(out), *([expr] if expr else [])]
+                str(snaplen), "-w", str(out), *more, *([expr] if expr else [])]
     extra = BASE_EXTRA if kind == "podsight-base" and BASE_EXTRA else PODSIGHT_EXTRA
     return [*prefix, *PODSIGHT, "packets", "--netns", SERVER_NS, "-s", str(snaplen or 262144),
             "-w", str(out), *extra, *more, *([expr] if expr else [])]
@@ -440,7 +441,8 @@ def main() -> int:
                         metavar="CONFIGS:NAME:PREFIX[:FLAGS]",
                         help="extra rows after each of the comma-separated configs (e.g. "
                              "'podsight full,podsight -s 96:rr1:chrt -r 1'): the same capturer "
-                             "run under the command PREFIX and with podsight FLAGS, labelled "
+                             "run under the command PREFIX and with more FLAGS (podsight's or "
+                             "tcpdump's), labelled "
                              "'CONFIG [NAME]'")
     args = parser.parse_args()
     for text in args.variant:

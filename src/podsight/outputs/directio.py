@@ -10,9 +10,10 @@ gigabytes of capture from pushing the workload's own files out of the cache.
 
 How: the blocks are gathered by the kernel (``pwritev``) into a staging
 buffer (a memfd mapped here, its pages touched once: the same pages every
-time, so they stay resident) of two halves; a thread writes one half's whole
+time, so they stay resident) of four parts; a thread writes one part's whole
 4 KiB pages to the file with one ``O_DIRECT`` write while the next blocks are
-gathered into the other. The last part page is written
+gathered into the next (four parts: three writes may wait for a slow disk
+before the reader does). The last part page is written
 through a second, ordinary descriptor of the same file when no page write
 is in flight (a capture that is not busy: the file then ends where the
 batch ends), and again, page aligned, with the next pages; while a page
@@ -20,7 +21,7 @@ write is in flight it waits for the next batch or :meth:`DirectFile.flush`,
 because an ``O_DIRECT`` write that extends the file holds the inode's lock
 and the capture would wait for the disk with it (bench: the reader spent
 ~10% of its time there). So under load the file ends on a page boundary, up
-to two halves behind; once flushed (Ctrl-C, SIGTERM, a limit, rotation) it
+to three parts behind; once flushed (Ctrl-C, SIGTERM, a limit, rotation) it
 is whole. A failed write cuts the file back to the end of an append that is
 wholly in it.
 
@@ -44,9 +45,16 @@ if TYPE_CHECKING:
 from podsight.outputs.stream import IOV_MAX
 
 ALIGN = 4096
-#: Each half of the staging buffer: a batch larger than this goes out in several writes.
+#: Each part of the staging buffer: a batch larger than this goes out in several writes.
 STAGE = 8 << 20
-HALF = STAGE + ALIGN
+#: A part and room for the part page the previous one leaves.
+PART = STAGE + ALIGN
+#: Parts of the staging buffer: up to PARTS - 1 writes wait for the disk while the reader
+#: gathers into the last. Two parts (one write in flight, 8 MiB of slack: ~12 ms at
+#: whole packets' ~700 MB/s) lost 0.01-1.7% of the packets per round when this VM's disk
+#: stalled; four lost none in the same runs, 10 s rounds included (bench/packets.py,
+#: README). The buffer is per capture, not per CPU: 32 MiB wherever it runs.
+PARTS = 4
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.pwritev.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_long]
@@ -57,9 +65,9 @@ class DirectFile:
     """Appends to ``fd`` (opened with ``O_DIRECT``) through a staging buffer; ``plain``
     is the same file opened without it, for the tail that is not a whole page.
 
-    The buffer has two halves: while one half's pages are being written (by a
-    thread: the write waits for the disk, and the capture must go on reading
-    meanwhile), the next blocks are gathered into the other."""
+    The buffer has :data:`PARTS` parts: while earlier parts' pages are being written (by
+    a thread, in order: the write waits for the disk, and the capture must go on
+    reading meanwhile), the next blocks are gathered into the next part."""
 
     def __init__(self, fd: int, plain: int, stage: Stage | None = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -72,10 +80,10 @@ class DirectFile:
         self._memfd = self._stage.memfd
         self._mm = self._stage.mm
         self._view = memoryview(self._mm)
-        self._half = 0  # the half being filled; its byte 0 is at file offset self._base
+        self._part = 0  # the part being filled; its byte 0 is at file offset self._base
         self._staged = 0
         self._base = 0
-        self._writing: list[Future[None] | None] = [None, None]
+        self._writing: list[Future[None] | None] = [None] * PARTS
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="podsight-direct")
         #: appends' ends, from the last one wholly in the file on: where a failure cuts to
         self._ends: list[int] = [0]
@@ -83,8 +91,14 @@ class DirectFile:
         self._dirty = False  # the part page has bytes the file has not
 
     @property
+    def writes_in_flight(self) -> int:
+        """Page writes handed to the thread and not done yet (at most :data:`PARTS` - 1
+        before an append waits for the disk)."""
+        return sum(job is not None and not job.done() for job in self._writing)
+
+    @property
     def _at(self) -> int:
-        return self._half * HALF + self._staged
+        return self._part * PART + self._staged
 
     def append(self, data: bytes) -> int:
         """Write ``data`` at the end of the file."""
@@ -121,7 +135,7 @@ class DirectFile:
         try:
             i = 0
             while i < n:
-                # As many buffers as fit the half (at least one: none is larger than it).
+                # As many buffers as fit the part (at least one: none is larger than it).
                 ends = np.cumsum(lengths[i:i + IOV_MAX])
                 k = int(np.searchsorted(ends, STAGE - self._staged, side="right"))
                 if k == 0:
@@ -154,25 +168,25 @@ class DirectFile:
             done += os.pwrite(self.fd, self._view[at + done:at + length], offset + done)
         self._written = offset + length
 
-    def _wait(self, half: int) -> None:
-        """Until the write from ``half`` is done; its error, if it failed."""
-        job, self._writing[half] = self._writing[half], None
+    def _wait(self, part: int) -> None:
+        """Until the write from ``part`` is done; its error, if it failed."""
+        job, self._writing[part] = self._writing[part], None
         if job is not None:
             job.result()
 
     def _out(self) -> None:
-        """The half's whole pages to the file (by the thread); the rest to the other half."""
+        """The part's whole pages to the file (by the thread); the rest to the next part."""
         whole = self._staged // ALIGN * ALIGN
         if not whole:
             return
-        half = self._half
-        other = 1 - half
-        self._wait(other)  # its buffer is reused now: its write must be over
-        self._writing[half] = self._pool.submit(self._write, half * HALF, whole, self._base)
+        part = self._part
+        nxt = (part + 1) % PARTS
+        self._wait(nxt)  # its buffer is reused now: its write must be over
+        self._writing[part] = self._pool.submit(self._write, part * PART, whole, self._base)
         rest = self._staged - whole
         if rest:
-            self._mm.move(other * HALF, half * HALF + whole, rest)
-        self._half = other
+            self._mm.move(nxt * PART, part * PART + whole, rest)
+        self._part = nxt
         self._base += whole
         self._staged = rest
 
@@ -199,9 +213,9 @@ class DirectFile:
     def _tail(self) -> None:
         """Wait for the page writes; then the part page through the page cache (an
         ``O_DIRECT`` write of the same page later flushes and drops the cached one)."""
-        self._wait(0)
-        self._wait(1)
-        at = self._half * HALF
+        for part in range(PARTS):
+            self._wait(part)
+        at = self._part * PART
         done = 0
         while done < self._staged:
             done += os.pwrite(self.plain, self._view[at + done:at + self._staged],
@@ -217,9 +231,9 @@ class DirectFile:
     def _cut(self, size: int) -> None:
         """After a failure: the file back to the end of the last append that is wholly in
         it (``size`` at most), the buffer to that end's page."""
-        for half in (0, 1):
+        for part in range(PARTS):
             with contextlib.suppress(OSError):
-                self._wait(half)
+                self._wait(part)
         tail = b""
         good = 0
         for end in sorted({0, *self._ends}, reverse=True):
@@ -233,7 +247,7 @@ class DirectFile:
             break
         with contextlib.suppress(OSError):
             os.ftruncate(self.plain, good)
-        self._half = 0
+        self._part = 0
         self._base = good // ALIGN * ALIGN
         self._written = self._base
         self._staged = len(tail)
@@ -256,25 +270,25 @@ class DirectFile:
 
 
 class Stage:
-    """The staging buffer: a memfd of two halves, mapped here, its pages touched now.
+    """The staging buffer: a memfd of :data:`PARTS` parts, mapped here, its pages touched now.
 
     Touched now, not as the first batches arrive: a fresh page costs a fault (a host
-    fault too, on a VM that gave freed memory back), 16 MiB of them ~45 ms on the bench
+    fault too, on a VM that gave freed memory back), ~45 ms per 16 MiB on the bench
     VM, which a capture at line rate spends dropping packets. One stage serves every
     file of a ring in turn (each file's writes are done before the next opens)."""
 
     def __init__(self) -> None:
         self.memfd = os.memfd_create("podsight-pcapng", os.MFD_CLOEXEC)
         try:
-            os.ftruncate(self.memfd, 2 * HALF)
-            self.mm = mmap.mmap(self.memfd, 2 * HALF)
+            os.ftruncate(self.memfd, PARTS * PART)
+            self.mm = mmap.mmap(self.memfd, PARTS * PART)
         except BaseException:
             os.close(self.memfd)
             raise
         try:
             self.mm.madvise(getattr(mmap, "MADV_POPULATE_WRITE", 23))  # Linux 5.14+
         except (AttributeError, OSError):
-            for at in range(0, 2 * HALF, mmap.PAGESIZE):
+            for at in range(0, PARTS * PART, mmap.PAGESIZE):
                 self.mm[at] = 0
 
     def close(self) -> None:
