@@ -149,6 +149,37 @@ def test_tmpfs_capture_file_is_valid(tmp_path):
         path.unlink(missing_ok=True)
 
 
+@pytest.fixture
+def ramfs(tmp_path: Path) -> Iterator[Path]:
+    """A ramfs mount: a filesystem that refuses ``O_DIRECT`` (no direct I/O at all)."""
+    mnt = tmp_path / "ramfs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(mnt)], check=True,
+                   capture_output=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
+
+
+def test_a_filesystem_that_refuses_o_direct_gets_the_page_cache_file(tmp_path, ramfs):
+    """ramfs refuses ``O_DIRECT`` at open: the capture writes through the page cache
+    instead, and the file is the same, byte for byte, as a page-cache one elsewhere."""
+    with pytest.raises(OSError):
+        os.close(os.open(ramfs / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600))
+    fd = os.open(ramfs / "p", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        assert directio.open_direct(fd, str(ramfs / "p")) is None
+        os.write(fd, b"still writable")  # the descriptor was left as it was
+    finally:
+        os.close(fd)
+    assert (ramfs / "p").read_bytes() == b"still writable"
+    _write(tmp_path / "plain.pcapng", direct=False)
+    _write(ramfs / "direct.pcapng", direct=True)
+    assert (ramfs / "direct.pcapng").read_bytes() == (tmp_path / "plain.pcapng").read_bytes()
+    assert _tshark_count(ramfs / "direct.pcapng") == 1 + 3000 + 7 + 24000 + 2
+
+
 CHILD = textwrap.dedent("""
     import os, resource, signal, sys
     from podsight.outputs import directio
