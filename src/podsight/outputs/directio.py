@@ -25,8 +25,8 @@ to three parts behind; once flushed (Ctrl-C, SIGTERM, a limit, rotation) it
 is whole. A failed write cuts the file back to the end of an append that is
 wholly in it.
 
-Filesystems that refuse ``O_DIRECT`` (tmpfs before Linux 6.6, some FUSE) make :func:`open_direct`
-return None, and the caller writes as before.
+Filesystems that refuse ``O_DIRECT`` (ramfs, tmpfs before Linux 6.6, some FUSE) make
+:func:`open_direct` return None, and the caller writes as before.
 """
 
 from __future__ import annotations
