@@ -63,9 +63,9 @@ TC_PROGRAMS = ("flows_ingress", "flows_egress", "count_packets")
 
 
 #: Fixtures that need root: the lab, the real apiserver (its cache lives in root's home),
-#: cgroup and container sandboxes, a throttled loop device, a ramfs mount.
+#: cgroup and container sandboxes, a throttled loop device, a ramfs mount, a memory cgroup.
 ROOT_FIXTURES = {"lab", "kube", "kube_etcd_watch", "core", "namespace", "sandbox", "podman",
-                 "containerd", "node", "agent_image", "slow_disk", "ramfs"}
+                 "containerd", "node", "agent_image", "slow_disk", "ramfs", "memcg"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

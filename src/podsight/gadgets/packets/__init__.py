@@ -29,8 +29,9 @@ SPEC = GadgetSpec(
               CIDRS, None, "IP[,IP]"),
         Param(("--peer-cidr",), "only packets to or from these networks (comma list)",
               CIDRS, None, "CIDR[,CIDR]"),
-        Param(("-B", "--buffer-size"), "kernel buffer (default 32M for snaplen <= 256, "
-              "else 32M per CPU); too small a buffer drops packets, counted", size(4096, 1 << 30),
+        Param(("-B", "--buffer-size"), "kernel buffer (default 32M for snaplen <= 256; "
+              "larger: per CPU, default 32M but 128M in all at most); too small a buffer "
+              "drops packets, counted", size(4096, 1 << 30),
               None, "SIZE"),
     ),
     flag_groups=frozenset({"interfaces", "capture", "triggers"}),

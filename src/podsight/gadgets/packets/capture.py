@@ -11,6 +11,7 @@ returns them where they lie, as a :class:`~podsight.pipeline.Frames`.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from podsight.ebpf import BpfObject, RingBuffer
+from podsight.ebpf.errors import BpfError, LibbpfError
 from podsight.ebpf.progs import BPF_PROG_TYPE_SCHED_CLS, RawProgram
 from podsight.ebpf.system import possible_cpus
 from podsight.ebpf.tc import TcHook
@@ -31,7 +33,17 @@ SLOT_MAX_SNAP = 256
 SLOT_MAX = 2048
 SLOT_RING_DEFAULT = 32 << 20
 EPB_OVERHEAD = 28 + 16
-STREAM_ELEM = 4 << 20
+#: One element of the streams array (records never straddle two): packets.bpf.c's
+#: STREAM_ELEM, checked against the object's map at load. 2 MiB, not the 4 MiB a value
+#: may hold, so a node with many CPUs can be given a small stream per CPU.
+STREAM_ELEM = 2 << 20
+MAX_ELEMS = 128
+#: Whole packets' default: 32M per CPU, but at most STREAM_BUDGET over all the CPUs (the
+#: streams are allocated whole when the object loads, and charged to the capture's memory
+#: cgroup: 32M on each of a 64-CPU node's CPUs would be 2G, four times what a podsight
+#: agent may use). A CPU has at least one element.
+STREAM_PER_CPU_DEFAULT = 32 << 20
+STREAM_BUDGET = 128 << 20
 #: capture_stream wakes the reader when this much waits in one CPU's stream (0: a quarter
 #: of it). A smaller mark (1M: blocks still in the cache when copied) made the copy no
 #: cheaper and the batches more numerous (bench/packets_path.py --wake).
@@ -63,6 +75,22 @@ LAYOUTS = (
     ("packets.bpf.o", "struct index_entry", INDEX_DTYPE),
     ("packets.bpf.o", "struct stream_pos", POS_DTYPE),
 )
+
+
+def stream_elems(buffer_bytes: int | None, ncpu: int) -> int:
+    """Stream elements per CPU for ``--buffer-size`` (bytes per CPU; None: the default)."""
+    per_cpu = (buffer_bytes if buffer_bytes is not None
+               else min(STREAM_PER_CPU_DEFAULT, STREAM_BUDGET // max(ncpu, 1)))
+    return max(1, min(MAX_ELEMS, per_cpu // STREAM_ELEM))
+
+
+def index_bytes(ncpu: int, elems: int) -> int:
+    """The index ring's size: room for an entry per 512 bytes of the streams (4M for two
+    CPUs' 32M each): the index is not what fills first on whole packets (32 bytes an
+    entry, 8 of ring header)."""
+    index = _pow2(ncpu * elems * STREAM_ELEM // INDEX_PER_STREAM_BYTES
+                  * (INDEX_DTYPE.itemsize + 8))
+    return max(2 << 20, min(index, 256 << 20))
 
 
 def slot_size(snaplen: int) -> int:
@@ -115,15 +143,10 @@ class Capture:
         cfg["snaplen"] = self.snaplen
         page = mmap.PAGESIZE
         if self.stream:
-            per_cpu = (buffer_bytes or 32 << 20) // STREAM_ELEM
-            self.elems = max(1, min(64, per_cpu))
+            self.elems = stream_elems(buffer_bytes, self.ncpu)
             cfg["elems_per_cpu"] = self.elems
             cfg["stream_wake"] = self.stream_wake
-            # Room for an entry per 512 bytes of the streams (4M for two CPUs' 32M each):
-            # the index is not what fills first on whole packets (32 bytes an entry).
-            index = _pow2(self.ncpu * self.elems * STREAM_ELEM // INDEX_PER_STREAM_BYTES
-                          * (INDEX_DTYPE.itemsize + 8))
-            index = max(2 << 20, min(index, 256 << 20))
+            index = index_bytes(self.ncpu, self.elems)
             obj.map("pkt_index").resize(index)
             cfg["wakeup_bytes"] = index // 4
             obj.map("streams").resize(self.ncpu * self.elems)
@@ -143,7 +166,20 @@ class Capture:
             obj.map("pkt_index").resize(page)
             obj.program("capture_stream").set_autoload(False)
         obj.map(".rodata").set_initial_value(cfg.tobytes())
-        obj.load()
+        if obj.map("streams").value_size != STREAM_ELEM:
+            raise RuntimeError("packets.bpf.o's stream element is not capture.STREAM_ELEM")
+        try:
+            obj.load()
+        except LibbpfError as exc:
+            if exc.errno != errno.ENOMEM:
+                raise
+            # The maps are allocated whole here, and charged to our memory cgroup.
+            streams = obj.map("streams")
+            need = (streams.max_entries * streams.value_size  # ring buffers: bytes
+                    + obj.map("pkt_index").max_entries + obj.map("ring").max_entries) >> 20
+            raise BpfError(f"the kernel buffers of this capture ({need} MiB) do not fit in "
+                           f"the memory podsight may use (its cgroup's limit?): give a smaller "
+                           f"--buffer-size, or more memory", errno=errno.ENOMEM) from exc
         program = obj.program("capture_stream" if self.stream else "capture_slot")
         obj.map("jump").update((0).to_bytes(4, "little"), program.fd.to_bytes(4, "little"))
         # EPB timestamps: ktime (CLOCK_MONOTONIC) plus this offset is the wall clock.

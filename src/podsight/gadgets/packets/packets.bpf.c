@@ -42,7 +42,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define MAX_SNAP 65536      /* the largest capture: a 64 KiB GSO skb */
 #define SLOT_MAX 2048       /* the largest fixed record (a verifier bound) */
 #define MAX_REC (EPB_HDR + MAX_SNAP + EPB_TAIL)
-#define STREAM_ELEM (4u << 20)          /* one array element (KMALLOC_MAX_SIZE) */
+#define STREAM_ELEM (2u << 20)          /* one array element: capture.STREAM_ELEM */
 #define STREAM_USABLE (STREAM_ELEM - MAX_REC)
 #define MAX_IFACES 1024
 #define EPB_FLAGS_INBOUND 1
