@@ -51,7 +51,7 @@ STAGE = 8 << 20
 PART = STAGE + ALIGN
 #: Parts of the staging buffer: up to PARTS - 1 writes wait for the disk while the reader
 #: gathers into the last. Two parts (one write in flight, 8 MiB of slack: ~12 ms at
-#: whole packets' ~700 MB/s) lost 0.01-1.7% of the packets per round when this VM's disk
+#: whole packets' ~700 MB/s) lost 0.01-1.0% of the packets per round when this VM's disk
 #: stalled; four lost none in the same runs, 10 s rounds included (bench/packets.py,
 #: README). The buffer is per capture, not per CPU: 32 MiB wherever it runs.
 PARTS = 4
